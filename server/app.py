@@ -1,0 +1,79 @@
+"""Assembles and runs the gRPC server: store, servicer, health, reflection, graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from server.api.blobstore.v1 import blobstore_pb2 as pb
+from server.api.blobstore.v1 import blobstore_pb2_grpc as pb_grpc
+from server.config import ServerConfig
+from server.filesystem import FileSystemBackend
+from server.servicer import BlobServicer
+from server.store import BlobStore
+from server.verifying import VerifyingBackend
+
+log = logging.getLogger("blobstore")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["BlobService"].full_name
+# Room for the message framing around the largest unary blob.
+_MESSAGE_OVERHEAD = 64 * 1024
+
+
+class ListenError(Exception):
+    """The server could not bind its address."""
+
+
+async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None:
+    """Runs the server until SIGTERM/SIGINT (or `stop` is set), then stops gracefully."""
+    backend = FileSystemBackend(config.data_dir.resolve(), io_threads=config.io_threads)
+    backend.open()
+    try:
+        await _serve_store(config, BlobStore(VerifyingBackend(backend), config.limits), stop)
+    finally:
+        backend.close()
+
+
+async def _serve_store(config: ServerConfig, store: BlobStore, stop: asyncio.Event | None) -> None:
+    message_limit = config.max_unary_bytes + _MESSAGE_OVERHEAD
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", message_limit),
+            ("grpc.max_send_message_length", message_limit),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    pb_grpc.add_BlobServiceServicer_to_server(BlobServicer(store), server)
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    try:
+        port = server.add_insecure_port(config.address)
+    except RuntimeError as exc:
+        raise ListenError(f"cannot listen on {config.address}: {exc}") from None
+    host = config.address.rsplit(":", 1)[0]
+    await server.start()
+    await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    log.info(
+        "blobstore gRPC listening on %s:%d; data in %s",
+        host,
+        port,
+        config.data_dir.resolve(),
+    )
+
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    log.info("stopping: finishing in-flight calls (up to %.0f s)", config.grace_seconds)
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(config.grace_seconds)
+    log.info("stopped")

@@ -1,0 +1,72 @@
+"""The storage backend interface: bytes at rest, keyed by an id computed above it.
+
+A backend stores and returns bytes with their type; it does not hash, parse or
+validate content (the BlobStore does), so a new medium (S3, memory) or a
+wrapper (verification, metrics, caching, eviction) implements just this.
+Every method is async so that network backends fit without threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Protocol
+
+from server.ids import BlobId
+from server.model import Blob, BlobInfo, BlobType, PutResult
+
+
+class BlobWriter(Protocol):
+    """An in-progress streamed put: chunks go to a private place until commit."""
+
+    async def write(self, chunk: bytes) -> None:
+        """Appends `chunk`; raises StorageFull or Unavailable on I/O failure."""
+        ...
+
+    async def commit(self, blob_id: BlobId, blob_type: BlobType) -> PutResult:
+        """Publishes what was written under `blob_id`, durably and atomically.
+
+        If the id is already stored the written bytes are dropped and the
+        existing blob (with its first type) is reported with created=False.
+        """
+        ...
+
+    async def abort(self) -> None:
+        """Drops what was written; safe to call more than once or after commit."""
+        ...
+
+
+class BlobBackend(Protocol):
+    """Durable storage of blobs by id. Reads are not verified at this level."""
+
+    async def put(self, blob_id: BlobId, blob_type: BlobType, data: bytes) -> PutResult:
+        """Stores `data` under `blob_id` durably, unless that id is already stored."""
+        ...
+
+    async def open_writer(self) -> BlobWriter:
+        """Starts a streamed put whose id is known only at the end."""
+        ...
+
+    async def get(self, blob_id: BlobId) -> Blob:
+        """Returns the whole blob; raises BlobNotFound."""
+        ...
+
+    async def get_stream(
+        self, blob_id: BlobId, chunk_size: int
+    ) -> tuple[BlobInfo, AsyncIterator[bytes]]:
+        """Returns the blob's metadata and an iterator over its content; raises BlobNotFound.
+
+        The iterator must be closed (aclose) or exhausted to release resources.
+        """
+        ...
+
+    async def stat(self, blob_id: BlobId) -> BlobInfo | None:
+        """Returns the blob's metadata, or None if it is not stored."""
+        ...
+
+    async def find_missing(self, blob_ids: Sequence[BlobId]) -> list[BlobId]:
+        """Returns those of `blob_ids` that are not stored, in the given order."""
+        ...
+
+    async def quarantine(self, blob_id: BlobId, reason: str) -> None:
+        """Moves a stored blob found to be corrupt out of service, keeping it for analysis."""
+        ...

@@ -1,0 +1,74 @@
+"""Server settings: defaults, environment variables and command-line flags in one table."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from server.store import Limits
+
+_LIMITS = Limits()
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything `blobstore serve` can be told. Each field has a BLOBSTORE_* variable."""
+
+    address: str = "127.0.0.1:50051"
+    data_dir: Path = Path("data")
+    max_blob_bytes: int = _LIMITS.max_blob_bytes
+    max_json_bytes: int = _LIMITS.max_json_bytes
+    max_unary_bytes: int = _LIMITS.max_unary_bytes
+    io_threads: int = 32
+    grace_seconds: float = 10.0
+    log_level: str = "INFO"
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(
+            max_blob_bytes=self.max_blob_bytes,
+            max_json_bytes=self.max_json_bytes,
+            max_unary_bytes=self.max_unary_bytes,
+        )
+
+
+HELP = {
+    "address": "host:port to listen on for gRPC (port 0 picks a free port)",
+    "data_dir": "folder where blobs are stored (created if missing)",
+    "max_blob_bytes": "largest blob accepted, in bytes",
+    "max_json_bytes": "largest Json blob accepted, in bytes (JSON is parsed whole)",
+    "max_unary_bytes": "largest blob sent or returned in one message; larger ones stream",
+    "io_threads": "threads for blocking disk I/O",
+    "grace_seconds": "on SIGTERM/SIGINT, how long in-flight calls may take to finish",
+    "log_level": "DEBUG, INFO, WARNING or ERROR",
+}
+
+
+def env_name(field: str) -> str:
+    return "BLOBSTORE_" + field.upper()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds one --flag per field; each defaults to its environment variable, then the default."""
+    defaults = ServerConfig()
+    for field in fields(ServerConfig):
+        default = os.environ.get(env_name(field.name), getattr(defaults, field.name))
+        parser.add_argument(
+            "--" + field.name.replace("_", "-"),
+            dest=field.name,
+            type=_parser_for(field.type),
+            default=_parser_for(field.type)(default),
+            help=f"{HELP[field.name]} (env {env_name(field.name)}; default %(default)s)",
+        )
+
+
+def from_arguments(args: argparse.Namespace) -> ServerConfig:
+    return ServerConfig(**{f.name: getattr(args, f.name) for f in fields(ServerConfig)})
+
+
+def _parser_for(type_name: Any) -> Any:
+    name = type_name if isinstance(type_name, str) else type_name.__name__
+    return {"int": int, "float": float, "Path": Path, "str": str}[name]

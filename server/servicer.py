@@ -1,0 +1,227 @@
+"""The gRPC BlobService: decodes requests, calls the BlobStore, encodes replies.
+
+No storage rules live here. Errors are translated in one place
+(`_translate_errors`, using the table in server/status.py); anything
+unexpected is logged with its traceback and reaches the client only as
+INTERNAL with a reference to the log line.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import json_format
+
+from server import errors
+from server.api.blobstore.v1 import blobstore_pb2 as pb
+from server.api.blobstore.v1 import blobstore_pb2_grpc as pb_grpc
+from server.ids import BlobId, parse_blob_id
+from server.model import BlobInfo, BlobType
+from server.status import to_status
+from server.store import BlobStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHUNK = 1024 * 1024
+MIN_CHUNK = 4 * 1024
+MAX_CHUNK = 4 * 1024 * 1024
+
+_TO_PB = {BlobType.JSON: pb.BLOB_TYPE_JSON, BlobType.BINARY: pb.BLOB_TYPE_BINARY}
+_FROM_PB = {value: key for key, value in _TO_PB.items()}
+
+_Handler = TypeVar("_Handler", bound=Callable[..., Any])
+
+
+def _translate_errors(handler: _Handler) -> _Handler:
+    """Turns store errors into gRPC status for unary and streaming handlers alike."""
+
+    async def fail(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
+        if isinstance(exc, errors.BlobStoreError):
+            code, message, trailers = to_status(exc)
+            await context.abort(code, message, trailers)
+        ref = uuid.uuid4().hex[:12]
+        log.error("internal error %s in %s", ref, handler.__name__, exc_info=exc)
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal server error (log ref {ref})")
+
+    if inspect.isasyncgenfunction(handler):
+
+        @functools.wraps(handler)
+        async def stream_wrapper(self: Any, request: Any, context: Any) -> AsyncIterator[Any]:
+            try:
+                async for reply in handler(self, request, context):
+                    yield reply
+            except (grpc.aio.AbortError, GeneratorExit):
+                raise
+            except Exception as exc:
+                await fail(context, exc)
+
+        return stream_wrapper  # type: ignore[return-value]
+
+    @functools.wraps(handler)
+    async def unary_wrapper(self: Any, request: Any, context: Any) -> Any:
+        try:
+            return await handler(self, request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await fail(context, exc)
+
+    return unary_wrapper  # type: ignore[return-value]
+
+
+class BlobServicer(pb_grpc.BlobServiceServicer):
+    """Implements blobstore.v1.BlobService over a BlobStore."""
+
+    def __init__(self, store: BlobStore) -> None:
+        self._store = store
+
+    @_translate_errors
+    async def Put(self, request: pb.PutRequest, context: Any) -> pb.PutResponse:
+        expected = _optional_id(request.expected_id, "expected_id")
+        content = request.WhichOneof("content")
+        if content == "json":
+            if request.blob_type not in (pb.BLOB_TYPE_UNSPECIFIED, pb.BLOB_TYPE_JSON):
+                raise errors.InvalidArgument("a `json` value can only be stored as BLOB_TYPE_JSON")
+            value = json_format.MessageToDict(request.json)
+            result = await self._store.put_json_value(value, expected)
+        else:
+            blob_type = _blob_type(request.blob_type, default=BlobType.BINARY)
+            result = await self._store.put(blob_type, request.data, expected)
+        return pb.PutResponse(
+            id=result.info.blob_id,
+            blob_type=_TO_PB[result.info.blob_type],
+            size=result.info.size,
+            created=result.created,
+        )
+
+    @_translate_errors
+    async def Get(self, request: pb.GetRequest, context: Any) -> pb.GetResponse:
+        blob = await self._store.get(_required_id(request.id))
+        reply = pb.GetResponse(
+            id=blob.info.blob_id, blob_type=_TO_PB[blob.info.blob_type], size=blob.info.size
+        )
+        if request.as_json_value and blob.info.blob_type is BlobType.JSON:
+            json_format.Parse(blob.data, reply.json)
+        else:
+            reply.data = blob.data
+        return reply
+
+    @_translate_errors
+    async def Stat(self, request: pb.StatRequest, context: Any) -> pb.StatResponse:
+        blob_id = _required_id(request.id)
+        info = await self._store.stat(blob_id)
+        if info is None:
+            return pb.StatResponse(id=blob_id, exists=False)
+        return pb.StatResponse(
+            id=blob_id, exists=True, blob_type=_TO_PB[info.blob_type], size=info.size
+        )
+
+    @_translate_errors
+    async def FindMissing(
+        self, request: pb.FindMissingRequest, context: Any
+    ) -> pb.FindMissingResponse:
+        ids = [_required_id(text, f"ids[{i}]") for i, text in enumerate(request.ids)]
+        missing = await self._store.find_missing(ids)
+        return pb.FindMissingResponse(missing_ids=missing)
+
+    @_translate_errors
+    async def PutStream(
+        self, request_iterator: AsyncIterator[pb.PutStreamRequest], context: Any
+    ) -> pb.PutResponse:
+        first = await anext(aiter(request_iterator), None)
+        if first is None:
+            raise errors.InvalidArgument("PutStream got no messages; the first must set blob_type")
+        blob_type = _blob_type(first.blob_type, default=BlobType.BINARY)
+        total = first.total_size if first.HasField("total_size") else None
+        expected = _optional_id(first.expected_id, "expected_id")
+        result = await self._store.put_stream(
+            blob_type,
+            _chunks(first, request_iterator),
+            total_size=total,
+            expected_id=expected,
+        )
+        return pb.PutResponse(
+            id=result.info.blob_id,
+            blob_type=_TO_PB[result.info.blob_type],
+            size=result.info.size,
+            created=result.created,
+        )
+
+    @_translate_errors
+    async def GetStream(
+        self, request: pb.GetStreamRequest, context: Any
+    ) -> AsyncIterator[pb.GetStreamResponse]:
+        blob_id = _required_id(request.id)
+        chunk_size = min(max(request.chunk_size or DEFAULT_CHUNK, MIN_CHUNK), MAX_CHUNK)
+        info, chunks = await self._store.get_stream(blob_id, chunk_size)
+        try:
+            yield pb.GetStreamResponse(info=_info(info))
+            offset = 0
+            async for chunk in chunks:
+                yield pb.GetStreamResponse(offset=offset, chunk=chunk)
+                offset += len(chunk)
+        finally:
+            await chunks.aclose()  # type: ignore[attr-defined]
+
+
+async def _chunks(
+    first: pb.PutStreamRequest, rest: AsyncIterator[pb.PutStreamRequest]
+) -> AsyncIterator[bytes]:
+    """Yields the data of a PutStream, rejecting sequences that lie about their order."""
+    received = 0
+    message = first
+    index = 0
+    while True:
+        if index > 0 and (
+            message.blob_type or message.HasField("total_size") or message.expected_id
+        ):
+            raise errors.InvalidArgument(
+                f"message {index}: blob_type, total_size and expected_id belong in the first "
+                "message only"
+            )
+        if message.HasField("offset") and message.offset != received:
+            raise errors.InvalidArgument(
+                f"message {index}: chunk offset {message.offset} does not follow the "
+                f"{received} bytes sent before it"
+            )
+        received += len(message.chunk)
+        yield message.chunk
+        index += 1
+        next_message = await anext(rest, None)
+        if next_message is None:
+            return
+        message = next_message
+
+
+def _info(info: BlobInfo) -> pb.BlobInfo:
+    return pb.BlobInfo(id=info.blob_id, blob_type=_TO_PB[info.blob_type], size=info.size)
+
+
+def _blob_type(value: int, *, default: BlobType) -> BlobType:
+    if value == pb.BLOB_TYPE_UNSPECIFIED:
+        return default
+    try:
+        return _FROM_PB[value]  # type: ignore[index]
+    except KeyError:
+        raise errors.InvalidArgument(
+            f"unknown blob_type {value}; use BLOB_TYPE_JSON or BLOB_TYPE_BINARY"
+        ) from None
+
+
+def _required_id(text: str, field: str = "id") -> BlobId:
+    if not text:
+        raise errors.InvalidBlobId(f"{field} is required: 'sha256:' + 64 lowercase hex digits")
+    try:
+        return parse_blob_id(text)
+    except errors.InvalidBlobId as exc:
+        raise errors.InvalidBlobId(f"{field}: {exc}") from None
+
+
+def _optional_id(text: str, field: str) -> BlobId | None:
+    return _required_id(text, field) if text else None

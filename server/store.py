@@ -1,0 +1,184 @@
+"""The blob store: turns content into ids and enforces the rules, over any BlobBackend.
+
+It owns everything that is the same whatever the medium: JSON
+canonicalisation, hashing, size limits, streamed-put bookkeeping. Backends
+only keep bytes; transports (gRPC, the bridge) only translate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from server.backend import BlobBackend
+from server.canonical_json import canonicalize_text, canonicalize_value
+from server.errors import BlobNotFound, BlobTooLarge, DigestMismatch, InvalidArgument, UseStreaming
+from server.ids import BlobId, blob_id_from_digest
+from server.model import Blob, BlobInfo, BlobType, PutResult
+
+MiB = 1024 * 1024
+_A = TypeVar("_A")
+_R = TypeVar("_R")
+# Below this, hashing and canonicalising on the event loop is cheaper than a thread hop.
+_INLINE_LIMIT = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Sizes the store refuses to go past."""
+
+    max_blob_bytes: int = 64 * 1024 * MiB
+    """Largest blob of any type, streamed or not."""
+    max_json_bytes: int = 64 * MiB
+    """Largest Json blob: JSON is parsed whole to canonicalise it."""
+    max_unary_bytes: int = 32 * MiB
+    """Largest blob returned by unary Get; larger ones must be streamed."""
+    max_find_missing: int = 10_000
+    """Most ids in one FindMissing call."""
+
+
+class BlobStore:
+    """Content-addressed puts and verified gets over a backend."""
+
+    def __init__(self, backend: BlobBackend, limits: Limits | None = None) -> None:
+        self.backend = backend
+        self.limits = limits or Limits()
+
+    async def put(
+        self, blob_type: BlobType, data: bytes, expected_id: BlobId | None = None
+    ) -> PutResult:
+        """Stores `data` (raw bytes, or JSON text for Json) and returns its id."""
+        self._check_size(blob_type, len(data))
+        if blob_type is BlobType.JSON:
+            content = await _offload(len(data), canonicalize_text, data)
+            self._check_size(blob_type, len(content))
+        else:
+            content = data
+        return await self._put_content(blob_type, content, expected_id)
+
+    async def put_json_value(self, value: object, expected_id: BlobId | None = None) -> PutResult:
+        """Stores a JSON value given as Python objects (dict, list, str, float...)."""
+        content = canonicalize_value(value)
+        self._check_size(BlobType.JSON, len(content))
+        return await self._put_content(BlobType.JSON, content, expected_id)
+
+    async def _put_content(
+        self, blob_type: BlobType, content: bytes, expected_id: BlobId | None
+    ) -> PutResult:
+        digest = await _offload(len(content), _sha256_hex, content)
+        blob_id = blob_id_from_digest(digest)
+        _check_expected(blob_id, expected_id)
+        return await self.backend.put(blob_id, blob_type, content)
+
+    async def put_stream(
+        self,
+        blob_type: BlobType,
+        chunks: AsyncIterable[bytes],
+        *,
+        total_size: int | None = None,
+        expected_id: BlobId | None = None,
+    ) -> PutResult:
+        """Stores a blob given as chunks, in bounded memory for Binary blobs.
+
+        Json blobs are gathered (up to max_json_bytes) and canonicalised whole.
+        """
+        if total_size is not None:
+            self._check_size(blob_type, total_size)
+        if expected_id is not None:
+            existing = await self.backend.stat(expected_id)
+            if existing is not None:
+                return PutResult(existing, created=False)
+        if blob_type is BlobType.JSON:
+            parts: list[bytes] = []
+            size = 0
+            async for chunk in chunks:
+                size += len(chunk)
+                self._check_size(blob_type, size)
+                _check_total(size, total_size, final=False)
+                parts.append(chunk)
+            _check_total(size, total_size, final=True)
+            return await self.put(blob_type, b"".join(parts), expected_id)
+
+        hasher = hashlib.sha256()
+        writer = await self.backend.open_writer()
+        try:
+            size = 0
+            async for chunk in chunks:
+                size += len(chunk)
+                self._check_size(blob_type, size)
+                _check_total(size, total_size, final=False)
+                await _offload(len(chunk), hasher.update, chunk)
+                await writer.write(chunk)
+            _check_total(size, total_size, final=True)
+            blob_id = blob_id_from_digest(hasher.hexdigest())
+            _check_expected(blob_id, expected_id)
+            return await writer.commit(blob_id, blob_type)
+        finally:
+            await writer.abort()
+
+    async def get(self, blob_id: BlobId) -> Blob:
+        """Returns a whole blob, verified; UseStreaming if it is over the unary limit."""
+        info = await self.backend.stat(blob_id)
+        if info is None:
+            raise BlobNotFound(blob_id)
+        if info.size > self.limits.max_unary_bytes:
+            raise UseStreaming(
+                f"blob {blob_id} is {info.size} bytes, over the unary limit of "
+                f"{self.limits.max_unary_bytes} bytes; read it with GetStream"
+            )
+        return await self.backend.get(blob_id)
+
+    async def get_stream(
+        self, blob_id: BlobId, chunk_size: int
+    ) -> tuple[BlobInfo, AsyncIterator[bytes]]:
+        """Returns a blob's metadata and its verified content as chunks."""
+        return await self.backend.get_stream(blob_id, chunk_size)
+
+    async def stat(self, blob_id: BlobId) -> BlobInfo | None:
+        return await self.backend.stat(blob_id)
+
+    async def find_missing(self, blob_ids: Sequence[BlobId]) -> list[BlobId]:
+        if len(blob_ids) > self.limits.max_find_missing:
+            raise InvalidArgument(
+                f"FindMissing takes at most {self.limits.max_find_missing} ids, got {len(blob_ids)}"
+            )
+        unique = list(dict.fromkeys(blob_ids))
+        return await self.backend.find_missing(unique)
+
+    def _check_size(self, blob_type: BlobType, size: int) -> None:
+        limit = self.limits.max_blob_bytes
+        if blob_type is BlobType.JSON:
+            limit = min(limit, self.limits.max_json_bytes)
+        if size > limit:
+            raise BlobTooLarge(
+                f"{blob_type.value} blob of {size} bytes or more is over the limit of {limit} bytes"
+            )
+
+
+def _sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+async def _offload(size: int, func: Callable[[_A], _R], arg: _A) -> _R:
+    """Runs CPU-heavy work on large inputs in a thread, small inputs inline."""
+    if size <= _INLINE_LIMIT:
+        return func(arg)
+    return await asyncio.to_thread(func, arg)
+
+
+def _check_expected(blob_id: BlobId, expected_id: BlobId | None) -> None:
+    if expected_id is not None and blob_id != expected_id:
+        raise DigestMismatch(f"digest mismatch: content hashes to {blob_id}, not {expected_id}")
+
+
+def _check_total(size: int, total_size: int | None, *, final: bool) -> None:
+    if total_size is None:
+        return
+    if size > total_size or (final and size != total_size):
+        raise InvalidArgument(
+            f"stream carried {size} bytes{'' if final else ' so far'}, "
+            f"but its first message declared total_size={total_size}"
+        )

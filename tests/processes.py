@@ -1,0 +1,98 @@
+"""Real server processes for tests: start on a free port, read the start-up line, stop or kill."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+_LISTENING = re.compile(r"blobstore gRPC listening on (\S+):(\d+)")
+
+
+class ServerProcess:
+    """A `blobstore serve` child process with its data folder and log file."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        log_path: Path,
+        *extra_args: str,
+        env: dict[str, str] | None = None,
+        port: int = 0,
+    ) -> None:
+        self.data_dir = data_dir
+        self.log_path = log_path
+        self.extra_args = extra_args
+        self.env = {**os.environ, **(env or {})}
+        self.port = port
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.target = ""
+
+    def start(self, timeout: float = 30.0) -> ServerProcess:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in wait()
+        start_offset = self.log_path.stat().st_size
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "server.cli",
+                "serve",
+                "--address",
+                f"127.0.0.1:{self.port}",
+                "--data-dir",
+                str(self.data_dir),
+                *self.extra_args,
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log_path.read_bytes()[start_offset:].decode(errors="replace")
+            match = _LISTENING.search(text)
+            if match:
+                self.port = int(match.group(2))
+                self.target = f"127.0.0.1:{self.port}"
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{text}")
+            time.sleep(0.02)
+        self.kill()
+        raise RuntimeError(f"server did not start in {timeout} s:\n{self.log()}")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log.close()
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait: the graceful path."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL: the violent path."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.wait()
