@@ -5,15 +5,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
+from collections.abc import Awaitable, Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from server.admission import Admission
 from server.api.blobstore.v1 import blobstore_pb2 as pb
 from server.api.blobstore.v1 import blobstore_pb2_grpc as pb_grpc
 from server.config import ServerConfig
 from server.filesystem import FileSystemBackend
+from server.guard import Guard
+from server.ids import parse_blob_id
 from server.servicer import BlobServicer
 from server.store import BlobStore
 from server.verifying import VerifyingBackend
@@ -42,11 +47,12 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
 async def _serve_store(config: ServerConfig, store: BlobStore, stop: asyncio.Event | None) -> None:
     message_limit = config.max_unary_bytes + _MESSAGE_OVERHEAD
     server = grpc.aio.server(
+        interceptors=[Guard(Admission(config.admission), _blob_size(store))],
         options=[
             ("grpc.max_receive_message_length", message_limit),
             ("grpc.max_send_message_length", message_limit),
             ("grpc.so_reuseport", 0),
-        ]
+        ],
     )
     pb_grpc.add_BlobServiceServicer_to_server(BlobServicer(store), server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
@@ -54,6 +60,7 @@ async def _serve_store(config: ServerConfig, store: BlobStore, stop: asyncio.Eve
     reflection.enable_server_reflection(
         [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
+    _check_bindable(config.address)
     try:
         port = server.add_insecure_port(config.address)
     except RuntimeError as exc:
@@ -77,3 +84,42 @@ async def _serve_store(config: ServerConfig, store: BlobStore, stop: asyncio.Eve
     await health_servicer.enter_graceful_shutdown()
     await server.stop(config.grace_seconds)
     log.info("stopped")
+
+
+def _check_bindable(address: str) -> None:
+    """Raises ListenError with the system's reason (e.g. "Address already in use").
+
+    gRPC only says "Failed to bind" and writes its own multi-line log, so probe the
+    address first. Like gRPC, it is enough that one of the resolved addresses binds.
+    """
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or address.startswith("unix:"):
+        return  # a form gRPC understands and we do not (unix sockets...): let gRPC judge
+    try:
+        candidates = socket.getaddrinfo(
+            host.strip("[]"), int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except (OSError, UnicodeError) as exc:
+        raise ListenError(f"cannot listen on {address}: {exc}") from None
+    reasons: list[str] = []
+    for family, kind, proto, _, sockaddr in candidates:
+        with socket.socket(family, kind, proto) as probe:
+            # Like gRPC's listener: connections of a previous run in TIME_WAIT do not count.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(sockaddr)
+            except OSError as exc:
+                reasons.append(exc.strerror or str(exc))
+            else:
+                return
+    raise ListenError(f"cannot listen on {address}: {'; '.join(dict.fromkeys(reasons))}")
+
+
+def _blob_size(store: BlobStore) -> Callable[[str], Awaitable[int | None]]:
+    """What the guard needs to size a Get's reply before the blob is read."""
+
+    async def size(text: str) -> int | None:
+        info = await store.stat(parse_blob_id(text))
+        return None if info is None else info.size
+
+    return size

@@ -4,6 +4,10 @@ A backend stores and returns bytes with their type; it does not hash, parse or
 validate content (the BlobStore does), so a new medium (S3, memory) or a
 wrapper (verification, metrics, caching, eviction) implements just this.
 Every method is async so that network backends fit without threads.
+
+A backend raises DataLoss when what it holds is visibly broken (a bad header,
+a wrong length); checking content against its id and quarantining is the job
+of VerifyingBackend, which wraps every backend the server uses.
 """
 
 from __future__ import annotations
@@ -31,7 +35,28 @@ class BlobWriter(Protocol):
         ...
 
     async def abort(self) -> None:
-        """Drops what was written; safe to call more than once or after commit."""
+        """Drops what was written; safe to call more than once, after commit, or when cancelled."""
+        ...
+
+
+class BlobStream(Protocol):
+    """A blob being read: its metadata, then its content as chunks.
+
+    The reader must call aclose() (also after a failure or cancellation) to
+    release what the stream holds; exhausting it is not enough.
+    """
+
+    @property
+    def info(self) -> BlobInfo:
+        """The blob's metadata, known before the first chunk."""
+        ...
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def __anext__(self) -> bytes: ...
+
+    async def aclose(self) -> None:
+        """Releases the stream; safe to call more than once."""
         ...
 
 
@@ -50,13 +75,8 @@ class BlobBackend(Protocol):
         """Returns the whole blob; raises BlobNotFound."""
         ...
 
-    async def get_stream(
-        self, blob_id: BlobId, chunk_size: int
-    ) -> tuple[BlobInfo, AsyncIterator[bytes]]:
-        """Returns the blob's metadata and an iterator over its content; raises BlobNotFound.
-
-        The iterator must be closed (aclose) or exhausted to release resources.
-        """
+    async def get_stream(self, blob_id: BlobId, chunk_size: int) -> BlobStream:
+        """Opens the blob for reading in chunks of about `chunk_size`; raises BlobNotFound."""
         ...
 
     async def stat(self, blob_id: BlobId) -> BlobInfo | None:

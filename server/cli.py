@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from server import config as server_config
 from server.client import DEFAULT_TARGET, BlobClient
-from server.errors import BlobStoreError
+from server.errors import BlobNotFound, BlobStoreError
 from server.model import BlobInfo, BlobType
 
 EXIT_NOT_FOUND = 3
@@ -27,6 +27,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with BlobClient(args.target, timeout=args.timeout) as client:
             return int(args.run(client, args))
+    except BlobNotFound as exc:
+        print(f"blobstore: {exc}", file=sys.stderr)
+        return EXIT_NOT_FOUND
     except BlobStoreError as exc:
         print(f"blobstore: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_ERROR
@@ -59,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     put.set_defaults(run=_put)
 
-    get = client_command("get", "write a blob to a file (or stdout)")
+    get = client_command("get", "write a blob to a file (or stdout); exit 3 if absent")
     get.add_argument("blob_id")
     get.add_argument("-o", "--output", help="file to write (default: standard output)")
     get.set_defaults(run=_get)

@@ -4,7 +4,10 @@ Both raise the store's own errors (server.errors: BlobNotFound, InvalidJson,
 BlobTooLarge, StorageFull, DataLoss, Unavailable...), decoded from the
 server's status details. Large blobs are streamed in chunks: put_file and
 get_to_file never hold a whole blob in memory, and get_to_file checks what it
-received against the id before the file appears under its name.
+received against the id before the file appears under its name. Calls that
+fail with a transient status are retried as server/retry.py says: every call
+is idempotent (a put of the same content stores the same blob), and a
+streamed put or get that fails half way starts again from the beginning.
 """
 
 from __future__ import annotations
@@ -15,18 +18,20 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import grpc
 
+from server import retry
 from server.api.blobstore.v1 import blobstore_pb2 as pb
 from server.api.blobstore.v1 import blobstore_pb2_grpc as pb_grpc
 from server.canonical_json import canonicalize_value
 from server.errors import DataLoss
 from server.ids import BlobId, hex_digest, parse_blob_id
 from server.model import Blob, BlobInfo, BlobType, PutResult
+from server.retry import RetryPolicy
 from server.status import from_rpc_error
 
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -37,7 +42,13 @@ _MESSAGE_LIMIT = 64 * 1024 * 1024
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", _MESSAGE_LIMIT),
     ("grpc.max_send_message_length", _MESSAGE_LIMIT),
+    # gRPC's own reconnect backoff grows to minutes; while it waits, calls fail at once
+    # with UNAVAILABLE, so our retries would find a restarted server only much later.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
 ]
+_T = TypeVar("_T")
 
 _TO_PB = {BlobType.JSON: pb.BLOB_TYPE_JSON, BlobType.BINARY: pb.BLOB_TYPE_BINARY}
 _FROM_PB = {value: key for key, value in _TO_PB.items()}
@@ -122,22 +133,51 @@ class _FileReceiver:
             self._tmp.unlink()
 
 
+class _Gatherer:
+    """Collects a GetStream into memory and checks it against its id."""
+
+    def __init__(self, blob_id: BlobId) -> None:
+        self._blob_id = blob_id
+        self._info: BlobInfo | None = None
+        self._parts: list[bytes] = []
+
+    def take(self, reply: pb.GetStreamResponse) -> None:
+        if reply.HasField("info"):
+            self._info = BlobInfo(
+                BlobId(reply.info.id), _FROM_PB[reply.info.blob_type], reply.info.size
+            )
+        self._parts.append(reply.chunk)
+
+    def finish(self) -> Blob:
+        data = b"".join(self._parts)
+        if self._info is None or hashlib.sha256(data).hexdigest() != hex_digest(self._blob_id):
+            raise DataLoss(self._blob_id, "the received content does not match its id")
+        return Blob(self._info, data)
+
+
 # -- blocking client ------------------------------------------------------------
 
 
 class BlobClient:
-    """Blocking client. Use as a context manager, or call close()."""
+    """Blocking client. Use as a context manager, or call close().
+
+    `timeout` bounds each call, its retries included; `retry` says which
+    failures are retried and how (see server/retry.py; RetryPolicy.off()
+    makes one attempt only).
+    """
 
     def __init__(
         self,
         target: str = DEFAULT_TARGET,
         *,
         timeout: float | None = 60.0,
+        retry: RetryPolicy | None = None,
         channel: grpc.Channel | None = None,
     ) -> None:
         self._channel = channel or grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
         self._stub = pb_grpc.BlobServiceStub(self._channel)
         self.timeout = timeout
+        self.retry = retry or RetryPolicy()
 
     def __enter__(self) -> BlobClient:
         return self
@@ -148,10 +188,14 @@ class BlobClient:
     def close(self) -> None:
         self._channel.close()
 
+    def _call(self, attempt: Callable[[float | None], _T]) -> _T:
+        with _translated():
+            return retry.call(self.retry, self.timeout, attempt)
+
     def put_json(self, value: object) -> PutResult:
         """Stores a JSON value (dict, list, str, int, float, bool, None)."""
-        with _translated():
-            return _put_result(self._stub.Put(_json_request(value), timeout=self.timeout))
+        request = _json_request(value)
+        return _put_result(self._call(lambda t: self._stub.Put(request, timeout=t)))
 
     def put_json_text(self, text: bytes | str) -> PutResult:
         """Stores JSON given as text; the server canonicalises it."""
@@ -159,93 +203,97 @@ class BlobClient:
         return self.put_bytes(data, BlobType.JSON)
 
     def put_bytes(self, data: bytes, blob_type: BlobType = BlobType.BINARY) -> PutResult:
-        """Stores bytes (or JSON text with BlobType.JSON); large data is streamed."""
-        with _translated():
-            if len(data) <= UNARY_LIMIT:
-                request = pb.PutRequest(blob_type=_TO_PB[blob_type], data=data)
-                return _put_result(self._stub.Put(request, timeout=self.timeout))
+        """Stores bytes (Binary, or JSON text for Json); large ones are streamed."""
+        if len(data) <= UNARY_LIMIT:
+            request = pb.PutRequest(blob_type=_TO_PB[blob_type], data=data)
+            return _put_result(self._call(lambda t: self._stub.Put(request, timeout=t)))
+
+        def attempt(timeout: float | None) -> pb.PutResponse:
             requests = _stream_requests(blob_type, _memory_chunks(data), len(data))
-            return _put_result(self._stub.PutStream(requests, timeout=self.timeout))
+            return self._stub.PutStream(requests, timeout=timeout)
+
+        return _put_result(self._call(attempt))
 
     def put_file(
         self, path: str | os.PathLike[str], blob_type: BlobType = BlobType.BINARY
     ) -> PutResult:
-        """Streams a file of any size to the store."""
-        with open(path, "rb") as stream, _translated():
-            size = os.fstat(stream.fileno()).st_size
-            requests = _stream_requests(blob_type, _read_chunks(stream), size)
-            return _put_result(self._stub.PutStream(requests, timeout=self.timeout))
+        """Streams a file of any size to the store; a retry starts again from the top."""
+
+        def attempt(timeout: float | None) -> pb.PutResponse:
+            with open(path, "rb") as stream:
+                size = os.fstat(stream.fileno()).st_size
+                requests = _stream_requests(blob_type, _read_chunks(stream), size)
+                return self._stub.PutStream(requests, timeout=timeout)
+
+        return _put_result(self._call(attempt))
 
     def get(self, blob_id: str) -> Blob:
         """Returns a whole blob; blobs over the server's unary limit are streamed in."""
         parsed = parse_blob_id(blob_id)
-        with _translated():
+
+        def attempt(timeout: float | None) -> Blob:
             try:
-                reply = self._stub.Get(pb.GetRequest(id=parsed), timeout=self.timeout)
+                reply = self._stub.Get(pb.GetRequest(id=parsed), timeout=timeout)
             except grpc.RpcError as exc:
                 if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
                     raise
-                return self._get_streamed(parsed)
-        info = BlobInfo(BlobId(reply.id), _FROM_PB[reply.blob_type], reply.size)
-        return Blob(info, reply.data)
+                return self._get_streamed(parsed, timeout)
+            info = BlobInfo(BlobId(reply.id), _FROM_PB[reply.blob_type], reply.size)
+            return Blob(info, reply.data)
 
-    def _get_streamed(self, blob_id: BlobId) -> Blob:
-        info: BlobInfo | None = None
-        parts: list[bytes] = []
-        for reply in self._stub.GetStream(pb.GetStreamRequest(id=blob_id), timeout=self.timeout):
-            if reply.HasField("info"):
-                info = BlobInfo(
-                    BlobId(reply.info.id), _FROM_PB[reply.info.blob_type], reply.info.size
-                )
-            parts.append(reply.chunk)
-        data = b"".join(parts)
-        if info is None or hashlib.sha256(data).hexdigest() != hex_digest(blob_id):
-            raise DataLoss(blob_id, "the received content does not match its id")
-        return Blob(info, data)
+        return self._call(attempt)
+
+    def _get_streamed(self, blob_id: BlobId, timeout: float | None) -> Blob:
+        gatherer = _Gatherer(blob_id)
+        for reply in self._stub.GetStream(pb.GetStreamRequest(id=blob_id), timeout=timeout):
+            gatherer.take(reply)
+        return gatherer.finish()
 
     def get_to_file(self, blob_id: str, path: str | os.PathLike[str]) -> BlobInfo:
         """Streams a blob into `path`; the file appears only once complete and verified."""
         parsed = parse_blob_id(blob_id)
-        receiver = _FileReceiver(Path(path), parsed)
-        try:
-            with _translated():
-                for reply in self._stub.GetStream(
-                    pb.GetStreamRequest(id=parsed), timeout=self.timeout
-                ):
+
+        def attempt(timeout: float | None) -> BlobInfo:
+            receiver = _FileReceiver(Path(path), parsed)
+            try:
+                for reply in self._stub.GetStream(pb.GetStreamRequest(id=parsed), timeout=timeout):
                     receiver.take(reply)
-            return receiver.finish()
-        finally:
-            receiver.discard()
+                return receiver.finish()
+            finally:
+                receiver.discard()
+
+        return self._call(attempt)
 
     def stat(self, blob_id: str) -> BlobInfo | None:
         """Returns the blob's metadata, or None if it is not stored."""
-        with _translated():
-            reply = self._stub.Stat(pb.StatRequest(id=parse_blob_id(blob_id)), timeout=self.timeout)
-        return _stat_result(reply)
+        request = pb.StatRequest(id=parse_blob_id(blob_id))
+        return _stat_result(self._call(lambda t: self._stub.Stat(request, timeout=t)))
 
     def find_missing(self, blob_ids: Sequence[str]) -> list[str]:
         """Returns the ids, out of `blob_ids`, that are not stored."""
         request = pb.FindMissingRequest(ids=[parse_blob_id(i) for i in blob_ids])
-        with _translated():
-            return list(self._stub.FindMissing(request, timeout=self.timeout).missing_ids)
+        reply = self._call(lambda t: self._stub.FindMissing(request, timeout=t))
+        return list(reply.missing_ids)
 
 
 # -- asyncio client -------------------------------------------------------------
 
 
 class AsyncBlobClient:
-    """asyncio client with the same methods as BlobClient, as coroutines."""
+    """asyncio client with the same methods (and retries) as BlobClient, as coroutines."""
 
     def __init__(
         self,
         target: str = DEFAULT_TARGET,
         *,
         timeout: float | None = 60.0,
+        retry: RetryPolicy | None = None,
         channel: grpc.aio.Channel | None = None,
     ) -> None:
         self._channel = channel or grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
         self._stub = pb_grpc.BlobServiceStub(self._channel)
         self.timeout = timeout
+        self.retry = retry or RetryPolicy()
 
     async def __aenter__(self) -> AsyncBlobClient:
         return self
@@ -256,88 +304,90 @@ class AsyncBlobClient:
     async def close(self) -> None:
         await self._channel.close(None)
 
-    async def put_json(self, value: object) -> PutResult:
+    async def _call(self, attempt: Callable[[float | None], Awaitable[_T]]) -> _T:
         with _translated():
-            return _put_result(await self._stub.Put(_json_request(value), timeout=self.timeout))
+            return await retry.call_async(self.retry, self.timeout, attempt)
+
+    async def put_json(self, value: object) -> PutResult:
+        request = _json_request(value)
+        return _put_result(await self._call(lambda t: self._stub.Put(request, timeout=t)))
 
     async def put_json_text(self, text: bytes | str) -> PutResult:
         data = text.encode() if isinstance(text, str) else text
         return await self.put_bytes(data, BlobType.JSON)
 
     async def put_bytes(self, data: bytes, blob_type: BlobType = BlobType.BINARY) -> PutResult:
-        with _translated():
-            if len(data) <= UNARY_LIMIT:
-                request = pb.PutRequest(blob_type=_TO_PB[blob_type], data=data)
-                return _put_result(await self._stub.Put(request, timeout=self.timeout))
+        if len(data) <= UNARY_LIMIT:
+            request = pb.PutRequest(blob_type=_TO_PB[blob_type], data=data)
+            return _put_result(await self._call(lambda t: self._stub.Put(request, timeout=t)))
+
+        async def attempt(limit: float | None) -> pb.PutResponse:
             requests = _stream_requests(blob_type, _memory_chunks(data), len(data))
-            return _put_result(await self._stub.PutStream(requests, timeout=self.timeout))
+            return await self._stub.PutStream(requests, timeout=limit)
+
+        return _put_result(await self._call(attempt))
 
     async def put_file(
         self, path: str | os.PathLike[str], blob_type: BlobType = BlobType.BINARY
     ) -> PutResult:
-        with open(path, "rb") as stream, _translated():  # noqa: ASYNC230 - reads go via to_thread
-            size = os.fstat(stream.fileno()).st_size
+        async def attempt(limit: float | None) -> pb.PutResponse:
+            with open(path, "rb") as stream:  # noqa: ASYNC230 - reads go via to_thread
+                size = os.fstat(stream.fileno()).st_size
 
-            async def requests() -> AsyncIterator[pb.PutStreamRequest]:
-                head = pb.PutStreamRequest(blob_type=_TO_PB[blob_type], total_size=size)
-                yield head
-                while chunk := await asyncio.to_thread(stream.read, CHUNK_SIZE):
-                    yield pb.PutStreamRequest(chunk=chunk)
+                async def requests() -> AsyncIterator[pb.PutStreamRequest]:
+                    head = pb.PutStreamRequest(blob_type=_TO_PB[blob_type], total_size=size)
+                    yield head
+                    while chunk := await asyncio.to_thread(stream.read, CHUNK_SIZE):
+                        yield pb.PutStreamRequest(chunk=chunk)
 
-            return _put_result(await self._stub.PutStream(requests(), timeout=self.timeout))
+                return await self._stub.PutStream(requests(), timeout=limit)
+
+        return _put_result(await self._call(attempt))
 
     async def get(self, blob_id: str) -> Blob:
         parsed = parse_blob_id(blob_id)
-        with _translated():
+
+        async def attempt(limit: float | None) -> Blob:
             try:
-                reply = await self._stub.Get(pb.GetRequest(id=parsed), timeout=self.timeout)
+                reply = await self._stub.Get(pb.GetRequest(id=parsed), timeout=limit)
             except grpc.RpcError as exc:
                 if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
                     raise
-                return await self._get_streamed(parsed)
-        info = BlobInfo(BlobId(reply.id), _FROM_PB[reply.blob_type], reply.size)
-        return Blob(info, reply.data)
+                return await self._get_streamed(parsed, limit)
+            info = BlobInfo(BlobId(reply.id), _FROM_PB[reply.blob_type], reply.size)
+            return Blob(info, reply.data)
 
-    async def _get_streamed(self, blob_id: BlobId) -> Blob:
-        info: BlobInfo | None = None
-        parts: list[bytes] = []
-        async for reply in self._stub.GetStream(
-            pb.GetStreamRequest(id=blob_id), timeout=self.timeout
-        ):
-            if reply.HasField("info"):
-                info = BlobInfo(
-                    BlobId(reply.info.id), _FROM_PB[reply.info.blob_type], reply.info.size
-                )
-            parts.append(reply.chunk)
-        data = b"".join(parts)
-        if info is None or hashlib.sha256(data).hexdigest() != hex_digest(blob_id):
-            raise DataLoss(blob_id, "the received content does not match its id")
-        return Blob(info, data)
+        return await self._call(attempt)
+
+    async def _get_streamed(self, blob_id: BlobId, limit: float | None) -> Blob:
+        gatherer = _Gatherer(blob_id)
+        async for reply in self._stub.GetStream(pb.GetStreamRequest(id=blob_id), timeout=limit):
+            gatherer.take(reply)
+        return gatherer.finish()
 
     async def get_to_file(self, blob_id: str, path: str | os.PathLike[str]) -> BlobInfo:
         parsed = parse_blob_id(blob_id)
-        receiver = _FileReceiver(Path(path), parsed)
-        try:
-            with _translated():
+
+        async def attempt(limit: float | None) -> BlobInfo:
+            receiver = _FileReceiver(Path(path), parsed)
+            try:
                 async for reply in self._stub.GetStream(
-                    pb.GetStreamRequest(id=parsed), timeout=self.timeout
+                    pb.GetStreamRequest(id=parsed), timeout=limit
                 ):
                     await asyncio.to_thread(receiver.take, reply)
-            return receiver.finish()
-        finally:
-            receiver.discard()
+                return receiver.finish()
+            finally:
+                receiver.discard()
+
+        return await self._call(attempt)
 
     async def stat(self, blob_id: str) -> BlobInfo | None:
-        with _translated():
-            reply = await self._stub.Stat(
-                pb.StatRequest(id=parse_blob_id(blob_id)), timeout=self.timeout
-            )
-        return _stat_result(reply)
+        request = pb.StatRequest(id=parse_blob_id(blob_id))
+        return _stat_result(await self._call(lambda t: self._stub.Stat(request, timeout=t)))
 
     async def find_missing(self, blob_ids: Sequence[str]) -> list[str]:
         request = pb.FindMissingRequest(ids=[parse_blob_id(i) for i in blob_ids])
-        with _translated():
-            reply = await self._stub.FindMissing(request, timeout=self.timeout)
+        reply = await self._call(lambda t: self._stub.FindMissing(request, timeout=t))
         return list(reply.missing_ids)
 
 

@@ -9,7 +9,8 @@ Layout under the data folder:
 
 A put writes a temp file, fsyncs it, publishes it with link(2) (atomic, and
 never replaces: the first writer of an id wins) and fsyncs the shard folder
-before it is acknowledged. Readers therefore only ever see complete files.
+before it is acknowledged. Readers therefore only ever see complete files,
+and a crash leaves at most debris in tmp/, removed at the next start.
 Blocking system calls run on a private thread pool, never on the event loop.
 """
 
@@ -19,15 +20,16 @@ import asyncio
 import contextlib
 import errno
 import fcntl
-import functools
+import hashlib
 import logging
 import os
 import secrets
+import shutil
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from server.blob_file import HEADER_SIZE, CorruptHeader, decode_header, encode_header
 from server.errors import BlobNotFound, DataLoss, StorageFull, Unavailable
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _SPACE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _HEX = "0123456789abcdef"
+_CHECK_CHUNK = 1024 * 1024
 
 
 class DataFolderLocked(Exception):
@@ -62,17 +65,20 @@ class FileSystemLayout:
         self.quarantine_dir = root / "quarantine"
 
     def create(self) -> None:
-        for directory in (self.root, self.blobs, self.tmp, self.quarantine_dir):
-            directory.mkdir(parents=True, exist_ok=True)
+        """Creates the sub-folders and all 256 shards, durably, if they are missing."""
+        new = [d for d in (self.blobs, self.tmp, self.quarantine_dir) if not d.is_dir()]
+        for directory in new:
+            directory.mkdir(exist_ok=True)
         created = False
         for a in _HEX:
             for b in _HEX:
                 shard = self.blobs / (a + b)
-                if not shard.exists():
-                    shard.mkdir()
+                if not shard.is_dir():
+                    shard.mkdir(exist_ok=True)
                     created = True
         if created:
             fsync_dir(self.blobs)
+        if new:
             fsync_dir(self.root)
 
     def path_of(self, blob_id: BlobId) -> Path:
@@ -82,25 +88,74 @@ class FileSystemLayout:
     def all_blob_paths(self) -> list[Path]:
         return sorted(p for p in self.blobs.glob("??/*") if p.is_file())
 
-    def move_to_quarantine(self, path: Path, reason: str) -> Path | None:
-        """Moves `path` aside; returns where it went, or None if it was already gone."""
+    def read_info(self, fd: int, blob_id: BlobId) -> BlobInfo:
+        """Decodes the header of an open blob file; DataLoss if it is broken or truncated."""
+        try:
+            blob_type, size = read_header(fd)
+        except CorruptHeader as exc:
+            raise DataLoss(blob_id, str(exc)) from None
+        return BlobInfo(blob_id, blob_type, size)
+
+    def check_file(self, path: Path, blob_id: BlobId) -> str | None:
+        """Returns what is wrong with the blob file at `path`, or None if it is sound."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            return f"cannot open: {exc.strerror}"
+        try:
+            try:
+                read_header(fd)
+            except CorruptHeader as exc:
+                return str(exc)
+            hasher = hashlib.sha256()
+            offset = HEADER_SIZE
+            while chunk := os.pread(fd, _CHECK_CHUNK, offset):
+                hasher.update(chunk)
+                offset += len(chunk)
+            if hasher.hexdigest() != hex_digest(blob_id):
+                return "content does not match its SHA-256 id"
+            return None
+        except OSError as exc:
+            return f"cannot read: {exc.strerror}"
+        finally:
+            os.close(fd)
+
+    def quarantine(self, blob_id: BlobId, reason: str) -> Path | None:
+        """Moves the blob's file aside; returns where it went, or None if it was not moved.
+
+        The file is checked again after the (atomic) move: a put may have
+        replaced the broken copy between the failed read and this call, and a
+        sound file is put back rather than lost.
+        """
+        path = self.path_of(blob_id)
         target = self.quarantine_dir / f"{path.name}.{time.time_ns()}"
         try:
             os.rename(path, target)
         except FileNotFoundError:
             return None
+        problem = self.check_file(target, blob_id)
+        if problem is None:
+            with contextlib.suppress(FileExistsError):
+                os.link(target, path)
+            os.unlink(target)
+            fsync_dir(path.parent)
+            log.warning(
+                "kept %s: reported corrupt (%s), but the stored copy is sound", blob_id, reason
+            )
+            return None
         fsync_dir(path.parent)
         fsync_dir(self.quarantine_dir)
-        log.error("quarantined %s to %s: %s", path.name, target, reason)
+        log.error("quarantined %s to %s: %s", blob_id, target, problem)
         return target
 
-    def read_info(self, fd: int, blob_id: BlobId) -> BlobInfo:
-        header = os.pread(fd, HEADER_SIZE, 0)
-        try:
-            blob_type, size = decode_header(header)
-        except CorruptHeader as exc:
-            raise DataLoss(blob_id, str(exc)) from None
-        return BlobInfo(blob_id, blob_type, size)
+
+def read_header(fd: int) -> tuple[BlobType, int]:
+    """Returns (type, content length) of an open blob file; CorruptHeader if the two disagree."""
+    blob_type, size = decode_header(os.pread(fd, HEADER_SIZE, 0))
+    actual = os.fstat(fd).st_size - HEADER_SIZE
+    if actual != size:
+        raise CorruptHeader(f"file holds {actual} content bytes, its header says {size}")
+    return blob_type, size
 
 
 def fsync_dir(path: Path) -> None:
@@ -109,13 +164,6 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
 
 
 class FileSystemBackend:
@@ -129,22 +177,30 @@ class FileSystemBackend:
     # -- life cycle -------------------------------------------------------------------------
 
     def open(self) -> None:
-        """Creates the folder, takes ownership of it and removes debris of earlier crashes."""
-        self.layout.create()
-        fd = os.open(self.layout.root / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+        """Takes ownership of the folder (creating it), and removes debris of earlier crashes."""
+        root = self.layout.root
+        if not root.is_dir():
+            root.mkdir(parents=True, exist_ok=True)
+            fsync_dir(root.parent)
+        fd = os.open(root / "LOCK", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             raise DataFolderLocked(
-                f"data folder {self.layout.root} is in use by another blobstore server"
+                f"data folder {root} is in use by another blobstore server "
+                f"(it holds the lock on {root / 'LOCK'}); stop it or choose another --data-dir"
             ) from None
         self._lock_fd = fd
+        # Only the lock holder touches the layout, so two servers starting at once cannot race.
+        self.layout.create()
         removed = 0
         for leftover in self.layout.tmp.iterdir():
-            with contextlib.suppress(FileNotFoundError):
-                leftover.unlink()
-                removed += 1
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                _unlink_quietly(leftover)
+            removed += 1
         if removed:
             log.info("removed %d unfinished temporary file(s) from %s", removed, self.layout.tmp)
 
@@ -163,18 +219,20 @@ class FileSystemBackend:
         return await self._run(lambda: self._put_sync(blob_id, blob_type, data))
 
     def _put_sync(self, blob_id: BlobId, blob_type: BlobType, data: bytes) -> PutResult:
-        existing = self._stat_sync(blob_id)
+        existing = self._existing(blob_id)
         if existing is not None:
             return PutResult(existing, created=False)
         fd, tmp_path = self._create_temp()
         try:
-            _write_all(fd, encode_header(blob_type, len(data)) + data)
-            os.fsync(fd)
+            try:
+                _write_all(fd, encode_header(blob_type, len(data)))
+                _write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         except OSError as exc:
-            os.close(fd)
             _unlink_quietly(tmp_path)
             raise io_error(exc, "store the blob") from None
-        os.close(fd)
         return self._publish(tmp_path, blob_id, BlobInfo(blob_id, blob_type, len(data)))
 
     async def open_writer(self) -> _FileWriter:
@@ -189,29 +247,43 @@ class FileSystemBackend:
             raise io_error(exc, "create a temporary file") from None
         return fd, path
 
+    def _existing(self, blob_id: BlobId) -> BlobInfo | None:
+        """The stored blob's metadata; a visibly broken copy is quarantined so a put heals it."""
+        try:
+            return self._stat_sync(blob_id)
+        except DataLoss as exc:
+            reason = str(exc)
+        try:
+            self.layout.quarantine(blob_id, reason)
+        except OSError as exc:
+            raise io_error(exc, "quarantine a corrupt blob") from None
+        return None
+
     def _publish(self, tmp_path: Path, blob_id: BlobId, info: BlobInfo) -> PutResult:
         """Links the fsynced temp file into place; the first writer of an id wins."""
         final = self.layout.path_of(blob_id)
         try:
-            os.link(tmp_path, final)
-        except FileExistsError:
-            _unlink_quietly(tmp_path)
-            existing = self._stat_sync(blob_id)
-            if existing is None:  # quarantined between link and stat
-                raise Unavailable(f"blob {blob_id} changed while it was stored; retry") from None
-            return PutResult(existing, created=False)
+            # More than one round only if a broken copy was in the way and got quarantined.
+            for _ in range(3):
+                try:
+                    os.link(tmp_path, final)
+                except FileExistsError:
+                    existing = self._existing(blob_id)
+                    if existing is not None:
+                        return PutResult(existing, created=False)
+                    continue
+                try:
+                    fsync_dir(final.parent)
+                except OSError:
+                    # Not durable, so not acknowledged: take it back so a retry writes it again.
+                    _unlink_quietly(final)
+                    raise
+                return PutResult(info, created=True)
+            raise Unavailable(f"blob {blob_id} kept changing while it was stored; retry")
         except OSError as exc:
-            _unlink_quietly(tmp_path)
             raise io_error(exc, "publish the blob") from None
-        try:
-            fsync_dir(final.parent)
-        except OSError as exc:
-            # Not acknowledged as durable: take it back so a retry writes it again.
-            _unlink_quietly(final)
+        finally:
             _unlink_quietly(tmp_path)
-            raise io_error(exc, "make the blob durable") from None
-        _unlink_quietly(tmp_path)
-        return PutResult(info, created=True)
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -222,38 +294,28 @@ class FileSystemBackend:
         fd = self._open_blob(blob_id)
         try:
             info = self.layout.read_info(fd, blob_id)
-            data = os.pread(fd, info.size + 1, HEADER_SIZE)
+            # One byte more than the header promises, so a file that grew is noticed.
+            data = _pread_all(fd, info.size + 1, HEADER_SIZE)
         except OSError as exc:
             raise io_error(exc, "read the blob") from None
         finally:
             os.close(fd)
         return Blob(info, data)
 
-    async def get_stream(
-        self, blob_id: BlobId, chunk_size: int
-    ) -> tuple[BlobInfo, AsyncIterator[bytes]]:
-        fd = await self._run(lambda: self._open_blob(blob_id))
-        try:
-            info = await self._run(lambda: self.layout.read_info(fd, blob_id))
-        except BaseException:
-            os.close(fd)
-            raise
-        return info, self._chunks(fd, blob_id, chunk_size)
+    async def get_stream(self, blob_id: BlobId, chunk_size: int) -> _FileStream:
+        def open_stream() -> tuple[int, BlobInfo]:
+            fd = self._open_blob(blob_id)
+            try:
+                return fd, self.layout.read_info(fd, blob_id)
+            except OSError as exc:
+                os.close(fd)
+                raise io_error(exc, "read the blob's header") from None
+            except BaseException:
+                os.close(fd)
+                raise
 
-    async def _chunks(self, fd: int, blob_id: BlobId, chunk_size: int) -> AsyncIterator[bytes]:
-        offset = HEADER_SIZE
-        try:
-            while True:
-                try:
-                    chunk = await self._run(functools.partial(os.pread, fd, chunk_size, offset))
-                except OSError as exc:
-                    raise io_error(exc, "read the blob") from None
-                if not chunk:
-                    return
-                offset += len(chunk)
-                yield chunk
-        finally:
-            os.close(fd)
+        fd, info = await self._run(open_stream)
+        return _FileStream(self._pool, fd, info, chunk_size)
 
     def _open_blob(self, blob_id: BlobId) -> int:
         try:
@@ -285,9 +347,91 @@ class FileSystemBackend:
         return await self._run(missing)
 
     async def quarantine(self, blob_id: BlobId, reason: str) -> None:
-        await self._run(
-            lambda: self.layout.move_to_quarantine(self.layout.path_of(blob_id), reason)
-        )
+        try:
+            await self._run(lambda: self.layout.quarantine(blob_id, reason))
+        except OSError as exc:
+            raise io_error(exc, "quarantine a corrupt blob") from None
+
+
+class _FdGuard:
+    """A file descriptor used from pool threads, closed only once no thread is using it.
+
+    A cancelled caller stops waiting for its pool thread, but the thread goes
+    on with the descriptor. Closing it at that moment would let a concurrent
+    open() reuse the number, and the late write would land in another file.
+    """
+
+    def __init__(self, pool: ThreadPoolExecutor, fd: int) -> None:
+        self._pool = pool
+        self._fd: int | None = fd
+        self._busy: asyncio.Future[Any] | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self._fd is None
+
+    async def run(self, func: Callable[[int], _T]) -> _T:
+        fd = self._fd
+        if fd is None:
+            raise Unavailable("the file was already closed")
+        future = asyncio.get_running_loop().run_in_executor(self._pool, func, fd)
+        future.add_done_callback(_retrieve)
+        self._busy = future
+        return await asyncio.shield(future)
+
+    def close(self, then: Callable[[], None] | None = None) -> None:
+        """Closes the descriptor (and calls `then`) now, or when the running operation ends."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+
+        def finish(_: object = None) -> None:
+            os.close(fd)
+            if then is not None:
+                then()
+
+        busy = self._busy
+        if busy is None or busy.done():
+            finish()
+        else:
+            busy.add_done_callback(finish)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Marks a shielded operation's failure as seen when its caller was cancelled."""
+    if not future.cancelled():
+        future.exception()
+
+
+class _FileStream:
+    """A blob file being read in chunks; content starts after the header."""
+
+    def __init__(self, pool: ThreadPoolExecutor, fd: int, info: BlobInfo, chunk_size: int) -> None:
+        self.info = info
+        self._guard = _FdGuard(pool, fd)
+        self._offset = HEADER_SIZE
+        self._chunk_size = chunk_size
+
+    def __aiter__(self) -> _FileStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._guard.closed:
+            raise StopAsyncIteration
+        offset, size = self._offset, self._chunk_size
+        try:
+            chunk = await self._guard.run(lambda fd: os.pread(fd, size, offset))
+        except OSError as exc:
+            await self.aclose()
+            raise io_error(exc, "read the blob") from None
+        if not chunk:
+            await self.aclose()
+            raise StopAsyncIteration
+        self._offset += len(chunk)
+        return chunk
+
+    async def aclose(self) -> None:
+        self._guard.close()
 
 
 class _FileWriter:
@@ -295,31 +439,27 @@ class _FileWriter:
 
     def __init__(self, backend: FileSystemBackend, fd: int, path: Path) -> None:
         self._backend = backend
-        self._fd: int | None = fd
+        self._guard = _FdGuard(backend._pool, fd)
         self._path = path
         # Content starts after the header, which is written at commit once the
         # type and size are known.
         self._size = 0
 
     async def write(self, chunk: bytes) -> None:
-        if self._fd is None:
-            raise Unavailable("the write was already finished")
-        fd, offset = self._fd, HEADER_SIZE + self._size
+        offset = HEADER_SIZE + self._size
         self._size += len(chunk)
         try:
-            await self._backend._run(lambda: _pwrite_all(fd, chunk, offset))
+            await self._guard.run(lambda fd: _pwrite_all(fd, chunk, offset))
         except OSError as exc:
             await self.abort()
             raise io_error(exc, "store the blob") from None
 
     async def commit(self, blob_id: BlobId, blob_type: BlobType) -> PutResult:
-        fd = self._fd
-        if fd is None:
-            raise Unavailable("the write was already finished")
         info = BlobInfo(blob_id, blob_type, self._size)
+        backend = self._backend
 
-        def finish() -> PutResult:
-            existing = self._backend._stat_sync(blob_id)
+        def finish(fd: int) -> PutResult:
+            existing = backend._existing(blob_id)
             if existing is not None:
                 return PutResult(existing, created=False)
             try:
@@ -327,18 +467,23 @@ class _FileWriter:
                 os.fsync(fd)
             except OSError as exc:
                 raise io_error(exc, "store the blob") from None
-            return self._backend._publish(self._path, blob_id, info)
+            return backend._publish(self._path, blob_id, info)
 
         try:
-            return await self._backend._run(finish)
+            return await self._guard.run(finish)
         finally:
             await self.abort()
 
     async def abort(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
-            _unlink_quietly(self._path)
+        path = self._path
+        self._guard.close(then=lambda: _unlink_quietly(path))
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
@@ -347,6 +492,18 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
         written = os.pwrite(fd, view, offset)
         view = view[written:]
         offset += written
+
+
+def _pread_all(fd: int, size: int, offset: int) -> bytes:
+    parts = []
+    while size > 0:
+        part = os.pread(fd, size, offset)
+        if not part:
+            break
+        parts.append(part)
+        size -= len(part)
+        offset += len(part)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _unlink_quietly(path: Path) -> None:

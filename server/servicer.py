@@ -8,6 +8,7 @@ INTERNAL with a reference to the log line.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
@@ -16,13 +17,14 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import json_format
+from google.protobuf import json_format, struct_pb2
 
 from server import errors
 from server.api.blobstore.v1 import blobstore_pb2 as pb
 from server.api.blobstore.v1 import blobstore_pb2_grpc as pb_grpc
 from server.ids import BlobId, parse_blob_id
-from server.model import BlobInfo, BlobType
+from server.model import Blob, BlobInfo, BlobType
+from server.offload import offload
 from server.status import to_status
 from server.store import BlobStore
 
@@ -54,8 +56,10 @@ def _translate_errors(handler: _Handler) -> _Handler:
         @functools.wraps(handler)
         async def stream_wrapper(self: Any, request: Any, context: Any) -> AsyncIterator[Any]:
             try:
-                async for reply in handler(self, request, context):
-                    yield reply
+                # aclosing: a cancelled call closes the handler (and what it holds) at once.
+                async with contextlib.aclosing(handler(self, request, context)) as replies:
+                    async for reply in replies:
+                        yield reply
             except (grpc.aio.AbortError, GeneratorExit):
                 raise
             except Exception as exc:
@@ -88,8 +92,9 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
         if content == "json":
             if request.blob_type not in (pb.BLOB_TYPE_UNSPECIFIED, pb.BLOB_TYPE_JSON):
                 raise errors.InvalidArgument("a `json` value can only be stored as BLOB_TYPE_JSON")
-            value = json_format.MessageToDict(request.json)
-            result = await self._store.put_json_value(value, expected)
+            size = request.json.ByteSize()
+            value = await offload(size, _value_to_python, request.json)
+            result = await self._store.put_json_value(value, expected, size_hint=size)
         else:
             blob_type = _blob_type(request.blob_type, default=BlobType.BINARY)
             result = await self._store.put(blob_type, request.data, expected)
@@ -107,7 +112,7 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
             id=blob.info.blob_id, blob_type=_TO_PB[blob.info.blob_type], size=blob.info.size
         )
         if request.as_json_value and blob.info.blob_type is BlobType.JSON:
-            json_format.Parse(blob.data, reply.json)
+            reply.json.CopyFrom(await offload(len(blob.data), _python_to_value, blob))
         else:
             reply.data = blob.data
         return reply
@@ -159,15 +164,15 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
     ) -> AsyncIterator[pb.GetStreamResponse]:
         blob_id = _required_id(request.id)
         chunk_size = min(max(request.chunk_size or DEFAULT_CHUNK, MIN_CHUNK), MAX_CHUNK)
-        info, chunks = await self._store.get_stream(blob_id, chunk_size)
+        stream = await self._store.get_stream(blob_id, chunk_size)
         try:
-            yield pb.GetStreamResponse(info=_info(info))
+            yield pb.GetStreamResponse(info=_info(stream.info))
             offset = 0
-            async for chunk in chunks:
+            async for chunk in stream:
                 yield pb.GetStreamResponse(offset=offset, chunk=chunk)
                 offset += len(chunk)
         finally:
-            await chunks.aclose()  # type: ignore[attr-defined]
+            await stream.aclose()
 
 
 async def _chunks(
@@ -197,6 +202,25 @@ async def _chunks(
         if next_message is None:
             return
         message = next_message
+
+
+def _value_to_python(value: struct_pb2.Value) -> object:
+    try:
+        return json_format.MessageToDict(value)
+    except ValueError as exc:  # NaN or Infinity in a number_value
+        raise errors.InvalidJson(f"json: {exc}") from None
+
+
+def _python_to_value(blob: Blob) -> struct_pb2.Value:
+    value = struct_pb2.Value()
+    try:
+        json_format.Parse(blob.data, value)
+    except json_format.ParseError as exc:
+        raise errors.InvalidArgument(
+            f"blob {blob.info.blob_id} cannot be returned as a protobuf Value ({exc}); "
+            "read it without as_json_value"
+        ) from None
+    return value
 
 
 def _info(info: BlobInfo) -> pb.BlobInfo:

@@ -1,7 +1,8 @@
 """The one table between store errors and gRPC status, used by server and client.
 
 The server sends the gRPC code, a message for people, and a google.rpc.ErrorInfo
-(domain "blobstore.v1", a reason such as BLOB_TOO_LARGE) in the standard
+(domain "blobstore.v1", a reason such as BLOB_TOO_LARGE; metadata "blob_id"
+and, for INVALID_JSON, "position", the byte offset) in the standard
 grpc-status-details-bin trailer, so programs - our client and the bridge -
 tell apart errors that share a code (too large vs disk full vs overloaded).
 """
@@ -67,6 +68,8 @@ def to_status(
     metadata = {}
     if error.blob_id:
         metadata["blob_id"] = error.blob_id
+    if isinstance(error, errors.InvalidJson) and error.position is not None:
+        metadata["position"] = str(error.position)
     info = error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata)
     detail = any_pb2.Any()
     detail.Pack(info)
@@ -88,7 +91,10 @@ def from_rpc_error(exc: grpc.RpcError) -> errors.BlobStoreError:
         return errors.BlobNotFound(blob_id, message)
     if cls is errors.DataLoss:
         return errors.DataLoss(blob_id, message=message)
-    return cls(message)
+    error = cls(message)
+    if isinstance(error, errors.InvalidJson) and info is not None and "position" in info.metadata:
+        error.position = int(info.metadata["position"])
+    return error
 
 
 def _error_info(exc: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:

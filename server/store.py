@@ -9,21 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
-from server.backend import BlobBackend
+from server.backend import BlobBackend, BlobStream
 from server.canonical_json import canonicalize_text, canonicalize_value
-from server.errors import BlobNotFound, BlobTooLarge, DigestMismatch, InvalidArgument, UseStreaming
+from server.errors import (
+    BlobNotFound,
+    BlobTooLarge,
+    DataLoss,
+    DigestMismatch,
+    InvalidArgument,
+    UseStreaming,
+)
 from server.ids import BlobId, blob_id_from_digest
 from server.model import Blob, BlobInfo, BlobType, PutResult
+from server.offload import offload, sha256_hex
 
 MiB = 1024 * 1024
-_A = TypeVar("_A")
-_R = TypeVar("_R")
-# Below this, hashing and canonicalising on the event loop is cheaper than a thread hop.
-_INLINE_LIMIT = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,22 +56,28 @@ class BlobStore:
         """Stores `data` (raw bytes, or JSON text for Json) and returns its id."""
         self._check_size(blob_type, len(data))
         if blob_type is BlobType.JSON:
-            content = await _offload(len(data), canonicalize_text, data)
+            content = await offload(len(data), canonicalize_text, data)
             self._check_size(blob_type, len(content))
         else:
             content = data
         return await self._put_content(blob_type, content, expected_id)
 
-    async def put_json_value(self, value: object, expected_id: BlobId | None = None) -> PutResult:
-        """Stores a JSON value given as Python objects (dict, list, str, float...)."""
-        content = canonicalize_value(value)
+    async def put_json_value(
+        self, value: object, expected_id: BlobId | None = None, *, size_hint: int = 0
+    ) -> PutResult:
+        """Stores a JSON value given as Python objects (dict, list, str, float...).
+
+        `size_hint`, roughly the size of the value's encoding, decides whether
+        canonicalising it is worth a thread.
+        """
+        content = await offload(size_hint, canonicalize_value, value)
         self._check_size(BlobType.JSON, len(content))
         return await self._put_content(BlobType.JSON, content, expected_id)
 
     async def _put_content(
         self, blob_type: BlobType, content: bytes, expected_id: BlobId | None
     ) -> PutResult:
-        digest = await _offload(len(content), _sha256_hex, content)
+        digest = await offload(len(content), sha256_hex, content)
         blob_id = blob_id_from_digest(digest)
         _check_expected(blob_id, expected_id)
         return await self.backend.put(blob_id, blob_type, content)
@@ -88,7 +97,10 @@ class BlobStore:
         if total_size is not None:
             self._check_size(blob_type, total_size)
         if expected_id is not None:
-            existing = await self.backend.stat(expected_id)
+            try:
+                existing = await self.backend.stat(expected_id)
+            except DataLoss:
+                existing = None  # quarantined by the read; this put stores a sound copy
             if existing is not None:
                 return PutResult(existing, created=False)
         if blob_type is BlobType.JSON:
@@ -110,8 +122,9 @@ class BlobStore:
                 size += len(chunk)
                 self._check_size(blob_type, size)
                 _check_total(size, total_size, final=False)
-                await _offload(len(chunk), hasher.update, chunk)
-                await writer.write(chunk)
+                # Hash and write the chunk in parallel; the next message is read only
+                # after both, so gRPC flow control keeps the sender from running ahead.
+                await asyncio.gather(offload(len(chunk), hasher.update, chunk), writer.write(chunk))
             _check_total(size, total_size, final=True)
             blob_id = blob_id_from_digest(hasher.hexdigest())
             _check_expected(blob_id, expected_id)
@@ -131,10 +144,8 @@ class BlobStore:
             )
         return await self.backend.get(blob_id)
 
-    async def get_stream(
-        self, blob_id: BlobId, chunk_size: int
-    ) -> tuple[BlobInfo, AsyncIterator[bytes]]:
-        """Returns a blob's metadata and its verified content as chunks."""
+    async def get_stream(self, blob_id: BlobId, chunk_size: int) -> BlobStream:
+        """Opens a blob for reading in chunks; the caller must aclose() the stream."""
         return await self.backend.get_stream(blob_id, chunk_size)
 
     async def stat(self, blob_id: BlobId) -> BlobInfo | None:
@@ -156,17 +167,6 @@ class BlobStore:
             raise BlobTooLarge(
                 f"{blob_type.value} blob of {size} bytes or more is over the limit of {limit} bytes"
             )
-
-
-def _sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-async def _offload(size: int, func: Callable[[_A], _R], arg: _A) -> _R:
-    """Runs CPU-heavy work on large inputs in a thread, small inputs inline."""
-    if size <= _INLINE_LIMIT:
-        return func(arg)
-    return await asyncio.to_thread(func, arg)
 
 
 def _check_expected(blob_id: BlobId, expected_id: BlobId | None) -> None:

@@ -1,21 +1,26 @@
 """A BlobBackend decorator that checks every read against the blob's id.
 
-Data that does not hash to its id (or whose size disagrees with its header)
-is never served: the copy is quarantined through the inner backend and the
-read fails with DataLoss. For streams the last chunk is held back until the
-whole content has been hashed, so a reader never receives a complete copy of
-bad data.
+Data that does not hash to its id, whose size disagrees with its header, or
+whose header is broken is never served: the copy is quarantined through the
+inner backend and the read fails with DataLoss. Streams hold the last chunk
+back until the whole content has been hashed, so a reader never receives a
+complete copy of bad data.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Sequence
+import logging
+from collections.abc import Sequence
+from typing import NoReturn
 
-from server.backend import BlobBackend, BlobWriter
+from server.backend import BlobBackend, BlobStream, BlobWriter
 from server.errors import DataLoss
 from server.ids import BlobId, hex_digest
 from server.model import Blob, BlobInfo, BlobType, PutResult
+from server.offload import offload, sha256_hex
+
+log = logging.getLogger(__name__)
 
 
 class VerifyingBackend:
@@ -31,47 +36,30 @@ class VerifyingBackend:
         return await self._inner.open_writer()
 
     async def get(self, blob_id: BlobId) -> Blob:
-        blob = await self._inner.get(blob_id)
+        try:
+            blob = await self._inner.get(blob_id)
+        except DataLoss as exc:
+            await self.fail(blob_id, str(exc), exc)
         if len(blob.data) != blob.info.size:
-            await self._fail(
+            await self.fail(
                 blob_id, f"content is {len(blob.data)} bytes, header says {blob.info.size}"
             )
-        if hashlib.sha256(blob.data).hexdigest() != hex_digest(blob_id):
-            await self._fail(blob_id, "content does not match its SHA-256 id")
+        if await offload(len(blob.data), sha256_hex, blob.data) != hex_digest(blob_id):
+            await self.fail(blob_id, "content does not match its SHA-256 id")
         return blob
 
-    async def get_stream(
-        self, blob_id: BlobId, chunk_size: int
-    ) -> tuple[BlobInfo, AsyncIterator[bytes]]:
-        info, chunks = await self._inner.get_stream(blob_id, chunk_size)
-        return info, self._verified(info, chunks)
-
-    async def _verified(self, info: BlobInfo, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        hasher = hashlib.sha256()
-        size = 0
-        held: bytes | None = None
+    async def get_stream(self, blob_id: BlobId, chunk_size: int) -> BlobStream:
         try:
-            async for chunk in chunks:
-                if held is not None:
-                    yield held
-                hasher.update(chunk)
-                size += len(chunk)
-                if size > info.size:
-                    break
-                held = chunk
-        finally:
-            await chunks.aclose()  # type: ignore[attr-defined]
-        if size != info.size:
-            await self._fail(
-                info.blob_id, f"content length differs from the header's {info.size} bytes"
-            )
-        if hasher.hexdigest() != hex_digest(info.blob_id):
-            await self._fail(info.blob_id, "content does not match its SHA-256 id")
-        if held is not None:
-            yield held
+            stream = await self._inner.get_stream(blob_id, chunk_size)
+        except DataLoss as exc:
+            await self.fail(blob_id, str(exc), exc)
+        return _VerifiedStream(self, stream)
 
     async def stat(self, blob_id: BlobId) -> BlobInfo | None:
-        return await self._inner.stat(blob_id)
+        try:
+            return await self._inner.stat(blob_id)
+        except DataLoss as exc:
+            await self.fail(blob_id, str(exc), exc)
 
     async def find_missing(self, blob_ids: Sequence[BlobId]) -> list[BlobId]:
         return await self._inner.find_missing(blob_ids)
@@ -79,6 +67,66 @@ class VerifyingBackend:
     async def quarantine(self, blob_id: BlobId, reason: str) -> None:
         await self._inner.quarantine(blob_id, reason)
 
-    async def _fail(self, blob_id: BlobId, reason: str) -> None:
-        await self._inner.quarantine(blob_id, reason)
-        raise DataLoss(blob_id, reason)
+    async def fail(self, blob_id: BlobId, reason: str, error: DataLoss | None = None) -> NoReturn:
+        """Quarantines the blob and raises DataLoss, even if quarantining fails."""
+        try:
+            await self._inner.quarantine(blob_id, reason)
+        except Exception:
+            log.exception("could not quarantine corrupt blob %s (%s)", blob_id, reason)
+        raise error or DataLoss(blob_id, reason)
+
+
+class _VerifiedStream:
+    """The chunks of an inner stream, hashed as they pass, the last one held back."""
+
+    def __init__(self, owner: VerifyingBackend, inner: BlobStream) -> None:
+        self.info = inner.info
+        self._owner = owner
+        self._inner = inner
+        self._hasher = hashlib.sha256()
+        self._size = 0
+        self._held: bytes | None = None
+        self._finished = False
+
+    def __aiter__(self) -> _VerifiedStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while not self._finished:
+            try:
+                chunk = await anext(self._inner)
+            except StopAsyncIteration:
+                self._finished = True
+                await self._verify_whole()
+                break
+            except DataLoss as exc:
+                self._finished = True
+                await self._owner.fail(self.info.blob_id, str(exc), exc)
+            self._size += len(chunk)
+            if self._size > self.info.size:
+                self._finished = True
+                await self.aclose()
+                await self._owner.fail(
+                    self.info.blob_id, f"content is longer than the header's {self.info.size} bytes"
+                )
+            await offload(len(chunk), self._hasher.update, chunk)
+            held, self._held = self._held, chunk
+            if held is not None:
+                return held
+        held, self._held = self._held, None
+        if held is None:
+            raise StopAsyncIteration
+        return held
+
+    async def _verify_whole(self) -> None:
+        if self._size != self.info.size:
+            await self._owner.fail(
+                self.info.blob_id,
+                f"content is {self._size} bytes, header says {self.info.size}",
+            )
+        if self._hasher.hexdigest() != hex_digest(self.info.blob_id):
+            await self._owner.fail(self.info.blob_id, "content does not match its SHA-256 id")
+
+    async def aclose(self) -> None:
+        self._held = None
+        await self._inner.aclose()

@@ -1,0 +1,114 @@
+"""The `blobstore-bridge` command: JSON-RPC over HTTP (default) or stdio, to the gRPC service.
+
+It prints one start-up line on stderr saying where it listens, for example
+    blobstore-bridge JSON-RPC listening on http://127.0.0.1:8080/ (gRPC target 127.0.0.1:50051)
+    blobstore-bridge JSON-RPC on stdio (gRPC target 127.0.0.1:50051)
+and stops gracefully on SIGTERM/SIGINT (and, with --stdio, at end of input).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import BinaryIO
+
+from jsonrpc_bridge import config, http_transport, stdio_transport
+from jsonrpc_bridge.methods import BlobMethods
+from jsonrpc_bridge.protocol import JsonRpcCore
+from jsonrpc_bridge.service import BlobService
+
+log = logging.getLogger("jsonrpc_bridge")
+EXIT_ERROR = 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="blobstore-bridge",
+        description="JSON-RPC 2.0 bridge (blobs/put, blobs/get) to the gRPC BlobService",
+    )
+    config.add_arguments(parser)
+    cfg = config.from_arguments(parser.parse_args(argv))
+    try:
+        address = None if cfg.stdio else config.split_address(cfg.http)
+    except ValueError as exc:
+        parser.error(f"--http: {exc}")
+    logging.basicConfig(
+        level=cfg.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    stdout: BinaryIO | None = None
+    if cfg.stdio:
+        # stdout carries only responses: keep a private handle on it and point fd 1 at
+        # stderr, so a stray print anywhere in the process cannot corrupt the stream.
+        stdout = os.fdopen(os.dup(1), "wb")
+        os.dup2(2, 1)
+        sys.stdout = sys.stderr
+    try:
+        asyncio.run(_run(cfg, address, stdout))
+    except http_transport.ListenError as exc:
+        log.error("%s", exc)
+        return EXIT_ERROR
+    return 0
+
+
+async def _run(
+    cfg: config.BridgeConfig, address: tuple[str, int] | None, stdout: BinaryIO | None
+) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    service = BlobService(cfg.grpc_target, cfg.deadline_seconds)
+    core = JsonRpcCore(BlobMethods(service.client).table())
+    try:
+        if address is None:
+            assert stdout is not None
+            log.info("blobstore-bridge JSON-RPC on stdio (gRPC target %s)", cfg.grpc_target)
+            await stdio_transport.serve(
+                core,
+                max_line_bytes=cfg.max_request_bytes,
+                stop=stop,
+                stdin_fd=0,
+                stdout=stdout,
+            )
+        else:
+            await _serve_http(cfg, core, service, address, stop)
+    finally:
+        await service.close()
+    log.info("stopped")
+
+
+async def _serve_http(
+    cfg: config.BridgeConfig,
+    core: JsonRpcCore,
+    service: BlobService,
+    address: tuple[str, int],
+    stop: asyncio.Event,
+) -> None:
+    app = http_transport.create_app(
+        core, max_request_bytes=cfg.max_request_bytes, probe=service.probe
+    )
+    runner = await http_transport.start(app, *address, grace=cfg.grace_seconds)
+    try:
+        for host, port, *_ in runner.addresses:
+            shown = f"[{host}]" if ":" in host else host
+            log.info(
+                "blobstore-bridge JSON-RPC listening on http://%s:%d/ (gRPC target %s)",
+                shown,
+                port,
+                cfg.grpc_target,
+            )
+        await stop.wait()
+        log.info("stopping: finishing in-flight requests (up to %.0f s)", cfg.grace_seconds)
+    finally:
+        await runner.cleanup()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,104 @@
+"""Bridge settings: defaults, BLOBSTORE_BRIDGE_* environment variables and flags in one table."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    """Everything `blobstore-bridge` can be told. Each field has a BLOBSTORE_BRIDGE_* variable."""
+
+    grpc_target: str = "127.0.0.1:50051"
+    http: str = "127.0.0.1:8080"
+    stdio: bool = False
+    deadline_seconds: float = 30.0
+    max_request_bytes: int = 32 * MiB
+    grace_seconds: float = 10.0
+    log_level: str = "INFO"
+
+
+HELP = {
+    "grpc_target": "host:port of the gRPC BlobService",
+    "http": "host:port to serve JSON-RPC over HTTP on (port 0 picks a free port)",
+    "stdio": "serve JSON-RPC on stdin/stdout (one message per line) instead of HTTP",
+    "deadline_seconds": "deadline of each call to the gRPC service, in seconds",
+    "max_request_bytes": "largest HTTP body or stdio line accepted, in bytes",
+    "grace_seconds": "on SIGTERM/SIGINT, how long in-flight calls may take to finish",
+    "log_level": "DEBUG, INFO, WARNING or ERROR",
+}
+
+
+def env_name(field: str) -> str:
+    return "BLOBSTORE_BRIDGE_" + field.upper()
+
+
+def parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"", "0", "false", "no", "off"}:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+
+
+def positive(convert: Callable[[str], float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = convert(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be greater than 0, not {text}")
+        return value
+
+    return parse
+
+
+_PARSERS: dict[str, Callable[[str], object]] = {
+    "grpc_target": str,
+    "http": str,
+    "stdio": parse_bool,
+    "deadline_seconds": positive(float),
+    "max_request_bytes": positive(int),
+    "grace_seconds": float,
+    "log_level": str,
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str] = os.environ) -> None:
+    """One --flag per field; each defaults to its environment variable, then the default."""
+    defaults = BridgeConfig()
+    for field in fields(BridgeConfig):
+        env = env_name(field.name)
+        convert = _PARSERS[field.name]
+        default = getattr(defaults, field.name)
+        if env in environ:
+            try:
+                default = convert(environ[env])
+            except (ValueError, argparse.ArgumentTypeError) as exc:
+                parser.error(f"{env}: {exc}")
+        flag = "--" + field.name.replace("_", "-")
+        help_text = f"{HELP[field.name]} (env {env}; default %(default)s)"
+        if field.type == "bool" or isinstance(default, bool):
+            parser.add_argument(
+                flag, dest=field.name, action="store_true", default=default, help=help_text
+            )
+        else:
+            parser.add_argument(
+                flag, dest=field.name, type=convert, default=default, help=help_text
+            )
+
+
+def from_arguments(args: argparse.Namespace) -> BridgeConfig:
+    return BridgeConfig(**{f.name: getattr(args, f.name) for f in fields(BridgeConfig)})
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """("host", port) from "host:port" or "[v6]:port"; raises ValueError naming the problem."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"expected host:port, not {address!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)

@@ -1,0 +1,86 @@
+"""JSON-RPC over HTTP (aiohttp): POST / carries one message; GET /healthz probes the service.
+
+HTTP statuses say what HTTP can say; everything else is JSON-RPC:
+- 200 with the response body, also for JSON-RPC errors (the error is in the body);
+- 204 and no body when the message was only notifications;
+- 405 for a method other than POST on / (Allow: POST), 404 for other paths;
+- 415 when the Content-Type is not application/json (JSON-RPC error body);
+- 413 when the body is over the size limit (JSON-RPC error -32006 body).
+Connections are kept alive and requests are served concurrently.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import orjson
+from aiohttp import web
+
+from jsonrpc_bridge import errors
+from jsonrpc_bridge.protocol import JsonRpcCore, encode_error
+from jsonrpc_bridge.service import Health
+
+log = logging.getLogger("jsonrpc_bridge")
+
+JSON_TYPES = frozenset({"application/json", "application/json-rpc"})
+Probe = Callable[[], Awaitable[Health]]
+
+
+class ListenError(Exception):
+    """The HTTP address cannot be bound."""
+
+
+def create_app(core: JsonRpcCore, *, max_request_bytes: int, probe: Probe) -> web.Application:
+    """The aiohttp application; bodies over max_request_bytes are refused with 413."""
+    app = web.Application(client_max_size=max_request_bytes)
+
+    async def rpc(request: web.Request) -> web.StreamResponse:
+        if request.content_type not in JSON_TYPES or (request.charset or "utf-8") != "utf-8":
+            given = request.headers.get("Content-Type", "none")
+            detail = f"Content-Type must be application/json (UTF-8), not {errors.clip(given)}"
+            return _rpc_error(415, errors.invalid_request(detail))
+        if request.content_length is not None and request.content_length > max_request_bytes:
+            return _rpc_error(413, errors.request_too_large(max_request_bytes))
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _rpc_error(413, errors.request_too_large(max_request_bytes))
+        answer = await core.handle(body)
+        if answer is None:
+            return web.Response(status=204)
+        return web.Response(body=answer, content_type="application/json")
+
+    async def healthz(request: web.Request) -> web.Response:
+        health = await probe()
+        body = {"serving": health.serving, "grpc_status": health.status}
+        if health.detail:
+            body["detail"] = health.detail
+        return web.Response(
+            status=200 if health.serving else 503,
+            body=orjson.dumps(body),
+            content_type="application/json",
+        )
+
+    app.router.add_post("/", rpc)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+def _rpc_error(status: int, error: errors.RpcError) -> web.Response:
+    return web.Response(
+        status=status, body=encode_error(None, error), content_type="application/json"
+    )
+
+
+async def start(app: web.Application, host: str, port: int, grace: float) -> web.AppRunner:
+    """Binds and serves; returns the runner (its `addresses` say where it listens)."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=grace)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return runner

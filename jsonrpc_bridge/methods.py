@@ -1,0 +1,169 @@
+"""The Stepflow blob methods, blobs/put and blobs/get, as calls to the gRPC BlobService.
+
+Only translation lives here: parameters are checked and converted (blob
+types, base64, ids), then server.client.AsyncBlobClient does the call.
+Json data goes to the service as JSON text, which the service canonicalises
+and hashes exactly as for a gRPC caller, so both give equal data one id.
+Stored Json comes back as its canonical bytes and is embedded in the
+response unparsed (an orjson Fragment).
+
+Params may be named ({"data": ..., "blob_type": ...}) or positional
+([data, blob_type] and [blob_id]); unknown named params are ignored, so
+newer clients sending extra fields keep working.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+import orjson
+
+from jsonrpc_bridge import errors
+from jsonrpc_bridge.json_codec import Invalid, InvalidValue, describe, encode_value
+from jsonrpc_bridge.protocol import Method, Params
+from server.client import AsyncBlobClient
+from server.errors import BlobStoreError, InvalidBlobId
+from server.ids import parse_blob_id
+from server.model import BlobType
+
+PUT = "blobs/put"
+GET = "blobs/get"
+
+# Keys are case-folded; "data" and "flow" are the Stepflow SDK's names for JSON blobs.
+BLOB_TYPES: dict[str, BlobType] = {
+    "json": BlobType.JSON,
+    "binary": BlobType.BINARY,
+    "data": BlobType.JSON,
+    "flow": BlobType.JSON,
+}
+_TYPE_NAMES = "Json or Binary (any case; also data, flow)"
+_MISSING = object()
+
+
+class BlobMethods:
+    """blobs/put and blobs/get over one AsyncBlobClient."""
+
+    def __init__(self, client: AsyncBlobClient) -> None:
+        self._client = client
+
+    def table(self) -> dict[str, Method]:
+        return {PUT: self.put, GET: self.get}
+
+    async def put(self, params: Params) -> dict[str, object]:
+        data, blob_type = _put_params(params)
+        if blob_type is BlobType.BINARY:
+            content = _base64_content(data)
+        else:
+            try:
+                content = encode_value(data, "params.data")
+            except InvalidValue as exc:
+                raise errors.invalid_params(
+                    errors.clip(exc.path, 200), exc.reason, "INVALID_JSON"
+                ) from None
+        try:
+            result = await self._client.put_bytes(content, blob_type)
+        except BlobStoreError as exc:
+            raise errors.from_store_error(exc, "params.data") from None
+        return {"blob_id": result.info.blob_id}
+
+    async def get(self, params: Params) -> dict[str, object]:
+        text = _get_params(params)
+        try:
+            blob_id = parse_blob_id(text)
+        except InvalidBlobId as exc:
+            raise errors.invalid_params("params.blob_id", str(exc), "INVALID_BLOB_ID") from None
+        try:
+            blob = await self._client.get(blob_id)
+        except BlobStoreError as exc:
+            raise errors.from_store_error(exc, "params.blob_id") from None
+        if blob.info.blob_type is BlobType.JSON:
+            data = orjson.Fragment(blob.data)
+        else:
+            data = orjson.Fragment(b'"' + base64.b64encode(blob.data) + b'"')
+        return {"data": data, "blob_type": blob.info.blob_type.value}
+
+
+def _put_params(params: Params) -> tuple[Any, BlobType]:
+    if isinstance(params, list):
+        if not 1 <= len(params) <= 2:
+            raise errors.invalid_params(
+                "params", f"expected [data] or [data, blob_type], got {len(params)} items"
+            )
+        data, blob_type = params[0], params[1] if len(params) == 2 else None
+        type_field = "params[1]"
+    else:
+        named = _named(params, '{"data": ..., "blob_type": "Json"}')
+        data = named.get("data", _MISSING)
+        if data is _MISSING:
+            raise errors.invalid_params("params.data", "missing; it holds the value to store")
+        blob_type = named.get("blob_type")
+        type_field = "params.blob_type"
+    return data, _blob_type(blob_type, type_field)
+
+
+def _get_params(params: Params) -> str:
+    if isinstance(params, list):
+        if len(params) != 1:
+            raise errors.invalid_params("params", f"expected [blob_id], got {len(params)} items")
+        value, field = params[0], "params[0]"
+    else:
+        value = _named(params, '{"blob_id": "sha256:..."}').get("blob_id", _MISSING)
+        field = "params.blob_id"
+        if value is _MISSING:
+            raise errors.invalid_params(field, "missing; give the id blobs/put returned")
+    if not isinstance(value, str):
+        raise errors.invalid_params(
+            field, f"must be a string, not {describe(value)}", "INVALID_BLOB_ID"
+        )
+    return value
+
+
+def _named(params: Params, shape: str) -> dict[str, Any]:
+    if params is None:
+        raise errors.invalid_params("params", f"missing; expected an object like {shape}")
+    if not isinstance(params, dict):
+        raise errors.invalid_params("params", f"expected an object like {shape}")
+    return params
+
+
+def _blob_type(value: object, field: str) -> BlobType:
+    if value is None:
+        return BlobType.JSON
+    if not isinstance(value, str):
+        raise errors.invalid_params(
+            field, f"must be a string, {_TYPE_NAMES}, not {describe(value)}", "INVALID_BLOB_TYPE"
+        )
+    blob_type = BLOB_TYPES.get(value.casefold())
+    if blob_type is None:
+        raise errors.invalid_params(
+            field,
+            f"unknown blob type {errors.clip(repr(value), 40)}; expected {_TYPE_NAMES}",
+            "INVALID_BLOB_TYPE",
+        )
+    return blob_type
+
+
+def _base64_content(data: object) -> bytes:
+    field = "params.data"
+    if isinstance(data, Invalid) or not isinstance(data, str):
+        raise errors.invalid_params(
+            field, f"Binary data must be a base64 string, not {describe(data)}", "INVALID_BASE64"
+        )
+    try:
+        content = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise errors.invalid_params(
+            field,
+            f"not valid base64 ({exc}); use the standard alphabet with = padding, no white space",
+            "INVALID_BASE64",
+        ) from None
+    # b64decode ignores set bits after the last full byte; only one spelling is accepted.
+    if base64.b64encode(content) != data.encode("ascii"):
+        raise errors.invalid_params(
+            field,
+            "not canonical base64: unused bits in the last group must be zero",
+            "INVALID_BASE64",
+        )
+    return content

@@ -1,0 +1,168 @@
+"""JSON-RPC 2.0, independent of any transport: request bytes in, response bytes (or None) out.
+
+It owns framing and the rules of the specification (https://www.jsonrpc.org/specification):
+request validation, notifications (never answered, even on error), batches
+(elements run concurrently; an empty batch is one Invalid Request; a batch
+of notifications gets nothing back), ids (string, number or null, echoed
+exactly), and the error objects. Methods are plain coroutines taking the
+params (object, array or None) and returning a JSON-encodable result; they
+signal failure by raising RpcError or a store error (server.errors). Any
+other exception is a bug: it is logged with its traceback and the client
+gets -32603 Internal error, never the traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import orjson
+
+from jsonrpc_bridge import errors
+from jsonrpc_bridge.errors import RpcError
+from jsonrpc_bridge.json_codec import Invalid, ParseError, decode, describe
+from server.errors import BlobStoreError
+
+log = logging.getLogger("jsonrpc_bridge")
+
+Params = dict[str, Any] | list[Any] | None
+Method = Callable[[Params], Awaitable[object]]
+
+_NO_ID = object()
+"""The id of a notification (no "id" member), as opposed to an explicit null id."""
+_INT64_MIN = -(2**63)
+_UINT64_MAX = 2**64 - 1
+
+
+class JsonRpcCore:
+    """Answers JSON-RPC messages by calling `methods` (name -> coroutine function)."""
+
+    def __init__(self, methods: Mapping[str, Method]) -> None:
+        self._methods = dict(methods)
+
+    async def handle(self, body: bytes) -> bytes | None:
+        """Answers one message (a request, a notification or a batch); None = nothing to send."""
+        try:
+            message = decode(body)
+        except ParseError as exc:
+            return encode_error(None, errors.parse_error(str(exc)))
+        try:
+            if isinstance(message, list):
+                return await self._batch(message)
+            return await self._call(message)
+        except Exception:  # a bug in this module: still answer, never crash the transport
+            log.exception("unexpected failure handling a message")
+            return encode_error(None, errors.internal_error())
+
+    async def _batch(self, messages: list[object]) -> bytes | None:
+        if not messages:
+            return encode_error(None, errors.invalid_request("the batch is an empty array"))
+        if len(messages) == 1:
+            answers = [await self._call(messages[0])]
+        else:
+            answers = await asyncio.gather(*(self._call(m) for m in messages))
+        parts = [answer for answer in answers if answer is not None]
+        if not parts:
+            return None
+        return b"[" + b",".join(parts) + b"]"
+
+    async def _call(self, message: object) -> bytes | None:
+        """Answers one request object; None for a notification."""
+        if not isinstance(message, dict):
+            return encode_error(None, errors.invalid_request(_not_an_object(message)))
+        request_id = message.get("id", _NO_ID)
+        if request_id is not _NO_ID:
+            checked = _checked_id(request_id)
+            if checked is None:
+                reason = "id must be a string, a number or null, not " + describe(request_id)
+                return encode_error(None, errors.invalid_request(reason))
+            request_id = checked[0]
+        problem = _request_problem(message)
+        if problem is not None:
+            # Answered even without an id: the specification's own example does so.
+            return encode_error(
+                None if request_id is _NO_ID else request_id, errors.invalid_request(problem)
+            )
+        method_name: str = message["method"]
+        params = message.get("params")
+        notification = request_id is _NO_ID
+        try:
+            result = await self._invoke(method_name, params)
+        except RpcError as exc:
+            if notification:
+                log.warning("notification %s failed: %s", errors.clip(method_name), exc.message)
+                return None
+            return encode_error(request_id, exc)
+        if notification:
+            return None
+        try:
+            return orjson.dumps({"jsonrpc": "2.0", "id": request_id, "result": result})
+        except orjson.JSONEncodeError:
+            log.exception("cannot encode the result of %s", errors.clip(method_name))
+            return encode_error(request_id, errors.internal_error())
+
+    async def _invoke(self, method_name: str, params: Params) -> object:
+        method = self._methods.get(method_name)
+        if method is None:
+            raise errors.method_not_found(method_name)
+        if isinstance(params, Invalid):
+            raise errors.invalid_params("params", params.reason)
+        try:
+            return await method(params)
+        except RpcError:
+            raise
+        except BlobStoreError as exc:
+            # Methods translate the errors they know a field for; this is the rest.
+            raise errors.from_store_error(exc, "params") from None
+        except Exception:
+            log.exception("method %s failed", method_name)
+            raise errors.internal_error() from None
+
+
+def encode_error(request_id: object, error: RpcError) -> bytes:
+    """The response object for an error, as bytes."""
+    return orjson.dumps({"jsonrpc": "2.0", "id": request_id, "error": error.to_json()})
+
+
+def _checked_id(value: object) -> tuple[object] | None:
+    """The id as it will be echoed (wrapped in a 1-tuple), or None if it is not a valid id."""
+    if value is None or isinstance(value, orjson.Fragment):
+        return (value,)
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        if _INT64_MIN <= value <= _UINT64_MAX:
+            return (value,)
+        return (orjson.Fragment(str(value)),)  # orjson cannot write it; echo the digits
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return None  # a lone surrogate cannot be echoed in UTF-8
+        return (value,)
+    return None
+
+
+def _request_problem(message: dict[str, Any]) -> str | None:
+    if message.get("jsonrpc") != "2.0":
+        if "jsonrpc" not in message:
+            return 'the "jsonrpc" member is missing; it must be "2.0"'
+        return f'"jsonrpc" must be "2.0", not {describe(message["jsonrpc"])}'
+    method = message.get("method")
+    if not isinstance(method, str):
+        if "method" not in message:
+            return 'the "method" member is missing'
+        return f'"method" must be a string, not {describe(method)}'
+    params = message.get("params")
+    # Invalid params (a duplicate key in them) are the method's Invalid params, not this.
+    if "params" in message and not isinstance(params, dict | list | Invalid):
+        return f'"params" must be an object or an array, not {describe(params)}'
+    return None
+
+
+def _not_an_object(message: object) -> str:
+    if isinstance(message, Invalid):
+        return f"the request is not a valid object: {message.reason}"
+    return f"a request must be an object, not {describe(message)}"

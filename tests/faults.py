@@ -1,0 +1,124 @@
+"""Helpers shared by the stress and fault tests: status reasons, held calls, store checks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import grpc
+import psutil
+from google.rpc import error_details_pb2, status_pb2
+
+from server.api.blobstore.v1 import blobstore_pb2 as pb
+from server.blob_file import HEADER_SIZE, decode_header
+from server.status import DETAILS_KEY, DOMAIN
+
+if TYPE_CHECKING:
+    from server.api.blobstore.v1.blobstore_pb2_grpc import BlobServiceAsyncStub
+
+MiB = 1024 * 1024
+
+
+def reason_of(exc: grpc.RpcError) -> str | None:
+    """The blobstore ErrorInfo reason a failed call carries, if any."""
+    trailers = cast(Any, exc).trailing_metadata() or ()
+    for key, value in trailers:
+        if key == DETAILS_KEY:
+            for detail in status_pb2.Status.FromString(value).details:
+                info = error_details_pb2.ErrorInfo()
+                if detail.Unpack(info) and info.domain == DOMAIN:
+                    return str(info.reason)
+    return None
+
+
+def status_of(exc: grpc.RpcError) -> tuple[grpc.StatusCode, str | None, str]:
+    """(code, reason, message) of a failed call."""
+    error = cast(Any, exc)
+    return error.code(), reason_of(exc), error.details() or ""
+
+
+class HeldPut:
+    """A PutStream that sends its first message and chunk, then waits until released.
+
+    It keeps one admitted call (and its chunk allowance) busy on the server for as
+    long as a test needs, without any sleeping.
+    """
+
+    def __init__(self, stub: BlobServiceAsyncStub, data: bytes) -> None:
+        self.data = data
+        self._release = asyncio.Event()
+        self.call = stub.PutStream(self._requests())
+
+    async def _requests(self) -> AsyncIterator[pb.PutStreamRequest]:
+        half = len(self.data) // 2
+        yield pb.PutStreamRequest(
+            blob_type=pb.BLOB_TYPE_BINARY, total_size=len(self.data), chunk=self.data[:half]
+        )
+        await self._release.wait()
+        yield pb.PutStreamRequest(chunk=self.data[half:])
+
+    async def finish(self) -> pb.PutResponse:
+        self._release.set()
+        return await self.call
+
+
+def stored_files(data_dir: Path) -> list[Path]:
+    return sorted(p for p in (data_dir / "blobs").glob("??/*") if p.is_file())
+
+
+def temp_files(data_dir: Path) -> list[Path]:
+    tmp = data_dir / "tmp"
+    return sorted(tmp.iterdir()) if tmp.exists() else []
+
+
+def check_blob_file(path: Path) -> bytes:
+    """Returns a stored blob's content after checking its header, size and hash."""
+    raw = path.read_bytes()
+    _, size = decode_header(raw[:HEADER_SIZE])
+    content = raw[HEADER_SIZE:]
+    assert len(content) == size, f"{path}: {len(content)} bytes, header says {size}"
+    assert hashlib.sha256(content).hexdigest() == path.name, f"{path}: content is not its id"
+    return content
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
+    """Polls `condition` (bounded in time); fails the test if it never holds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or condition}")
+        time.sleep(0.02)
+
+
+class RssSampler:
+    """Samples a process's resident memory in a background asyncio task."""
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        self._process = psutil.Process(pid)
+        self._interval = interval
+        self.samples: list[int] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> RssSampler:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self.samples.append(self.rss())
+
+    def rss(self) -> int:
+        return int(self._process.memory_info().rss)
+
+    async def _run(self) -> None:
+        while True:
+            self.samples.append(self.rss())
+            await asyncio.sleep(self._interval)
