@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from typing import BinaryIO
 
-from jsonrpc_bridge import config, http_transport, stdio_transport
+from jsonrpc_bridge import config, stdio_transport
 from jsonrpc_bridge.methods import BlobMethods
 from jsonrpc_bridge.protocol import JsonRpcCore
 from jsonrpc_bridge.service import BlobService
@@ -37,6 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         address = None if cfg.stdio else config.split_address(cfg.http)
     except ValueError as exc:
         parser.error(f"--http: {exc}")
+    if cfg.log_level.upper() not in logging.getLevelNamesMapping():
+        parser.error(f"--log-level: unknown level {cfg.log_level!r}")
     logging.basicConfig(
         level=cfg.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -51,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout = sys.stderr
     try:
         asyncio.run(_run(cfg, address, stdout))
-    except http_transport.ListenError as exc:
+    except OSError as exc:  # cannot listen, cannot read or write stdio: say so, no traceback
         log.error("%s", exc)
         return EXIT_ERROR
     return 0
@@ -91,6 +93,9 @@ async def _serve_http(
     address: tuple[str, int],
     stop: asyncio.Event,
 ) -> None:
+    # Imported here: aiohttp takes a second to import, which a stdio bridge need not pay.
+    from jsonrpc_bridge import http_transport
+
     app = http_transport.create_app(
         core, max_request_bytes=cfg.max_request_bytes, probe=service.probe
     )

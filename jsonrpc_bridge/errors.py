@@ -114,8 +114,11 @@ def method_not_found(method: str) -> RpcError:
 
 
 def invalid_params(field: str, why: str, reason: str = "INVALID_PARAMS") -> RpcError:
+    field = clip(field, 200)
     return RpcError(
-        INVALID_PARAMS, f"Invalid params: {field}: {why}", {"reason": reason, "field": field}
+        INVALID_PARAMS,
+        f"Invalid params: {field}: {clip(why, 500)}",
+        {"reason": reason, "field": field},
     )
 
 
@@ -146,7 +149,7 @@ def from_store_error(exc: errors.BlobStoreError, field: str) -> RpcError:
     """
     if isinstance(exc, errors.InvalidArgument):
         reason = next((r for cls, r in _INVALID_REASONS if isinstance(exc, cls)), "INVALID_PARAMS")
-        return invalid_params(field, clip(str(exc), 500), reason)
+        return invalid_params(field, str(exc), reason)
     for row in SERVICE_ERRORS:
         if isinstance(exc, row.error):
             data: dict[str, object] = {"reason": row.reason}

@@ -27,7 +27,7 @@ JSON_TYPES = frozenset({"application/json", "application/json-rpc"})
 Probe = Callable[[], Awaitable[Health]]
 
 
-class ListenError(Exception):
+class ListenError(OSError):
     """The HTTP address cannot be bound."""
 
 

@@ -59,9 +59,7 @@ class BlobMethods:
             try:
                 content = encode_value(data, "params.data")
             except InvalidValue as exc:
-                raise errors.invalid_params(
-                    errors.clip(exc.path, 200), exc.reason, "INVALID_JSON"
-                ) from None
+                raise errors.invalid_params(exc.path, exc.reason, "INVALID_JSON") from None
         try:
             result = await self._client.put_bytes(content, blob_type)
         except BlobStoreError as exc:

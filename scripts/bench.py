@@ -101,6 +101,8 @@ class Settings:
     rss_bytes: int
     disk_threads: int
     bridge_cpu: str
+    server_env: tuple[str, ...]
+    """NAME=VALUE settings for every server-side process (echo, ours, bridge); none as shipped."""
 
     @staticmethod
     def from_args(args: argparse.Namespace) -> Settings:
@@ -121,6 +123,7 @@ class Settings:
             rss_bytes=pick(args.rss_mib, 1024, 8) * MIB,
             disk_threads=16,
             bridge_cpu=args.bridge_cpu,
+            server_env=tuple(args.server_env),
         )
 
 
@@ -467,7 +470,7 @@ def machine() -> dict[str, Any]:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "grpcio": grpc.__version__,
-        "load_average": os.getloadavg(),
+        "load_average_after": os.getloadavg(),
     }
 
 
@@ -577,12 +580,14 @@ def start_processes(
     env_clean = {k: v for k, v in os.environ.items() if not k.startswith("BLOBSTORE_")}
     os.environ.clear()
     os.environ.update(env_clean)
+    server_env = dict(item.split("=", 1) for item in settings.server_env)
     echo = start_child(
         "echo server",
         python_argv(str(ROOT / "scripts" / "bench_echo.py")),
         cpus=split.server,
         log_path=work / "echo.log",
         ready=_ECHO_READY,
+        env=server_env,
     )
     server = start_child(
         "blobstore server",
@@ -598,6 +603,7 @@ def start_processes(
         cpus=split.server,
         log_path=work / "server.log",
         ready=_SERVER_READY,
+        env=server_env,
     )
     if not BRIDGE_CLI.exists():
         return echo, server, None, f"skipped: {BRIDGE_CLI.relative_to(ROOT)} does not exist yet"
@@ -611,6 +617,7 @@ def start_processes(
         cpus=bridge_cpus,
         log_path=work / "bridge.log",
         ready=re.compile(rf"(?:https?://)?(127\.0\.0\.1:(?!{port}\b)(?!0\b)\d+)"),
+        env=server_env,
     )
     return echo, server, bridge, f"pinned with the {settings.bridge_cpu} side"
 
@@ -642,13 +649,24 @@ def main(argv: list[str] | None = None) -> int:
         default="server",
         help="where the bridge runs: with the server (default), with the load generator, unpinned",
     )
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="to try a setting: an environment variable for every server-side process, "
+        "the echo ceiling included (repeatable; not for the published figures)",
+    )
     args = parser.parse_args(argv)
+    if any("=" not in item for item in args.server_env):
+        parser.error("--server-env takes NAME=VALUE")
     settings = Settings.from_args(args)
     split = CpuSplit.detect()
     pin_self(split.load)
     work = Path(tempfile.mkdtemp(prefix="blobstore-bench-", dir=args.work_dir))
     say(f"work dir {work}; {split.describe()}")
     started = datetime.now(UTC).isoformat(timespec="seconds")
+    load_before = os.getloadavg()
     bench: Bench | None = None
     children: list[Child] = []
     try:
@@ -677,6 +695,7 @@ def main(argv: list[str] | None = None) -> int:
             [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]
         ),
         "machine": machine(),
+        "load_average_before": load_before,
         "disk": disk_of(work),
         "pinning": split.describe(),
         "bridge": bridge_note,
@@ -688,6 +707,15 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.json.write_text(json.dumps(results, indent=2) + "\n")
     print(table(summaries, found, bench.rss), flush=True)
+    if bench.bridge is None:
+        print(f"bridge: {bridge_note}")
+    if settings.server_env:
+        print(f"NOT as shipped: server-side environment {' '.join(settings.server_env)}")
+    print(
+        f"load average before {load_before[0]:.1f}, after {os.getloadavg()[0]:.1f} "
+        f"on {os.cpu_count()} cores (other work on the machine skews the figures)",
+        flush=True,
+    )
     say(f"results written to {args.json}")
     return 0
 

@@ -12,7 +12,13 @@ service and the ratio between the two is the cost of our own code:
     GetStream  streams `int(request.id)` bytes from memory in chunks of
                `chunk_size` (0 = 1 MiB, as ours), one message per chunk
 
-Usage: python scripts/bench_echo.py [--address 127.0.0.1:0]
+Variants for scripts/bench_variants.py (not the ceilings): --style sync (a
+thread-pool grpc.server), --hops N (N no-op thread-pool round trips per
+unary call), --interceptor (a pass-through interceptor), --durable-dir DIR
+(Put stores request.data durably as the store does, with no canonicalising,
+hashing or checks: temp file, write, fsync, link, fsync of the folder).
+
+Usage: python scripts/bench_echo.py [--address 127.0.0.1:0] [variant options]
 Prints "echo gRPC listening on HOST:PORT" on stderr once it serves.
 """
 
@@ -21,10 +27,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import os
+import secrets
 import signal
 import sys
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -52,13 +61,63 @@ def server_options() -> list[tuple[str, Any]]:
     ]
 
 
+class DurableWriter:
+    """Stores bytes the way server/filesystem.py does, minus every check."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        (root / "tmp").mkdir(parents=True, exist_ok=True)
+        for i in range(256):
+            (root / "blobs" / f"{i:02x}").mkdir(parents=True, exist_ok=True)
+
+    def write(self, data: bytes) -> None:
+        name = secrets.token_hex(16)
+        tmp = os.path.join(self.root, "tmp", name)
+        shard = os.path.join(self.root, "blobs", name[:2])
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.link(tmp, os.path.join(shard, name))
+        dir_fd = os.open(shard, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        os.unlink(tmp)
+
+
 class EchoServicer(pb_grpc.BlobServiceServicer):
-    """Answers every call from memory; see the module docstring."""
+    """Answers every call from memory; see the module docstring.
+
+    With `hops` > 0, unary calls first hand a no-op to a thread pool that many
+    times, one after the other: what an extra run_in_executor costs per call.
+    With `durable`, Put stores its data durably in one thread-pool call.
+    """
+
+    def __init__(self, hops: int = 0, durable: DurableWriter | None = None) -> None:
+        self._hops = hops
+        self._durable = durable
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=32)
+
+    async def _hop(self) -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(self._hops):
+            await loop.run_in_executor(self._pool, _nothing)
 
     async def Put(self, request: pb.PutRequest, context: Any) -> pb.PutResponse:
+        if self._hops:
+            await self._hop()
+        if self._durable is not None:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._pool, self._durable.write, request.data)
         return PUT_REPLY
 
     async def Get(self, request: pb.GetRequest, context: Any) -> pb.GetResponse:
+        if self._hops:
+            await self._hop()
         return GET_REPLY
 
     async def Stat(self, request: pb.StatRequest, context: Any) -> pb.StatResponse:
@@ -90,9 +149,37 @@ class EchoServicer(pb_grpc.BlobServiceServicer):
             offset += len(chunk)
 
 
-async def serve(address: str) -> None:
-    server = grpc.aio.server(options=server_options())
-    pb_grpc.add_BlobServiceServicer_to_server(EchoServicer(), server)
+def _nothing() -> None:
+    pass
+
+
+class PassThrough(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Wraps each unary handler in a new coroutine per call, as server/guard.py does."""
+
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]], details: Any
+    ) -> Any:
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        inner = handler.unary_unary
+
+        async def behavior(request: Any, context: Any) -> Any:
+            try:
+                return await inner(request, context)
+            finally:
+                pass
+
+        return handler._replace(unary_unary=behavior)
+
+
+async def serve(
+    address: str, hops: int = 0, interceptor: bool = False, durable: DurableWriter | None = None
+) -> None:
+    server = grpc.aio.server(
+        interceptors=[PassThrough()] if interceptor else None, options=server_options()
+    )
+    pb_grpc.add_BlobServiceServicer_to_server(EchoServicer(hops, durable), server)
     port = server.add_insecure_port(address)
     await server.start()
     print(f"echo gRPC listening on {address.rsplit(':', 1)[0]}:{port}", file=sys.stderr, flush=True)
@@ -107,7 +194,12 @@ async def serve(address: str) -> None:
 class SyncEchoServicer(pb_grpc.BlobServiceServicer):
     """The same answers from a thread-pool (non-asyncio) server, for comparison."""
 
+    def __init__(self, durable: DurableWriter | None = None) -> None:
+        self._durable = durable
+
     def Put(self, request: pb.PutRequest, context: Any) -> pb.PutResponse:
+        if self._durable is not None:
+            self._durable.write(request.data)
         return PUT_REPLY
 
     def Get(self, request: pb.GetRequest, context: Any) -> pb.GetResponse:
@@ -136,11 +228,11 @@ class SyncEchoServicer(pb_grpc.BlobServiceServicer):
             offset += len(chunk)
 
 
-def serve_sync(address: str, threads: int) -> None:
+def serve_sync(address: str, threads: int, durable: DurableWriter | None = None) -> None:
     server = grpc.server(
         concurrent.futures.ThreadPoolExecutor(max_workers=threads), options=server_options()
     )
-    pb_grpc.add_BlobServiceServicer_to_server(SyncEchoServicer(), server)
+    pb_grpc.add_BlobServiceServicer_to_server(SyncEchoServicer(durable), server)
     port = server.add_insecure_port(address)
     server.start()
     print(f"echo gRPC listening on {address.rsplit(':', 1)[0]}:{port}", file=sys.stderr, flush=True)
@@ -161,11 +253,19 @@ def main() -> None:
         help="aio = served like ours (default); sync = grpc.server with a thread pool",
     )
     parser.add_argument("--threads", type=int, default=16, help="thread pool size for --style sync")
+    parser.add_argument(
+        "--hops", type=int, default=0, help="aio only: thread-pool round trips per unary call"
+    )
+    parser.add_argument(
+        "--interceptor", action="store_true", help="aio only: add a pass-through interceptor"
+    )
+    parser.add_argument("--durable-dir", type=Path, help="Put stores its data durably here")
     args = parser.parse_args()
+    durable = DurableWriter(args.durable_dir) if args.durable_dir else None
     if args.style == "sync":
-        serve_sync(args.address, args.threads)
+        serve_sync(args.address, args.threads, durable)
     else:
-        asyncio.run(serve(args.address))
+        asyncio.run(serve(args.address, args.hops, args.interceptor, durable))
 
 
 if __name__ == "__main__":

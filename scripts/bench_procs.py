@@ -90,8 +90,12 @@ def start_child(
     log_path: Path,
     ready: re.Pattern[str],
     timeout: float = 30.0,
+    env: dict[str, str] | None = None,
 ) -> Child:
-    """Starts `argv` pinned to `cpus` and waits for `ready` (group 1 = address) in its log."""
+    """Starts `argv` pinned to `cpus` and waits for `ready` (group 1 = address) in its log.
+
+    `env` adds to (or overrides) this process's environment for the child only.
+    """
     command = list(argv)
     preexec = None
     if cpus is not None:
@@ -110,6 +114,7 @@ def start_child(
         stderr=subprocess.STDOUT,
         cwd=ROOT,
         preexec_fn=preexec,
+        env={**os.environ, **env} if env else None,
     )
     log_file.close()
     child = Child(name, proc, log_path)

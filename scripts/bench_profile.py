@@ -127,6 +127,7 @@ def summarise(raw: Path, top: int) -> str:
     self_counts: collections.Counter[str] = collections.Counter()
     incl_counts: collections.Counter[str] = collections.Counter()
     file_counts: collections.Counter[str] = collections.Counter()
+    layer_counts: collections.Counter[str] = collections.Counter()
     total = 0
     for line in raw.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -141,6 +142,7 @@ def summarise(raw: Path, top: int) -> str:
         for frame in set(frames):
             incl_counts[frame] += count
         file_counts[_file_of(frames[-1])] += count
+        layer_counts[_layer_of(frames)] += count
     if total == 0:
         return "no samples (is the process busy, and may py-spy attach to it?)"
     out = [f"{total} samples"]
@@ -148,11 +150,30 @@ def summarise(raw: Path, top: int) -> str:
         ("self (where the CPU is)", self_counts),
         ("inclusive (what it is spent under)", incl_counts),
         ("self by file", file_counts),
+        ("by layer (innermost module of ours on the stack, else the framework)", layer_counts),
     ):
         out.append(f"\n-- {title}")
+        if counter is layer_counts:
+            ours = sum(c for name, c in counter.items() if name.startswith("ours:"))
+            out.append(f"{100 * ours / total:6.1f}%  (all of ours together)")
         for name, count in counter.most_common(top):
             out.append(f"{100 * count / total:6.1f}%  {name}")
     return "\n".join(out)
+
+
+def _layer_of(frames: list[str]) -> str:
+    """Which of our modules a sample is spent under; the framework if none."""
+    for frame in reversed(frames):
+        name = _file_of(frame)
+        if name.startswith(("server/", "jsonrpc_bridge/")) and name not in _ENTRY_FILES:
+            return f"ours: {name}"
+    leaf = _file_of(frames[-1])
+    if leaf.startswith(("threading.py", "concurrent/")):
+        return "framework: thread pool (waiting for / handing over work)"
+    return f"framework: {leaf}"
+
+
+_ENTRY_FILES = {"server/cli.py", "server/app.py", "jsonrpc_bridge/cli.py"}
 
 
 def _file_of(frame: str) -> str:
@@ -171,9 +192,26 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--out", type=Path, help="folder for the raw (collapsed) stacks")
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy")
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="environment variable for the server only (repeatable), to try a setting",
+    )
+    parser.add_argument(
+        "--perf",
+        action="store_true",
+        help="sample with Linux perf instead: CPU per shared object (kernel, interpreter, "
+        "gRPC core, OpenSSL...), which py-spy cannot attribute",
+    )
     args = parser.parse_args()
-    if shutil.which(args.py_spy) is None and not Path(args.py_spy).exists():
-        print(f"py-spy not found ({args.py_spy}): pip install py-spy, or pass --py-spy PATH")
+    tool = "perf" if args.perf else args.py_spy
+    if shutil.which(tool) is None and not Path(tool).exists():
+        print(
+            f"{tool} not found: pip install py-spy (or apt-get install linux-perf); "
+            "or pass --py-spy PATH"
+        )
         return 2
 
     split = CpuSplit.detect()
@@ -195,33 +233,43 @@ def main() -> int:
         cpus=split.server,
         log_path=work / "server.log",
         ready=_SERVER_READY,
+        env=dict(item.split("=", 1) for item in args.server_env),
     )
-    raw = out / f"{args.workload}.raw.txt"
+    seconds = str(max(1, round(args.seconds)))
+    if args.perf:
+        raw = out / f"{args.workload}.perf.data"
+        command = ["perf", "record", "-F", str(args.rate), "-g", "-p", str(server.pid)]
+        command += ["-o", str(raw), "--", "sleep", seconds]
+    else:
+        raw = out / f"{args.workload}.raw.txt"
+        command = [args.py_spy, "record", "--rate", str(args.rate), "--pid", str(server.pid)]
+        # Native stacks need the process paused per sample; Python-only ones do not.
+        command += ["--native"] if args.native else ["--nonblocking"]
+        command += ["--gil"] if args.gil else []
+        command += ["--format", "raw", "-o", str(raw), "--duration", seconds]
     try:
-        spy_args = ["--rate", str(args.rate), "--nonblocking", "--pid", str(server.pid)]
-        spy_args += ["--native"] if args.native else []
-        spy_args += ["--gil"] if args.gil else []
-        # Sampling starts with the load; pool filling and warm-up are not in the profile.
-        result = asyncio.run(_profiled(args, server.address, server.pid, spy_args, raw))
+        result = asyncio.run(_profiled(args, server.address, server.pid, command))
     finally:
         server.stop()
-        if args.out is None:
-            shutil.rmtree(work / "data", ignore_errors=True)
+        shutil.rmtree(work / "data", ignore_errors=True)
     print(result)
-    print(summarise(raw, args.top))
+    if not raw.exists():
+        print(f"the profiler wrote nothing to {raw}; see its message above")
+        return 1
+    print(summarise_perf(raw, args.top) if args.perf else summarise(raw, args.top))
     print(f"\ncollapsed stacks (flamegraph.pl / speedscope input): {raw}")
     return 0
 
 
-async def _profiled(
-    args: argparse.Namespace, target: str, pid: int, spy_args: list[str], raw: Path
-) -> str:
-    command = [args.py_spy, "record", *spy_args, "--format", "raw", "-o", str(raw)]
-    command += ["--duration", str(max(1, round(args.seconds)))]
-    spies: list[subprocess.Popen[bytes]] = []
+async def _profiled(args: argparse.Namespace, target: str, pid: int, command: list[str]) -> str:
+    samplers: list[subprocess.Popen[bytes]] = []
 
     def start_sampling() -> None:
-        spies.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, cwd=ROOT))
+        samplers.append(
+            subprocess.Popen(
+                command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT
+            )
+        )
 
     try:
         # One second more load than sampling, so the profile never sees an idle tail.
@@ -229,8 +277,36 @@ async def _profiled(
             args.workload, target, pid, args.seconds + 1, args.concurrency, start_sampling
         )
     finally:
-        for spy in spies:
-            await asyncio.to_thread(spy.wait)
+        for sampler in samplers:
+            await asyncio.to_thread(sampler.wait)
+
+
+def summarise_perf(data: Path, top: int) -> str:
+    """CPU share per shared object, and the top symbols, from a perf.data file."""
+    parts = []
+    for sort in ("dso", "dso,sym"):
+        report = subprocess.run(
+            [
+                "perf",
+                "report",
+                "-i",
+                str(data),
+                "--stdio",
+                "--no-children",
+                "--sort",
+                sort,
+                "-g",
+                "none",
+                "--percent-limit",
+                "0.5",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        rows = [r for r in report.stdout.splitlines() if r.strip() and not r.startswith("#")]
+        parts.append(f"\n-- perf, by {sort}\n" + "\n".join(rows[:top]))
+    return "\n".join(parts)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ log = logging.getLogger("blobstore")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["BlobService"].full_name
 # Room for the message framing around the largest unary blob.
 _MESSAGE_OVERHEAD = 64 * 1024
+# After the grace period: time for cut-off calls to send their status before gRPC stops.
+_CUT_OFF_SECONDS = 1.0
 
 
 class ListenError(Exception):
@@ -46,8 +48,9 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
 
 async def _serve_store(config: ServerConfig, store: BlobStore, stop: asyncio.Event | None) -> None:
     message_limit = config.max_unary_bytes + _MESSAGE_OVERHEAD
+    guard = Guard(Admission(config.admission), _blob_size(store))
     server = grpc.aio.server(
-        interceptors=[Guard(Admission(config.admission), _blob_size(store))],
+        interceptors=[guard],
         options=[
             ("grpc.max_receive_message_length", message_limit),
             ("grpc.max_send_message_length", message_limit),
@@ -82,8 +85,21 @@ async def _serve_store(config: ServerConfig, store: BlobStore, stop: asyncio.Eve
     await stop.wait()
     log.info("stopping: finishing in-flight calls (up to %.0f s)", config.grace_seconds)
     await health_servicer.enter_graceful_shutdown()
-    await server.stop(config.grace_seconds)
+    if not await _drain(guard, config.grace_seconds):
+        log.warning("grace period over: ending %d unfinished call(s)", guard.admission.calls)
+        guard.cut_off()
+    await server.stop(_CUT_OFF_SECONDS)
     log.info("stopped")
+
+
+async def _drain(guard: Guard, grace: float) -> bool:
+    """Refuses new calls and waits up to `grace` s for those in progress; True if all ended."""
+    guard.drain()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    while guard.admission.calls and loop.time() < deadline:  # noqa: ASYNC110 - bounded poll
+        await asyncio.sleep(0.05)
+    return guard.admission.calls == 0
 
 
 def _check_bindable(address: str) -> None:

@@ -1,4 +1,4 @@
-"""The `blobstore` command: serve, and put/get/stat/find-missing against a running server."""
+"""The `blobstore` command: serve, verify a data folder, and put/get/stat/find-missing."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from server import config as server_config
 from server.client import DEFAULT_TARGET, BlobClient
@@ -16,6 +17,7 @@ from server.errors import BlobNotFound, BlobStoreError
 from server.model import BlobInfo, BlobType
 
 EXIT_NOT_FOUND = 3
+EXIT_CORRUPT = 4
 EXIT_ERROR = 1
 
 
@@ -24,6 +26,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "verify":
+        return _verify(args)
     try:
         with BlobClient(args.target, timeout=args.timeout) as client:
             return int(args.run(client, args))
@@ -44,6 +48,21 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the gRPC server")
     server_config.add_arguments(serve)
+
+    verify = commands.add_parser(
+        "verify",
+        help="re-hash every stored blob, quarantine bad ones; exit 4 if any were found "
+        "(safe while a server runs)",
+    )
+    verify.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("BLOBSTORE_DATA_DIR", "data")),
+        help="the server's data folder (env BLOBSTORE_DATA_DIR; default %(default)s)",
+    )
+    verify.add_argument(
+        "--no-quarantine", action="store_true", help="only report bad blobs; move nothing"
+    )
 
     def client_command(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text)
@@ -93,6 +112,25 @@ def _serve(args: argparse.Namespace) -> int:
         logging.getLogger("blobstore").error("%s", exc)
         return EXIT_ERROR
     return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from server.verify import NotADataFolder, Problem, verify_store
+
+    def show(problem: Problem) -> None:
+        where = f"moved to {problem.quarantined_to}" if problem.quarantined_to else "left in place"
+        print(f"BAD {problem.blob_id or problem.path}: {problem.reason} ({where})", flush=True)
+
+    try:
+        report = verify_store(args.data_dir, quarantine=not args.no_quarantine, on_problem=show)
+    except (NotADataFolder, OSError) as exc:
+        print(f"blobstore verify: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    print(
+        f"checked {report.checked} blob(s), {report.bytes_checked} bytes: "
+        f"{len(report.problems)} bad, {report.vanished} removed while checking"
+    )
+    return 0 if report.ok else EXIT_CORRUPT
 
 
 def _put(client: BlobClient, args: argparse.Namespace) -> int:

@@ -11,7 +11,12 @@ A put writes a temp file, fsyncs it, publishes it with link(2) (atomic, and
 never replaces: the first writer of an id wins) and fsyncs the shard folder
 before it is acknowledged. Readers therefore only ever see complete files,
 and a crash leaves at most debris in tmp/, removed at the next start.
-Blocking system calls run on a private thread pool, never on the event loop.
+
+Every open checks the header (CRC, and length against the file's size), so
+a broken or truncated file is DataLoss at once; a put over such a copy
+quarantines it and stores a sound one. Content is checked against the id by
+VerifyingBackend, one layer up. Blocking system calls run on a private
+thread pool, never on the event loop.
 """
 
 from __future__ import annotations
@@ -456,9 +461,9 @@ class _FileWriter:
 
     async def commit(self, blob_id: BlobId, blob_type: BlobType) -> PutResult:
         info = BlobInfo(blob_id, blob_type, self._size)
-        backend = self._backend
+        backend, path = self._backend, self._path
 
-        def finish(fd: int) -> PutResult:
+        def make_durable(fd: int) -> PutResult | None:
             existing = backend._existing(blob_id)
             if existing is not None:
                 return PutResult(existing, created=False)
@@ -467,10 +472,17 @@ class _FileWriter:
                 os.fsync(fd)
             except OSError as exc:
                 raise io_error(exc, "store the blob") from None
-            return backend._publish(self._path, blob_id, info)
+            return None
 
         try:
-            return await self._guard.run(finish)
+            existing = await self._guard.run(make_durable)
+            if existing is not None:
+                return existing
+            # Publishing is a step of its own: a call cancelled while its data was
+            # made durable (a client that gave up mid-stream, whose request stream
+            # just ends; a server stopping) gets its CancelledError here and
+            # publishes nothing.
+            return await self._guard.run(lambda _: backend._publish(path, blob_id, info))
         finally:
             await self.abort()
 

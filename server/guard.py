@@ -1,4 +1,4 @@
-"""The gate in front of BlobService: admission control and unparseable messages.
+"""The gate in front of BlobService: admission control, unparseable messages, draining.
 
 A gRPC server interceptor, so every BlobService call passes one place before
 the servicer sees it (health and reflection are not gated: operators must be
@@ -14,10 +14,15 @@ able to probe a busy server). It
   refused the same way if that does not fit.
 * turns request bytes that are not a valid protobuf message into
   INVALID_ARGUMENT, where grpc itself would answer UNKNOWN or INTERNAL.
+* when the server stops, refuses new calls with UNAVAILABLE while those in
+  progress finish (drain()), then ends those still running with UNAVAILABLE
+  too (cut_off()).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn
 
@@ -55,6 +60,31 @@ class Guard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self.admission = admission
         self._blob_size = blob_size
         self._deserializers: dict[str, Callable[[bytes], Any]] = {}
+        self._closing: errors.Unavailable | None = None
+        self._cut_off: errors.Unavailable | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def drain(self) -> None:
+        """From now on refuses new calls with UNAVAILABLE; calls in progress go on.
+
+        gRPC's own stop() cancels calls that arrive while it waits (the client sees
+        CANCELLED, which nothing retries); refusing them here first keeps them clean.
+        """
+        self._closing = errors.Unavailable(
+            "server is shutting down; retry shortly (against a restarted or another server)"
+        )
+
+    def cut_off(self) -> None:
+        """Ends the calls still in progress with UNAVAILABLE (the grace period is over).
+
+        Left to gRPC's stop() they would end with a logged CancelledError traceback.
+        """
+        self._cut_off = errors.Unavailable(
+            "server is shutting down and this call did not finish within the grace period; "
+            "retry shortly"
+        )
+        for task in list(self._tasks):
+            task.cancel()
 
     async def intercept_service(
         self,
@@ -65,6 +95,8 @@ class Guard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         method: str = handler_call_details.method
         if handler is None or not method.startswith(_PREFIX):
             return handler
+        if self._closing is not None:
+            return _refusal(self._closing)
         name = method.removeprefix(_PREFIX)
         initial = STREAM_ALLOWANCE if handler.request_streaming else 0
         if handler.response_streaming:
@@ -76,10 +108,10 @@ class Guard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         deserializer = self._deserializer(name, handler.request_deserializer)
         # A new handler per call: its behaviour owns the call's ticket.
         if handler.request_streaming:
-            behavior = _stream_unary(handler.stream_unary, ticket)
+            behavior = self._stream_unary(handler.stream_unary, ticket)
             return handler._replace(request_deserializer=deserializer, stream_unary=behavior)
         if handler.response_streaming:
-            behavior = _unary_stream(handler.unary_stream, ticket)
+            behavior = self._unary_stream(handler.unary_stream, ticket)
             return handler._replace(request_deserializer=deserializer, unary_stream=behavior)
         behavior = self._unary_unary(handler.unary_unary, ticket, is_get=name == "Get")
         return handler._replace(request_deserializer=deserializer, unary_unary=behavior)
@@ -91,17 +123,32 @@ class Guard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             parse = self._deserializers[name] = _tolerant(inner, type_name)
         return parse
 
+    @contextlib.asynccontextmanager
+    async def _running(self, context: _Context, ticket: Ticket) -> AsyncIterator[None]:
+        """Frames one admitted call: releases its ticket, ends it cleanly if cut off."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            yield
+        except asyncio.CancelledError:
+            if task is None or self._cut_off is None:
+                raise
+            task.uncancel()
+            await _abort(context, self._cut_off)
+        finally:
+            self._tasks.discard(task)
+            ticket.release()
+
     def _unary_unary(self, inner: Any, ticket: Ticket, *, is_get: bool) -> Any:
         async def behavior(request: Any, context: _Context) -> Any:
-            try:
+            async with self._running(context, ticket):
                 if isinstance(request, Malformed):
                     await _abort(context, errors.InvalidArgument(request.message))
                 await _resize(context, ticket, request.ByteSize())
                 if is_get:
                     await self._reserve_reply(context, ticket, request)
                 return await inner(request, context)
-            finally:
-                ticket.release()
 
         return behavior
 
@@ -110,35 +157,32 @@ class Guard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     ) -> None:
         try:
             size = await self._blob_size(request.id)
+        except errors.DataLoss as exc:
+            # The lookup has quarantined the blob; the handler would only say NOT_FOUND.
+            await _abort(context, exc)
         except errors.BlobStoreError:
             return  # the handler reports it
         if size is not None:
             await _resize(context, ticket, ticket.held + size)
 
+    def _unary_stream(self, inner: Any, ticket: Ticket) -> Any:
+        async def behavior(request: Any, context: _Context) -> AsyncIterator[Any]:
+            async with self._running(context, ticket):
+                if isinstance(request, Malformed):
+                    await _abort(context, errors.InvalidArgument(request.message))
+                chunk = min(max(request.chunk_size or DEFAULT_CHUNK, MIN_CHUNK), MAX_CHUNK)
+                await _resize(context, ticket, request.ByteSize() + chunk)
+                async for reply in inner(request, context):
+                    yield reply
 
-def _unary_stream(inner: Any, ticket: Ticket) -> Any:
-    async def behavior(request: Any, context: _Context) -> AsyncIterator[Any]:
-        try:
-            if isinstance(request, Malformed):
-                await _abort(context, errors.InvalidArgument(request.message))
-            chunk = min(max(request.chunk_size or DEFAULT_CHUNK, MIN_CHUNK), MAX_CHUNK)
-            await _resize(context, ticket, request.ByteSize() + chunk)
-            async for reply in inner(request, context):
-                yield reply
-        finally:
-            ticket.release()
+        return behavior
 
-    return behavior
+    def _stream_unary(self, inner: Any, ticket: Ticket) -> Any:
+        async def behavior(requests: AsyncIterator[Any], context: _Context) -> Any:
+            async with self._running(context, ticket):
+                return await inner(_metered(requests, ticket), context)
 
-
-def _stream_unary(inner: Any, ticket: Ticket) -> Any:
-    async def behavior(requests: AsyncIterator[Any], context: _Context) -> Any:
-        try:
-            return await inner(_metered(requests, ticket), context)
-        finally:
-            ticket.release()
-
-    return behavior
+        return behavior
 
 
 async def _metered(requests: AsyncIterator[Any], ticket: Ticket) -> AsyncIterator[Any]:
@@ -162,7 +206,7 @@ async def _metered(requests: AsyncIterator[Any], ticket: Ticket) -> AsyncIterato
         yield message
 
 
-def _refusal(error: errors.Overloaded) -> _Handler:
+def _refusal(error: errors.BlobStoreError) -> _Handler:
     """A handler that answers at once; as a request-streaming one it never reads the request."""
 
     async def refuse(requests: AsyncIterator[Any], context: _Context) -> Any:

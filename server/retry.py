@@ -28,6 +28,11 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+# What grpcio's asyncio client reports, instead of the server's status, when the server
+# ends a client stream (refused, disk full, shutting down) while a write is still under
+# way (grpc/grpc#36066). The real status is lost, so the call is retried like an
+# UNAVAILABLE one: the next attempt learns it. Our server never sends this text itself.
+LOST_STATUS = "Internal error from Core"
 
 
 @dataclass(frozen=True)
@@ -135,7 +140,8 @@ async def call_async(
 
 def _next(schedule: Schedule, exc: grpc.RpcError) -> float | None:
     code: grpc.StatusCode = exc.code()
-    delay = schedule.backoff(code)
+    lost = code is grpc.StatusCode.INTERNAL and exc.details() == LOST_STATUS
+    delay = schedule.backoff(grpc.StatusCode.UNAVAILABLE if lost else code)
     if delay is not None:
         log.info(
             "attempt %d failed with %s (%s); retrying in %.2f s",

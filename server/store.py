@@ -104,23 +104,44 @@ class BlobStore:
             if existing is not None:
                 return PutResult(existing, created=False)
         if blob_type is BlobType.JSON:
-            parts: list[bytes] = []
-            size = 0
-            async for chunk in chunks:
-                size += len(chunk)
-                self._check_size(blob_type, size)
-                _check_total(size, total_size, final=False)
-                parts.append(chunk)
-            _check_total(size, total_size, final=True)
-            return await self.put(blob_type, b"".join(parts), expected_id)
+            return await self._put_json_stream(chunks, total_size, expected_id)
+        return await self._put_binary_stream(chunks, total_size, expected_id)
 
+    async def _put_json_stream(
+        self, chunks: AsyncIterable[bytes], total_size: int | None, expected_id: BlobId | None
+    ) -> PutResult:
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in chunks:
+            size += len(chunk)
+            self._check_size(BlobType.JSON, size)
+            _check_total(size, total_size, final=False)
+            parts.append(chunk)
+        _check_total(size, total_size, final=True)
+        data = b"".join(parts)
+        parts.clear()
+        content = await offload(len(data), canonicalize_text, data)
+        self._check_size(BlobType.JSON, len(content))
+        blob_id = blob_id_from_digest(await offload(len(content), sha256_hex, content))
+        _check_expected(blob_id, expected_id)
+        # Through a writer, as Binary streams, so that a cancelled call stores nothing.
+        writer = await self.backend.open_writer()
+        try:
+            await writer.write(content)
+            return await writer.commit(blob_id, BlobType.JSON)
+        finally:
+            await writer.abort()
+
+    async def _put_binary_stream(
+        self, chunks: AsyncIterable[bytes], total_size: int | None, expected_id: BlobId | None
+    ) -> PutResult:
         hasher = hashlib.sha256()
         writer = await self.backend.open_writer()
         try:
             size = 0
             async for chunk in chunks:
                 size += len(chunk)
-                self._check_size(blob_type, size)
+                self._check_size(BlobType.BINARY, size)
                 _check_total(size, total_size, final=False)
                 # Hash and write the chunk in parallel; the next message is read only
                 # after both, so gRPC flow control keeps the sender from running ahead.
@@ -128,7 +149,7 @@ class BlobStore:
             _check_total(size, total_size, final=True)
             blob_id = blob_id_from_digest(hasher.hexdigest())
             _check_expected(blob_id, expected_id)
-            return await writer.commit(blob_id, blob_type)
+            return await writer.commit(blob_id, BlobType.BINARY)
         finally:
             await writer.abort()
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -19,7 +20,7 @@ from server.blob_file import HEADER_SIZE, decode_header
 from server.status import DETAILS_KEY, DOMAIN
 
 if TYPE_CHECKING:
-    from server.api.blobstore.v1.blobstore_pb2_grpc import BlobServiceAsyncStub
+    from server.api.blobstore.v1.blobstore_pb2_grpc import BlobServiceAsyncStub, BlobServiceStub
 
 MiB = 1024 * 1024
 
@@ -65,6 +66,37 @@ class HeldPut:
     async def finish(self) -> pb.PutResponse:
         self._release.set()
         return await self.call
+
+
+async def held_admitted(data_dir: Path, count: int) -> None:
+    """Waits until `count` held puts have reached the store (each has its temp file).
+
+    Probing before then could let a probe take the place a held put was meant to have.
+    """
+    await asyncio.to_thread(
+        wait_until, lambda: len(temp_files(data_dir)) >= count, 30, f"{count} held put(s)"
+    )
+
+
+class HeldPutSync:
+    """HeldPut for the blocking API: a PutStream future that waits half way until finish()."""
+
+    def __init__(self, stub: BlobServiceStub, data: bytes, timeout: float = 60) -> None:
+        self.data = data
+        self._release = threading.Event()
+        self.future = stub.PutStream.future(self._requests(), timeout=timeout)
+
+    def _requests(self) -> Iterator[pb.PutStreamRequest]:
+        half = len(self.data) // 2
+        yield pb.PutStreamRequest(
+            blob_type=pb.BLOB_TYPE_BINARY, total_size=len(self.data), chunk=self.data[:half]
+        )
+        self._release.wait(120)
+        yield pb.PutStreamRequest(chunk=self.data[half:])
+
+    def finish(self, timeout: float = 60) -> pb.PutResponse:
+        self._release.set()
+        return self.future.result(timeout)
 
 
 def stored_files(data_dir: Path) -> list[Path]:

@@ -216,7 +216,7 @@ HEX = "0" * 64
 INVALID_PARAMS = [
     (GET, {"blob_id": "sha256:" + HEX[:-1]}, "params.blob_id", "63 characters"),
     (GET, {"blob_id": "SHA256:" + HEX}, "params.blob_id", "sha256"),
-    (GET, {"blob_id": "md5:" + HEX}, "params.blob_id", "only the sha256"),
+    (GET, {"blob_id": "md5:" + HEX}, "params.blob_id", "md5"),
     (GET, {"blob_id": "../../etc/passwd"}, "params.blob_id", "invalid blob id"),
     (GET, {"blob_id": HEX.upper().replace("0", "A")}, "params.blob_id", "lowercase"),
     (GET, {"blob_id": 12}, "params.blob_id", "must be a string"),

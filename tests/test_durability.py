@@ -1,4 +1,4 @@
-"""The violent tests: concurrent writers, kill -9 mid-storm, corrupt and truncated files, two servers.
+"""The violent tests: concurrent writers, kill -9 mid-storm, corrupt files, two servers.
 
 Each test checks what a user relies on: an acknowledged put survives, no
 reader ever gets a partial or corrupt blob, and the data folder holds only
@@ -36,11 +36,18 @@ from tests.rpc_helpers import (
     error_info,
     raw_stub,
     rpc_failure,
+    serve_for_module,
     temp_files,
     wait_until,
 )
 
 ServerFactory = Callable[..., ServerProcess]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server for the tests that break blobs of their own; the storm gets fresh ones."""
+    yield from serve_for_module(tmp_path_factory)
 
 
 def sha256_id(data: bytes) -> str:
@@ -52,8 +59,10 @@ def blob_path(data_dir: Path, blob_id: str) -> Path:
     return data_dir / "blobs" / digest[:2] / digest
 
 
-def quarantined(data_dir: Path) -> list[Path]:
-    return sorted((data_dir / "quarantine").iterdir())
+def quarantined(data_dir: Path, blob_id: str = "") -> list[Path]:
+    """The quarantined copies (of one blob, if `blob_id` is given)."""
+    prefix = blob_id.removeprefix("sha256:")
+    return sorted(p for p in (data_dir / "quarantine").iterdir() if p.name.startswith(prefix))
 
 
 def flip_byte(path: Path, offset: int) -> None:
@@ -73,39 +82,46 @@ def stream_requests(data: bytes, chunk: int = 256 * 1024) -> Iterator[pb.PutStre
 # -- concurrent writers ------------------------------------------------------------------
 
 
+def _put_concurrently(target: str, data: bytes, writers: int) -> list[object]:
+    """Puts `data` from `writers` threads at once, half unary, half streamed."""
+    barrier = threading.Barrier(writers)
+    results: list[object] = [RuntimeError("not run")] * writers
+
+    def put(index: int) -> None:
+        try:
+            with raw_stub(target) as stub:
+                stub.Stat(pb.StatRequest(id=sha256_id(b"warm up the channel")))
+                barrier.wait(timeout=30)
+                if index % 2:
+                    results[index] = stub.Put(pb.PutRequest(data=data), timeout=60)
+                else:
+                    results[index] = stub.PutStream(stream_requests(data), timeout=60)
+        except BaseException as exc:
+            results[index] = exc
+
+    threads = [threading.Thread(target=put, args=(i,)) for i in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return results
+
+
 def test_concurrent_puts_of_one_blob_leave_one_file(server: ServerProcess) -> None:
-    for round_number in range(3):
-        data = os.urandom(3 * MiB) + bytes([round_number])
-        writers = 16
-        barrier = threading.Barrier(writers)
-        results: list[pb.PutResponse | BaseException] = [RuntimeError("not run")] * writers
-
-        def put(index: int) -> None:
-            try:
-                with raw_stub(server.target) as stub:
-                    stub.Stat(pb.StatRequest(id=sha256_id(b"warm up the channel")))
-                    barrier.wait(timeout=30)
-                    if index % 2:
-                        results[index] = stub.Put(pb.PutRequest(data=data), timeout=60)
-                    else:
-                        results[index] = stub.PutStream(stream_requests(data), timeout=60)
-            except BaseException as exc:
-                results[index] = exc
-
-        threads = [threading.Thread(target=put, args=(i,)) for i in range(writers)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=120)
+    stored_before = len(blob_files(server.data_dir))
+    contents = [os.urandom(3 * MiB) for _ in range(3)]
+    for data in contents:
+        results = _put_concurrently(server.target, data, writers=16)
         replies = [r for r in results if isinstance(r, pb.PutResponse)]
-        assert len(replies) == writers, [r for r in results if not isinstance(r, pb.PutResponse)]
+        assert len(replies) == len(results), [r for r in results if r not in replies]
         assert {r.id for r in replies} == {sha256_id(data)}
         assert sum(r.created for r in replies) == 1
         assert {(r.size, r.blob_type) for r in replies} == {(len(data), pb.BLOB_TYPE_BINARY)}
 
-    files = blob_files(server.data_dir)
-    assert len(files) == 3
-    assert [blob_file_problem(p) for p in files] == [None] * 3
+    digests = {p.name for p in blob_files(server.data_dir)}
+    assert {sha256_id(d).removeprefix("sha256:") for d in contents} <= digests
+    assert len(digests) == stored_before + 3
+    assert [blob_file_problem(p) for p in blob_files(server.data_dir)] == [None] * len(digests)
     assert wait_until(lambda: temp_files(server.data_dir) == [])
 
 
@@ -258,7 +274,7 @@ def test_flipped_byte_is_data_loss_then_quarantined_then_healed(
         assert error_info(exc).reason == "DATA_LOSS"
         assert "quarantined" in (exc.details() or "")
         assert not path.exists()
-        (moved,) = quarantined(server.data_dir)
+        (moved,) = quarantined(server.data_dir, blob_id)
         assert moved.name.startswith(blob_id.removeprefix("sha256:"))
         assert "quarantined" in server.log()
         again = rpc_failure(lambda: stub.Get(pb.GetRequest(id=blob_id)))
@@ -280,10 +296,9 @@ def test_corrupt_blob_is_never_streamed_whole(
 
     flip_byte(path, HEADER_SIZE + 10)
     received = 0
-    with raw_stub(server.target) as stub:
-        with pytest.raises(grpc.RpcError) as caught:
-            for reply in stub.GetStream(pb.GetStreamRequest(id=blob_id, chunk_size=MiB)):
-                received += len(reply.chunk)
+    with raw_stub(server.target) as stub, pytest.raises(grpc.RpcError) as caught:
+        for reply in stub.GetStream(pb.GetStreamRequest(id=blob_id, chunk_size=MiB)):
+            received += len(reply.chunk)
     assert caught.value.code() == grpc.StatusCode.DATA_LOSS
     assert received < len(data)
     assert not path.exists()
@@ -295,7 +310,7 @@ def test_corrupt_blob_is_never_streamed_whole(
         client.get_to_file(blob_id, target)
     assert not target.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".part")] == []
-    assert len(quarantined(server.data_dir)) == 2
+    assert len(quarantined(server.data_dir, blob_id)) == 2
 
 
 def test_corrupt_header_is_data_loss_and_a_put_heals_it(
@@ -316,7 +331,9 @@ def test_corrupt_header_is_data_loss_and_a_put_heals_it(
     assert client.get(second).data == b'{"header":2}'
     assert client.put_bytes(b"header one").created
     assert client.get(first).data == b"header one"
-    assert len(quarantined(server.data_dir)) == 2
+    assert (
+        len(quarantined(server.data_dir, first)) == len(quarantined(server.data_dir, second)) == 1
+    )
 
 
 @pytest.mark.parametrize("keep", [0, 7, HEADER_SIZE, HEADER_SIZE + 4000])
@@ -334,7 +351,7 @@ def test_truncated_file_is_data_loss(client: BlobClient, server: ServerProcess, 
             assert exc.code() == grpc.StatusCode.DATA_LOSS
             assert client.put_bytes(data).created  # heal, to break it again
             os.truncate(blob_path(server.data_dir, blob_id), keep)
-    assert len(quarantined(server.data_dir)) == 3
+    assert len(quarantined(server.data_dir, blob_id)) == 3
 
 
 def test_grown_file_is_data_loss(client: BlobClient, server: ServerProcess) -> None:

@@ -79,7 +79,8 @@ class BlobServiceServicer:
 
     def Get(self, request, context):
         """Returns one blob in a single message. Blobs larger than the server's
-        unary limit fail with RESOURCE_EXHAUSTED: use GetStream for those.
+        unary limit fail with FAILED_PRECONDITION (reason USE_STREAMING): use
+        GetStream for those.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -52,7 +52,8 @@ class BlobServiceStub:
     """
     Get: _grpc.UnaryUnaryMultiCallable[_blobstore_pb2.GetRequest, _blobstore_pb2.GetResponse]
     """Returns one blob in a single message. Blobs larger than the server's
-    unary limit fail with RESOURCE_EXHAUSTED: use GetStream for those.
+    unary limit fail with FAILED_PRECONDITION (reason USE_STREAMING): use
+    GetStream for those.
     """
     Stat: _grpc.UnaryUnaryMultiCallable[_blobstore_pb2.StatRequest, _blobstore_pb2.StatResponse]
     """Tells whether a blob exists, and its type and size, without its data."""
@@ -80,7 +81,8 @@ class BlobServiceAsyncStub(BlobServiceStub):
     """
     Get: _aio.UnaryUnaryMultiCallable[_blobstore_pb2.GetRequest, _blobstore_pb2.GetResponse]  # type: ignore[assignment]
     """Returns one blob in a single message. Blobs larger than the server's
-    unary limit fail with RESOURCE_EXHAUSTED: use GetStream for those.
+    unary limit fail with FAILED_PRECONDITION (reason USE_STREAMING): use
+    GetStream for those.
     """
     Stat: _aio.UnaryUnaryMultiCallable[_blobstore_pb2.StatRequest, _blobstore_pb2.StatResponse]  # type: ignore[assignment]
     """Tells whether a blob exists, and its type and size, without its data."""
@@ -117,7 +119,8 @@ class BlobServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_blobstore_pb2.GetResponse, _abc.Awaitable[_blobstore_pb2.GetResponse]]:
         """Returns one blob in a single message. Blobs larger than the server's
-        unary limit fail with RESOURCE_EXHAUSTED: use GetStream for those.
+        unary limit fail with FAILED_PRECONDITION (reason USE_STREAMING): use
+        GetStream for those.
         """
 
     @_abc_1.abstractmethod
