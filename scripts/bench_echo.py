@@ -2,7 +2,7 @@
 """The gRPC ceiling for the benchmark: a BlobService that stores nothing.
 
 It is served exactly like ours (grpc.aio, asyncio.run, the same server
-options as server/app.py) and speaks the same messages, so the load
+options and malloc tuning as server/app.py) and speaks the same messages, so the load
 generator drives it with the very same requests it sends to the real
 service and the ratio between the two is the cost of our own code:
 
@@ -41,6 +41,7 @@ import grpc
 from server.api.blobstore.v1 import blobstore_pb2 as pb
 from server.api.blobstore.v1 import blobstore_pb2_grpc as pb_grpc
 from server.config import ServerConfig
+from server.malloc_tuning import tune_malloc
 
 # Mirrors server/app.py (_serve_store): keep both in step when either changes.
 _MESSAGE_OVERHEAD = 64 * 1024
@@ -262,6 +263,7 @@ def main() -> None:
     parser.add_argument("--durable-dir", type=Path, help="Put stores its data durably here")
     args = parser.parse_args()
     durable = DurableWriter(args.durable_dir) if args.durable_dir else None
+    tune_malloc()  # as server/app.py does at start-up: the same allocator for both
     if args.style == "sync":
         serve_sync(args.address, args.threads, durable)
     else:

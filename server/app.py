@@ -19,6 +19,7 @@ from server.config import ServerConfig
 from server.filesystem import FileSystemBackend
 from server.guard import Guard
 from server.ids import parse_blob_id
+from server.malloc_tuning import tune_malloc
 from server.servicer import BlobServicer
 from server.store import BlobStore
 from server.verifying import VerifyingBackend
@@ -38,6 +39,7 @@ class ListenError(Exception):
 
 async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None:
     """Runs the server until SIGTERM/SIGINT (or `stop` is set), then stops gracefully."""
+    tune_malloc()
     backend = FileSystemBackend(config.data_dir.resolve(), io_threads=config.io_threads)
     backend.open()
     try:

@@ -205,6 +205,8 @@ async def _chunks(
 
 
 def _value_to_python(value: struct_pb2.Value) -> object:
+    if value.WhichOneof("kind") is None:
+        raise errors.InvalidJson("json: the Value has no kind set (JSON null is null_value)")
     try:
         return json_format.MessageToDict(value)
     except ValueError as exc:  # NaN or Infinity in a number_value

@@ -163,6 +163,16 @@ def test_json_value_that_is_not_json_is_invalid_argument(
     assert_still_serving(server.target)
 
 
+def test_json_value_with_no_kind_is_invalid_argument(server: ServerProcess) -> None:
+    empty = pb.PutRequest()
+    empty.json.SetInParent()  # `json` chosen, but the Value holds nothing
+    with raw_stub(server.target) as stub:
+        exc = rpc_failure(lambda: stub.Put(empty))
+    assert_status(exc, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_JSON")
+    assert "no kind" in (exc.details() or "")
+    assert_still_serving(server.target)
+
+
 def test_huge_integer_cannot_be_read_as_json_value_but_as_text(server: ServerProcess) -> None:
     text = b"[" + b"9" * 400 + b"]"
     with raw_stub(server.target) as stub:
