@@ -619,7 +619,12 @@ def start_processes(
         ready=re.compile(rf"(?:https?://)?(127\.0\.0\.1:(?!{port}\b)(?!0\b)\d+)"),
         env=server_env,
     )
-    return echo, server, bridge, f"pinned with the {settings.bridge_cpu} side"
+    where = {
+        "any": "not pinned: the OS places it on either core, as in a deployment",
+        "server": "pinned with the server side",
+        "load": "pinned with the load generator",
+    }[settings.bridge_cpu]
+    return echo, server, bridge, where
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -646,8 +651,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--bridge-cpu",
         choices=["server", "load", "any"],
-        default="server",
-        help="where the bridge runs: with the server (default), with the load generator, unpinned",
+        default="any",
+        help="where the bridge runs: unpinned, placed by the OS as in a deployment (default); "
+        "with the server; with the load generator",
     )
     parser.add_argument(
         "--server-env",

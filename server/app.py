@@ -14,7 +14,6 @@ from grpc_reflection.v1alpha import reflection
 
 from server.admission import Admission
 from server.api.blobstore.v1 import blobstore_pb2 as pb
-from server.api.blobstore.v1 import blobstore_pb2_grpc as pb_grpc
 from server.config import ServerConfig
 from server.filesystem import FileSystemBackend
 from server.guard import Guard
@@ -59,7 +58,7 @@ async def _serve_store(config: ServerConfig, store: BlobStore, stop: asyncio.Eve
             ("grpc.so_reuseport", 0),
         ],
     )
-    pb_grpc.add_BlobServiceServicer_to_server(BlobServicer(store), server)
+    BlobServicer(store).add_to_server(server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -12,18 +12,30 @@ of VerifyingBackend, which wraps every backend the server uses.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Protocol
 
 from server.ids import BlobId
 from server.model import Blob, BlobInfo, BlobType, PutResult
 
 
+class OverLimit(Exception):
+    """A read asked for a blob larger than the caller's max_size; nothing was read."""
+
+    def __init__(self, info: BlobInfo) -> None:
+        super().__init__(f"blob {info.blob_id} is {info.size} bytes")
+        self.info = info
+
+
 class BlobWriter(Protocol):
     """An in-progress streamed put: chunks go to a private place until commit."""
 
-    async def write(self, chunk: bytes) -> None:
-        """Appends `chunk`; raises StorageFull or Unavailable on I/O failure."""
+    async def write(self, chunk: bytes, before: Callable[[bytes], object] | None = None) -> None:
+        """Appends `chunk`; raises StorageFull or Unavailable on I/O failure.
+
+        `before(chunk)` (the store's hashing) runs in the same I/O step, just
+        before the write: one hand-off per chunk instead of two.
+        """
         ...
 
     async def commit(self, blob_id: BlobId, blob_type: BlobType) -> PutResult:
@@ -71,8 +83,8 @@ class BlobBackend(Protocol):
         """Starts a streamed put whose id is known only at the end."""
         ...
 
-    async def get(self, blob_id: BlobId) -> Blob:
-        """Returns the whole blob; raises BlobNotFound."""
+    async def get(self, blob_id: BlobId, max_size: int | None = None) -> Blob:
+        """Returns the whole blob; raises BlobNotFound, or OverLimit if over max_size."""
         ...
 
     async def get_stream(self, blob_id: BlobId, chunk_size: int) -> BlobStream:

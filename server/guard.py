@@ -188,7 +188,10 @@ class Guard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 async def _metered(requests: AsyncIterator[Any], ticket: Ticket) -> AsyncIterator[Any]:
     """Accounts each PutStream message while the store holds it.
 
-    Errors raised here reach the client through the servicer's error table.
+    A Json stream that declares its total_size reserves all of it with its first
+    message, so it is refused (or admitted) before it sends its data: streams that
+    each hold part of a document and all need more would otherwise keep refusing each
+    other half way. Errors raised here reach the client through the servicer's table.
     """
     allowance = ticket.held
     gathered = 0
@@ -198,6 +201,8 @@ async def _metered(requests: AsyncIterator[Any], ticket: Ticket) -> AsyncIterato
             raise errors.InvalidArgument(message.message)
         if gathers is None:
             gathers = message.blob_type == pb.BLOB_TYPE_JSON
+            if gathers and message.HasField("total_size"):
+                allowance = max(allowance, message.total_size + message.ByteSize())
         size = message.ByteSize()
         if gathers:
             gathered += size

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections import OrderedDict
 from collections.abc import AsyncIterable, Sequence
 from dataclasses import dataclass
 
-from server.backend import BlobBackend, BlobStream
+from server.backend import BlobBackend, BlobStream, OverLimit
 from server.canonical_json import canonicalize_text, canonicalize_value
 from server.errors import (
-    BlobNotFound,
     BlobTooLarge,
     DataLoss,
     DigestMismatch,
@@ -27,6 +27,10 @@ from server.model import Blob, BlobInfo, BlobType, PutResult
 from server.offload import offload, sha256_hex
 
 MiB = 1024 * 1024
+TEXT_CACHE_ENTRIES = 4096
+"""JSON texts whose id put_dedup remembers (about 200 bytes each)."""
+TEXT_CACHE_MAX_TEXT = 256 * 1024
+"""Longer texts are not remembered: their canonicalisation runs in a thread anyway."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,18 +53,50 @@ class BlobStore:
     def __init__(self, backend: BlobBackend, limits: Limits | None = None) -> None:
         self.backend = backend
         self.limits = limits or Limits()
+        self._text_ids: OrderedDict[bytes, BlobId] = OrderedDict()
 
     async def put(
         self, blob_type: BlobType, data: bytes, expected_id: BlobId | None = None
     ) -> PutResult:
         """Stores `data` (raw bytes, or JSON text for Json) and returns its id."""
         self._check_size(blob_type, len(data))
-        if blob_type is BlobType.JSON:
-            content = await offload(len(data), canonicalize_text, data)
-            self._check_size(blob_type, len(content))
-        else:
-            content = data
-        return await self._put_content(blob_type, content, expected_id)
+        if blob_type is not BlobType.JSON:
+            return await self._put_content(blob_type, data, expected_id)
+        key = None
+        if len(data) <= TEXT_CACHE_MAX_TEXT:
+            key = hashlib.sha256(data).digest()
+            known = await self._known_text(key, expected_id)
+            if known is not None:
+                return known
+        content = await offload(len(data), canonicalize_text, data)
+        self._check_size(blob_type, len(content))
+        result = await self._put_content(blob_type, content, expected_id)
+        if key is not None:
+            self._text_ids[key] = result.info.blob_id
+            if len(self._text_ids) > TEXT_CACHE_ENTRIES:
+                self._text_ids.popitem(last=False)
+        return result
+
+    async def _known_text(self, key: bytes, expected_id: BlobId | None) -> PutResult | None:
+        """The result of re-putting JSON text put before, if its blob is still stored and sound.
+
+        Canonicalising is a pure function of the text, so the id remembered for
+        the text's SHA-256 is the id canonicalising would give again; only the
+        blob's presence can have changed, and that is checked on disk (a
+        quarantined or missing blob makes this None and the put stores it again).
+        """
+        blob_id = self._text_ids.get(key)
+        if blob_id is None:
+            return None
+        _check_expected(blob_id, expected_id)
+        try:
+            info = await self.backend.stat(blob_id)
+        except DataLoss:
+            info = None  # quarantined by the read; the full put stores a sound copy
+        if info is None:
+            return None
+        self._text_ids.move_to_end(key)
+        return PutResult(info, created=False)
 
     async def put_json_value(
         self, value: object, expected_id: BlobId | None = None, *, size_hint: int = 0
@@ -137,33 +173,41 @@ class BlobStore:
     ) -> PutResult:
         hasher = hashlib.sha256()
         writer = await self.backend.open_writer()
+        # One chunk is hashed and written (in a thread) while the next is received:
+        # at most two chunks in memory, and gRPC flow control holds the sender back.
+        pending: asyncio.Task[None] | None = None
         try:
             size = 0
             async for chunk in chunks:
                 size += len(chunk)
                 self._check_size(BlobType.BINARY, size)
                 _check_total(size, total_size, final=False)
-                # Hash and write the chunk in parallel; the next message is read only
-                # after both, so gRPC flow control keeps the sender from running ahead.
-                await asyncio.gather(offload(len(chunk), hasher.update, chunk), writer.write(chunk))
+                if pending is not None:
+                    await pending
+                pending = asyncio.ensure_future(writer.write(chunk, hasher.update))
+            if pending is not None:
+                await pending
             _check_total(size, total_size, final=True)
             blob_id = blob_id_from_digest(hasher.hexdigest())
             _check_expected(blob_id, expected_id)
             return await writer.commit(blob_id, BlobType.BINARY)
         finally:
+            if pending is not None:
+                if not pending.done():
+                    pending.cancel()  # the writer closes its file once the thread is done
+                elif not pending.cancelled():
+                    pending.exception()  # seen: this put already fails for another reason
             await writer.abort()
 
     async def get(self, blob_id: BlobId) -> Blob:
         """Returns a whole blob, verified; UseStreaming if it is over the unary limit."""
-        info = await self.backend.stat(blob_id)
-        if info is None:
-            raise BlobNotFound(blob_id)
-        if info.size > self.limits.max_unary_bytes:
+        try:
+            return await self.backend.get(blob_id, self.limits.max_unary_bytes)
+        except OverLimit as exc:
             raise UseStreaming(
-                f"blob {blob_id} is {info.size} bytes, over the unary limit of "
+                f"blob {blob_id} is {exc.info.size} bytes, over the unary limit of "
                 f"{self.limits.max_unary_bytes} bytes; read it with GetStream"
-            )
-        return await self.backend.get(blob_id)
+            ) from None
 
     async def get_stream(self, blob_id: BlobId, chunk_size: int) -> BlobStream:
         """Opens a blob for reading in chunks; the caller must aclose() the stream."""

@@ -35,9 +35,9 @@ class VerifyingBackend:
     async def open_writer(self) -> BlobWriter:
         return await self._inner.open_writer()
 
-    async def get(self, blob_id: BlobId) -> Blob:
+    async def get(self, blob_id: BlobId, max_size: int | None = None) -> Blob:
         try:
-            blob = await self._inner.get(blob_id)
+            blob = await self._inner.get(blob_id, max_size)
         except DataLoss as exc:
             await self.fail(blob_id, str(exc), exc)
         if len(blob.data) != blob.info.size:

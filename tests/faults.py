@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import threading
 import time
@@ -12,7 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import grpc
-import psutil
 from google.rpc import error_details_pb2, status_pb2
 
 from server.api.blobstore.v1 import blobstore_pb2 as pb
@@ -125,32 +123,3 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what or condition}")
         time.sleep(0.02)
-
-
-class RssSampler:
-    """Samples a process's resident memory in a background asyncio task."""
-
-    def __init__(self, pid: int, interval: float = 0.05) -> None:
-        self._process = psutil.Process(pid)
-        self._interval = interval
-        self.samples: list[int] = []
-        self._task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> RssSampler:
-        self._task = asyncio.create_task(self._run())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self.samples.append(self.rss())
-
-    def rss(self) -> int:
-        return int(self._process.memory_info().rss)
-
-    async def _run(self) -> None:
-        while True:
-            self.samples.append(self.rss())
-            await asyncio.sleep(self._interval)

@@ -348,7 +348,8 @@ async def test_unexpected_exception_is_internal_without_details(
             stub = pb_grpc.BlobServiceStub(channel)
             with caplog.at_level(logging.ERROR, logger="server.servicer"):
                 with pytest.raises(grpc.aio.AioRpcError) as caught:
-                    await stub.Stat(pb.StatRequest(id="sha256:" + "0" * 64))
+                    # A put needs the pool to write (a Stat of a cached header would not).
+                    await stub.Put(pb.PutRequest(data=b"needs the I/O pool"))
                 with pytest.raises(grpc.aio.AioRpcError) as caught_stream:
                     async for _ in stub.GetStream(pb.GetStreamRequest(id="sha256:" + "0" * 64)):
                         pass
