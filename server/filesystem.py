@@ -15,8 +15,15 @@ and a crash leaves at most debris in tmp/, removed at the next start.
 Every open checks the header (CRC, and length against the file's size), so
 a broken or truncated file is DataLoss at once; a put over such a copy
 quarantines it and stores a sound one. Content is checked against the id by
-VerifyingBackend, one layer up. Blocking system calls run on a private
-thread pool, never on the event loop.
+VerifyingBackend, one layer up.
+
+Blocking work runs on a private thread pool. Reads of small blobs and of
+headers (get, stat, and the existence check of a put) first try the event
+loop: open, fstat and a preadv with RWF_NOWAIT, which fails instead of
+waiting when the data is not in the page cache, and only then go to the
+pool - a thread round trip costs ten times such a read. open() and fstat()
+of a file whose directory entry is not cached can still wait for the disk
+briefly on the loop; writes, fsyncs and large reads never run there.
 """
 
 from __future__ import annotations

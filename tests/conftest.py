@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from server.client import BlobClient
+from tests.bridge_processes import HttpRpc, Stack, stack
 from tests.processes import ServerProcess
 
 
@@ -40,3 +41,24 @@ def server(start_server: Callable[..., ServerProcess]) -> ServerProcess:
 def client(server: ServerProcess) -> Iterator[BlobClient]:
     with BlobClient(server.target, timeout=30) as blob_client:
         yield blob_client
+
+
+@pytest.fixture(scope="module")
+def bridge_stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    """A real gRPC server with a real HTTP bridge in front, shared by one test module."""
+    with stack(tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def rpc(bridge_stack: Stack) -> HttpRpc:
+    return bridge_stack.http
+
+
+@pytest.fixture(scope="module")
+def grpc_client(bridge_stack: Stack) -> Iterator[BlobClient]:
+    """A direct gRPC client of the server behind `bridge_stack`."""
+    with BlobClient(bridge_stack.server.target, timeout=30) as client:
+        yield client

@@ -11,7 +11,6 @@ import base64
 import contextlib
 import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from hypothesis import strategies as st
 
 from server.client import BlobClient
 from server.model import BlobType
-from tests.bridge_processes import BridgeProcess, HttpRpc, Stack, stack
+from tests.bridge_processes import BridgeProcess, HttpRpc, Stack
 from tests.bridge_seed import (
     GET_REQUEST,
     GET_RESPONSE,
@@ -38,23 +37,6 @@ from tests.bridge_seed import (
 
 PUT = "blobs/put"
 GET = "blobs/get"
-
-
-@pytest.fixture(scope="module")
-def bridge_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with stack(tmp_path_factory.mktemp("bridge-http")) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def rpc(bridge_stack: Stack) -> HttpRpc:
-    return bridge_stack.http
-
-
-@pytest.fixture(scope="module")
-def grpc_client(bridge_stack: Stack) -> Iterator[BlobClient]:
-    with BlobClient(bridge_stack.server.target, timeout=30) as client:
-        yield client
 
 
 # -- the seed's examples ------------------------------------------------------

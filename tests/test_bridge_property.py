@@ -43,11 +43,6 @@ def bridge_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         assert running.http.result("blobs/put", {"data": SEED_DATA}) == {"blob_id": SEED_ID}
 
 
-@pytest.fixture(scope="module")
-def rpc(bridge_stack: Stack) -> HttpRpc:
-    return bridge_stack.http
-
-
 # -- strategies ------------------------------------------------------------------
 
 scalars = (

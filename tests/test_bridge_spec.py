@@ -10,36 +10,18 @@ also over stdio, which shares the same core but has its own framing.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from server.client import BlobClient
-from tests.bridge_processes import BridgeProcess, HttpRpc, Stack, stack
+from tests.bridge_processes import BridgeProcess, HttpRpc, Stack
 from tests.bridge_seed import json_id
 
 INVALID_REQUEST = {"code": -32600, "message": "Invalid Request"}
 PARSE_ERROR = {"code": -32700, "message": "Parse error"}
 METHOD_NOT_FOUND = {"code": -32601, "message": "Method not found"}
-
-
-@pytest.fixture(scope="module")
-def bridge_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with stack(tmp_path_factory.mktemp("bridge-spec")) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def rpc(bridge_stack: Stack) -> HttpRpc:
-    return bridge_stack.http
-
-
-@pytest.fixture(scope="module")
-def grpc_client(bridge_stack: Stack) -> Iterator[BlobClient]:
-    with BlobClient(bridge_stack.server.target, timeout=30) as client:
-        yield client
 
 
 def post(rpc: HttpRpc, body: str) -> Any:
