@@ -30,7 +30,11 @@ class OverLimit(Exception):
 class BlobWriter(Protocol):
     """An in-progress streamed put: chunks go to a private place until commit."""
 
-    async def write(self, chunk: bytes, before: Callable[[bytes], object] | None = None) -> None:
+    async def write(
+        self,
+        chunk: bytes | memoryview,
+        before: Callable[[bytes | memoryview], object] | None = None,
+    ) -> None:
         """Appends `chunk`; raises StorageFull or Unavailable on I/O failure.
 
         `before(chunk)` (the store's hashing) runs in the same I/O step, just

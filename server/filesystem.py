@@ -611,7 +611,11 @@ class _FileWriter:
         self._size = 0
         self._flushed = HEADER_SIZE
 
-    async def write(self, chunk: bytes, before: Callable[[bytes], object] | None = None) -> None:
+    async def write(
+        self,
+        chunk: bytes | memoryview,
+        before: Callable[[bytes | memoryview], object] | None = None,
+    ) -> None:
         offset = HEADER_SIZE + self._size
         self._size += len(chunk)
         flush_from = self._flushed
@@ -738,7 +742,7 @@ def _writev_all(fd: int, parts: list[bytes]) -> None:
             rest = rest[os.write(fd, rest) :]
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
     view = memoryview(data)
     while view:
         written = os.pwrite(fd, view, offset)

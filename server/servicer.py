@@ -109,7 +109,7 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
             "FindMissing": unary(self.FindMissing, pb.FindMissingRequest, pb.FindMissingResponse),
             "PutStream": grpc.stream_unary_rpc_method_handler(
                 self.PutStream,
-                request_deserializer=pb.PutStreamRequest.FromString,
+                request_deserializer=parse_put_stream_request,
                 response_serializer=pb.PutResponse.SerializeToString,
             ),
             "GetStream": grpc.unary_stream_rpc_method_handler(
@@ -217,7 +217,7 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
 
 async def _chunks(
     first: pb.PutStreamRequest, rest: AsyncIterator[pb.PutStreamRequest]
-) -> AsyncIterator[bytes]:
+) -> AsyncIterator[bytes | memoryview]:
     """Yields the data of a PutStream, rejecting sequences that lie about their order."""
     received = 0
     message = first
@@ -261,6 +261,67 @@ def _varint(value: int) -> bytes:
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+class ChunkMessage:
+    """A PutStreamRequest that holds only a chunk (and maybe its offset): the common case.
+
+    Has the attributes and methods of the message that the guard and the
+    servicer use, with the message's defaults for the fields it lacks.
+    """
+
+    __slots__ = ("_has_offset", "_size", "chunk", "offset")
+    blob_type = pb.BLOB_TYPE_UNSPECIFIED
+    total_size = 0
+    expected_id = ""
+
+    def __init__(self, chunk: memoryview, offset: int | None, size: int) -> None:
+        self.chunk = chunk
+        self.offset = offset or 0
+        self._has_offset = offset is not None
+        self._size = size
+
+    def HasField(self, name: str) -> bool:
+        return name == "offset" and self._has_offset
+
+    def ByteSize(self) -> int:
+        return self._size
+
+
+def parse_put_stream_request(data: bytes) -> pb.PutStreamRequest | ChunkMessage:
+    """Parses a PutStream message, copying its chunk once instead of twice.
+
+    Protobuf would copy the chunk into the message and again at each
+    `.chunk` access. A message that is exactly [offset] chunk, as every
+    client sends after the first message, is answered here with a view of
+    the received bytes (no copy); anything else
+    (other fields, repeats, odd encodings, garbage) goes to protobuf, which
+    decides and reports exactly as before.
+    """
+    pos = 0
+    offset = None
+    if data[:1] == b"\x20":  # field 4 (offset), varint
+        offset, pos = _read_varint(data, 1)
+    if (offset is not None and offset < 0) or data[pos : pos + 1] != b"\x2a":  # field 5, bytes
+        return pb.PutStreamRequest.FromString(data)
+    length, start = _read_varint(data, pos + 1)
+    if length < 0 or start + length != len(data):
+        return pb.PutStreamRequest.FromString(data)
+    return ChunkMessage(memoryview(data)[start:], offset, len(data))
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    """(value, next position); value -1 if the varint is broken or over 64 bits."""
+    value = 0
+    for shift in range(0, 70, 7):
+        if pos >= len(data):
+            return -1, pos
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return (value, pos) if value < 1 << 64 else (-1, pos)
+    return -1, pos
 
 
 def _serialize_stream_reply(reply: pb.GetStreamResponse | bytes) -> bytes:

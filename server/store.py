@@ -121,7 +121,7 @@ class BlobStore:
     async def put_stream(
         self,
         blob_type: BlobType,
-        chunks: AsyncIterable[bytes],
+        chunks: AsyncIterable[bytes | memoryview],
         *,
         total_size: int | None = None,
         expected_id: BlobId | None = None,
@@ -144,9 +144,12 @@ class BlobStore:
         return await self._put_binary_stream(chunks, total_size, expected_id)
 
     async def _put_json_stream(
-        self, chunks: AsyncIterable[bytes], total_size: int | None, expected_id: BlobId | None
+        self,
+        chunks: AsyncIterable[bytes | memoryview],
+        total_size: int | None,
+        expected_id: BlobId | None,
     ) -> PutResult:
-        parts: list[bytes] = []
+        parts: list[bytes | memoryview] = []
         size = 0
         async for chunk in chunks:
             size += len(chunk)
@@ -169,7 +172,10 @@ class BlobStore:
             await writer.abort()
 
     async def _put_binary_stream(
-        self, chunks: AsyncIterable[bytes], total_size: int | None, expected_id: BlobId | None
+        self,
+        chunks: AsyncIterable[bytes | memoryview],
+        total_size: int | None,
+        expected_id: BlobId | None,
     ) -> PutResult:
         hasher = hashlib.sha256()
         writer = await self.backend.open_writer()

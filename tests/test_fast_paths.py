@@ -14,12 +14,15 @@ import json
 import os
 from pathlib import Path
 
+import grpc
 import pytest
 
+from server.api.blobstore.v1 import blobstore_pb2 as pb
 from server.client import BlobClient
 from server.errors import DataLoss
 from server.model import BlobType
 from tests.processes import ServerProcess
+from tests.rpc_helpers import raw_stub
 
 
 def blob_path(data_dir: Path, blob_id: str) -> Path:
@@ -71,14 +74,10 @@ def test_re_put_text_of_a_truncated_blob_quarantines_and_heals_it(
 def test_re_put_with_a_wrong_expected_id_is_refused_even_when_cached(
     client: BlobClient, server: ServerProcess
 ) -> None:
+    """The cache answers with the remembered id; a mismatching expected_id still fails."""
     text = text_of("expected")
     client.put_json_text(text)
     wrong = "sha256:" + "0" * 64
-    from server.api.blobstore.v1 import blobstore_pb2 as pb
-    from tests.rpc_helpers import raw_stub
-
-    import grpc
-
     with raw_stub(server.target) as stub, pytest.raises(grpc.RpcError) as caught:
         stub.Put(pb.PutRequest(blob_type=pb.BLOB_TYPE_JSON, data=text, expected_id=wrong))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
