@@ -72,6 +72,7 @@ from bench_procs import (
     StartError,
     pin_self,
     python_argv,
+    start_blobstore_server,
     start_child,
 )
 from bench_stats import Summary, Trial
@@ -82,7 +83,6 @@ from server.client import AsyncBlobClient
 from server.errors import BlobStoreError
 
 BRIDGE_CLI = ROOT / "jsonrpc_bridge" / "cli.py"
-_SERVER_READY = re.compile(r"blobstore gRPC listening on (\S+:\d+)")
 _ECHO_READY = re.compile(r"echo gRPC listening on (\S+:\d+)")
 
 
@@ -589,22 +589,7 @@ def start_processes(
         ready=_ECHO_READY,
         env=server_env,
     )
-    server = start_child(
-        "blobstore server",
-        python_argv(
-            "-m",
-            "server.cli",
-            "serve",
-            "--address",
-            "127.0.0.1:0",
-            "--data-dir",
-            str(work / "data"),
-        ),
-        cpus=split.server,
-        log_path=work / "server.log",
-        ready=_SERVER_READY,
-        env=server_env,
-    )
+    server = start_blobstore_server(work, split.server, server_env)
     if not BRIDGE_CLI.exists():
         return echo, server, None, f"skipped: {BRIDGE_CLI.relative_to(ROOT)} does not exist yet"
     port = server.address.rsplit(":", 1)[1]

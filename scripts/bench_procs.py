@@ -131,6 +131,24 @@ def start_child(
     raise StartError(f"{name} did not start within {timeout:.0f} s:\n{child.log()}")
 
 
+SERVER_READY = re.compile(r"blobstore gRPC listening on (\S+:\d+)")
+
+
+def start_blobstore_server(
+    work: Path, cpus: frozenset[int] | None, env: dict[str, str] | None
+) -> Child:
+    """Starts our server as shipped on a free port, data in work/data, log in work/server.log."""
+    data = str(work / "data")
+    return start_child(
+        "blobstore server",
+        python_argv("-m", "server.cli", "serve", "--address", "127.0.0.1:0", "--data-dir", data),
+        cpus=cpus,
+        log_path=work / "server.log",
+        ready=SERVER_READY,
+        env=env,
+    )
+
+
 def python_argv(*args: str) -> list[str]:
     return [sys.executable, *args]
 

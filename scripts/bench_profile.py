@@ -38,12 +38,11 @@ from bench_load import (
     get_request,
     random_picker,
 )
-from bench_procs import ROOT, CpuSplit, pin_self, python_argv, start_child
+from bench_procs import ROOT, CpuSplit, pin_self, start_blobstore_server
 
 from server.api.blobstore.v1 import blobstore_pb2 as pb
 
 WORKLOADS = ["put_small", "get_small", "put_dedup", "put_large", "get_large"]
-_SERVER_READY = re.compile(r"blobstore gRPC listening on (\S+:\d+)")
 _LINE = re.compile(r":\d+\)$")
 
 
@@ -219,22 +218,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="blobstore-profile-"))
     out = args.out or work
     out.mkdir(parents=True, exist_ok=True)
-    server = start_child(
-        "blobstore server",
-        python_argv(
-            "-m",
-            "server.cli",
-            "serve",
-            "--address",
-            "127.0.0.1:0",
-            "--data-dir",
-            str(work / "data"),
-        ),
-        cpus=split.server,
-        log_path=work / "server.log",
-        ready=_SERVER_READY,
-        env=dict(item.split("=", 1) for item in args.server_env),
-    )
+    server_env = dict(item.split("=", 1) for item in args.server_env)
+    server = start_blobstore_server(work, split.server, server_env)
     seconds = str(max(1, round(args.seconds)))
     if args.perf:
         raw = out / f"{args.workload}.perf.data"
