@@ -11,27 +11,26 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
-import os
 import queue
 import re
-import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from tests.processes import ServerProcess
+from tests.processes import ChildProcess, ServerProcess
 
 _HTTP_LINE = re.compile(r"JSON-RPC listening on http://(\S+):(\d+)/")
 _STDIO_LINE = re.compile(r"JSON-RPC on stdio")
 
 
-class BridgeProcess:
+class BridgeProcess(ChildProcess):
     """A `blobstore-bridge` child process; its stderr goes to `log_path`."""
+
+    name = "bridge"
 
     def __init__(
         self,
@@ -41,19 +40,16 @@ class BridgeProcess:
         stdio: bool = False,
         env: dict[str, str] | None = None,
     ) -> None:
+        super().__init__(log_path, env)
         self.grpc_target = grpc_target
-        self.log_path = log_path
         self.extra_args = extra_args
         self.stdio = stdio
-        self.env = {**os.environ, **(env or {})}
-        self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.url = ""
         self._lines: queue.Queue[bytes] = queue.Queue()
 
     def start(self, timeout: float = 30.0) -> BridgeProcess:
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in wait()
-        start_offset = self.log_path.stat().st_size
+        log, start_offset = self._open_log()
         transport = ["--stdio"] if self.stdio else ["--http", "127.0.0.1:0"]
         self.proc = subprocess.Popen(
             [
@@ -66,28 +62,20 @@ class BridgeProcess:
                 *self.extra_args,
             ],
             stdin=subprocess.PIPE if self.stdio else subprocess.DEVNULL,
-            stdout=subprocess.PIPE if self.stdio else self._log,
-            stderr=self._log,
+            stdout=subprocess.PIPE if self.stdio else log,
+            stderr=log,
             env=self.env,
         )
         if self.stdio:
             assert self.proc.stdout is not None
             threading.Thread(target=self._pump, args=(self.proc.stdout,), daemon=True).start()
-        deadline = time.monotonic() + timeout
-        pattern = _STDIO_LINE if self.stdio else _HTTP_LINE
-        while time.monotonic() < deadline:
-            text = self.log_path.read_bytes()[start_offset:].decode(errors="replace")
-            match = pattern.search(text)
-            if match:
-                if not self.stdio:
-                    self.port = int(match.group(2))
-                    self.url = f"http://127.0.0.1:{self.port}/"
-                return self
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"bridge exited with {self.proc.returncode}:\n{text}")
-            time.sleep(0.02)
-        self.kill()
-        raise RuntimeError(f"bridge did not start in {timeout} s:\n{self.log()}")
+        match = self._wait_for_line(
+            _STDIO_LINE if self.stdio else _HTTP_LINE, start_offset, timeout
+        )
+        if not self.stdio:
+            self.port = int(match.group(2))
+            self.url = f"http://127.0.0.1:{self.port}/"
+        return self
 
     def _pump(self, stream: IO[bytes]) -> None:
         for line in stream:
@@ -123,38 +111,6 @@ class BridgeProcess:
         line = self.read_line(timeout)
         assert line, f"stdout closed; log:\n{self.log()}"
         return json.loads(line)
-
-    # -- life cycle ------------------------------------------------------------
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait(self, timeout: float = 30.0) -> int:
-        assert self.proc is not None
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            self._log.close()
-
-    def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM and wait: the graceful path."""
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(signal.SIGTERM)
-        return self.wait(timeout)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.wait()
 
 
 @dataclass

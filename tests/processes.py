@@ -9,66 +9,49 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 _LISTENING = re.compile(r"blobstore gRPC listening on (\S+):(\d+)")
 
 
-class ServerProcess:
-    """A `blobstore serve` child process with its data folder and log file."""
+class ChildProcess:
+    """A child process whose output goes to a log file: wait for its start-up line, stop, kill."""
 
-    def __init__(
-        self,
-        data_dir: Path,
-        log_path: Path,
-        *extra_args: str,
-        env: dict[str, str] | None = None,
-        port: int = 0,
-    ) -> None:
-        self.data_dir = data_dir
+    name = "process"
+
+    def __init__(self, log_path: Path, env: dict[str, str] | None) -> None:
         self.log_path = log_path
-        self.extra_args = extra_args
         self.env = {**os.environ, **(env or {})}
-        self.port = port
         self.proc: subprocess.Popen[bytes] | None = None
-        self.target = ""
 
-    def start(self, timeout: float = 30.0) -> ServerProcess:
+    def _open_log(self) -> tuple[IO[bytes], int]:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in wait()
-        start_offset = self.log_path.stat().st_size
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "server.cli",
-                "serve",
-                "--address",
-                f"127.0.0.1:{self.port}",
-                "--data-dir",
-                str(self.data_dir),
-                *self.extra_args,
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=self.env,
-        )
+        return self._log, self.log_path.stat().st_size
+
+    def _wait_for_line(
+        self, pattern: re.Pattern[str], start_offset: int, timeout: float
+    ) -> re.Match[str]:
+        """Waits until the log, from `start_offset`, has a line matching `pattern`."""
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = self.log_path.read_bytes()[start_offset:].decode(errors="replace")
-            match = _LISTENING.search(text)
+            match = pattern.search(text)
             if match:
-                self.port = int(match.group(2))
-                self.target = f"127.0.0.1:{self.port}"
-                return self
+                return match
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{text}")
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{text}")
             time.sleep(0.02)
         self.kill()
-        raise RuntimeError(f"server did not start in {timeout} s:\n{self.log()}")
+        raise RuntimeError(f"{self.name} did not start in {timeout} s:\n{self.log()}")
 
     @property
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -96,3 +79,46 @@ class ServerProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.wait()
+
+
+class ServerProcess(ChildProcess):
+    """A `blobstore serve` child process with its data folder and log file."""
+
+    name = "server"
+
+    def __init__(
+        self,
+        data_dir: Path,
+        log_path: Path,
+        *extra_args: str,
+        env: dict[str, str] | None = None,
+        port: int = 0,
+    ) -> None:
+        super().__init__(log_path, env)
+        self.data_dir = data_dir
+        self.extra_args = extra_args
+        self.port = port
+        self.target = ""
+
+    def start(self, timeout: float = 30.0) -> ServerProcess:
+        log, start_offset = self._open_log()
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "server.cli",
+                "serve",
+                "--address",
+                f"127.0.0.1:{self.port}",
+                "--data-dir",
+                str(self.data_dir),
+                *self.extra_args,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+        )
+        match = self._wait_for_line(_LISTENING, start_offset, timeout)
+        self.port = int(match.group(2))
+        self.target = f"127.0.0.1:{self.port}"
+        return self
