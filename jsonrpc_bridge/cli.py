@@ -21,6 +21,7 @@ from jsonrpc_bridge import config, stdio_transport
 from jsonrpc_bridge.methods import BlobMethods
 from jsonrpc_bridge.protocol import JsonRpcCore
 from jsonrpc_bridge.service import BlobService
+from server.retry import RetryPolicy
 
 log = logging.getLogger("jsonrpc_bridge")
 EXIT_ERROR = 1
@@ -66,7 +67,9 @@ async def _run(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    service = BlobService(cfg.grpc_target, cfg.deadline_seconds)
+    service = BlobService(
+        cfg.grpc_target, cfg.deadline_seconds, RetryPolicy(attempts=cfg.retry_attempts)
+    )
     core = JsonRpcCore(BlobMethods(service.client).table())
     try:
         if address is None:

@@ -18,6 +18,7 @@ class BridgeConfig:
     http: str = "127.0.0.1:8080"
     stdio: bool = False
     deadline_seconds: float = 30.0
+    retry_attempts: int = 6
     max_request_bytes: int = 32 * MiB
     grace_seconds: float = 10.0
     log_level: str = "INFO"
@@ -27,7 +28,9 @@ HELP = {
     "grpc_target": "host:port of the gRPC BlobService",
     "http": "host:port to serve JSON-RPC over HTTP on (port 0 picks a free port)",
     "stdio": "serve JSON-RPC on stdin/stdout (one message per line) instead of HTTP",
-    "deadline_seconds": "deadline of each call to the gRPC service, in seconds",
+    "deadline_seconds": "deadline of each call to the gRPC service, retries included, in seconds",
+    "retry_attempts": "attempts per call when the service is unavailable (jittered exponential "
+    "backoff); 1 switches retrying off",
     "max_request_bytes": "largest HTTP body or stdio line accepted, in bytes",
     "grace_seconds": "on SIGTERM/SIGINT, how long in-flight calls may take to finish",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
@@ -62,6 +65,7 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "http": str,
     "stdio": parse_bool,
     "deadline_seconds": positive(float),
+    "retry_attempts": positive(int),
     "max_request_bytes": positive(int),
     "grace_seconds": float,
     "log_level": str,

@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.api.blobstore.v1 import blobstore_pb2 as pb
 from server.client import CHANNEL_OPTIONS, AsyncBlobClient
+from server.retry import RetryPolicy
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["BlobService"].full_name
 RECONNECT_OPTIONS = [
@@ -38,11 +39,11 @@ class Health:
 class BlobService:
     """Owns the channel; create inside the running event loop, close when done."""
 
-    def __init__(self, target: str, deadline: float) -> None:
+    def __init__(self, target: str, deadline: float, retry: RetryPolicy | None = None) -> None:
         self.target = target
         options = {**dict(CHANNEL_OPTIONS), **dict(RECONNECT_OPTIONS)}
         self._channel = grpc.aio.insecure_channel(target, options=list(options.items()))
-        self.client = AsyncBlobClient(target, timeout=deadline, channel=self._channel)
+        self.client = AsyncBlobClient(target, timeout=deadline, channel=self._channel, retry=retry)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     async def probe(self) -> Health:

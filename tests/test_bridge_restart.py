@@ -7,6 +7,7 @@ succeed again without restarting the bridge.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -74,3 +75,34 @@ def test_service_killed_and_restarted_under_the_bridge(
         assert rpc.request("GET", "/healthz").status == 200
     finally:
         rpc.close()
+
+
+def test_bridge_retries_until_the_service_comes_back(
+    tmp_path: Path, start_server: Callable[..., ServerProcess]
+) -> None:
+    """A call made while the service is down succeeds once it returns within the retries."""
+    first = start_server()
+    port = first.port
+    first.stop()
+    bridge = BridgeProcess(first.target, tmp_path / "retrying.log", "--retry-attempts", "20")
+    no_retry = BridgeProcess(first.target, tmp_path / "once.log", "--retry-attempts", "1")
+    rpc = HttpRpc(bridge.start().url, timeout=120)
+    once = HttpRpc(no_retry.start().url, timeout=120)
+    try:
+        value = {"stored": "by a retried call"}
+        failed = put(once, value)
+        assert failed["error"]["code"] == -32001, failed
+
+        pending: dict[str, Any] = {}
+        caller = threading.Thread(target=lambda: pending.update(put(rpc, value)))
+        caller.start()
+        time.sleep(1.0)  # the call is now retrying against a closed port
+        assert caller.is_alive(), pending
+        start_server(port=port)
+        caller.join(120)
+        assert pending.get("result") == {"blob_id": json_id(value)}, pending
+    finally:
+        rpc.close()
+        once.close()
+        bridge.kill()
+        no_retry.kill()
