@@ -20,6 +20,7 @@ class BridgeConfig:
     deadline_seconds: float = 30.0
     retry_attempts: int = 6
     max_request_bytes: int = 32 * MiB
+    max_get_bytes: int = 64 * MiB
     grace_seconds: float = 10.0
     log_level: str = "INFO"
 
@@ -32,6 +33,8 @@ HELP = {
     "retry_attempts": "attempts per call when the service is unavailable (jittered exponential "
     "backoff); 1 switches retrying off",
     "max_request_bytes": "largest HTTP body or stdio line accepted, in bytes",
+    "max_get_bytes": "largest blob blobs/get returns, in bytes (it is held in memory whole; "
+    "Binary grows by a third in base64); larger ones get -32002",
     "grace_seconds": "on SIGTERM/SIGINT, how long in-flight calls may take to finish",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
 }
@@ -67,6 +70,7 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "deadline_seconds": positive(float),
     "retry_attempts": positive(int),
     "max_request_bytes": positive(int),
+    "max_get_bytes": positive(int),
     "grace_seconds": float,
     "log_level": str,
 }

@@ -45,8 +45,10 @@ _MISSING = object()
 class BlobMethods:
     """blobs/put and blobs/get over one AsyncBlobClient."""
 
-    def __init__(self, client: AsyncBlobClient) -> None:
+    def __init__(self, client: AsyncBlobClient, *, max_get_bytes: int | None = None) -> None:
         self._client = client
+        # blobs/get answers hold the whole blob in memory: cap it.
+        self._max_get_bytes = max_get_bytes
 
     def table(self) -> dict[str, Method]:
         return {PUT: self.put, GET: self.get}
@@ -73,7 +75,7 @@ class BlobMethods:
         except InvalidBlobId as exc:
             raise errors.invalid_params("params.blob_id", str(exc), "INVALID_BLOB_ID") from None
         try:
-            blob = await self._client.get(blob_id)
+            blob = await self._client.get(blob_id, max_size=self._max_get_bytes)
         except BlobStoreError as exc:
             raise errors.from_store_error(exc, "params.blob_id") from None
         if blob.info.blob_type is BlobType.JSON:

@@ -19,7 +19,7 @@ from server.filesystem import FileSystemBackend
 from server.guard import Guard
 from server.ids import parse_blob_id
 from server.malloc_tuning import tune_malloc
-from server.servicer import BlobServicer
+from server.servicer import MAX_CHUNK, BlobServicer
 from server.store import BlobStore
 from server.verifying import VerifyingBackend
 
@@ -48,7 +48,8 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
 
 
 async def _serve_store(config: ServerConfig, store: BlobStore, stop: asyncio.Event | None) -> None:
-    message_limit = config.max_unary_bytes + _MESSAGE_OVERHEAD
+    # Streamed chunks (up to MAX_CHUNK) must fit whatever the unary limit is.
+    message_limit = max(config.max_unary_bytes, MAX_CHUNK) + _MESSAGE_OVERHEAD
     guard = Guard(Admission(config.admission), _blob_size(store))
     server = grpc.aio.server(
         interceptors=[guard],

@@ -28,7 +28,7 @@ from server import retry
 from server.api.blobstore.v1 import blobstore_pb2 as pb
 from server.api.blobstore.v1 import blobstore_pb2_grpc as pb_grpc
 from server.canonical_json import canonicalize_value
-from server.errors import DataLoss
+from server.errors import BlobTooLarge, DataLoss
 from server.ids import BlobId, hex_digest, parse_blob_id
 from server.model import Blob, BlobInfo, BlobType, PutResult
 from server.retry import RetryPolicy
@@ -136,8 +136,9 @@ class _FileReceiver:
 class _Gatherer:
     """Collects a GetStream into memory and checks it against its id."""
 
-    def __init__(self, blob_id: BlobId) -> None:
+    def __init__(self, blob_id: BlobId, max_size: int | None) -> None:
         self._blob_id = blob_id
+        self._max_size = max_size
         self._info: BlobInfo | None = None
         self._parts: list[bytes] = []
 
@@ -146,6 +147,7 @@ class _Gatherer:
             self._info = BlobInfo(
                 BlobId(reply.info.id), _FROM_PB[reply.info.blob_type], reply.info.size
             )
+            _check_max_size(self._info, self._max_size)
         self._parts.append(reply.chunk)
 
     def finish(self) -> Blob:
@@ -153,6 +155,15 @@ class _Gatherer:
         if self._info is None or hashlib.sha256(data).hexdigest() != hex_digest(self._blob_id):
             raise DataLoss(self._blob_id, "the received content does not match its id")
         return Blob(self._info, data)
+
+
+def _check_max_size(info: BlobInfo, max_size: int | None) -> BlobInfo:
+    if max_size is not None and info.size > max_size:
+        raise BlobTooLarge(
+            f"blob {info.blob_id} is {info.size} bytes, over this reader's limit of "
+            f"{max_size} bytes; stream it to a file instead"
+        )
+    return info
 
 
 # -- blocking client ------------------------------------------------------------
@@ -227,8 +238,11 @@ class BlobClient:
 
         return _put_result(self._call(attempt))
 
-    def get(self, blob_id: str) -> Blob:
-        """Returns a whole blob; blobs over the server's unary limit are streamed in."""
+    def get(self, blob_id: str, *, max_size: int | None = None) -> Blob:
+        """Returns a whole blob; blobs over the server's unary limit are streamed in.
+
+        With `max_size`, a larger blob raises BlobTooLarge before it is read whole.
+        """
         parsed = parse_blob_id(blob_id)
 
         def attempt(timeout: float | None) -> Blob:
@@ -237,16 +251,21 @@ class BlobClient:
             except grpc.RpcError as exc:
                 if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
                     raise
-                return self._get_streamed(parsed, timeout)
+                return self._get_streamed(parsed, timeout, max_size)
             info = BlobInfo(BlobId(reply.id), _FROM_PB[reply.blob_type], reply.size)
-            return Blob(info, reply.data)
+            return Blob(_check_max_size(info, max_size), reply.data)
 
         return self._call(attempt)
 
-    def _get_streamed(self, blob_id: BlobId, timeout: float | None) -> Blob:
-        gatherer = _Gatherer(blob_id)
-        for reply in self._stub.GetStream(pb.GetStreamRequest(id=blob_id), timeout=timeout):
-            gatherer.take(reply)
+    def _get_streamed(self, blob_id: BlobId, timeout: float | None, max_size: int | None) -> Blob:
+        gatherer = _Gatherer(blob_id, max_size)
+        call = self._stub.GetStream(pb.GetStreamRequest(id=blob_id), timeout=timeout)
+        try:
+            for reply in call:
+                gatherer.take(reply)
+        except BlobTooLarge:
+            call.cancel()  # type: ignore[no-untyped-call]
+            raise
         return gatherer.finish()
 
     def get_to_file(self, blob_id: str, path: str | os.PathLike[str]) -> BlobInfo:
@@ -344,7 +363,7 @@ class AsyncBlobClient:
 
         return _put_result(await self._call(attempt))
 
-    async def get(self, blob_id: str) -> Blob:
+    async def get(self, blob_id: str, *, max_size: int | None = None) -> Blob:
         parsed = parse_blob_id(blob_id)
 
         async def attempt(limit: float | None) -> Blob:
@@ -353,16 +372,23 @@ class AsyncBlobClient:
             except grpc.RpcError as exc:
                 if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
                     raise
-                return await self._get_streamed(parsed, limit)
+                return await self._get_streamed(parsed, limit, max_size)
             info = BlobInfo(BlobId(reply.id), _FROM_PB[reply.blob_type], reply.size)
-            return Blob(info, reply.data)
+            return Blob(_check_max_size(info, max_size), reply.data)
 
         return await self._call(attempt)
 
-    async def _get_streamed(self, blob_id: BlobId, limit: float | None) -> Blob:
-        gatherer = _Gatherer(blob_id)
-        async for reply in self._stub.GetStream(pb.GetStreamRequest(id=blob_id), timeout=limit):
-            gatherer.take(reply)
+    async def _get_streamed(
+        self, blob_id: BlobId, limit: float | None, max_size: int | None
+    ) -> Blob:
+        gatherer = _Gatherer(blob_id, max_size)
+        call = self._stub.GetStream(pb.GetStreamRequest(id=blob_id), timeout=limit)
+        try:
+            async for reply in call:
+                gatherer.take(reply)
+        except BlobTooLarge:
+            call.cancel()
+            raise
         return gatherer.finish()
 
     async def get_to_file(self, blob_id: str, path: str | os.PathLike[str]) -> BlobInfo:

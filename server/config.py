@@ -50,7 +50,8 @@ HELP = {
     "data_dir": "folder where blobs are stored (created if missing)",
     "max_blob_bytes": "largest blob accepted, in bytes",
     "max_json_bytes": "largest Json blob accepted, in bytes (JSON is parsed whole)",
-    "max_unary_bytes": "largest blob sent or returned in one message; larger ones stream",
+    "max_unary_bytes": "largest blob unary Get returns; larger ones need GetStream (gRPC "
+    "messages may still be up to 4 MiB, the largest stream chunk)",
     "max_concurrent_rpcs": "most BlobService calls in progress; more get RESOURCE_EXHAUSTED "
     "(OVERLOADED) at once; 0 = no cap",
     "max_inflight_bytes": "most request/reply bytes held in memory by calls in progress; "
