@@ -388,24 +388,31 @@ class FileSystemBackend:
         whose round trip costs ten times that.
         """
         fd = self._open_blob(blob_id)
+        blob = await self._read_open_file(
+            fd, lambda wait: self._read_blob(fd, blob_id, max_size, wait=wait)
+        )
+        assert blob is not None  # a waiting read always has the data
+        return blob
+
+    async def _read_open_file(self, fd: int, read: Callable[[bool], _T | None]) -> _T | None:
+        """Runs read(wait=False) on the event loop; if that needs the disk, read(wait=True)
+        on the pool. Closes `fd` either way."""
         try:
-            blob = self._read_blob(fd, blob_id, max_size, wait=False)
+            result = read(False)
         except BaseException:
             os.close(fd)
             raise
-        if blob is not None:
+        if result is not None:
             os.close(fd)
-            return blob
+            return result
 
-        def read() -> Blob:
+        def waited() -> _T | None:
             try:
-                blob = self._read_blob(fd, blob_id, max_size, wait=True)
-                assert blob is not None
-                return blob
+                return read(True)
             finally:
                 os.close(fd)  # here, not by the caller: it may stop waiting (cancelled)
 
-        return await self._run(read)
+        return await self._run(waited)
 
     def _read_blob(
         self, fd: int, blob_id: BlobId, max_size: int | None, *, wait: bool
@@ -464,22 +471,7 @@ class FileSystemBackend:
             fd = self._open_blob(blob_id)
         except BlobNotFound:
             return None
-        try:
-            info = self._read_info(fd, blob_id, wait=False)
-        except BaseException:
-            os.close(fd)
-            raise
-        if info is not None:
-            os.close(fd)
-            return info
-
-        def read() -> BlobInfo | None:
-            try:
-                return self._read_info(fd, blob_id, wait=True)
-            finally:
-                os.close(fd)
-
-        return await self._run(read)
+        return await self._read_open_file(fd, lambda wait: self._read_info(fd, blob_id, wait=wait))
 
     def _read_info(self, fd: int, blob_id: BlobId, *, wait: bool) -> BlobInfo | None:
         try:
