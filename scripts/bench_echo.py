@@ -16,7 +16,9 @@ Variants for scripts/bench_variants.py (not the ceilings): --style sync (a
 thread-pool grpc.server), --hops N (N no-op thread-pool round trips per
 unary call), --interceptor (a pass-through interceptor), --durable-dir DIR
 (Put stores request.data durably as the store does, with no canonicalising,
-hashing or checks: temp file, write, fsync, link, fsync of the folder).
+hashing or checks: temp file, write, fsync, link, fsync of the folder),
+--group-commit batched|journal|pack with --durable-dir (aio only: the same, with the
+puts that arrive together made durable together; see bench_commit.py).
 
 Usage: python scripts/bench_echo.py [--address 127.0.0.1:0] [variant options]
 Prints "echo gRPC listening on HOST:PORT" on stderr once it serves.
@@ -37,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from bench_commit import COMMITTERS, GroupCommitter
 
 from server.api.blobstore.v1 import blobstore_pb2 as pb
 from server.api.blobstore.v1 import blobstore_pb2_grpc as pb_grpc
@@ -98,9 +101,15 @@ class EchoServicer(pb_grpc.BlobServiceServicer):
     With `durable`, Put stores its data durably in one thread-pool call.
     """
 
-    def __init__(self, hops: int = 0, durable: DurableWriter | None = None) -> None:
+    def __init__(
+        self,
+        hops: int = 0,
+        durable: DurableWriter | None = None,
+        committer: GroupCommitter | None = None,
+    ) -> None:
         self._hops = hops
         self._durable = durable
+        self._committer = committer
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=32)
 
     async def _hop(self) -> None:
@@ -114,6 +123,8 @@ class EchoServicer(pb_grpc.BlobServiceServicer):
         if self._durable is not None:
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(self._pool, self._durable.write, request.data)
+        if self._committer is not None:
+            await self._committer.write(request.data)
         return PUT_REPLY
 
     async def Get(self, request: pb.GetRequest, context: Any) -> pb.GetResponse:
@@ -175,12 +186,16 @@ class PassThrough(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
 
 async def serve(
-    address: str, hops: int = 0, interceptor: bool = False, durable: DurableWriter | None = None
+    address: str,
+    hops: int = 0,
+    interceptor: bool = False,
+    durable: DurableWriter | None = None,
+    committer: GroupCommitter | None = None,
 ) -> None:
     server = grpc.aio.server(
         interceptors=[PassThrough()] if interceptor else None, options=server_options()
     )
-    pb_grpc.add_BlobServiceServicer_to_server(EchoServicer(hops, durable), server)
+    pb_grpc.add_BlobServiceServicer_to_server(EchoServicer(hops, durable, committer), server)
     port = server.add_insecure_port(address)
     await server.start()
     print(f"echo gRPC listening on {address.rsplit(':', 1)[0]}:{port}", file=sys.stderr, flush=True)
@@ -261,13 +276,23 @@ def main() -> None:
         "--interceptor", action="store_true", help="aio only: add a pass-through interceptor"
     )
     parser.add_argument("--durable-dir", type=Path, help="Put stores its data durably here")
+    parser.add_argument(
+        "--group-commit",
+        choices=sorted(COMMITTERS),
+        help="aio only, with --durable-dir: puts arriving together are made durable together",
+    )
     args = parser.parse_args()
-    durable = DurableWriter(args.durable_dir) if args.durable_dir else None
+    committer: GroupCommitter | None = None
+    durable = None
+    if args.group_commit:
+        committer = COMMITTERS[args.group_commit](args.durable_dir)
+    elif args.durable_dir:
+        durable = DurableWriter(args.durable_dir)
     tune_malloc()  # as server/app.py does at start-up: the same allocator for both
     if args.style == "sync":
         serve_sync(args.address, args.threads, durable)
     else:
-        asyncio.run(serve(args.address, args.hops, args.interceptor, durable))
+        asyncio.run(serve(args.address, args.hops, args.interceptor, durable, committer))
 
 
 if __name__ == "__main__":

@@ -46,6 +46,9 @@ VARIANTS = {
     "sync": ["--style", "sync"],
     "aio+durable": ["--durable-dir", "{work}/aio"],
     "sync+durable": ["--style", "sync", "--durable-dir", "{work}/sync"],
+    "aio+batched": ["--durable-dir", "{work}/batched", "--group-commit", "batched"],
+    "aio+journal": ["--durable-dir", "{work}/journal", "--group-commit", "journal"],
+    "aio+pack": ["--durable-dir", "{work}/pack", "--group-commit", "pack"],
 }
 _READY = re.compile(r"echo gRPC listening on (\S+:\d+)")
 

@@ -81,6 +81,10 @@ class Ticket:
         self._admission.bytes += more
         self.held = nbytes
 
+    def grow(self, more: int) -> None:
+        """Makes the call hold `more` bytes more (a reply about to be read); see resize()."""
+        self.resize(self.held + more)
+
     def release(self) -> None:
         """Gives the call's share back; safe to call more than once."""
         if self._released:

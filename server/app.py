@@ -6,7 +6,6 @@ import asyncio
 import logging
 import signal
 import socket
-from collections.abc import Awaitable, Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -17,7 +16,6 @@ from server.api.blobstore.v1 import blobstore_pb2 as pb
 from server.config import ServerConfig
 from server.filesystem import FileSystemBackend
 from server.guard import Guard
-from server.ids import parse_blob_id
 from server.malloc_tuning import tune_malloc
 from server.servicer import MAX_CHUNK, BlobServicer
 from server.store import BlobStore
@@ -39,7 +37,11 @@ class ListenError(Exception):
 async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None:
     """Runs the server until SIGTERM/SIGINT (or `stop` is set), then stops gracefully."""
     tune_malloc()
-    backend = FileSystemBackend(config.data_dir.resolve(), io_threads=config.io_threads)
+    backend = FileSystemBackend(
+        config.data_dir.resolve(),
+        io_threads=config.io_threads,
+        journal_max_blob_bytes=config.journal_max_blob_bytes,
+    )
     backend.open()
     try:
         await _serve_store(config, BlobStore(VerifyingBackend(backend), config.limits), stop)
@@ -50,7 +52,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
 async def _serve_store(config: ServerConfig, store: BlobStore, stop: asyncio.Event | None) -> None:
     # Streamed chunks (up to MAX_CHUNK) must fit whatever the unary limit is.
     message_limit = max(config.max_unary_bytes, MAX_CHUNK) + _MESSAGE_OVERHEAD
-    guard = Guard(Admission(config.admission), _blob_size(store))
+    guard = Guard(Admission(config.admission))
     server = grpc.aio.server(
         interceptors=[guard],
         options=[
@@ -131,13 +133,3 @@ def _check_bindable(address: str) -> None:
             else:
                 return
     raise ListenError(f"cannot listen on {address}: {'; '.join(dict.fromkeys(reasons))}")
-
-
-def _blob_size(store: BlobStore) -> Callable[[str], Awaitable[int | None]]:
-    """What the guard needs to size a Get's reply before the blob is read."""
-
-    async def size(text: str) -> int | None:
-        info = await store.stat(parse_blob_id(text))
-        return None if info is None else info.size
-
-    return size

@@ -87,8 +87,18 @@ class BlobBackend(Protocol):
         """Starts a streamed put whose id is known only at the end."""
         ...
 
-    async def get(self, blob_id: BlobId, max_size: int | None = None) -> Blob:
-        """Returns the whole blob; raises BlobNotFound, or OverLimit if over max_size."""
+    async def get(
+        self,
+        blob_id: BlobId,
+        max_size: int | None = None,
+        reserve: Callable[[int], object] | None = None,
+    ) -> Blob:
+        """Returns the whole blob; raises BlobNotFound, or OverLimit if over max_size.
+
+        `reserve(size)`, if given, is called with the content's size once it is
+        known to be within max_size and before any content is read; what it
+        raises (e.g. Overloaded) ends the read there.
+        """
         ...
 
     async def get_stream(self, blob_id: BlobId, chunk_size: int) -> BlobStream:

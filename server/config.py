@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from server.admission import AdmissionLimits
+from server.filesystem import JOURNAL_MAX_BLOB_BYTES
 from server.store import Limits
 
 _LIMITS = Limits()
@@ -27,6 +28,7 @@ class ServerConfig:
     max_concurrent_rpcs: int = _ADMISSION.max_calls
     max_inflight_bytes: int = _ADMISSION.max_bytes
     io_threads: int = 32
+    journal_max_blob_bytes: int = JOURNAL_MAX_BLOB_BYTES
     grace_seconds: float = 10.0
     log_level: str = "INFO"
 
@@ -57,6 +59,9 @@ HELP = {
     "max_inflight_bytes": "most request/reply bytes held in memory by calls in progress; "
     "past it calls get RESOURCE_EXHAUSTED (OVERLOADED) at once; 0 = no cap",
     "io_threads": "threads for blocking disk I/O",
+    "journal_max_blob_bytes": "unary puts up to this size are made durable in batches, by one "
+    "journal write and fdatasync for all puts arriving together (group commit, Linux); "
+    "0 = every put fsyncs its own file and folder",
     "grace_seconds": "on SIGTERM/SIGINT, how long in-flight calls may take to finish",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
 }

@@ -6,11 +6,19 @@ Layout under the data folder:
     blobs/ab/<hex>  published blobs, sharded by the first two hex digits
     tmp/            puts in progress; anything here at start-up is debris
     quarantine/     blobs that failed verification, kept for analysis
+    journal/        the group-commit journal of small puts (server/journal.py)
 
 A put writes a temp file, fsyncs it, publishes it with link(2) (atomic, and
 never replaces: the first writer of an id wins) and fsyncs the shard folder
 before it is acknowledged. Readers therefore only ever see complete files,
 and a crash leaves at most debris in tmp/, removed at the next start.
+
+Small unary puts (up to `journal_max_blob_bytes`, on Linux) take a cheaper
+road to the same promise: server/group_commit.py makes a batch of them
+durable with one journal write and one fdatasync, then publishes each file
+the same way but without its own fsyncs; a checkpoint syncs those files
+later, and start-up replays whatever journal a crash left behind, before
+the first request is served.
 
 Every open checks the header (CRC, and length against the file's size), so
 a broken or truncated file is DataLoss at once; a put over such a copy
@@ -49,7 +57,16 @@ from typing import Any, TypeVar
 from server.backend import OverLimit
 from server.blob_file import HEADER_SIZE, CorruptHeader, decode_header, encode_header
 from server.errors import BlobNotFound, DataLoss, StorageFull, Unavailable
-from server.ids import BlobId, hex_digest
+from server.group_commit import GroupCommitter
+from server.ids import PREFIX, BlobId, blob_id_from_digest, hex_digest
+from server.journal import (
+    SEGMENT_BYTES,
+    Journal,
+    JournalRecord,
+    read_segment,
+    sync_filesystem,
+    syncfs_available,
+)
 from server.model import Blob, BlobInfo, BlobType, PutResult
 
 log = logging.getLogger(__name__)
@@ -59,11 +76,15 @@ _SPACE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _HEX = "0123456789abcdef"
 _CHECK_CHUNK = 1024 * 1024
 _RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
+_OPEN_READ = os.O_RDONLY | os.O_CLOEXEC
+_ID_PREFIX = len(PREFIX)
 _ANONYMOUS_TEMP = hasattr(os, "O_TMPFILE")
 WRITEBACK_EVERY = 8 * 1024 * 1024
 """A streamed put starts the disk write-back of its file every this many bytes."""
 INLINE_READ_LIMIT = 256 * 1024
 """Largest blob read on the event loop (when cached): about 30 us of copying at most."""
+JOURNAL_MAX_BLOB_BYTES = 64 * 1024
+"""Largest unary put made durable through the group-commit journal (0: none)."""
 
 
 class DataFolderLocked(Exception):
@@ -191,9 +212,19 @@ def fsync_dir(path: Path | str) -> None:
 class FileSystemBackend:
     """BlobBackend over a local folder; see the module docstring for the guarantees."""
 
-    def __init__(self, root: Path, *, io_threads: int = 32) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        io_threads: int = 32,
+        journal_max_blob_bytes: int = JOURNAL_MAX_BLOB_BYTES,
+        journal_segment_bytes: int = SEGMENT_BYTES,
+    ) -> None:
         self.layout = FileSystemLayout(root)
         self._pool = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="blob-io")
+        self._journal_max_blob = journal_max_blob_bytes
+        self._journal_segment = journal_segment_bytes
+        self._committer: GroupCommitter | None = None
         self._lock_fd: int | None = None
         self._root_fd: int | None = None
         self._anonymous_temp = False
@@ -237,8 +268,16 @@ class FileSystemBackend:
             removed += 1
         if removed:
             log.info("removed %d unfinished temporary file(s) from %s", removed, self.layout.tmp)
+        journal = Journal(root / "journal", self._journal_segment)
+        self._replay(journal)
+        if self._journal_max_blob > 0 and syncfs_available():
+            self._committer = GroupCommitter(journal, self._file_blob, self._sync_all, io_error)
+            self._committer.start()
 
     def close(self) -> None:
+        if self._committer is not None:
+            self._committer.stop()
+            self._committer = None
         self._pool.shutdown(wait=True)
         if self._root_fd is not None:
             os.close(self._root_fd)
@@ -264,10 +303,22 @@ class FileSystemBackend:
             if existing is not None:
                 return PutResult(existing, created=False)
             check = False  # a writer that gets there first is caught by link(2) in _publish
+        if self._committer is not None and len(data) <= self._journal_max_blob:
+            return await self._committer.put(blob_id, blob_type, data)
         return await self._run(lambda: self._put_sync(blob_id, blob_type, data, check=check))
 
+    def _file_blob(self, blob_id: BlobId, blob_type: BlobType, data: bytes) -> PutResult:
+        """Publishes a blob whose journal record is durable: no fsync of its own."""
+        return self._put_sync(blob_id, blob_type, data, check=False, durable=False)
+
     def _put_sync(
-        self, blob_id: BlobId, blob_type: BlobType, data: bytes, *, check: bool = True
+        self,
+        blob_id: BlobId,
+        blob_type: BlobType,
+        data: bytes,
+        *,
+        check: bool = True,
+        durable: bool = True,
     ) -> PutResult:
         if check:
             existing = self._existing(blob_id)
@@ -281,23 +332,27 @@ class FileSystemBackend:
                 try:
                     try:
                         _writev_all(fd, parts)
-                        os.fsync(fd)
+                        if durable:
+                            os.fsync(fd)
                     except OSError as exc:
                         raise io_error(exc, "store the blob") from None
-                    return self._publish(f"/proc/self/fd/{fd}", blob_id, info, anonymous=True)
+                    return self._publish(
+                        f"/proc/self/fd/{fd}", blob_id, info, anonymous=True, durable=durable
+                    )
                 finally:
                     os.close(fd)  # an anonymous file not linked by now vanishes with it
         fd, tmp_path = self._create_temp()
         try:
             try:
                 _writev_all(fd, parts)
-                os.fsync(fd)
+                if durable:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
         except OSError as exc:
             _unlink_quietly(tmp_path)
             raise io_error(exc, "store the blob") from None
-        return self._publish(tmp_path, blob_id, info)
+        return self._publish(tmp_path, blob_id, info, durable=durable)
 
     def _create_anonymous(self) -> int | None:
         """An unnamed file in tmp/ (O_TMPFILE), or None if the file system has none.
@@ -340,13 +395,20 @@ class FileSystemBackend:
         return None
 
     def _publish(
-        self, tmp_path: str, blob_id: BlobId, info: BlobInfo, *, anonymous: bool = False
+        self,
+        tmp_path: str,
+        blob_id: BlobId,
+        info: BlobInfo,
+        *,
+        anonymous: bool = False,
+        durable: bool = True,
     ) -> PutResult:
         """Links the fsynced temp file into place; the first writer of an id wins.
 
         `anonymous`: tmp_path is /proc/self/fd/N of an O_TMPFILE file, linked
         with linkat(AT_SYMLINK_FOLLOW) - os.link uses that only when given a
         folder descriptor (ignored, as both paths are absolute).
+        `durable=False`: the shard folder is not fsynced (a journal covers the blob).
         """
         final = self._blob_path(blob_id)
         root_fd = self._root_fd if anonymous else None
@@ -364,7 +426,8 @@ class FileSystemBackend:
                         return PutResult(existing, created=False)
                     continue
                 try:
-                    fsync_dir(os.path.dirname(final))
+                    if durable:
+                        fsync_dir(os.path.dirname(final))
                 except OSError:
                     # Not durable, so not acknowledged: take it back so a retry writes it again.
                     _unlink_quietly(final)
@@ -377,34 +440,110 @@ class FileSystemBackend:
             if not anonymous:
                 _unlink_quietly(tmp_path)
 
+    # -- the journal ------------------------------------------------------------------------
+
+    def _sync_all(self) -> None:
+        """Makes every blob filed so far durable (one syncfs of the data folder's file system)."""
+        assert self._root_fd is not None
+        sync_filesystem(self._root_fd)
+
+    def _replay(self, journal: Journal) -> None:
+        """Files every blob that journal segments left by a crash hold, durably, then
+        deletes the segments. A damaged segment goes to quarantine/ after what could be read."""
+        segments = journal.segments()
+        if not segments:
+            return
+        restored = checked = 0
+        damaged = []
+        for segment in segments:
+            contents = read_segment(segment)
+            for record in contents.records:
+                checked += 1
+                restored += self._restore(record)
+            if contents.damaged:
+                damaged.append((segment, contents.valid_bytes, contents.total_bytes))
+        if syncfs_available():
+            self._sync_all()  # blobs filed before the crash but never synced
+        else:
+            os.sync()
+        for segment, valid, total in damaged:
+            target = self.layout.quarantine_dir / f"journal-{segment.name}.{time.time_ns()}"
+            os.rename(segment, target)
+            fsync_dir(self.layout.quarantine_dir)
+            # A cut-off tail is a batch the crash interrupted, never acknowledged.
+            log.warning(
+                "journal segment %s: bytes %d..%d are cut short or broken and were not "
+                "replayed (kept as %s)",
+                segment.name,
+                valid,
+                total,
+                target,
+            )
+        for segment in segments:
+            journal.retire(segment)
+        log.info(
+            "replayed %d journal segment(s): %d blob(s) checked, %d restored",
+            len(segments),
+            checked,
+            restored,
+        )
+
+    def _restore(self, record: JournalRecord) -> int:
+        """Makes sure the blob of a journal record is filed and sound; 1 if it had to be."""
+        blob_id = blob_id_from_digest(record.digest.hex())
+        path = self.layout.path_of(blob_id)
+        if os.path.lexists(path):
+            problem = self.layout.check_file(path, blob_id)
+            if problem is None:
+                return 0
+            self.layout.quarantine(blob_id, f"found by journal replay: {problem}")
+        self._put_sync(blob_id, record.blob_type, record.data, check=False)
+        return 1
+
     # -- reads ------------------------------------------------------------------------------
 
-    async def get(self, blob_id: BlobId, max_size: int | None = None) -> Blob:
+    async def get(
+        self,
+        blob_id: BlobId,
+        max_size: int | None = None,
+        reserve: Callable[[int], object] | None = None,
+    ) -> Blob:
         """The whole blob; OverLimit (before any content is read) if it is over max_size.
 
+        `reserve(size)` is called on the event loop once the file's size is
+        known, before any content is read (the guard sizes the reply with it).
         A small blob already in the page cache is read right here, on the event
         loop (open, fstat, one preadv with RWF_NOWAIT, close: ~10 us); only
         when the read would wait for the disk does it go to the thread pool,
         whose round trip costs ten times that.
         """
         fd = self._open_blob(blob_id)
-        blob = await self._read_open_file(
-            fd, lambda wait: self._read_blob(fd, blob_id, max_size, wait=wait)
+        try:
+            file_size = os.fstat(fd).st_size
+            whole = max_size is None or file_size - HEADER_SIZE <= max_size
+            if whole and reserve is not None:
+                reserve(max(0, file_size - HEADER_SIZE))
+        except BaseException as exc:
+            os.close(fd)
+            if isinstance(exc, OSError):
+                raise io_error(exc, "read the blob") from None
+            raise
+        try:
+            blob = self._read_blob(fd, blob_id, file_size, max_size, wait=False)
+        except BaseException:
+            os.close(fd)
+            raise
+        if blob is not None:
+            os.close(fd)
+            return blob
+        blob = await self._read_in_pool(
+            fd, lambda wait: self._read_blob(fd, blob_id, file_size, max_size, wait=True)
         )
         assert blob is not None  # a waiting read always has the data
         return blob
 
-    async def _read_open_file(self, fd: int, read: Callable[[bool], _T | None]) -> _T | None:
-        """Runs read(wait=False) on the event loop; if that needs the disk, read(wait=True)
-        on the pool. Closes `fd` either way."""
-        try:
-            result = read(False)
-        except BaseException:
-            os.close(fd)
-            raise
-        if result is not None:
-            os.close(fd)
-            return result
+    async def _read_in_pool(self, fd: int, read: Callable[[bool], _T | None]) -> _T | None:
+        """Runs read(wait=True) on the pool and closes `fd` (also if the caller gives up)."""
 
         def waited() -> _T | None:
             try:
@@ -415,12 +554,12 @@ class FileSystemBackend:
         return await self._run(waited)
 
     def _read_blob(
-        self, fd: int, blob_id: BlobId, max_size: int | None, *, wait: bool
+        self, fd: int, blob_id: BlobId, file_size: int, max_size: int | None, *, wait: bool
     ) -> Blob | None:
-        """Reads the blob of an open file; None if `wait` is False and the disk is needed."""
+        """Reads the blob of an open file of `file_size` bytes; None if `wait` is False and
+        the disk is needed."""
+        whole = max_size is None or file_size - HEADER_SIZE <= max_size
         try:
-            file_size = os.fstat(fd).st_size
-            whole = max_size is None or file_size - HEADER_SIZE <= max_size
             if not wait:
                 if whole and file_size > HEADER_SIZE + INLINE_READ_LIMIT:
                     return None
@@ -458,8 +597,9 @@ class FileSystemBackend:
         return _FileStream(self._pool, fd, info, chunk_size)
 
     def _open_blob(self, blob_id: BlobId) -> int:
+        digest = blob_id[_ID_PREFIX:]  # _blob_path, inlined: every read starts here
         try:
-            return os.open(self._blob_path(blob_id), os.O_RDONLY | os.O_CLOEXEC)
+            return os.open(f"{self._blobs_dir}/{digest[:2]}/{digest}", _OPEN_READ)
         except FileNotFoundError:
             raise BlobNotFound(blob_id) from None
         except OSError as exc:
@@ -471,7 +611,15 @@ class FileSystemBackend:
             fd = self._open_blob(blob_id)
         except BlobNotFound:
             return None
-        return await self._read_open_file(fd, lambda wait: self._read_info(fd, blob_id, wait=wait))
+        try:
+            info = self._read_info(fd, blob_id, wait=False)
+        except BaseException:
+            os.close(fd)
+            raise
+        if info is not None:
+            os.close(fd)
+            return info
+        return await self._read_in_pool(fd, lambda wait: self._read_info(fd, blob_id, wait=wait))
 
     def _read_info(self, fd: int, blob_id: BlobId, *, wait: bool) -> BlobInfo | None:
         try:

@@ -9,20 +9,26 @@ able to probe a busy server). It
   memory: it is answered RESOURCE_EXHAUSTED (reason OVERLOADED) at once by a
   handler that never reads the request. Once read, the call's share of the
   byte budget is set to the data it holds - a unary request; a Get's reply
-  (the blob's size, from a stat, before the blob is read); a stream's chunk in
-  flight (all chunks of a Json PutStream, which the store gathers whole) - and
-  refused the same way if that does not fit.
+  (reserved by the read itself through the `reserve` callback the servicer
+  gets, once the blob's size is known and before its content is read); a
+  stream's chunk in flight (all chunks of a Json PutStream, which the store
+  gathers whole) - and refused the same way if that does not fit.
 * turns request bytes that are not a valid protobuf message into
   INVALID_ARGUMENT, where grpc itself would answer UNKNOWN or INTERNAL.
 * when the server stops, refuses new calls with UNAVAILABLE while those in
   progress finish (drain()), then ends those still running with UNAVAILABLE
   too (cut_off()).
+
+Everything that does not change from call to call (the wrapped behaviour,
+the tolerant deserializer) is built once per method; a call only gets its
+ticket bound in (a functools.partial) - this runs for every call, so it is
+kept to plain code: no context managers or extra coroutine layers.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn
 
@@ -39,15 +45,16 @@ _PREFIX = f"/{_SERVICE.full_name}/"
 # Reserved for each PutStream for its chunk in flight: what our client sends. Larger
 # chunks grow the reservation, which may be refused mid-stream when the budget is spent.
 STREAM_ALLOWANCE = 1024 * 1024 + 1024
+# Methods whose handler takes a third argument, `reserve(nbytes)`, to size its reply.
+_RESERVING = frozenset({"Get"})
 _Handler = Any  # grpc's RpcMethodHandler named tuple; grpc-stubs does not type its fields
 _Context = grpc.aio.ServicerContext[Any, Any]
-
-BlobSize = Callable[[str], Awaitable[int | None]]
-"""Returns the stored size of the blob with this id, None if unknown; raises BlobStoreError."""
 
 
 class Malformed:
     """Stands in for a request message that could not be parsed."""
+
+    __slots__ = ("message",)
 
     def __init__(self, message: str) -> None:
         self.message = message
@@ -56,10 +63,9 @@ class Malformed:
 class Guard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Wraps each BlobService call's handler; see the module docstring."""
 
-    def __init__(self, admission: Admission, blob_size: BlobSize) -> None:
+    def __init__(self, admission: Admission) -> None:
         self.admission = admission
-        self._blob_size = blob_size
-        self._deserializers: dict[str, Callable[[bytes], Any]] = {}
+        self._methods: dict[str, _Method] = {}
         self._closing: errors.Unavailable | None = None
         self._cut_off: errors.Unavailable | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -92,97 +98,152 @@ class Guard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         handler_call_details: grpc.HandlerCallDetails,
     ) -> _Handler:
         handler = await continuation(handler_call_details)
-        method: str = handler_call_details.method
-        if handler is None or not method.startswith(_PREFIX):
-            return handler
+        name: str = handler_call_details.method
+        method = self._methods.get(name)
+        if method is None or method.inner is not handler:
+            if handler is None or not name.startswith(_PREFIX):
+                return handler
+            method = self._methods[name] = _Method(self, name.removeprefix(_PREFIX), handler)
         if self._closing is not None:
             return _refusal(self._closing)
-        name = method.removeprefix(_PREFIX)
-        initial = STREAM_ALLOWANCE if handler.request_streaming else 0
-        if handler.response_streaming:
-            initial = DEFAULT_CHUNK
         try:
-            ticket = self.admission.admit(initial)
+            ticket = self.admission.admit(method.initial)
         except errors.Overloaded as exc:
             return _refusal(exc)
-        deserializer = self._deserializer(name, handler.request_deserializer)
-        # A new handler per call: its behaviour owns the call's ticket.
-        if handler.request_streaming:
-            behavior = self._stream_unary(handler.stream_unary, ticket)
-            return handler._replace(request_deserializer=deserializer, stream_unary=behavior)
-        if handler.response_streaming:
-            behavior = self._unary_stream(handler.unary_stream, ticket)
-            return handler._replace(request_deserializer=deserializer, unary_stream=behavior)
-        behavior = self._unary_unary(handler.unary_unary, ticket, is_get=name == "Get")
-        return handler._replace(request_deserializer=deserializer, unary_unary=behavior)
+        return method.bind(ticket)
 
-    def _deserializer(self, name: str, inner: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
-        parse = self._deserializers.get(name)
-        if parse is None:
-            type_name = _SERVICE.methods_by_name[name].input_type.full_name
-            parse = self._deserializers[name] = _tolerant(inner, type_name)
-        return parse
 
-    @contextlib.asynccontextmanager
-    async def _running(self, context: _Context, ticket: Ticket) -> AsyncIterator[None]:
-        """Frames one admitted call: releases its ticket, ends it cleanly if cut off."""
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-        try:
-            yield
-        except asyncio.CancelledError:
-            if task is None or self._cut_off is None:
-                raise
-            task.uncancel()
-            await _abort(context, self._cut_off)
-        finally:
-            self._tasks.discard(task)
-            ticket.release()
+class _Method:
+    """One BlobService method as the guard runs it; built once, bound to a ticket per call."""
 
-    def _unary_unary(self, inner: Any, ticket: Ticket, *, is_get: bool) -> Any:
-        async def behavior(request: Any, context: _Context) -> Any:
-            async with self._running(context, ticket):
-                if isinstance(request, Malformed):
-                    await _abort(context, errors.InvalidArgument(request.message))
-                await _resize(context, ticket, request.ByteSize())
-                if is_get:
-                    await self._reserve_reply(context, ticket, request)
-                return await inner(request, context)
+    __slots__ = ("_behavior", "_fields", "_handler_type", "_slot", "initial", "inner")
 
-        return behavior
+    def __init__(self, guard: Guard, name: str, inner: _Handler) -> None:
+        self.inner = inner
+        self._handler_type = type(inner)
+        type_name = _SERVICE.methods_by_name[name].input_type.full_name
+        fields = list(inner)
+        fields[inner._fields.index("request_deserializer")] = _tolerant(
+            inner.request_deserializer, type_name
+        )
+        self._fields = fields
+        behavior: Callable[..., Any]
+        if inner.request_streaming:
+            self.initial, slot, behavior = STREAM_ALLOWANCE, "stream_unary", _stream_unary
+        elif inner.response_streaming:
+            self.initial, slot, behavior = DEFAULT_CHUNK, "unary_stream", _unary_stream
+        else:
+            self.initial, slot = 0, "unary_unary"
+            behavior = _unary_unary_reserving if name in _RESERVING else _unary_unary
+        self._slot = inner._fields.index(slot)
+        self._behavior = functools.partial(behavior, guard, getattr(inner, slot))
 
-    async def _reserve_reply(
-        self, context: _Context, ticket: Ticket, request: pb.GetRequest
-    ) -> None:
-        try:
-            size = await self._blob_size(request.id)
-        except errors.DataLoss as exc:
-            # The lookup has quarantined the blob; the handler would only say NOT_FOUND.
-            await _abort(context, exc)
-        except errors.BlobStoreError:
-            return  # the handler reports it
-        if size is not None:
-            await _resize(context, ticket, ticket.held + size)
+    def bind(self, ticket: Ticket) -> _Handler:
+        """This call's handler: the method's behaviour with the call's ticket bound in."""
+        fields = self._fields.copy()
+        fields[self._slot] = functools.partial(self._behavior, ticket)
+        return self._handler_type(*fields)
 
-    def _unary_stream(self, inner: Any, ticket: Ticket) -> Any:
-        async def behavior(request: Any, context: _Context) -> AsyncIterator[Any]:
-            async with self._running(context, ticket):
-                if isinstance(request, Malformed):
-                    await _abort(context, errors.InvalidArgument(request.message))
-                chunk = min(max(request.chunk_size or DEFAULT_CHUNK, MIN_CHUNK), MAX_CHUNK)
-                await _resize(context, ticket, request.ByteSize() + chunk)
-                async for reply in inner(request, context):
-                    yield reply
 
-        return behavior
+# The behaviours are module functions, bound with functools.partial: grpc asks
+# inspect.iscoroutinefunction / isasyncgenfunction, which see through partials.
 
-    def _stream_unary(self, inner: Any, ticket: Ticket) -> Any:
-        async def behavior(requests: AsyncIterator[Any], context: _Context) -> Any:
-            async with self._running(context, ticket):
-                return await inner(_metered(requests, ticket), context)
 
-        return behavior
+async def _unary_unary(
+    guard: Guard, inner: Any, ticket: Ticket, request: Any, context: _Context
+) -> Any:
+    task = _enter(guard)
+    try:
+        if (refused := _refuse_request(ticket, request)) is not None:
+            await _abort(context, refused)
+        return await inner(request, context)
+    except asyncio.CancelledError:
+        if (error := _cut_off(guard, task)) is None:
+            raise
+        await _abort(context, error)
+    finally:
+        _leave(guard, task, ticket)
+
+
+async def _unary_unary_reserving(
+    guard: Guard, inner: Any, ticket: Ticket, request: Any, context: _Context
+) -> Any:
+    task = _enter(guard)
+    try:
+        if (refused := _refuse_request(ticket, request)) is not None:
+            await _abort(context, refused)
+        return await inner(request, context, ticket.grow)
+    except asyncio.CancelledError:
+        if (error := _cut_off(guard, task)) is None:
+            raise
+        await _abort(context, error)
+    finally:
+        _leave(guard, task, ticket)
+
+
+async def _unary_stream(
+    guard: Guard, inner: Any, ticket: Ticket, request: Any, context: _Context
+) -> AsyncIterator[Any]:
+    task = _enter(guard)
+    try:
+        if type(request) is Malformed:
+            await _abort(context, errors.InvalidArgument(request.message))
+        chunk = min(max(request.chunk_size or DEFAULT_CHUNK, MIN_CHUNK), MAX_CHUNK)
+        await _resize(context, ticket, request.ByteSize() + chunk)
+        async for reply in inner(request, context):
+            yield reply
+    except asyncio.CancelledError:
+        if (error := _cut_off(guard, task)) is None:
+            raise
+        await _abort(context, error)
+    finally:
+        _leave(guard, task, ticket)
+
+
+async def _stream_unary(
+    guard: Guard, inner: Any, ticket: Ticket, requests: AsyncIterator[Any], context: _Context
+) -> Any:
+    task = _enter(guard)
+    try:
+        return await inner(_metered(requests, ticket), context)
+    except asyncio.CancelledError:
+        if (error := _cut_off(guard, task)) is None:
+            raise
+        await _abort(context, error)
+    finally:
+        _leave(guard, task, ticket)
+
+
+def _enter(guard: Guard) -> asyncio.Task[Any] | None:
+    """Registers the running call with the guard, so that cut_off() can end it."""
+    task = asyncio.current_task()
+    if task is not None:
+        guard._tasks.add(task)
+    return task
+
+
+def _leave(guard: Guard, task: asyncio.Task[Any] | None, ticket: Ticket) -> None:
+    guard._tasks.discard(task)
+    ticket.release()
+
+
+def _cut_off(guard: Guard, task: asyncio.Task[Any] | None) -> errors.Unavailable | None:
+    """The error to end a cancelled call with if cut_off() cancelled it (None: re-raise)."""
+    if task is None or guard._cut_off is None:
+        return None
+    task.uncancel()
+    return guard._cut_off
+
+
+def _refuse_request(ticket: Ticket, request: Any) -> errors.BlobStoreError | None:
+    """Sizes the call's ticket to its unary request; the error to end the call with, if any."""
+    if type(request) is Malformed:
+        return errors.InvalidArgument(request.message)
+    try:
+        ticket.resize(request.ByteSize())
+    except errors.Overloaded as exc:
+        return exc
+    return None
 
 
 async def _metered(requests: AsyncIterator[Any], ticket: Ticket) -> AsyncIterator[Any]:

@@ -18,12 +18,13 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import json_format, struct_pb2
+from google.protobuf.message import Message
 
 from server import errors
 from server.api.blobstore.v1 import blobstore_pb2 as pb
 from server.api.blobstore.v1 import blobstore_pb2_grpc as pb_grpc
 from server.ids import BlobId, parse_blob_id
-from server.model import Blob, BlobInfo, BlobType
+from server.model import Blob, BlobInfo, BlobType, PutResult
 from server.offload import offload
 from server.status import to_status
 from server.store import BlobStore
@@ -36,6 +37,9 @@ MAX_CHUNK = 4 * 1024 * 1024
 
 _TO_PB = {BlobType.JSON: pb.BLOB_TYPE_JSON, BlobType.BINARY: pb.BLOB_TYPE_BINARY}
 _FROM_PB = {value: key for key, value in _TO_PB.items()}
+# Field 2 (blob_type, varint) of GetResponse and PutResponse on the wire.
+_TYPE_FIELD = {key: bytes((0x10, value)) for key, value in _TO_PB.items()}
+_SMALL_VARINTS = [bytes((value,)) for value in range(0x80)]
 
 _Handler = TypeVar("_Handler", bound=Callable[..., Any])
 
@@ -68,9 +72,9 @@ def _translate_errors(handler: _Handler) -> _Handler:
         return stream_wrapper  # type: ignore[return-value]
 
     @functools.wraps(handler)
-    async def unary_wrapper(self: Any, request: Any, context: Any) -> Any:
+    async def unary_wrapper(self: Any, request: Any, context: Any, *args: Any) -> Any:
         try:
-            return await handler(self, request, context)
+            return await handler(self, request, context, *args)
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
@@ -84,16 +88,18 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
 
     def __init__(self, store: BlobStore) -> None:
         self._store = store
-        self._encoded_chunks = False  # set by add_to_server
+        self._encoded_replies = False  # set by add_to_server
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         """Registers the service, as pb_grpc.add_BlobServiceServicer_to_server would.
 
-        One difference: GetStream's chunk messages are encoded here
-        (_chunk_message) and pass its serializer as they are, which saves a
-        copy of every chunk (with the generated registration they stay messages).
+        One difference: the replies of Put, of Get (with data) and GetStream's
+        chunk messages are encoded here (_put_reply, _get_reply,
+        _chunk_message) and pass their serializer as they are, which saves
+        building a message and a copy of the data (with the generated
+        registration they stay messages).
         """
-        self._encoded_chunks = True
+        self._encoded_replies = True
 
         def unary(method: Any, request: Any, reply: Any) -> grpc.RpcMethodHandler[Any, Any]:
             return grpc.unary_unary_rpc_method_handler(
@@ -103,8 +109,16 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
             )
 
         handlers = {
-            "Put": unary(self.Put, pb.PutRequest, pb.PutResponse),
-            "Get": unary(self.Get, pb.GetRequest, pb.GetResponse),
+            "Put": grpc.unary_unary_rpc_method_handler(
+                self.Put,
+                request_deserializer=pb.PutRequest.FromString,
+                response_serializer=_serialize_reply,
+            ),
+            "Get": grpc.unary_unary_rpc_method_handler(
+                self.Get,
+                request_deserializer=pb.GetRequest.FromString,
+                response_serializer=_serialize_reply,
+            ),
             "Stat": unary(self.Stat, pb.StatRequest, pb.StatResponse),
             "FindMissing": unary(self.FindMissing, pb.FindMissingRequest, pb.FindMissingResponse),
             "PutStream": grpc.stream_unary_rpc_method_handler(
@@ -115,7 +129,7 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
             "GetStream": grpc.unary_stream_rpc_method_handler(
                 self.GetStream,
                 request_deserializer=pb.GetStreamRequest.FromString,
-                response_serializer=_serialize_stream_reply,
+                response_serializer=_serialize_reply,
             ),
         }
         name = pb.DESCRIPTOR.services_by_name["BlobService"].full_name
@@ -123,7 +137,9 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
         server.add_registered_method_handlers(name, handlers)  # type: ignore[attr-defined]
 
     @_translate_errors
-    async def Put(self, request: pb.PutRequest, context: Any) -> pb.PutResponse:
+    async def Put(  # type: ignore[override]  # replies may come encoded (add_to_server)
+        self, request: pb.PutRequest, context: Any
+    ) -> pb.PutResponse | bytes:
         expected = _optional_id(request.expected_id, "expected_id")
         content = request.WhichOneof("content")
         if content == "json":
@@ -135,6 +151,8 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
         else:
             blob_type = _blob_type(request.blob_type, default=BlobType.BINARY)
             result = await self._store.put(blob_type, request.data, expected)
+        if self._encoded_replies:
+            return _put_reply(result)
         return pb.PutResponse(
             id=result.info.blob_id,
             blob_type=_TO_PB[result.info.blob_type],
@@ -143,16 +161,25 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
         )
 
     @_translate_errors
-    async def Get(self, request: pb.GetRequest, context: Any) -> pb.GetResponse:
-        blob = await self._store.get(_required_id(request.id))
-        reply = pb.GetResponse(
-            id=blob.info.blob_id, blob_type=_TO_PB[blob.info.blob_type], size=blob.info.size
+    async def Get(  # type: ignore[override]  # replies may come encoded (add_to_server)
+        self,
+        request: pb.GetRequest,
+        context: Any,
+        reserve: Callable[[int], object] | None = None,
+    ) -> pb.GetResponse | bytes:
+        """`reserve(size)`, from the guard, is called before the blob's content is read."""
+        blob = await self._store.get(_required_id(request.id), reserve)
+        info = blob.info
+        if request.as_json_value and info.blob_type is BlobType.JSON:
+            value = await offload(len(blob.data), _python_to_value, blob)
+            return pb.GetResponse(
+                id=info.blob_id, blob_type=_TO_PB[info.blob_type], size=info.size, json=value
+            )
+        if self._encoded_replies:
+            return _get_reply(info, blob.data)
+        return pb.GetResponse(
+            id=info.blob_id, blob_type=_TO_PB[info.blob_type], size=info.size, data=blob.data
         )
-        if request.as_json_value and blob.info.blob_type is BlobType.JSON:
-            reply.json.CopyFrom(await offload(len(blob.data), _python_to_value, blob))
-        else:
-            reply.data = blob.data
-        return reply
 
     @_translate_errors
     async def Stat(self, request: pb.StatRequest, context: Any) -> pb.StatResponse:
@@ -206,7 +233,7 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
             yield pb.GetStreamResponse(info=_info(stream.info))
             offset = 0
             async for chunk in stream:
-                if self._encoded_chunks:
+                if self._encoded_replies:
                     yield _chunk_message(offset, chunk)
                 else:
                     yield pb.GetStreamResponse(offset=offset, chunk=chunk)
@@ -245,6 +272,40 @@ async def _chunks(
         message = next_message
 
 
+def _put_reply(result: PutResult) -> bytes:
+    """PutResponse(id=..., blob_type=..., size=..., created=...) in protobuf wire format."""
+    info = result.info
+    blob_id = info.blob_id.encode()
+    size = b"\x18" + _varint(info.size) if info.size else b""
+    created = b"\x20\x01" if result.created else b""
+    return b"".join(
+        (b"\x0a", _varint(len(blob_id)), blob_id, _TYPE_FIELD[info.blob_type], size, created)
+    )
+
+
+def _get_reply(info: BlobInfo, data: bytes) -> bytes:
+    """GetResponse(id=..., blob_type=..., size=..., data=data) in protobuf wire format.
+
+    One join instead of building a message and serialising it (which also
+    copies the data twice). Fields in number order, defaults left out as
+    protobuf does, except `data`: a oneof member is always written.
+    """
+    blob_id = info.blob_id.encode()
+    size = b"\x18" + _varint(info.size) if info.size else b""
+    return b"".join(
+        (
+            b"\x0a",
+            _varint(len(blob_id)),
+            blob_id,
+            _TYPE_FIELD[info.blob_type],
+            size,
+            b"\x22",
+            _varint(len(data)),
+            data,
+        )
+    )
+
+
 def _chunk_message(offset: int, chunk: bytes) -> bytes:
     """GetStreamResponse(offset=offset, chunk=chunk) in protobuf wire format.
 
@@ -255,6 +316,8 @@ def _chunk_message(offset: int, chunk: bytes) -> bytes:
 
 
 def _varint(value: int) -> bytes:
+    if value < 0x80:
+        return _SMALL_VARINTS[value]
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
@@ -324,7 +387,7 @@ def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
     return -1, pos
 
 
-def _serialize_stream_reply(reply: pb.GetStreamResponse | bytes) -> bytes:
+def _serialize_reply(reply: Message | bytes) -> bytes:
     return reply if isinstance(reply, bytes) else reply.SerializeToString()
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import OrderedDict
-from collections.abc import AsyncIterable, Sequence
+from collections.abc import AsyncIterable, Callable, Sequence
 from dataclasses import dataclass
 
 from server.backend import BlobBackend, BlobStream, OverLimit
@@ -205,10 +205,13 @@ class BlobStore:
                     pending.exception()  # seen: this put already fails for another reason
             await writer.abort()
 
-    async def get(self, blob_id: BlobId) -> Blob:
-        """Returns a whole blob, verified; UseStreaming if it is over the unary limit."""
+    async def get(self, blob_id: BlobId, reserve: Callable[[int], object] | None = None) -> Blob:
+        """Returns a whole blob, verified; UseStreaming if it is over the unary limit.
+
+        `reserve(size)` is called before the content is read (see BlobBackend.get).
+        """
         try:
-            return await self.backend.get(blob_id, self.limits.max_unary_bytes)
+            return await self.backend.get(blob_id, self.limits.max_unary_bytes, reserve)
         except OverLimit as exc:
             raise UseStreaming(
                 f"blob {blob_id} is {exc.info.size} bytes, over the unary limit of "

@@ -4,7 +4,8 @@ Re-putting JSON text the server has seen (answered from a cache of text ->
 id) must still find a lost or broken blob and store it again; reads answered
 on the event loop (small, cached) and through the pool (larger) return the
 same verified data; a streamed put hashed and written in one step per chunk
-stores exactly what was sent.
+stores exactly what was sent; replies encoded by hand are byte for byte
+what protobuf would send; a Get's reply is reserved before its content is read.
 """
 
 from __future__ import annotations
@@ -18,9 +19,13 @@ import grpc
 import pytest
 
 from server.api.blobstore.v1 import blobstore_pb2 as pb
+from server.backend import OverLimit
 from server.client import BlobClient
-from server.errors import DataLoss
-from server.model import BlobType
+from server.errors import DataLoss, Overloaded
+from server.filesystem import FileSystemBackend
+from server.ids import BlobId
+from server.model import BlobInfo, BlobType, PutResult
+from server.servicer import _get_reply, _put_reply
 from tests.processes import ServerProcess
 from tests.rpc_helpers import raw_stub
 
@@ -124,3 +129,46 @@ def test_streamed_put_of_many_chunks_stores_exactly_what_was_sent(
     stored = blob_path(server.data_dir, result.info.blob_id).read_bytes()
     assert stored[-len(data) :] == data
     assert list((server.data_dir / "tmp").iterdir()) == []
+
+
+@pytest.mark.parametrize("blob_type", [BlobType.JSON, BlobType.BINARY])
+@pytest.mark.parametrize("size", [0, 1, 127, 128, 300, 16_383, 16_384, 70_000])
+def test_hand_encoded_replies_are_what_protobuf_encodes(blob_type: BlobType, size: int) -> None:
+    data = os.urandom(size)
+    info = BlobInfo(BlobId("sha256:" + hashlib.sha256(data).hexdigest()), blob_type, size)
+    pb_type = pb.BLOB_TYPE_JSON if blob_type is BlobType.JSON else pb.BLOB_TYPE_BINARY
+
+    get = pb.GetResponse(id=info.blob_id, blob_type=pb_type, size=size, data=data)
+    assert _get_reply(info, data) == get.SerializeToString()
+    assert pb.GetResponse.FromString(_get_reply(info, data)).WhichOneof("content") == "data"
+    for created in (False, True):
+        put = pb.PutResponse(id=info.blob_id, blob_type=pb_type, size=size, created=created)
+        assert _put_reply(PutResult(info, created)) == put.SerializeToString()
+
+
+async def test_a_read_reserves_its_size_before_reading_and_stops_when_refused(
+    tmp_path: Path,
+) -> None:
+    backend = FileSystemBackend(tmp_path / "data")
+    backend.open()
+    try:
+        data = os.urandom(5000)
+        blob_id = BlobId("sha256:" + hashlib.sha256(data).hexdigest())
+        await backend.put(blob_id, BlobType.BINARY, data)
+        asked: list[int] = []
+        assert (await backend.get(blob_id, None, asked.append)).data == data
+        assert asked == [5000]
+
+        def refuse(size: int) -> None:
+            raise Overloaded(f"no room for {size} bytes")
+
+        descriptors = len(os.listdir("/proc/self/fd"))
+        for _ in range(20):
+            with pytest.raises(Overloaded, match="5000 bytes"):
+                await backend.get(blob_id, None, refuse)
+        assert len(os.listdir("/proc/self/fd")) == descriptors  # each refused read closed its file
+        # Over max_size the read is OverLimit, never reserved: it would be refused anyway.
+        with pytest.raises(OverLimit):
+            await backend.get(blob_id, 4999, refuse)
+    finally:
+        backend.close()

@@ -1,0 +1,185 @@
+#!/usr/bin/env python3
+"""Server CPU per unary call, ours against the echo ceiling, in one interleaved run.
+
+    python scripts/bench_percall.py [--trials 5] [--seconds 2] [--baseline DIR ...]
+
+Starts the echo server (scripts/bench_echo.py) and our server pinned like
+bench.py does, stores 1000 documents, then runs, trial after trial and in
+a shuffled order, echo Get, get_small, echo Put and put_dedup (16 callers,
+the load generator of bench.py) and prints per workload the median ops/s and the
+median server CPU per call in microseconds (from /proc schedstat), with the
+range over the trials. CPU per call moves less with other work on the
+machine than ops/s does, so it is the figure to compare changes by.
+
+`--baseline DIR` (repeatable) adds a server of ours run from another copy
+of the code (e.g. `git archive HEAD | tar -x -C DIR`), interleaved with the
+rest: before/after figures from the same minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import re
+import statistics
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from bench_load import KIB, Documents, GrpcCaller, closed_loop, get_request, random_picker
+from bench_procs import (
+    ROOT,
+    SERVER_READY,
+    Child,
+    CpuSplit,
+    pin_self,
+    python_argv,
+    start_blobstore_server,
+    start_child,
+)
+from bench_stats import Trial
+
+from server.api.blobstore.v1 import blobstore_pb2 as pb
+
+_ECHO_READY = re.compile(r"echo gRPC listening on (\S+:\d+)")
+POOL = 1000
+
+
+def start_baseline(code: Path, work: Path, cpus: frozenset[int] | None) -> Child:
+    """Our server from another copy of the code (-P: the copy, not this tree, is imported)."""
+    work.mkdir(parents=True, exist_ok=True)
+    argv = python_argv("-P", "-m", "server.cli", "serve", "--address", "127.0.0.1:0")
+    return start_child(
+        "baseline server",
+        [*argv, "--data-dir", str(work / "data")],
+        cpus=cpus,
+        log_path=work / "server.log",
+        ready=SERVER_READY,
+        env={"PYTHONPATH": str(code)},
+    )
+
+
+async def workloads(
+    servers: dict[str, Child],
+) -> dict[str, tuple[Callable[[int], Awaitable[object]], int]]:
+    """name -> (op, server pid), in the order the trials run them."""
+    docs = Documents()
+    callers = {name: GrpcCaller(child.address) for name, child in servers.items()}
+    for caller in callers.values():
+        await caller.ready()
+    ops: dict[str, tuple[Callable[[int], Awaitable[object]], int]] = {}
+    echo = callers.pop("echo")
+    echo_get = get_request("sha256:" + "0" * 64)
+    ops["echo_get"] = (lambda n: echo.call_get(echo_get), servers["echo"].pid)
+    puts = [docs.put_request(n) for n in range(POOL)]
+    for name, caller in callers.items():
+        gets = []
+        for request in puts:
+            reply = pb.PutResponse.FromString(await caller.call_put(request))
+            gets.append(get_request(reply.id))
+        pick = random_picker(gets)
+        ops[f"get_small[{name}]"] = (
+            lambda n, c=caller, p=pick: c.call_get(p()),  # type: ignore[misc]
+            servers[name].pid,
+        )
+    ops["echo_put"] = (lambda n: echo.call_put(docs.put_request(n)), servers["echo"].pid)
+    for name, caller in callers.items():
+        pick = random_picker(puts)
+        ops[f"put_dedup[{name}]"] = (
+            lambda n, c=caller, p=pick: c.call_put(p()),  # type: ignore[misc]
+            servers[name].pid,
+        )
+    return ops
+
+
+async def run(servers: dict[str, Child], trials: int, seconds: float) -> dict[str, list[Trial]]:
+    ops = await workloads(servers)
+    results: dict[str, list[Trial]] = {name: [] for name in ops}
+    for op, pid in ops.values():  # warm-up
+        await closed_loop(op, concurrency=16, seconds=0.5, payload=KIB, server_pids=[pid])
+    for trial in range(trials):
+        print(f"trial {trial + 1}/{trials}", file=sys.stderr, flush=True)
+        order = list(ops)
+        random.Random(trial).shuffle(order)  # no server always runs right after another
+        for name in order:
+            op, pid = ops[name]
+            results[name].append(
+                await closed_loop(
+                    op, concurrency=16, seconds=seconds, payload=KIB, server_pids=[pid]
+                )
+            )
+    return results
+
+
+def us_per_call(trial: Trial) -> float:
+    return (trial.server_cpu or 0.0) * trial.seconds / trial.ops * 1e6
+
+
+def report(results: dict[str, list[Trial]]) -> str:
+    lines = [f"{'workload':24} {'ops/s med (min-max)':>24} {'server us/call med (min-max)':>30}"]
+    for name, trials in results.items():
+        rates = [t.ops_per_s for t in trials]
+        cpu = [us_per_call(t) for t in trials]
+        lines.append(
+            f"{name:24} {statistics.median(rates):8.0f} ({min(rates):5.0f}-{max(rates):5.0f})"
+            f"   {statistics.median(cpu):10.0f} ({min(cpu):4.0f}-{max(cpu):4.0f})"
+        )
+    lines.append("ratios to echo per trial (ops/s), median (min-max):")
+    for name, trials in results.items():
+        kind = name.split("[")[0]
+        echo = {"get_small": "echo_get", "put_dedup": "echo_put"}.get(kind)
+        if echo is None:
+            continue
+        ratios = [t.ops_per_s / e.ops_per_s for t, e in zip(trials, results[echo], strict=True)]
+        lines.append(
+            f"  {name:22} {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trials", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        action="append",
+        default=[],
+        help="a copy of the code to compare against (repeatable)",
+    )
+    args = parser.parse_args()
+    split = CpuSplit.detect()
+    pin_self(split.load)
+    children: list[Child] = []
+    with tempfile.TemporaryDirectory(prefix="blobstore-percall-") as tmp:
+        work = Path(tmp)
+        try:
+            echo = start_child(
+                "echo server",
+                python_argv(str(ROOT / "scripts" / "bench_echo.py")),
+                cpus=split.server,
+                log_path=work / "echo.log",
+                ready=_ECHO_READY,
+            )
+            children.append(echo)
+            servers = {"echo": echo}
+            (work / "ours").mkdir()
+            servers["ours"] = start_blobstore_server(work / "ours", split.server, None)
+            children.append(servers["ours"])
+            for i, code in enumerate(args.baseline):
+                name = f"base{i}" if len(args.baseline) > 1 else "base"
+                servers[name] = start_baseline(code.resolve(), work / name, split.server)
+                children.append(servers[name])
+            results = asyncio.run(run(servers, args.trials, args.seconds))
+        finally:
+            for child in children:
+                child.stop()
+    print(report(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
