@@ -89,6 +89,19 @@ class GroupCommitter:
         if self._thread.is_alive():
             self._queue.put(_STOP)
             self._thread.join()
+        # A put that raced with stop() and queued behind _STOP must not wait forever.
+        late = [self._leftover] if self._leftover is not None else []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, _Put):
+                late.append(item)
+        for item in late:
+            refused: PutResult | Exception = Unavailable("server is shutting down; retry shortly")
+            with contextlib.suppress(RuntimeError):
+                item.loop.call_soon_threadsafe(_settle, [(item, refused)])
         self._checkpoints.shutdown(wait=True)
         for segment in self._journal.close():
             self._checkpoint(segment)

@@ -45,6 +45,8 @@ class VerifyReport:
     problems: list[Problem] = field(default_factory=list)
     vanished: int = 0
     """Files that disappeared while the walk ran (quarantined by the server, for example)."""
+    journal_segments: int = 0
+    """Group-commit journal segments not yet checkpointed (not checked here; see journal.py)."""
 
     @property
     def ok(self) -> bool:
@@ -65,7 +67,7 @@ def verify_store(
     layout = FileSystemLayout(root)
     if not layout.blobs.is_dir():
         raise NotADataFolder(f"{root} is not a blobstore data folder (it has no blobs/ folder)")
-    report = VerifyReport()
+    report = VerifyReport(journal_segments=len(list((root / "journal").glob("*.log"))))
     for path in layout.all_blob_paths():
         problem = _check(layout, path, report, quarantine=quarantine)
         if problem is not None:

@@ -16,6 +16,8 @@ import json
 import multiprocessing
 import os
 import random
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -115,6 +117,13 @@ def test_replay_restores_blobs_whose_files_never_reached_the_disk(
     blobs = [os.urandom(n) for n in (0, 1, 1000, 65536)]
     write_segment(data_dir, "0000000000000007.log", blobs[:2])
     write_segment(data_dir, "0000000000000008.log", blobs[2:])
+    verify = subprocess.run(
+        [sys.executable, "-m", "server.cli", "verify", "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "journal: 2 segment(s) of small puts not yet checkpointed" in verify.stdout
     server = start_server(data_dir=data_dir)
     assert "replayed 2 journal segment(s): 4 blob(s) checked, 4 restored" in server.log()
     assert segments(data_dir) == []
