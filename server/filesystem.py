@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import errno
 import fcntl
 import hashlib
@@ -47,7 +46,6 @@ import logging
 import os
 import secrets
 import shutil
-import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -59,15 +57,9 @@ from server.blob_file import HEADER_SIZE, CorruptHeader, decode_header, encode_h
 from server.errors import BlobNotFound, DataLoss, StorageFull, Unavailable
 from server.group_commit import GroupCommitter
 from server.ids import PREFIX, BlobId, blob_id_from_digest, hex_digest
-from server.journal import (
-    SEGMENT_BYTES,
-    Journal,
-    JournalRecord,
-    read_segment,
-    sync_filesystem,
-    syncfs_available,
-)
+from server.journal import SEGMENT_BYTES, Journal, JournalRecord, read_segment
 from server.model import Blob, BlobInfo, BlobType, PutResult
+from server.os_calls import fsync_dir, start_writeback, sync_filesystem, syncfs_available
 
 log = logging.getLogger(__name__)
 
@@ -199,14 +191,6 @@ def read_header(fd: int) -> tuple[BlobType, int]:
     if actual != size:
         raise CorruptHeader(f"file holds {actual} content bytes, its header says {size}")
     return blob_type, size
-
-
-def fsync_dir(path: Path | str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class FileSystemBackend:
@@ -768,7 +752,7 @@ class _FileWriter:
                 before(chunk)
             _pwrite_all(fd, chunk, offset)
             if end - flush_from >= WRITEBACK_EVERY:
-                _start_writeback(fd, flush_from, end - flush_from)
+                start_writeback(fd, flush_from, end - flush_from)
 
         try:
             await self._guard.run(write)
@@ -819,33 +803,6 @@ def _decode_info(blob_id: BlobId, header: bytes, file_size: int) -> BlobInfo:
             blob_id, f"file holds {file_size - HEADER_SIZE} content bytes, its header says {size}"
         )
     return BlobInfo(blob_id, blob_type, size)
-
-
-def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        func = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    func.restype = ctypes.c_int
-    return func
-
-
-_SYNC_FILE_RANGE = _load_sync_file_range()
-_SYNC_FILE_RANGE_WRITE = 2  # linux/fs.h
-
-
-def _start_writeback(fd: int, offset: int, length: int) -> None:
-    """Asks the kernel to start writing a range to disk now, without waiting for it.
-
-    Only a head start, never a durability step: commit still fsyncs the whole
-    file. It makes that fsync short, because the data of a long stream is
-    already on its way while later chunks arrive.
-    """
-    if _SYNC_FILE_RANGE is not None:
-        _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)  # errors: harmless
 
 
 def _pread_cached(fd: int, size: int, expected: int) -> bytes | None:

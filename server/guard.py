@@ -127,16 +127,19 @@ class _Method:
             inner.request_deserializer, type_name
         )
         self._fields = fields
-        behavior: Callable[..., Any]
+        self._behavior: functools.partial[Any]
         if inner.request_streaming:
-            self.initial, slot, behavior = STREAM_ALLOWANCE, "stream_unary", _stream_unary
+            self.initial, slot = STREAM_ALLOWANCE, "stream_unary"
+            self._behavior = functools.partial(_stream_unary, guard, inner.stream_unary)
         elif inner.response_streaming:
-            self.initial, slot, behavior = DEFAULT_CHUNK, "unary_stream", _unary_stream
+            self.initial, slot = DEFAULT_CHUNK, "unary_stream"
+            self._behavior = functools.partial(_unary_stream, guard, inner.unary_stream)
         else:
             self.initial, slot = 0, "unary_unary"
-            behavior = _unary_unary_reserving if name in _RESERVING else _unary_unary
+            self._behavior = functools.partial(
+                _unary_unary, guard, inner.unary_unary, name in _RESERVING
+            )
         self._slot = inner._fields.index(slot)
-        self._behavior = functools.partial(behavior, guard, getattr(inner, slot))
 
     def bind(self, ticket: Ticket) -> _Handler:
         """This call's handler: the method's behaviour with the call's ticket bound in."""
@@ -150,29 +153,16 @@ class _Method:
 
 
 async def _unary_unary(
-    guard: Guard, inner: Any, ticket: Ticket, request: Any, context: _Context
+    guard: Guard, inner: Any, reserves: bool, ticket: Ticket, request: Any, context: _Context
 ) -> Any:
+    """`reserves`: the handler takes the ticket's grow() to reserve its reply (Get)."""
     task = _enter(guard)
     try:
         if (refused := _refuse_request(ticket, request)) is not None:
             await _abort(context, refused)
+        if reserves:
+            return await inner(request, context, ticket.grow)
         return await inner(request, context)
-    except asyncio.CancelledError:
-        if (error := _cut_off(guard, task)) is None:
-            raise
-        await _abort(context, error)
-    finally:
-        _leave(guard, task, ticket)
-
-
-async def _unary_unary_reserving(
-    guard: Guard, inner: Any, ticket: Ticket, request: Any, context: _Context
-) -> Any:
-    task = _enter(guard)
-    try:
-        if (refused := _refuse_request(ticket, request)) is not None:
-            await _abort(context, refused)
-        return await inner(request, context, ticket.grow)
     except asyncio.CancelledError:
         if (error := _cut_off(guard, task)) is None:
             raise

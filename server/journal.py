@@ -27,19 +27,16 @@ that is a batch whose write the crash interrupted (never acknowledged).
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import errno
 import logging
 import os
 import struct
-import sys
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from server.blob_file import HEADER_SIZE, CorruptHeader, decode_header, encode_header
 from server.model import BlobType
+from server.os_calls import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +122,7 @@ class Journal:
         """Creates the folder if needed; the first append starts a new segment."""
         if not self.directory.is_dir():
             self.directory.mkdir()
-            _fsync_dir(self.directory.parent)
+            fsync_dir(self.directory.parent)
         existing = self.segments()
         self._next_seq = int(existing[-1].stem) + 1 if existing else 0
 
@@ -170,14 +167,14 @@ class Journal:
         """Deletes a checkpointed segment, durably."""
         with contextlib.suppress(FileNotFoundError):
             segment.unlink()
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
 
     def _start_segment(self) -> None:
         path = self.directory / f"{self._next_seq:016d}.log"
         self._next_seq += 1
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o644)
         try:
-            _fsync_dir(self.directory)  # fdatasync of the file does not cover its name
+            fsync_dir(self.directory)  # fdatasync of the file does not cover its name
         except OSError:
             os.close(fd)
             raise
@@ -188,42 +185,3 @@ class Journal:
         os.close(self._fd)
         self._retired.append(self._path)
         self._fd, self._path, self._size = None, None, 0
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _load_syncfs() -> Callable[[int], int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        func = ctypes.CDLL(None, use_errno=True).syncfs
-    except (OSError, AttributeError):
-        return None
-    func.argtypes = [ctypes.c_int]
-    func.restype = ctypes.c_int
-    return func
-
-
-_SYNCFS = _load_syncfs()
-
-
-def syncfs_available() -> bool:
-    return _SYNCFS is not None
-
-
-def sync_filesystem(fd: int) -> None:
-    """syncfs(2): makes everything written to the file system holding `fd` durable.
-
-    Raises OSError, also for a write-back error since `fd` was opened (Linux 5.8+).
-    """
-    if _SYNCFS is None:
-        raise OSError(errno.ENOSYS, "syncfs is not available")
-    if _SYNCFS(fd) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code))

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from server.blob_file import HEADER_SIZE
-from server.filesystem import FileSystemLayout, fsync_dir
+from server.filesystem import FileSystemLayout
 from server.ids import BlobId
+from server.os_calls import fsync_dir
 
 _BLOB_NAME = re.compile(r"[0-9a-f]{64}")
 
