@@ -202,7 +202,7 @@ class Bench:
             # Not interleaved with the calls above: a burst of thousands of new files
             # leaves ext4 slower at creating the next ones for a while (without a
             # journal it scans inode tables for recently freed inodes), which cut
-            # the following put_small trial by up to 40 %. No target uses these rows.
+            # the following put_small trial by 30-45 %. No target uses these rows.
             bench_disk.prepare_small_files(self.work / "disk")
             for trial in range(self.s.trials):
                 for name, dirsync in (
