@@ -132,3 +132,42 @@ def test_file_size_limit_refuses_big_puts_and_recovers(
     assert process.is_running()
     _assert_clean(server, {small, *stored})
     assert "Traceback" not in server.log()
+
+
+def test_full_file_system_during_group_commits_loses_nothing_acknowledged(
+    small_fs: Path, start_server: Callable[..., ServerProcess]
+) -> None:
+    """Small puts (the journal's road) until the disk is full, room again, then kill -9.
+
+    A journal append cut short by ENOSPC leaves a torn record; the segment is
+    closed with it and later appends go to a new one, so no acknowledged put is
+    behind a torn record when the next start replays the journal.
+    """
+    server = start_server(data_dir=small_fs / "data")
+    acknowledged: dict[str, bytes] = {}
+    refused = 0
+    with BlobClient(server.target, timeout=60, retry=RetryPolicy.off()) as client:
+        for _ in range(400):
+            data = os.urandom(40 * 1024)
+            try:
+                acknowledged[client.put_bytes(data).info.blob_id] = data
+            except StorageFull:
+                refused += 1
+                if refused >= 5:
+                    break
+        assert acknowledged and refused >= 5, "the disk never filled up"
+        subprocess.run(["mount", "-o", "remount,size=64m", str(small_fs)], check=True)
+        for _ in range(20):
+            data = os.urandom(40 * 1024)
+            acknowledged[client.put_bytes(data).info.blob_id] = data
+    assert "Traceback" not in server.log()
+    server.kill()
+
+    restarted = start_server(data_dir=small_fs / "data")
+    assert "replayed" in restarted.log()
+    with BlobClient(restarted.target, timeout=60) as client:
+        for blob_id, data in acknowledged.items():
+            assert client.get(blob_id).data == data
+    assert temp_files(restarted.data_dir) == []
+    for path in stored_files(restarted.data_dir):
+        check_blob_file(path)
