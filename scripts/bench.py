@@ -74,6 +74,7 @@ from bench_procs import (
     python_argv,
     start_blobstore_server,
     start_child,
+    start_echo_server,
 )
 from bench_stats import Summary, Trial
 
@@ -83,7 +84,6 @@ from server.client import AsyncBlobClient
 from server.errors import BlobStoreError
 
 BRIDGE_CLI = ROOT / "jsonrpc_bridge" / "cli.py"
-_ECHO_READY = re.compile(r"echo gRPC listening on (\S+:\d+)")
 
 
 @dataclass(frozen=True)
@@ -586,14 +586,7 @@ def start_processes(
     os.environ.clear()
     os.environ.update(env_clean)
     server_env = dict(item.split("=", 1) for item in settings.server_env)
-    echo = start_child(
-        "echo server",
-        python_argv(str(ROOT / "scripts" / "bench_echo.py")),
-        cpus=split.server,
-        log_path=work / "echo.log",
-        ready=_ECHO_READY,
-        env=server_env,
-    )
+    echo = start_echo_server(work / "echo.log", split.server, env=server_env)
     server = start_blobstore_server(work, split.server, server_env)
     if not BRIDGE_CLI.exists():
         return echo, server, None, f"skipped: {BRIDGE_CLI.relative_to(ROOT)} does not exist yet"

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import re
 import statistics
 import sys
 import tempfile
@@ -30,7 +29,6 @@ from pathlib import Path
 
 from bench_load import KIB, Documents, GrpcCaller, closed_loop, get_request, random_picker
 from bench_procs import (
-    ROOT,
     SERVER_READY,
     Child,
     CpuSplit,
@@ -38,12 +36,12 @@ from bench_procs import (
     python_argv,
     start_blobstore_server,
     start_child,
+    start_echo_server,
 )
 from bench_stats import Trial
 
 from server.api.blobstore.v1 import blobstore_pb2 as pb
 
-_ECHO_READY = re.compile(r"echo gRPC listening on (\S+:\d+)")
 POOL = 1000
 
 
@@ -157,13 +155,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="blobstore-percall-") as tmp:
         work = Path(tmp)
         try:
-            echo = start_child(
-                "echo server",
-                python_argv(str(ROOT / "scripts" / "bench_echo.py")),
-                cpus=split.server,
-                log_path=work / "echo.log",
-                ready=_ECHO_READY,
-            )
+            echo = start_echo_server(work / "echo.log", split.server)
             children.append(echo)
             servers = {"echo": echo}
             (work / "ours").mkdir()

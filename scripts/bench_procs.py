@@ -132,6 +132,25 @@ def start_child(
 
 
 SERVER_READY = re.compile(r"blobstore gRPC listening on (\S+:\d+)")
+ECHO_READY = re.compile(r"echo gRPC listening on (\S+:\d+)")
+
+
+def start_echo_server(
+    log_path: Path,
+    cpus: frozenset[int] | None,
+    *variant: str,
+    name: str = "echo server",
+    env: dict[str, str] | None = None,
+) -> Child:
+    """Starts scripts/bench_echo.py (with `variant` options, if any) on a free port."""
+    return start_child(
+        name,
+        python_argv(str(ROOT / "scripts" / "bench_echo.py"), *variant),
+        cpus=cpus,
+        log_path=log_path,
+        ready=ECHO_READY,
+        env=env,
+    )
 
 
 def start_blobstore_server(

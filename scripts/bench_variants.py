@@ -26,17 +26,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import shutil
 import tempfile
 from collections.abc import Awaitable
 from pathlib import Path
 
 from bench_load import KIB, Documents, GrpcCaller, closed_loop
-from bench_procs import ROOT, Child, CpuSplit, pin_self, python_argv, start_child
+from bench_procs import Child, CpuSplit, pin_self, start_echo_server
 from bench_stats import Summary, Trial
-
-ECHO_PATH = str(ROOT / "scripts" / "bench_echo.py")
 
 VARIANTS = {
     "aio": [],
@@ -50,7 +47,6 @@ VARIANTS = {
     "aio+journal": ["--durable-dir", "{work}/journal", "--group-commit", "journal"],
     "aio+pack": ["--durable-dir", "{work}/pack", "--group-commit", "pack"],
 }
-_READY = re.compile(r"echo gRPC listening on (\S+:\d+)")
 
 
 async def measure(servers: dict[str, Child], trials: int, seconds: float) -> dict[str, Summary]:
@@ -92,12 +88,11 @@ def main() -> None:
     servers: dict[str, Child] = {}
     try:
         for i, (name, extra) in enumerate(VARIANTS.items()):
-            servers[name] = start_child(
-                name,
-                python_argv(ECHO_PATH, *(arg.format(work=work) for arg in extra)),
-                cpus=split.server,
-                log_path=work / f"echo-{i}.log",
-                ready=_READY,
+            servers[name] = start_echo_server(
+                work / f"echo-{i}.log",
+                split.server,
+                *(arg.format(work=work) for arg in extra),
+                name=name,
             )
         summaries = asyncio.run(measure(servers, args.trials, args.seconds))
     finally:

@@ -98,6 +98,7 @@ class FileSystemLayout:
         self.blobs = root / "blobs"
         self.tmp = root / "tmp"
         self.quarantine_dir = root / "quarantine"
+        self.journal = root / "journal"  # created by Journal.open(), not by create()
 
     def create(self) -> None:
         """Creates the sub-folders and all 256 shards, durably, if they are missing."""
@@ -252,7 +253,7 @@ class FileSystemBackend:
             removed += 1
         if removed:
             log.info("removed %d unfinished temporary file(s) from %s", removed, self.layout.tmp)
-        journal = Journal(root / "journal", self._journal_segment)
+        journal = Journal(self.layout.journal, self._journal_segment)
         self._replay(journal)
         if self._journal_max_blob > 0 and syncfs_available():
             self._committer = GroupCommitter(journal, self._file_blob, self._sync_all, io_error)

@@ -274,13 +274,8 @@ async def _chunks(
 
 def _put_reply(result: PutResult) -> bytes:
     """PutResponse(id=..., blob_type=..., size=..., created=...) in protobuf wire format."""
-    info = result.info
-    blob_id = info.blob_id.encode()
-    size = b"\x18" + _varint(info.size) if info.size else b""
     created = b"\x20\x01" if result.created else b""
-    return b"".join(
-        (b"\x0a", _varint(len(blob_id)), blob_id, _TYPE_FIELD[info.blob_type], size, created)
-    )
+    return b"".join((*_info_fields(result.info), created))
 
 
 def _get_reply(info: BlobInfo, data: bytes) -> bytes:
@@ -290,20 +285,14 @@ def _get_reply(info: BlobInfo, data: bytes) -> bytes:
     copies the data twice). Fields in number order, defaults left out as
     protobuf does, except `data`: a oneof member is always written.
     """
+    return b"".join((*_info_fields(info), b"\x22", _varint(len(data)), data))
+
+
+def _info_fields(info: BlobInfo) -> tuple[bytes, ...]:
+    """Fields 1-3 (id, blob_type, size), which PutResponse and GetResponse share."""
     blob_id = info.blob_id.encode()
     size = b"\x18" + _varint(info.size) if info.size else b""
-    return b"".join(
-        (
-            b"\x0a",
-            _varint(len(blob_id)),
-            blob_id,
-            _TYPE_FIELD[info.blob_type],
-            size,
-            b"\x22",
-            _varint(len(data)),
-            data,
-        )
-    )
+    return (b"\x0a", _varint(len(blob_id)), blob_id, _TYPE_FIELD[info.blob_type], size)
 
 
 def _chunk_message(offset: int, chunk: bytes) -> bytes:

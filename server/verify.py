@@ -21,6 +21,7 @@ from pathlib import Path
 from server.blob_file import HEADER_SIZE
 from server.filesystem import FileSystemLayout
 from server.ids import BlobId
+from server.journal import Journal
 from server.os_calls import fsync_dir
 
 _BLOB_NAME = re.compile(r"[0-9a-f]{64}")
@@ -68,7 +69,7 @@ def verify_store(
     layout = FileSystemLayout(root)
     if not layout.blobs.is_dir():
         raise NotADataFolder(f"{root} is not a blobstore data folder (it has no blobs/ folder)")
-    report = VerifyReport(journal_segments=len(list((root / "journal").glob("*.log"))))
+    report = VerifyReport(journal_segments=len(Journal(layout.journal).segments()))
     for path in layout.all_blob_paths():
         problem = _check(layout, path, report, quarantine=quarantine)
         if problem is not None:

@@ -24,6 +24,17 @@ _OPTIONS = [
 ]
 
 
+def sha256_id(data: bytes) -> str:
+    """The blob id of `data` stored as is (Binary, or JSON already canonical)."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def blob_path(data_dir: Path, blob_id: str) -> Path:
+    """Where the server keeps the blob's file (server/filesystem.py's layout)."""
+    digest = blob_id.removeprefix("sha256:")
+    return data_dir / "blobs" / digest[:2] / digest
+
+
 @contextmanager
 def raw_stub(target: str) -> Iterator[pb_grpc.BlobServiceStub]:
     """A generated stub on its own channel: requests exactly as a foreign client sends them."""

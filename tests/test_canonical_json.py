@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import enum
-import hashlib
 import json
 import random
 import struct
@@ -31,12 +30,9 @@ from server.canonical_json import (
 )
 from server.errors import InvalidJson
 from tests import blob_id_vectors as vectors
+from tests.rpc_helpers import sha256_id
 
 PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-def sha256_id(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def double(bits: str) -> float:

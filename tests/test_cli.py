@@ -33,6 +33,7 @@ from server.canonical_json import canonicalize_text
 from server.client import CHANNEL_OPTIONS, BlobClient
 from server.errors import Unavailable
 from tests.processes import ServerProcess
+from tests.rpc_helpers import sha256_id
 
 ABSENT_ID = "sha256:" + "0" * 64
 EXIT_ERROR = 1
@@ -55,10 +56,6 @@ def blobstore(
         timeout=120,
         check=False,
     )
-
-
-def sha256_id(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def assert_clear_error(

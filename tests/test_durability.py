@@ -8,7 +8,6 @@ complete blobs that verify against their names.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import multiprocessing
 import os
 import random
@@ -33,10 +32,12 @@ from tests.rpc_helpers import (
     MiB,
     blob_file_problem,
     blob_files,
+    blob_path,
     error_info,
     raw_stub,
     rpc_failure,
     serve_for_module,
+    sha256_id,
     temp_files,
     wait_until,
 )
@@ -48,15 +49,6 @@ ServerFactory = Callable[..., ServerProcess]
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One server for the tests that break blobs of their own; the storm gets fresh ones."""
     yield from serve_for_module(tmp_path_factory)
-
-
-def sha256_id(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def blob_path(data_dir: Path, blob_id: str) -> Path:
-    digest = blob_id.removeprefix("sha256:")
-    return data_dir / "blobs" / digest[:2] / digest
 
 
 def quarantined(data_dir: Path, blob_id: str = "") -> list[Path]:

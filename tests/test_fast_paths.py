@@ -27,12 +27,7 @@ from server.ids import BlobId
 from server.model import BlobInfo, BlobType, PutResult
 from server.servicer import _get_reply, _put_reply
 from tests.processes import ServerProcess
-from tests.rpc_helpers import raw_stub
-
-
-def blob_path(data_dir: Path, blob_id: str) -> Path:
-    digest = blob_id.removeprefix("sha256:")
-    return data_dir / "blobs" / digest[:2] / digest
+from tests.rpc_helpers import blob_path, raw_stub
 
 
 def quarantined(data_dir: Path) -> list[Path]:

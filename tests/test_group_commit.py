@@ -33,22 +33,13 @@ from server.journal import encode_record, read_segment
 from server.model import BlobType
 from server.retry import RetryPolicy
 from tests.processes import ServerProcess
-from tests.rpc_helpers import blob_file_problem, blob_files, wait_until
+from tests.rpc_helpers import blob_file_problem, blob_files, blob_path, sha256_id, wait_until
 
 ServerFactory = Callable[..., ServerProcess]
 
 
 def digest_of(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
-
-
-def id_of(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def blob_path(data_dir: Path, data: bytes) -> Path:
-    digest = hashlib.sha256(data).hexdigest()
-    return data_dir / "blobs" / digest[:2] / digest
 
 
 def write_segment(data_dir: Path, name: str, blobs: list[bytes], tail: bytes = b"") -> Path:
@@ -78,7 +69,7 @@ def test_small_puts_go_through_the_journal(start_server: ServerFactory) -> None:
     server = start_server()
     data = b"small and durable"
     with BlobClient(server.target) as client:
-        assert client.put_bytes(data).info.blob_id == id_of(data)
+        assert client.put_bytes(data).info.blob_id == sha256_id(data)
     [segment] = segments(server.data_dir)
     [record] = read_segment(segment).records
     assert (record.digest, record.blob_type, record.data) == (
@@ -86,7 +77,7 @@ def test_small_puts_go_through_the_journal(start_server: ServerFactory) -> None:
         BlobType.BINARY,
         data,
     )
-    assert blob_file_problem(blob_path(server.data_dir, data)) is None
+    assert blob_file_problem(blob_path(server.data_dir, sha256_id(data))) is None
     server.stop()
     # A clean stop checkpoints: the blobs are synced, the journal is empty.
     assert segments(server.data_dir) == []
@@ -97,7 +88,7 @@ def test_journal_can_be_switched_off(start_server: ServerFactory) -> None:
     with BlobClient(server.target) as client:
         client.put_bytes(b"synced on its own")
     assert segments(server.data_dir) == []
-    assert blob_file_problem(blob_path(server.data_dir, b"synced on its own")) is None
+    assert blob_file_problem(blob_path(server.data_dir, sha256_id(b"synced on its own"))) is None
 
 
 def test_blobs_over_the_journal_limit_sync_their_own_files(start_server: ServerFactory) -> None:
@@ -129,7 +120,7 @@ def test_replay_restores_blobs_whose_files_never_reached_the_disk(
     assert segments(data_dir) == []
     with BlobClient(server.target) as client:
         for data in blobs:
-            blob = client.get(id_of(data))
+            blob = client.get(sha256_id(data))
             assert (blob.data, blob.info.blob_type) == (data, BlobType.BINARY)
 
 
@@ -137,9 +128,9 @@ def test_replay_replaces_a_broken_file_and_keeps_sound_ones(start_server: Server
     data_dir = prepared_data_dir(start_server)
     sound, broken = b"filed before the crash", b"half written when the power went"
     for data in (sound, broken):
-        path = blob_path(data_dir, data)
+        path = blob_path(data_dir, sha256_id(data))
         path.write_bytes(encode_header(BlobType.BINARY, len(data)) + data)
-    truncated = blob_path(data_dir, broken)
+    truncated = blob_path(data_dir, sha256_id(broken))
     truncated.write_bytes(truncated.read_bytes()[:-5])
     write_segment(data_dir, "0000000000000000.log", [sound, broken])
     server = start_server(data_dir=data_dir)
@@ -147,8 +138,8 @@ def test_replay_replaces_a_broken_file_and_keeps_sound_ones(start_server: Server
     assert blob_file_problem(truncated) is None
     assert len(list((data_dir / "quarantine").iterdir())) == 1
     with BlobClient(server.target) as client:
-        assert client.get(id_of(broken)).data == broken
-        assert client.get(id_of(sound)).data == sound
+        assert client.get(sha256_id(broken)).data == broken
+        assert client.get(sha256_id(sound)).data == sound
 
 
 @pytest.mark.parametrize(
@@ -178,11 +169,11 @@ def test_replay_stops_at_a_damaged_record_and_keeps_the_segment(
     assert segments(data_dir) == []
     with BlobClient(server.target) as client:
         for data in readable:
-            assert client.get(id_of(data)).data == data
+            assert client.get(sha256_id(data)).data == data
         for data in (first, second, third):
             if data not in readable:
                 with pytest.raises(BlobNotFound):
-                    client.get(id_of(data))
+                    client.get(sha256_id(data))
 
 
 async def test_concurrent_puts_of_one_blob_in_one_batch(tmp_path: Path) -> None:
@@ -198,7 +189,7 @@ async def test_concurrent_puts_of_one_blob_in_one_batch(tmp_path: Path) -> None:
         assert {result.info.blob_id for result in results} == {blob_id}
         [segment] = segments(tmp_path / "data")
         assert {record.data for record in read_segment(segment).records} == {data}
-        assert blob_files(tmp_path / "data") == [blob_path(tmp_path / "data", data)]
+        assert blob_files(tmp_path / "data") == [blob_path(tmp_path / "data", sha256_id(data))]
     finally:
         backend.close()
 
@@ -305,5 +296,5 @@ def test_kill_9_during_group_commits_loses_nothing_acknowledged(
         missing = client.find_missing(acks)
         assert missing == []
         for blob_id in random.Random(0).sample(acks, min(200, len(acks))):
-            assert id_of(client.get(blob_id).data) == blob_id
+            assert sha256_id(client.get(blob_id).data) == blob_id
     print(f"{len(acks)} acknowledged small puts survived kill -9")

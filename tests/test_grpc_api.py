@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -20,7 +19,15 @@ from server.client import AsyncBlobClient, BlobClient, decode_json
 from server.errors import BlobNotFound, InvalidBlobId, InvalidJson
 from server.model import BlobType
 from tests.processes import ServerProcess
-from tests.rpc_helpers import MiB, error_info, raw_stub, rpc_failure, serve_for_module, temp_files
+from tests.rpc_helpers import (
+    MiB,
+    error_info,
+    raw_stub,
+    rpc_failure,
+    serve_for_module,
+    sha256_id,
+    temp_files,
+)
 
 # The `data` object of the blobs/put request example in the seed protocol document.
 SEED_DOCUMENT = {
@@ -39,10 +46,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 def jcs(value: Any) -> bytes:
     """The RFC 8785 encoding by the reference implementation, not ours."""
     return bytes(rfc8785.dumps(value))
-
-
-def sha256_id(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def test_json_round_trip(client: BlobClient) -> None:

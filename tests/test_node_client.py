@@ -9,7 +9,6 @@ and errors must carry the right gRPC status codes. Node.js is part of the test s
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import shutil
@@ -21,6 +20,7 @@ import pytest
 
 from server.canonical_json import canonicalize_text, canonicalize_value
 from tests.processes import ServerProcess
+from tests.rpc_helpers import sha256_id
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
 # Non-canonical spelling on purpose: key order, white space, number forms, escapes.
@@ -42,10 +42,6 @@ def node_binary() -> str:
     if not (NODE_DIR / "node_modules" / "@grpc" / "grpc-js").is_dir():
         pytest.fail(f"Node.js packages missing: run scripts/bootstrap (npm ci in {NODE_DIR})")
     return node
-
-
-def sha256_id(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def run_node_client(target: str, tmp_path: Path, binary: bytes) -> dict[str, Any]:

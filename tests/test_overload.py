@@ -71,31 +71,33 @@ def test_admission_counts_calls_and_bytes() -> None:
     assert unlimited.calls == len(tickets)
 
 
-async def _wait_overloaded(stub: BlobServiceAsyncStub, request: pb.StatRequest) -> str:
-    """Probes with Stat until one is refused (the held calls have all been admitted)."""
+async def _wait_refused(call: Callable[[], Awaitable[object]], never: str) -> str:
+    """Makes `call` until it is refused OVERLOADED; returns the refusal's message."""
     for _ in range(500):
         try:
-            await stub.Stat(request, timeout=10)
+            await call()
         except grpc.RpcError as exc:
             code, reason, message = status_of(exc)
             assert (code, reason) == OVERLOADED, message
             return message
         await asyncio.sleep(0.01)
-    raise AssertionError("the server never refused a call past its cap")
+    raise AssertionError(never)
+
+
+async def _wait_overloaded(stub: BlobServiceAsyncStub, request: pb.StatRequest) -> str:
+    """Probes with Stat until one is refused (the held calls have all been admitted)."""
+    return await _wait_refused(
+        lambda: stub.Stat(request, timeout=10), "the server never refused a call past its cap"
+    )
 
 
 async def _wait_budget_spent(stub: BlobServiceAsyncStub) -> str:
     """Puts 1.5 MiB until one is refused (held calls hold the rest of a 3 MiB budget)."""
     big = os.urandom(3 * MiB // 2)
-    for _ in range(500):
-        try:
-            await stub.Put(pb.PutRequest(data=big), timeout=10)
-        except grpc.RpcError as exc:
-            code, reason, message = status_of(exc)
-            assert (code, reason) == OVERLOADED, message
-            return message
-        await asyncio.sleep(0.01)
-    raise AssertionError("a unary put past the byte budget was never refused")
+    return await _wait_refused(
+        lambda: stub.Put(pb.PutRequest(data=big), timeout=10),
+        "a unary put past the byte budget was never refused",
+    )
 
 
 async def test_calls_past_the_cap_are_refused_at_once(
