@@ -17,11 +17,11 @@ import sys
 from collections.abc import Sequence
 from typing import BinaryIO
 
+from blobstore.retry import RetryPolicy
 from jsonrpc_bridge import config, stdio_transport
 from jsonrpc_bridge.methods import BlobMethods
 from jsonrpc_bridge.protocol import JsonRpcCore
 from jsonrpc_bridge.service import BlobService
-from server.retry import RetryPolicy
 
 log = logging.getLogger("jsonrpc_bridge")
 EXIT_ERROR = 1

@@ -5,7 +5,7 @@ JSON-RPC reserves -32768..-32000. The protocol's own codes (-32700, -32600,
 use the -32000..-32099 "server error" range, with -32008 for a missing blob
 as the Stepflow protocol documents. Every error carries a `data` object
 whose `reason` names the cause in the same words as the gRPC ErrorInfo
-reasons (server/status.py), so programs can branch on it; `detail` is the
+reasons (server/blobstore/status.py), so programs can branch on it; `detail` is the
 text for people. docs/bridge.md shows this table to users: keep them equal.
 
     code    message                    reason              cause
@@ -30,8 +30,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from server import errors
-from server.status import RemoteError
+from blobstore import errors
+from blobstore.status import RemoteError
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600

@@ -1,7 +1,7 @@
 """The Stepflow blob methods, blobs/put and blobs/get, as calls to the gRPC BlobService.
 
 Only translation lives here: parameters are checked and converted (blob
-types, base64, ids), then server.client.AsyncBlobClient does the call.
+types, base64, ids), then blobstore.client.AsyncBlobClient does the call.
 Json data goes to the service as JSON text, which the service canonicalises
 and hashes exactly as for a gRPC caller, so both give equal data one id.
 Stored Json comes back as its canonical bytes and is embedded in the
@@ -20,13 +20,13 @@ from typing import Any
 
 import orjson
 
+from blobstore.client import AsyncBlobClient
+from blobstore.errors import BlobStoreError, InvalidBlobId
+from blobstore.ids import parse_blob_id
+from blobstore.model import BlobType
 from jsonrpc_bridge import errors
 from jsonrpc_bridge.json_codec import Invalid, InvalidValue, describe, encode_value
 from jsonrpc_bridge.protocol import Method, Params
-from server.client import AsyncBlobClient
-from server.errors import BlobStoreError, InvalidBlobId
-from server.ids import parse_blob_id
-from server.model import BlobType
 
 PUT = "blobs/put"
 GET = "blobs/get"

@@ -6,7 +6,7 @@ request validation, notifications (never answered, even on error), batches
 of notifications gets nothing back), ids (string, number or null, echoed
 exactly), and the error objects. Methods are plain coroutines taking the
 params (object, array or None) and returning a JSON-encodable result; they
-signal failure by raising RpcError or a store error (server.errors). Any
+signal failure by raising RpcError or a store error (blobstore.errors). Any
 other exception is a bug: it is logged with its traceback and the client
 gets -32603 Internal error, never the traceback.
 """
@@ -20,10 +20,10 @@ from typing import Any
 
 import orjson
 
+from blobstore.errors import BlobStoreError
 from jsonrpc_bridge import errors
 from jsonrpc_bridge.errors import RpcError
 from jsonrpc_bridge.json_codec import Invalid, ParseError, decode, describe
-from server.errors import BlobStoreError
 
 log = logging.getLogger("jsonrpc_bridge")
 

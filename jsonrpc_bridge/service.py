@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from server.api.blobstore.v1 import blobstore_pb2 as pb
-from server.client import CHANNEL_OPTIONS, AsyncBlobClient
-from server.retry import RetryPolicy
+from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
+from blobstore.client import CHANNEL_OPTIONS, AsyncBlobClient
+from blobstore.retry import RetryPolicy
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["BlobService"].full_name
 RECONNECT_OPTIONS = [

@@ -78,10 +78,10 @@ from bench_procs import (
 )
 from bench_stats import Summary, Trial
 
-from server.api.blobstore.v1 import blobstore_pb2 as pb
-from server.canonical_json import canonicalize_text
-from server.client import AsyncBlobClient
-from server.errors import BlobStoreError
+from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
+from blobstore.canonical_json import canonicalize_text
+from blobstore.client import AsyncBlobClient
+from blobstore.errors import BlobStoreError
 
 BRIDGE_CLI = ROOT / "jsonrpc_bridge" / "cli.py"
 

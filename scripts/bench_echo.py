@@ -2,7 +2,7 @@
 """The gRPC ceiling for the benchmark: a BlobService that stores nothing.
 
 It is served exactly like ours (grpc.aio, asyncio.run, the same server
-options and malloc tuning as server/app.py) and speaks the same messages, so the load
+options and malloc tuning as blobstore/service/app.py) and speaks the same messages, so the load
 generator drives it with the very same requests it sends to the real
 service and the ratio between the two is the cost of our own code:
 
@@ -41,12 +41,12 @@ from typing import Any
 import grpc
 from bench_commit import COMMITTERS, GroupCommitter
 
-from server.api.blobstore.v1 import blobstore_pb2 as pb
-from server.api.blobstore.v1 import blobstore_pb2_grpc as pb_grpc
-from server.config import ServerConfig
-from server.malloc_tuning import tune_malloc
+from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
+from blobstore.api.blobstore.v1 import blobstore_pb2_grpc as pb_grpc
+from blobstore.service.config import ServerConfig
+from blobstore.service.malloc_tuning import tune_malloc
 
-# Mirrors server/app.py (_serve_store): keep both in step when either changes.
+# Mirrors server/blobstore/service/app.py (_serve_store): keep both in step when either changes.
 _MESSAGE_OVERHEAD = 64 * 1024
 KIB = 1024
 DEFAULT_CHUNK = 1024 * 1024
@@ -66,7 +66,7 @@ def server_options() -> list[tuple[str, Any]]:
 
 
 class DurableWriter:
-    """Stores bytes the way server/filesystem.py does, minus every check."""
+    """Stores bytes the way server/blobstore/storage/filesystem.py does, minus every check."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -166,7 +166,7 @@ def _nothing() -> None:
 
 
 class PassThrough(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Wraps each unary handler in a new coroutine per call, as server/guard.py does."""
+    """Wraps each unary handler in a new coroutine per call, as blobstore/grpc/guard.py does."""
 
     async def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]], details: Any
@@ -288,7 +288,7 @@ def main() -> None:
         committer = COMMITTERS[args.group_commit](args.durable_dir)
     elif args.durable_dir:
         durable = DurableWriter(args.durable_dir)
-    tune_malloc()  # as server/app.py does at start-up: the same allocator for both
+    tune_malloc()  # as blobstore/service/app.py does at start-up: the same allocator for both
     if args.style == "sync":
         serve_sync(args.address, args.threads, durable)
     else:

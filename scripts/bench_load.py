@@ -26,9 +26,9 @@ import orjson
 from bench_procs import cpu_seconds
 from bench_stats import Trial
 
-from server.api.blobstore.v1 import blobstore_pb2 as pb
-from server.canonical_json import canonicalize_text
-from server.client import CHANNEL_OPTIONS
+from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
+from blobstore.canonical_json import canonicalize_text
+from blobstore.client import CHANNEL_OPTIONS
 
 KIB = 1024
 MIB = 1024 * KIB

@@ -40,7 +40,7 @@ from bench_procs import (
 )
 from bench_stats import Trial
 
-from server.api.blobstore.v1 import blobstore_pb2 as pb
+from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
 
 POOL = 1000
 
@@ -48,7 +48,7 @@ POOL = 1000
 def start_baseline(code: Path, work: Path, cpus: frozenset[int] | None) -> Child:
     """Our server from another copy of the code (-P: the copy, not this tree, is imported)."""
     work.mkdir(parents=True, exist_ok=True)
-    argv = python_argv("-P", "-m", "server.cli", "serve", "--address", "127.0.0.1:0")
+    argv = python_argv("-P", "-m", "blobstore.cli", "serve", "--address", "127.0.0.1:0")
     return start_child(
         "baseline server",
         [*argv, "--data-dir", str(work / "data")],

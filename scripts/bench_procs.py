@@ -160,7 +160,7 @@ def start_blobstore_server(
     data = str(work / "data")
     return start_child(
         "blobstore server",
-        python_argv("-m", "server.cli", "serve", "--address", "127.0.0.1:0", "--data-dir", data),
+        python_argv("-m", "blobstore.cli", "serve", "--address", "127.0.0.1:0", "--data-dir", data),
         cpus=cpus,
         log_path=work / "server.log",
         ready=SERVER_READY,

@@ -40,7 +40,7 @@ from bench_load import (
 )
 from bench_procs import ROOT, CpuSplit, pin_self, start_blobstore_server
 
-from server.api.blobstore.v1 import blobstore_pb2 as pb
+from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
 
 WORKLOADS = ["put_small", "get_small", "put_dedup", "put_large", "get_large"]
 _LINE = re.compile(r":\d+\)$")
@@ -172,7 +172,11 @@ def _layer_of(frames: list[str]) -> str:
     return f"framework: {leaf}"
 
 
-_ENTRY_FILES = {"server/cli.py", "server/app.py", "jsonrpc_bridge/cli.py"}
+_ENTRY_FILES = {
+    "server/blobstore/cli.py",
+    "server/blobstore/service/app.py",
+    "jsonrpc_bridge/cli.py",
+}
 
 
 def _file_of(frame: str) -> str:

@@ -10,7 +10,7 @@ Runs unary Put (1 KiB in, 32 B out) with the benchmark's load generator
     aio+1 hop    the same, each call first hands a no-op to a thread pool
     aio+3 hops   ... three times in a row (what a small Get does today)
     aio+interceptor  a pass-through server interceptor that wraps each call's
-                 handler in a new coroutine, the shape of server/guard.py
+                 handler in a new coroutine, the shape of server/blobstore/grpc/guard.py
     sync         grpc.server with a 16-thread pool instead of asyncio
     aio+durable  aio, and Put stores the 1 KiB durably in one thread hop (temp
                  file, write, fsync, link, folder fsync): put_small's floor

@@ -1,13 +1,13 @@
 """A longer fuzz run: the suite's hypothesis properties, many more examples, new seeds.
 
-Runs tests/test_fuzz_grpc.py and tests/test_fuzz_bridge.py (real server and
+Runs tests/fuzz/test_fuzz_grpc.py and tests/fuzz/test_fuzz_bridge.py (real server and
 bridge processes on loopback) over and over with a fresh random seed each
 round and --examples examples per property, until --minutes have passed or a
 property fails; a failure prints hypothesis's falsifying example and the
 seed to replay it with:
 
     python scripts/fuzz.py --minutes 30
-    python -m pytest tests/test_fuzz_grpc.py --hypothesis-seed=SEED   # replay
+    python -m pytest tests/fuzz/test_fuzz_grpc.py --hypothesis-seed=SEED   # replay
 
 Exit status: 0 if every round passed, 1 at the first failing round.
 """
@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TARGETS = ["tests/test_fuzz_grpc.py", "tests/test_fuzz_bridge.py"]
+TARGETS = ["tests/fuzz/test_fuzz_grpc.py", "tests/fuzz/test_fuzz_bridge.py"]
 
 
 def main() -> int:

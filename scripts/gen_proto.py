@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generates the Python gRPC code in server/api/ from proto/, or checks it is current.
+"""Generates the Python gRPC code in server/blobstore/api/ from proto/, or checks it is current.
 
 The output is a pure function of proto/ and the pinned grpcio-tools / mypy-protobuf
 versions, so `--check` (run by the test suite) fails when someone edits a .proto
@@ -21,10 +21,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
-OUTPUT = ROOT / "server" / "api"
+OUTPUT = ROOT / "server" / "blobstore" / "api"
 # protoc writes absolute imports ("from blobstore.v1 import ..."); our generated tree
-# lives inside the `server` package, so those imports are rewritten to point there.
-PACKAGE_PREFIX = "server.api"
+# lives inside the `blobstore` package, so those imports are rewritten to point there.
+PACKAGE_PREFIX = "blobstore.api"
 
 
 def _generate(into: Path) -> None:
@@ -74,7 +74,9 @@ def _tree(root: Path) -> dict[str, Path]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="fail if server/api is stale")
+    parser.add_argument(
+        "--check", action="store_true", help="fail if server/blobstore/api is stale"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         fresh = Path(tmp) / "api"
@@ -90,11 +92,14 @@ def main() -> int:
                 or not filecmp.cmp(want[name], have[name], shallow=False)
             )
             if stale:
-                print("server/api is stale; run: python scripts/gen_proto.py", file=sys.stderr)
+                print(
+                    "server/blobstore/api is stale; run: python scripts/gen_proto.py",
+                    file=sys.stderr,
+                )
                 for name in stale:
                     print(f"  differs: {name}", file=sys.stderr)
                 return 1
-            print("server/api is up to date")
+            print("server/blobstore/api is up to date")
             return 0
         if OUTPUT.exists():
             shutil.rmtree(OUTPUT)

@@ -45,11 +45,11 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from server.canonical_json import canonicalize_value  # noqa: E402
-from server.client import AsyncBlobClient  # noqa: E402
-from server.errors import BlobStoreError  # noqa: E402
-from server.model import BlobType  # noqa: E402
-from server.retry import RetryPolicy  # noqa: E402
+from blobstore.canonical_json import canonicalize_value  # noqa: E402
+from blobstore.client import AsyncBlobClient  # noqa: E402
+from blobstore.errors import BlobStoreError  # noqa: E402
+from blobstore.model import BlobType  # noqa: E402
+from blobstore.retry import RetryPolicy  # noqa: E402
 
 MiB = 1024 * 1024
 _GRPC_LINE = re.compile(r"blobstore gRPC listening on (\S+):(\d+)")
@@ -94,7 +94,7 @@ def own_stack(folder: Path, bridge: bool) -> Iterator[tuple[str, int, str | None
     python = sys.executable
     data = str(folder / "data")
     server = Child(
-        [python, "-m", "server.cli", "serve", "--address", "127.0.0.1:0", "--data-dir", data],
+        [python, "-m", "blobstore.cli", "serve", "--address", "127.0.0.1:0", "--data-dir", data],
         folder / "server.log",
         _GRPC_LINE,
     )

@@ -1,7 +1,7 @@
 """The test vectors of docs/blob-ids.md, read from the document itself.
 
 The document is the one place the vectors live, so the specification and the
-tests cannot drift apart: tests/test_canonical_json.py and tests/test_ids.py
+tests cannot drift apart: tests/unit/test_canonical_json.py and tests/unit/test_ids.py
 assert every row read here. Cells are Markdown code spans; `hex:` marks bytes
 given in hexadecimal.
 """

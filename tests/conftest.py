@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from server.client import BlobClient
+from blobstore.client import BlobClient
 from tests.bridge_processes import HttpRpc, Stack, stack
 from tests.processes import ServerProcess
 

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any, cast
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
-from server.api.blobstore.v1 import blobstore_pb2 as pb
-from server.blob_file import HEADER_SIZE, decode_header
-from server.status import DETAILS_KEY, DOMAIN
+from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
+from blobstore.status import DETAILS_KEY, DOMAIN
+from blobstore.storage.blob_file import HEADER_SIZE, decode_header
 
 if TYPE_CHECKING:
-    from server.api.blobstore.v1.blobstore_pb2_grpc import BlobServiceAsyncStub, BlobServiceStub
+    from blobstore.api.blobstore.v1.blobstore_pb2_grpc import BlobServiceAsyncStub, BlobServiceStub
 
 MiB = 1024 * 1024
 

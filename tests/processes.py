@@ -106,7 +106,7 @@ class ServerProcess(ChildProcess):
             [
                 sys.executable,
                 "-m",
-                "server.cli",
+                "blobstore.cli",
                 "serve",
                 "--address",
                 f"127.0.0.1:{self.port}",

@@ -13,8 +13,8 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
-from server.api.blobstore.v1 import blobstore_pb2_grpc as pb_grpc
-from server.blob_file import HEADER_SIZE, CorruptHeader, decode_header
+from blobstore.api.blobstore.v1 import blobstore_pb2_grpc as pb_grpc
+from blobstore.storage.blob_file import HEADER_SIZE, CorruptHeader, decode_header
 from tests.processes import ServerProcess
 
 MiB = 1024 * 1024
@@ -30,7 +30,7 @@ def sha256_id(data: bytes) -> str:
 
 
 def blob_path(data_dir: Path, blob_id: str) -> Path:
-    """Where the server keeps the blob's file (server/filesystem.py's layout)."""
+    """Where the server keeps the blob's file (server/blobstore/storage/filesystem.py's layout)."""
     digest = blob_id.removeprefix("sha256:")
     return data_dir / "blobs" / digest[:2] / digest
 

@@ -1,0 +1,425 @@
+"""Python client of the BlobService, blocking (BlobClient) and asyncio (AsyncBlobClient).
+
+Both raise the store's own errors (blobstore.errors: BlobNotFound, InvalidJson,
+BlobTooLarge, StorageFull, DataLoss, Unavailable...), decoded from the
+server's status details. Large blobs are streamed in chunks: put_file and
+get_to_file never hold a whole blob in memory, and get_to_file checks what it
+received against the id before the file appears under its name. Calls that
+fail with a transient status are retried as server/blobstore/retry.py says: every call
+is idempotent (a put of the same content stores the same blob), and a
+streamed put or get that fails half way starts again from the beginning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
+
+import grpc
+
+from blobstore import retry
+from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
+from blobstore.api.blobstore.v1 import blobstore_pb2_grpc as pb_grpc
+from blobstore.canonical_json import canonicalize_value
+from blobstore.errors import BlobTooLarge, DataLoss
+from blobstore.ids import BlobId, hex_digest, parse_blob_id
+from blobstore.model import Blob, BlobInfo, BlobType, PutResult
+from blobstore.retry import RetryPolicy
+from blobstore.status import from_rpc_error
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+CHUNK_SIZE = 1024 * 1024
+# Blobs up to this size go in one message; larger ones are streamed.
+UNARY_LIMIT = 4 * 1024 * 1024
+_MESSAGE_LIMIT = 64 * 1024 * 1024
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", _MESSAGE_LIMIT),
+    ("grpc.max_send_message_length", _MESSAGE_LIMIT),
+    # gRPC's own reconnect backoff grows to minutes; while it waits, calls fail at once
+    # with UNAVAILABLE, so our retries would find a restarted server only much later.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+_T = TypeVar("_T")
+
+_TO_PB = {BlobType.JSON: pb.BLOB_TYPE_JSON, BlobType.BINARY: pb.BLOB_TYPE_BINARY}
+_FROM_PB = {value: key for key, value in _TO_PB.items()}
+
+
+def decode_json(data: bytes) -> Any:
+    """Parses a Json blob's content; integers of any size stay exact."""
+    return json.loads(data)
+
+
+# -- messages shared by both clients ---------------------------------------------
+
+
+def _put_result(reply: pb.PutResponse) -> PutResult:
+    info = BlobInfo(BlobId(reply.id), _FROM_PB[reply.blob_type], reply.size)
+    return PutResult(info, reply.created)
+
+
+def _json_request(value: object) -> pb.PutRequest:
+    return pb.PutRequest(blob_type=pb.BLOB_TYPE_JSON, data=canonicalize_value(value))
+
+
+def _stream_requests(
+    blob_type: BlobType, chunks: Iterable[bytes], total_size: int | None
+) -> Iterator[pb.PutStreamRequest]:
+    first = pb.PutStreamRequest(blob_type=_TO_PB[blob_type])
+    if total_size is not None:
+        first.total_size = total_size
+    yield first
+    for chunk in chunks:
+        yield pb.PutStreamRequest(chunk=chunk)
+
+
+def _read_chunks(stream: BinaryIO) -> Iterator[bytes]:
+    while chunk := stream.read(CHUNK_SIZE):
+        yield chunk
+
+
+def _memory_chunks(data: bytes) -> Iterator[bytes]:
+    view = memoryview(data)
+    for start in range(0, len(data), CHUNK_SIZE):
+        yield bytes(view[start : start + CHUNK_SIZE])
+
+
+def _stat_result(reply: pb.StatResponse) -> BlobInfo | None:
+    if not reply.exists:
+        return None
+    return BlobInfo(BlobId(reply.id), _FROM_PB[reply.blob_type], reply.size)
+
+
+class _FileReceiver:
+    """Writes a streamed blob to a temp file beside `path`, then verifies and renames it."""
+
+    def __init__(self, path: Path, blob_id: BlobId) -> None:
+        self._path = path
+        self._blob_id = blob_id
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+        self._file = os.fdopen(fd, "wb")
+        self._tmp = Path(name)
+        self._hasher = hashlib.sha256()
+        self.info: BlobInfo | None = None
+
+    def take(self, reply: pb.GetStreamResponse) -> None:
+        if reply.HasField("info"):
+            self.info = BlobInfo(
+                BlobId(reply.info.id), _FROM_PB[reply.info.blob_type], reply.info.size
+            )
+        if reply.chunk:
+            self._hasher.update(reply.chunk)
+            self._file.write(reply.chunk)
+
+    def finish(self) -> BlobInfo:
+        self._file.close()
+        if self.info is None or self._hasher.hexdigest() != hex_digest(self._blob_id):
+            raise DataLoss(self._blob_id, "the received content does not match its id")
+        os.replace(self._tmp, self._path)
+        return self.info
+
+    def discard(self) -> None:
+        self._file.close()
+        with contextlib.suppress(FileNotFoundError):
+            self._tmp.unlink()
+
+
+class _Gatherer:
+    """Collects a GetStream into memory and checks it against its id."""
+
+    def __init__(self, blob_id: BlobId, max_size: int | None) -> None:
+        self._blob_id = blob_id
+        self._max_size = max_size
+        self._info: BlobInfo | None = None
+        self._parts: list[bytes] = []
+
+    def take(self, reply: pb.GetStreamResponse) -> None:
+        if reply.HasField("info"):
+            self._info = BlobInfo(
+                BlobId(reply.info.id), _FROM_PB[reply.info.blob_type], reply.info.size
+            )
+            _check_max_size(self._info, self._max_size)
+        self._parts.append(reply.chunk)
+
+    def finish(self) -> Blob:
+        data = b"".join(self._parts)
+        if self._info is None or hashlib.sha256(data).hexdigest() != hex_digest(self._blob_id):
+            raise DataLoss(self._blob_id, "the received content does not match its id")
+        return Blob(self._info, data)
+
+
+def _check_max_size(info: BlobInfo, max_size: int | None) -> BlobInfo:
+    if max_size is not None and info.size > max_size:
+        raise BlobTooLarge(
+            f"blob {info.blob_id} is {info.size} bytes, over this reader's limit of "
+            f"{max_size} bytes; stream it to a file instead"
+        )
+    return info
+
+
+# -- blocking client ------------------------------------------------------------
+
+
+class BlobClient:
+    """Blocking client. Use as a context manager, or call close().
+
+    `timeout` bounds each call, its retries included; `retry` says which
+    failures are retried and how (see server/blobstore/retry.py; RetryPolicy.off()
+    makes one attempt only).
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout: float | None = 60.0,
+        retry: RetryPolicy | None = None,
+        channel: grpc.Channel | None = None,
+    ) -> None:
+        self._channel = channel or grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self._stub = pb_grpc.BlobServiceStub(self._channel)
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+
+    def __enter__(self) -> BlobClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(self, attempt: Callable[[float | None], _T]) -> _T:
+        with _translated():
+            return retry.call(self.retry, self.timeout, attempt)
+
+    def put_json(self, value: object) -> PutResult:
+        """Stores a JSON value (dict, list, str, int, float, bool, None)."""
+        request = _json_request(value)
+        return _put_result(self._call(lambda t: self._stub.Put(request, timeout=t)))
+
+    def put_json_text(self, text: bytes | str) -> PutResult:
+        """Stores JSON given as text; the server canonicalises it."""
+        data = text.encode() if isinstance(text, str) else text
+        return self.put_bytes(data, BlobType.JSON)
+
+    def put_bytes(self, data: bytes, blob_type: BlobType = BlobType.BINARY) -> PutResult:
+        """Stores bytes (Binary, or JSON text for Json); large ones are streamed."""
+        if len(data) <= UNARY_LIMIT:
+            request = pb.PutRequest(blob_type=_TO_PB[blob_type], data=data)
+            return _put_result(self._call(lambda t: self._stub.Put(request, timeout=t)))
+
+        def attempt(timeout: float | None) -> pb.PutResponse:
+            requests = _stream_requests(blob_type, _memory_chunks(data), len(data))
+            return self._stub.PutStream(requests, timeout=timeout)
+
+        return _put_result(self._call(attempt))
+
+    def put_file(
+        self, path: str | os.PathLike[str], blob_type: BlobType = BlobType.BINARY
+    ) -> PutResult:
+        """Streams a file of any size to the store; a retry starts again from the top."""
+
+        def attempt(timeout: float | None) -> pb.PutResponse:
+            with open(path, "rb") as stream:
+                size = os.fstat(stream.fileno()).st_size
+                requests = _stream_requests(blob_type, _read_chunks(stream), size)
+                return self._stub.PutStream(requests, timeout=timeout)
+
+        return _put_result(self._call(attempt))
+
+    def get(self, blob_id: str, *, max_size: int | None = None) -> Blob:
+        """Returns a whole blob; blobs over the server's unary limit are streamed in.
+
+        With `max_size`, a larger blob raises BlobTooLarge before it is read whole.
+        """
+        parsed = parse_blob_id(blob_id)
+
+        def attempt(timeout: float | None) -> Blob:
+            try:
+                reply = self._stub.Get(pb.GetRequest(id=parsed), timeout=timeout)
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                    raise
+                return self._get_streamed(parsed, timeout, max_size)
+            info = BlobInfo(BlobId(reply.id), _FROM_PB[reply.blob_type], reply.size)
+            return Blob(_check_max_size(info, max_size), reply.data)
+
+        return self._call(attempt)
+
+    def _get_streamed(self, blob_id: BlobId, timeout: float | None, max_size: int | None) -> Blob:
+        gatherer = _Gatherer(blob_id, max_size)
+        call = self._stub.GetStream(pb.GetStreamRequest(id=blob_id), timeout=timeout)
+        try:
+            for reply in call:
+                gatherer.take(reply)
+        except BlobTooLarge:
+            call.cancel()  # type: ignore[no-untyped-call]
+            raise
+        return gatherer.finish()
+
+    def get_to_file(self, blob_id: str, path: str | os.PathLike[str]) -> BlobInfo:
+        """Streams a blob into `path`; the file appears only once complete and verified."""
+        parsed = parse_blob_id(blob_id)
+
+        def attempt(timeout: float | None) -> BlobInfo:
+            receiver = _FileReceiver(Path(path), parsed)
+            try:
+                for reply in self._stub.GetStream(pb.GetStreamRequest(id=parsed), timeout=timeout):
+                    receiver.take(reply)
+                return receiver.finish()
+            finally:
+                receiver.discard()
+
+        return self._call(attempt)
+
+    def stat(self, blob_id: str) -> BlobInfo | None:
+        """Returns the blob's metadata, or None if it is not stored."""
+        request = pb.StatRequest(id=parse_blob_id(blob_id))
+        return _stat_result(self._call(lambda t: self._stub.Stat(request, timeout=t)))
+
+    def find_missing(self, blob_ids: Sequence[str]) -> list[str]:
+        """Returns the ids, out of `blob_ids`, that are not stored."""
+        request = pb.FindMissingRequest(ids=[parse_blob_id(i) for i in blob_ids])
+        reply = self._call(lambda t: self._stub.FindMissing(request, timeout=t))
+        return list(reply.missing_ids)
+
+
+# -- asyncio client -------------------------------------------------------------
+
+
+class AsyncBlobClient:
+    """asyncio client with the same methods (and retries) as BlobClient, as coroutines."""
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout: float | None = 60.0,
+        retry: RetryPolicy | None = None,
+        channel: grpc.aio.Channel | None = None,
+    ) -> None:
+        self._channel = channel or grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self._stub = pb_grpc.BlobServiceStub(self._channel)
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+
+    async def __aenter__(self) -> AsyncBlobClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close(None)
+
+    async def _call(self, attempt: Callable[[float | None], Awaitable[_T]]) -> _T:
+        with _translated():
+            return await retry.call_async(self.retry, self.timeout, attempt)
+
+    async def put_json(self, value: object) -> PutResult:
+        request = _json_request(value)
+        return _put_result(await self._call(lambda t: self._stub.Put(request, timeout=t)))
+
+    async def put_json_text(self, text: bytes | str) -> PutResult:
+        data = text.encode() if isinstance(text, str) else text
+        return await self.put_bytes(data, BlobType.JSON)
+
+    async def put_bytes(self, data: bytes, blob_type: BlobType = BlobType.BINARY) -> PutResult:
+        if len(data) <= UNARY_LIMIT:
+            request = pb.PutRequest(blob_type=_TO_PB[blob_type], data=data)
+            return _put_result(await self._call(lambda t: self._stub.Put(request, timeout=t)))
+
+        async def attempt(limit: float | None) -> pb.PutResponse:
+            requests = _stream_requests(blob_type, _memory_chunks(data), len(data))
+            return await self._stub.PutStream(requests, timeout=limit)
+
+        return _put_result(await self._call(attempt))
+
+    async def put_file(
+        self, path: str | os.PathLike[str], blob_type: BlobType = BlobType.BINARY
+    ) -> PutResult:
+        async def attempt(limit: float | None) -> pb.PutResponse:
+            with open(path, "rb") as stream:  # noqa: ASYNC230 - reads go via to_thread
+                size = os.fstat(stream.fileno()).st_size
+
+                async def requests() -> AsyncIterator[pb.PutStreamRequest]:
+                    head = pb.PutStreamRequest(blob_type=_TO_PB[blob_type], total_size=size)
+                    yield head
+                    while chunk := await asyncio.to_thread(stream.read, CHUNK_SIZE):
+                        yield pb.PutStreamRequest(chunk=chunk)
+
+                return await self._stub.PutStream(requests(), timeout=limit)
+
+        return _put_result(await self._call(attempt))
+
+    async def get(self, blob_id: str, *, max_size: int | None = None) -> Blob:
+        parsed = parse_blob_id(blob_id)
+
+        async def attempt(limit: float | None) -> Blob:
+            try:
+                reply = await self._stub.Get(pb.GetRequest(id=parsed), timeout=limit)
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                    raise
+                return await self._get_streamed(parsed, limit, max_size)
+            info = BlobInfo(BlobId(reply.id), _FROM_PB[reply.blob_type], reply.size)
+            return Blob(_check_max_size(info, max_size), reply.data)
+
+        return await self._call(attempt)
+
+    async def _get_streamed(
+        self, blob_id: BlobId, limit: float | None, max_size: int | None
+    ) -> Blob:
+        gatherer = _Gatherer(blob_id, max_size)
+        call = self._stub.GetStream(pb.GetStreamRequest(id=blob_id), timeout=limit)
+        try:
+            async for reply in call:
+                gatherer.take(reply)
+        except BlobTooLarge:
+            call.cancel()
+            raise
+        return gatherer.finish()
+
+    async def get_to_file(self, blob_id: str, path: str | os.PathLike[str]) -> BlobInfo:
+        parsed = parse_blob_id(blob_id)
+
+        async def attempt(limit: float | None) -> BlobInfo:
+            receiver = _FileReceiver(Path(path), parsed)
+            try:
+                async for reply in self._stub.GetStream(
+                    pb.GetStreamRequest(id=parsed), timeout=limit
+                ):
+                    await asyncio.to_thread(receiver.take, reply)
+                return receiver.finish()
+            finally:
+                receiver.discard()
+
+        return await self._call(attempt)
+
+    async def stat(self, blob_id: str) -> BlobInfo | None:
+        request = pb.StatRequest(id=parse_blob_id(blob_id))
+        return _stat_result(await self._call(lambda t: self._stub.Stat(request, timeout=t)))
+
+    async def find_missing(self, blob_ids: Sequence[str]) -> list[str]:
+        request = pb.FindMissingRequest(ids=[parse_blob_id(i) for i in blob_ids])
+        reply = await self._call(lambda t: self._stub.FindMissing(request, timeout=t))
+        return list(reply.missing_ids)
+
+
+@contextlib.contextmanager
+def _translated() -> Iterator[None]:
+    try:
+        yield
+    except grpc.RpcError as exc:
+        raise from_rpc_error(exc) from None

@@ -1,0 +1,1 @@
+"""The gRPC adapter: the BlobService servicer and the interceptor that gates every call."""

@@ -1,0 +1,294 @@
+"""The gate in front of BlobService: admission control, unparseable messages, draining.
+
+A gRPC server interceptor, so every BlobService call passes one place before
+the servicer sees it (health and reflection are not gated: operators must be
+able to probe a busy server). It
+
+* admits or refuses each call with server/blobstore/service/admission.py. The call is counted
+  when it arrives, before its request is read, so a refused call costs no
+  memory: it is answered RESOURCE_EXHAUSTED (reason OVERLOADED) at once by a
+  handler that never reads the request. Once read, the call's share of the
+  byte budget is set to the data it holds - a unary request; a Get's reply
+  (reserved by the read itself through the `reserve` callback the servicer
+  gets, once the blob's size is known and before its content is read); a
+  stream's chunk in flight (all chunks of a Json PutStream, which the store
+  gathers whole) - and refused the same way if that does not fit.
+* turns request bytes that are not a valid protobuf message into
+  INVALID_ARGUMENT, where grpc itself would answer UNKNOWN or INTERNAL.
+* when the server stops, refuses new calls with UNAVAILABLE while those in
+  progress finish (drain()), then ends those still running with UNAVAILABLE
+  too (cut_off()).
+
+Everything that does not change from call to call (the wrapped behaviour,
+the tolerant deserializer) is built once per method; a call only gets its
+ticket bound in (a functools.partial) - this runs for every call, so it is
+kept to plain code: no context managers or extra coroutine layers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NoReturn
+
+import grpc
+
+from blobstore import errors
+from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
+from blobstore.grpc.servicer import DEFAULT_CHUNK, MAX_CHUNK, MIN_CHUNK
+from blobstore.service.admission import Admission, Ticket
+from blobstore.status import to_status
+
+_SERVICE = pb.DESCRIPTOR.services_by_name["BlobService"]
+_PREFIX = f"/{_SERVICE.full_name}/"
+# Reserved for each PutStream for its chunk in flight: what our client sends. Larger
+# chunks grow the reservation, which may be refused mid-stream when the budget is spent.
+STREAM_ALLOWANCE = 1024 * 1024 + 1024
+# Methods whose handler takes a third argument, `reserve(nbytes)`, to size its reply.
+_RESERVING = frozenset({"Get"})
+_Handler = Any  # grpc's RpcMethodHandler named tuple; grpc-stubs does not type its fields
+_Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class Malformed:
+    """Stands in for a request message that could not be parsed."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+class Guard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Wraps each BlobService call's handler; see the module docstring."""
+
+    def __init__(self, admission: Admission) -> None:
+        self.admission = admission
+        self._methods: dict[str, _Method] = {}
+        self._closing: errors.Unavailable | None = None
+        self._cut_off: errors.Unavailable | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def drain(self) -> None:
+        """From now on refuses new calls with UNAVAILABLE; calls in progress go on.
+
+        gRPC's own stop() cancels calls that arrive while it waits (the client sees
+        CANCELLED, which nothing retries); refusing them here first keeps them clean.
+        """
+        self._closing = errors.Unavailable(
+            "server is shutting down; retry shortly (against a restarted or another server)"
+        )
+
+    def cut_off(self) -> None:
+        """Ends the calls still in progress with UNAVAILABLE (the grace period is over).
+
+        Left to gRPC's stop() they would end with a logged CancelledError traceback.
+        """
+        self._cut_off = errors.Unavailable(
+            "server is shutting down and this call did not finish within the grace period; "
+            "retry shortly"
+        )
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[_Handler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> _Handler:
+        handler = await continuation(handler_call_details)
+        name: str = handler_call_details.method
+        method = self._methods.get(name)
+        if method is None or method.inner is not handler:
+            if handler is None or not name.startswith(_PREFIX):
+                return handler
+            method = self._methods[name] = _Method(self, name.removeprefix(_PREFIX), handler)
+        if self._closing is not None:
+            return _refusal(self._closing)
+        try:
+            ticket = self.admission.admit(method.initial)
+        except errors.Overloaded as exc:
+            return _refusal(exc)
+        return method.bind(ticket)
+
+
+class _Method:
+    """One BlobService method as the guard runs it; built once, bound to a ticket per call."""
+
+    __slots__ = ("_behavior", "_fields", "_handler_type", "_slot", "initial", "inner")
+
+    def __init__(self, guard: Guard, name: str, inner: _Handler) -> None:
+        self.inner = inner
+        self._handler_type = type(inner)
+        type_name = _SERVICE.methods_by_name[name].input_type.full_name
+        fields = list(inner)
+        fields[inner._fields.index("request_deserializer")] = _tolerant(
+            inner.request_deserializer, type_name
+        )
+        self._fields = fields
+        self._behavior: functools.partial[Any]
+        if inner.request_streaming:
+            self.initial, slot = STREAM_ALLOWANCE, "stream_unary"
+            self._behavior = functools.partial(_stream_unary, guard, inner.stream_unary)
+        elif inner.response_streaming:
+            self.initial, slot = DEFAULT_CHUNK, "unary_stream"
+            self._behavior = functools.partial(_unary_stream, guard, inner.unary_stream)
+        else:
+            self.initial, slot = 0, "unary_unary"
+            self._behavior = functools.partial(
+                _unary_unary, guard, inner.unary_unary, name in _RESERVING
+            )
+        self._slot = inner._fields.index(slot)
+
+    def bind(self, ticket: Ticket) -> _Handler:
+        """This call's handler: the method's behaviour with the call's ticket bound in."""
+        fields = self._fields.copy()
+        fields[self._slot] = functools.partial(self._behavior, ticket)
+        return self._handler_type(*fields)
+
+
+# The behaviours are module functions, bound with functools.partial: grpc asks
+# inspect.iscoroutinefunction / isasyncgenfunction, which see through partials.
+
+
+async def _unary_unary(
+    guard: Guard, inner: Any, reserves: bool, ticket: Ticket, request: Any, context: _Context
+) -> Any:
+    """`reserves`: the handler takes the ticket's grow() to reserve its reply (Get)."""
+    task = _enter(guard)
+    try:
+        if (refused := _refuse_request(ticket, request)) is not None:
+            await _abort(context, refused)
+        if reserves:
+            return await inner(request, context, ticket.grow)
+        return await inner(request, context)
+    except asyncio.CancelledError:
+        if (error := _cut_off(guard, task)) is None:
+            raise
+        await _abort(context, error)
+    finally:
+        _leave(guard, task, ticket)
+
+
+async def _unary_stream(
+    guard: Guard, inner: Any, ticket: Ticket, request: Any, context: _Context
+) -> AsyncIterator[Any]:
+    task = _enter(guard)
+    try:
+        if type(request) is Malformed:
+            await _abort(context, errors.InvalidArgument(request.message))
+        chunk = min(max(request.chunk_size or DEFAULT_CHUNK, MIN_CHUNK), MAX_CHUNK)
+        await _resize(context, ticket, request.ByteSize() + chunk)
+        async for reply in inner(request, context):
+            yield reply
+    except asyncio.CancelledError:
+        if (error := _cut_off(guard, task)) is None:
+            raise
+        await _abort(context, error)
+    finally:
+        _leave(guard, task, ticket)
+
+
+async def _stream_unary(
+    guard: Guard, inner: Any, ticket: Ticket, requests: AsyncIterator[Any], context: _Context
+) -> Any:
+    task = _enter(guard)
+    try:
+        return await inner(_metered(requests, ticket), context)
+    except asyncio.CancelledError:
+        if (error := _cut_off(guard, task)) is None:
+            raise
+        await _abort(context, error)
+    finally:
+        _leave(guard, task, ticket)
+
+
+def _enter(guard: Guard) -> asyncio.Task[Any] | None:
+    """Registers the running call with the guard, so that cut_off() can end it."""
+    task = asyncio.current_task()
+    if task is not None:
+        guard._tasks.add(task)
+    return task
+
+
+def _leave(guard: Guard, task: asyncio.Task[Any] | None, ticket: Ticket) -> None:
+    guard._tasks.discard(task)
+    ticket.release()
+
+
+def _cut_off(guard: Guard, task: asyncio.Task[Any] | None) -> errors.Unavailable | None:
+    """The error to end a cancelled call with if cut_off() cancelled it (None: re-raise)."""
+    if task is None or guard._cut_off is None:
+        return None
+    task.uncancel()
+    return guard._cut_off
+
+
+def _refuse_request(ticket: Ticket, request: Any) -> errors.BlobStoreError | None:
+    """Sizes the call's ticket to its unary request; the error to end the call with, if any."""
+    if type(request) is Malformed:
+        return errors.InvalidArgument(request.message)
+    try:
+        ticket.resize(request.ByteSize())
+    except errors.Overloaded as exc:
+        return exc
+    return None
+
+
+async def _metered(requests: AsyncIterator[Any], ticket: Ticket) -> AsyncIterator[Any]:
+    """Accounts each PutStream message while the store holds it.
+
+    A Json stream that declares its total_size reserves all of it with its first
+    message, so it is refused (or admitted) before it sends its data: streams that
+    each hold part of a document and all need more would otherwise keep refusing each
+    other half way. Errors raised here reach the client through the servicer's table.
+    """
+    allowance = ticket.held
+    gathered = 0
+    gathers: bool | None = None
+    async for message in requests:
+        if isinstance(message, Malformed):
+            raise errors.InvalidArgument(message.message)
+        if gathers is None:
+            gathers = message.blob_type == pb.BLOB_TYPE_JSON
+            if gathers and message.HasField("total_size"):
+                allowance = max(allowance, message.total_size + message.ByteSize())
+        size = message.ByteSize()
+        if gathers:
+            gathered += size
+            size = gathered
+        ticket.resize(max(allowance, size))
+        yield message
+
+
+def _refusal(error: errors.BlobStoreError) -> _Handler:
+    """A handler that answers at once; as a request-streaming one it never reads the request."""
+
+    async def refuse(requests: AsyncIterator[Any], context: _Context) -> Any:
+        await _abort(context, error)
+
+    return grpc.stream_unary_rpc_method_handler(refuse)
+
+
+def _tolerant(deserialize: Callable[[bytes], Any], type_name: str) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as exc:  # any parse failure is the sender's fault
+            return Malformed(f"malformed request, not a {type_name} message: {exc}")
+
+    return parse
+
+
+async def _resize(context: _Context, ticket: Ticket, nbytes: int) -> None:
+    try:
+        ticket.resize(nbytes)
+    except errors.Overloaded as exc:
+        await _abort(context, exc)
+
+
+async def _abort(context: _Context, error: errors.BlobStoreError) -> NoReturn:
+    code, message, trailers = to_status(error)
+    await context.abort(code, message, trailers)
+    raise AssertionError("unreachable: abort raises")

@@ -1,0 +1,1 @@
+"""The server process: configuration, start-up, admission limits and graceful stop."""

@@ -1,0 +1,135 @@
+"""Assembles and runs the gRPC server: store, servicer, health, reflection, graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
+from blobstore.grpc.guard import Guard
+from blobstore.grpc.servicer import MAX_CHUNK, BlobServicer
+from blobstore.service.admission import Admission
+from blobstore.service.config import ServerConfig
+from blobstore.service.malloc_tuning import tune_malloc
+from blobstore.storage.filesystem import FileSystemBackend
+from blobstore.storage.verifying import VerifyingBackend
+from blobstore.store import BlobStore
+
+log = logging.getLogger("blobstore")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["BlobService"].full_name
+# Room for the message framing around the largest unary blob.
+_MESSAGE_OVERHEAD = 64 * 1024
+# After the grace period: time for cut-off calls to send their status before gRPC stops.
+_CUT_OFF_SECONDS = 1.0
+
+
+class ListenError(Exception):
+    """The server could not bind its address."""
+
+
+async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None:
+    """Runs the server until SIGTERM/SIGINT (or `stop` is set), then stops gracefully."""
+    tune_malloc()
+    backend = FileSystemBackend(
+        config.data_dir.resolve(),
+        io_threads=config.io_threads,
+        journal_max_blob_bytes=config.journal_max_blob_bytes,
+    )
+    backend.open()
+    try:
+        await _serve_store(config, BlobStore(VerifyingBackend(backend), config.limits), stop)
+    finally:
+        backend.close()
+
+
+async def _serve_store(config: ServerConfig, store: BlobStore, stop: asyncio.Event | None) -> None:
+    # Streamed chunks (up to MAX_CHUNK) must fit whatever the unary limit is.
+    message_limit = max(config.max_unary_bytes, MAX_CHUNK) + _MESSAGE_OVERHEAD
+    guard = Guard(Admission(config.admission))
+    server = grpc.aio.server(
+        interceptors=[guard],
+        options=[
+            ("grpc.max_receive_message_length", message_limit),
+            ("grpc.max_send_message_length", message_limit),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    BlobServicer(store).add_to_server(server)
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    _check_bindable(config.address)
+    try:
+        port = server.add_insecure_port(config.address)
+    except RuntimeError as exc:
+        raise ListenError(f"cannot listen on {config.address}: {exc}") from None
+    host = config.address.rsplit(":", 1)[0]
+    await server.start()
+    await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    log.info(
+        "blobstore gRPC listening on %s:%d; data in %s",
+        host,
+        port,
+        config.data_dir.resolve(),
+    )
+
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    log.info("stopping: finishing in-flight calls (up to %.0f s)", config.grace_seconds)
+    await health_servicer.enter_graceful_shutdown()
+    if not await _drain(guard, config.grace_seconds):
+        log.warning("grace period over: ending %d unfinished call(s)", guard.admission.calls)
+        guard.cut_off()
+    await server.stop(_CUT_OFF_SECONDS)
+    log.info("stopped")
+
+
+async def _drain(guard: Guard, grace: float) -> bool:
+    """Refuses new calls and waits up to `grace` s for those in progress; True if all ended."""
+    guard.drain()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    while guard.admission.calls and loop.time() < deadline:  # noqa: ASYNC110 - bounded poll
+        await asyncio.sleep(0.05)
+    return guard.admission.calls == 0
+
+
+def _check_bindable(address: str) -> None:
+    """Raises ListenError with the system's reason (e.g. "Address already in use").
+
+    gRPC only says "Failed to bind" and writes its own multi-line log, so probe the
+    address first. Like gRPC, it is enough that one of the resolved addresses binds.
+    """
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or address.startswith("unix:"):
+        return  # a form gRPC understands and we do not (unix sockets...): let gRPC judge
+    try:
+        candidates = socket.getaddrinfo(
+            host.strip("[]"), int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except (OSError, UnicodeError) as exc:
+        raise ListenError(f"cannot listen on {address}: {exc}") from None
+    reasons: list[str] = []
+    for family, kind, proto, _, sockaddr in candidates:
+        with socket.socket(family, kind, proto) as probe:
+            # Like gRPC's listener: connections of a previous run in TIME_WAIT do not count.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(sockaddr)
+            except OSError as exc:
+                reasons.append(exc.strerror or str(exc))
+            else:
+                return
+    raise ListenError(f"cannot listen on {address}: {'; '.join(dict.fromkeys(reasons))}")

@@ -1,0 +1,110 @@
+"""Server settings: defaults, environment variables and command-line flags in one table."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from blobstore.service.admission import AdmissionLimits
+from blobstore.storage.filesystem import JOURNAL_MAX_BLOB_BYTES
+from blobstore.store import Limits
+
+_LIMITS = Limits()
+_ADMISSION = AdmissionLimits()
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything `blobstore serve` can be told. Each field has a BLOBSTORE_* variable."""
+
+    address: str = "127.0.0.1:50051"
+    data_dir: Path = Path("data")
+    max_blob_bytes: int = _LIMITS.max_blob_bytes
+    max_json_bytes: int = _LIMITS.max_json_bytes
+    max_unary_bytes: int = _LIMITS.max_unary_bytes
+    max_concurrent_rpcs: int = _ADMISSION.max_calls
+    max_inflight_bytes: int = _ADMISSION.max_bytes
+    io_threads: int = 32
+    journal_max_blob_bytes: int = JOURNAL_MAX_BLOB_BYTES
+    grace_seconds: float = 10.0
+    log_level: str = "INFO"
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(
+            max_blob_bytes=self.max_blob_bytes,
+            max_json_bytes=self.max_json_bytes,
+            max_unary_bytes=self.max_unary_bytes,
+        )
+
+    @property
+    def admission(self) -> AdmissionLimits:
+        return AdmissionLimits(
+            max_calls=self.max_concurrent_rpcs, max_bytes=self.max_inflight_bytes
+        )
+
+
+HELP = {
+    "address": "host:port to listen on for gRPC (port 0 picks a free port)",
+    "data_dir": "folder where blobs are stored (created if missing)",
+    "max_blob_bytes": "largest blob accepted, in bytes",
+    "max_json_bytes": "largest Json blob accepted, in bytes (JSON is parsed whole)",
+    "max_unary_bytes": "largest blob unary Get returns; larger ones need GetStream (gRPC "
+    "messages may still be up to 4 MiB, the largest stream chunk)",
+    "max_concurrent_rpcs": "most BlobService calls in progress; more get RESOURCE_EXHAUSTED "
+    "(OVERLOADED) at once; 0 = no cap",
+    "max_inflight_bytes": "most request/reply bytes held in memory by calls in progress; "
+    "past it calls get RESOURCE_EXHAUSTED (OVERLOADED) at once; 0 = no cap",
+    "io_threads": "threads for blocking disk I/O",
+    "journal_max_blob_bytes": "unary puts up to this size are made durable in batches, by one "
+    "journal write and fdatasync for all puts arriving together (group commit, Linux); "
+    "0 = every put fsyncs its own file and folder",
+    "grace_seconds": "on SIGTERM/SIGINT, how long in-flight calls may take to finish",
+    "log_level": "DEBUG, INFO, WARNING or ERROR",
+}
+
+
+def env_name(field: str) -> str:
+    return "BLOBSTORE_" + field.upper()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds one --flag per field; each defaults to its environment variable, then the default."""
+    defaults = ServerConfig()
+    for field in fields(ServerConfig):
+        # argparse converts a string default (the variable's text) only for the command
+        # being run, and reports a bad one as a usage error instead of a traceback.
+        default = os.environ.get(env_name(field.name), getattr(defaults, field.name))
+        parser.add_argument(
+            "--" + field.name.replace("_", "-"),
+            dest=field.name,
+            type=_converter(field.type, env_name(field.name)),
+            default=default,
+            help=f"{HELP[field.name]} (env {env_name(field.name)}; default %(default)s)",
+        )
+
+
+def from_arguments(args: argparse.Namespace) -> ServerConfig:
+    return ServerConfig(**{f.name: getattr(args, f.name) for f in fields(ServerConfig)})
+
+
+def _converter(type_name: Any, env: str) -> Any:
+    convert = _parser_for(type_name)
+
+    def parse(text: str) -> Any:
+        try:
+            return convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"invalid {convert.__name__} value {text!r} (from the flag or {env})"
+            ) from None
+
+    return parse
+
+
+def _parser_for(type_name: Any) -> Any:
+    name = type_name if isinstance(type_name, str) else type_name.__name__
+    return {"int": int, "float": float, "Path": Path, "str": str}[name]

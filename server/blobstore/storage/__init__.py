@@ -1,0 +1,1 @@
+"""Storage: the backend Protocol, its backends and the decorators around them."""

@@ -1,0 +1,118 @@
+"""The storage backend interface: bytes at rest, keyed by an id computed above it.
+
+A backend stores and returns bytes with their type; it does not hash, parse or
+validate content (the BlobStore does), so a new medium (S3, memory) or a
+wrapper (verification, metrics, caching, eviction) implements just this.
+Every method is async so that network backends fit without threads.
+
+A backend raises DataLoss when what it holds is visibly broken (a bad header,
+a wrong length); checking content against its id and quarantining is the job
+of VerifyingBackend, which wraps every backend the server uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Protocol
+
+from blobstore.ids import BlobId
+from blobstore.model import Blob, BlobInfo, BlobType, PutResult
+
+
+class OverLimit(Exception):
+    """A read asked for a blob larger than the caller's max_size; nothing was read."""
+
+    def __init__(self, info: BlobInfo) -> None:
+        super().__init__(f"blob {info.blob_id} is {info.size} bytes")
+        self.info = info
+
+
+class BlobWriter(Protocol):
+    """An in-progress streamed put: chunks go to a private place until commit."""
+
+    async def write(
+        self,
+        chunk: bytes | memoryview,
+        before: Callable[[bytes | memoryview], object] | None = None,
+    ) -> None:
+        """Appends `chunk`; raises StorageFull or Unavailable on I/O failure.
+
+        `before(chunk)` (the store's hashing) runs in the same I/O step, just
+        before the write: one hand-off per chunk instead of two.
+        """
+        ...
+
+    async def commit(self, blob_id: BlobId, blob_type: BlobType) -> PutResult:
+        """Publishes what was written under `blob_id`, durably and atomically.
+
+        If the id is already stored the written bytes are dropped and the
+        existing blob (with its first type) is reported with created=False.
+        """
+        ...
+
+    async def abort(self) -> None:
+        """Drops what was written; safe to call more than once, after commit, or when cancelled."""
+        ...
+
+
+class BlobStream(Protocol):
+    """A blob being read: its metadata, then its content as chunks.
+
+    The reader must call aclose() (also after a failure or cancellation) to
+    release what the stream holds; exhausting it is not enough.
+    """
+
+    @property
+    def info(self) -> BlobInfo:
+        """The blob's metadata, known before the first chunk."""
+        ...
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def __anext__(self) -> bytes: ...
+
+    async def aclose(self) -> None:
+        """Releases the stream; safe to call more than once."""
+        ...
+
+
+class BlobBackend(Protocol):
+    """Durable storage of blobs by id. Reads are not verified at this level."""
+
+    async def put(self, blob_id: BlobId, blob_type: BlobType, data: bytes) -> PutResult:
+        """Stores `data` under `blob_id` durably, unless that id is already stored."""
+        ...
+
+    async def open_writer(self) -> BlobWriter:
+        """Starts a streamed put whose id is known only at the end."""
+        ...
+
+    async def get(
+        self,
+        blob_id: BlobId,
+        max_size: int | None = None,
+        reserve: Callable[[int], object] | None = None,
+    ) -> Blob:
+        """Returns the whole blob; raises BlobNotFound, or OverLimit if over max_size.
+
+        `reserve(size)`, if given, is called with the content's size once it is
+        known to be within max_size and before any content is read; what it
+        raises (e.g. Overloaded) ends the read there.
+        """
+        ...
+
+    async def get_stream(self, blob_id: BlobId, chunk_size: int) -> BlobStream:
+        """Opens the blob for reading in chunks of about `chunk_size`; raises BlobNotFound."""
+        ...
+
+    async def stat(self, blob_id: BlobId) -> BlobInfo | None:
+        """Returns the blob's metadata, or None if it is not stored."""
+        ...
+
+    async def find_missing(self, blob_ids: Sequence[BlobId]) -> list[BlobId]:
+        """Returns those of `blob_ids` that are not stored, in the given order."""
+        ...
+
+    async def quarantine(self, blob_id: BlobId, reason: str) -> None:
+        """Moves a stored blob found to be corrupt out of service, keeping it for analysis."""
+        ...

@@ -1,0 +1,212 @@
+"""Group commit: the small puts that arrive together share one write and one fdatasync.
+
+One committer thread takes every put waiting in its queue (up to a byte
+cap), appends them to the journal (server/blobstore/storage/journal.py) with one write and one
+fdatasync, files each blob through the backend (no fsync each), and then
+resolves the whole batch with one wake-up of the event loop. While it syncs,
+the next batch gathers, so the busier the server, the less each put pays
+for durability - one sync per put cost a device flush each (~0.2 ms here)
+and capped small puts at about 0.4 x a bare gRPC call.
+
+When a journal segment fills up, a checkpoint on a thread of its own makes
+the blobs filed from it durable (the backend's `make_durable`, a syncfs) and
+deletes the segment; stop() checkpoints what is left. Segments that outlive
+a crash are replayed by the backend at start-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from blobstore.errors import Unavailable
+from blobstore.ids import BlobId, hex_digest
+from blobstore.model import BlobType, PutResult
+from blobstore.storage.journal import Journal, encode_record
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH_BYTES = 8 * 1024 * 1024
+"""Most content appended by one batch (one write, one fdatasync)."""
+
+FileBlob = Callable[[BlobId, BlobType, bytes], PutResult]
+"""Files a blob whose journal record is durable: writes and links it, without fsync."""
+TranslateError = Callable[[OSError, str], Exception]
+"""Turns an OSError into the store error a caller sees (StorageFull, Unavailable)."""
+
+
+@dataclass(eq=False, slots=True)
+class _Put:
+    blob_id: BlobId
+    blob_type: BlobType
+    data: bytes
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[PutResult] = field(repr=False)
+
+
+_STOP = object()
+
+
+class GroupCommitter:
+    """Batches durable small puts; see the module docstring."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        file_blob: FileBlob,
+        make_durable: Callable[[], None],
+        translate: TranslateError,
+        *,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
+    ) -> None:
+        self._journal = journal
+        self._file_blob = file_blob
+        self._make_durable = make_durable
+        self._translate = translate
+        self._max_batch_bytes = max_batch_bytes
+        self._queue: queue.SimpleQueue[_Put | object] = queue.SimpleQueue()
+        self._checkpoints = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blob-checkpoint")
+        self._thread = threading.Thread(target=self._run, name="blob-committer", daemon=True)
+        self._stopped = False
+        self._leftover: _Put | None = None
+
+    def start(self) -> None:
+        self._journal.open()
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Commits what is queued, then checkpoints every segment this run wrote."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join()
+        # A put that raced with stop() and queued behind _STOP must not wait forever.
+        late = [self._leftover] if self._leftover is not None else []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, _Put):
+                late.append(item)
+        for item in late:
+            refused: PutResult | Exception = Unavailable("server is shutting down; retry shortly")
+            with contextlib.suppress(RuntimeError):
+                item.loop.call_soon_threadsafe(_settle, [(item, refused)])
+        self._checkpoints.shutdown(wait=True)
+        for segment in self._journal.close():
+            self._checkpoint(segment)
+
+    async def put(self, blob_id: BlobId, blob_type: BlobType, data: bytes) -> PutResult:
+        """Stores the blob durably; returns once its journal record is synced and it is filed."""
+        if self._stopped:
+            raise Unavailable("server is shutting down; retry shortly")
+        loop = asyncio.get_running_loop()
+        item = _Put(blob_id, blob_type, data, loop, loop.create_future())
+        self._queue.put(item)
+        # A cancelled caller leaves the put to finish (its future is then done and
+        # skipped): that is harmless, and the next put of the same content finds it.
+        return await item.future
+
+    # -- the committer thread -----------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            batch, stop = self._gather()
+            if batch:
+                self._commit(batch)
+            if stop:
+                return
+
+    def _gather(self) -> tuple[list[_Put], bool]:
+        first = self._leftover or self._queue.get()
+        self._leftover = None
+        if first is _STOP:
+            return [], True
+        assert isinstance(first, _Put)
+        batch, size = [first], len(first.data)
+        while size < self._max_batch_bytes:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is _STOP:
+                return batch, True
+            assert isinstance(item, _Put)
+            if size + len(item.data) > self._max_batch_bytes:
+                self._leftover = item
+                break
+            batch.append(item)
+            size += len(item.data)
+        return batch, False
+
+    def _commit(self, batch: list[_Put]) -> None:
+        firsts: dict[BlobId, _Put] = {}
+        for item in batch:
+            firsts.setdefault(item.blob_id, item)
+        outcomes: dict[BlobId, PutResult | Exception] = {}
+        try:
+            outcomes = self._write(list(firsts.values()))
+        except Exception as exc:  # keep the committer alive whatever a batch meets
+            log.exception("group commit of %d puts failed", len(firsts))
+            outcomes = {blob_id: exc for blob_id in firsts}
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Put, PutResult | Exception]]] = {}
+        for item in batch:
+            outcome = outcomes[item.blob_id]
+            if isinstance(outcome, PutResult) and firsts[item.blob_id] is not item:
+                outcome = PutResult(outcome.info, created=False)  # the same content, twice
+            by_loop.setdefault(item.loop, []).append((item, outcome))
+        for loop, settled in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+                loop.call_soon_threadsafe(_settle, settled)
+
+    def _write(self, puts: list[_Put]) -> dict[BlobId, PutResult | Exception]:
+        parts: list[bytes] = []
+        for item in puts:
+            digest = bytes.fromhex(hex_digest(item.blob_id))
+            parts += encode_record(digest, item.blob_type, item.data)
+        outcomes: dict[BlobId, PutResult | Exception] = {}
+        try:
+            self._journal.append(parts)
+        except OSError as exc:
+            for item in puts:
+                outcomes[item.blob_id] = self._translate(exc, "store the blob")
+        else:
+            for item in puts:
+                try:
+                    outcomes[item.blob_id] = self._file_blob(
+                        item.blob_id, item.blob_type, item.data
+                    )
+                except Exception as exc:
+                    outcomes[item.blob_id] = exc
+        # Retired segments hold only records filed above or failed (never acknowledged).
+        for segment in self._journal.take_retired():
+            self._checkpoints.submit(self._checkpoint, segment)
+        return outcomes
+
+    def _checkpoint(self, segment: Path) -> None:
+        try:
+            self._make_durable()
+            self._journal.retire(segment)
+        except OSError as exc:
+            # The segment stays; the next start replays it, which is only slower.
+            log.error("checkpoint of journal segment %s failed: %s", segment, exc)
+
+
+def _settle(settled: list[tuple[_Put, PutResult | Exception]]) -> None:
+    for item, outcome in settled:
+        if item.future.done():
+            continue
+        if isinstance(outcome, Exception):
+            item.future.set_exception(outcome)
+        else:
+            item.future.set_result(outcome)

@@ -1,0 +1,187 @@
+"""The commit journal: an append-only log that makes many small puts durable at once.
+
+A batch of puts is appended as records to the active segment with one write
+and one fdatasync; only then are the puts acknowledged and their blobs filed
+as ordinary blob files (without an fsync each). A checkpoint later makes the
+filed blobs durable with one syncfs() and deletes the segments that covered
+them. After a crash, the segments left over are replayed at start-up, so a
+put acknowledged from the journal is never lost.
+
+Layout under the data folder:
+
+    journal/<16-digit sequence>.log   segments, oldest first
+
+A record:
+
+    offset  size  field
+    0       4     magic b"CAJ1"
+    4       32    SHA-256 digest of the content (the blob's id)
+    36      20    the blob file header (server/blobstore/storage/blob_file.py): type, length, CRC
+    56      n     content
+    56+n    4     CRC-32 of bytes 0..56+n, big-endian
+
+A record that is cut short or fails its CRC ends the segment: at the tail
+that is a batch whose write the crash interrupted (never acknowledged).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from blobstore.model import BlobType
+from blobstore.storage.blob_file import HEADER_SIZE, CorruptHeader, decode_header, encode_header
+from blobstore.storage.os_calls import fsync_dir
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"CAJ1"
+_PREFIX = len(MAGIC) + 32 + HEADER_SIZE
+_CRC = struct.Struct(">I")
+SEGMENT_BYTES = 16 * 1024 * 1024
+"""A segment is retired (and checkpointed) once it holds this much."""
+
+
+@dataclass(frozen=True, slots=True)
+class JournalRecord:
+    digest: bytes
+    blob_type: BlobType
+    data: bytes
+
+
+def encode_record(digest: bytes, blob_type: BlobType, data: bytes) -> list[bytes]:
+    """The record as parts for one writev: the content is not copied."""
+    head = MAGIC + digest + encode_header(blob_type, len(data))
+    crc = zlib.crc32(data, zlib.crc32(head))
+    return [head, data, _CRC.pack(crc)]
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentContents:
+    records: list[JournalRecord]
+    valid_bytes: int
+    total_bytes: int
+
+    @property
+    def damaged(self) -> bool:
+        return self.valid_bytes < self.total_bytes
+
+
+def read_segment(path: Path) -> SegmentContents:
+    """The segment's sound records, up to the first that is cut short or broken."""
+    data = path.read_bytes()
+    records = []
+    offset = 0
+    while len(data) - offset >= _PREFIX:
+        if data[offset : offset + 4] != MAGIC:
+            break
+        try:
+            blob_type, size = decode_header(data[offset + 36 : offset + _PREFIX])
+        except CorruptHeader:
+            break
+        end = offset + _PREFIX + size
+        if end + _CRC.size > len(data):
+            break
+        (crc,) = _CRC.unpack_from(data, end)
+        if zlib.crc32(data[offset:end]) != crc:
+            break
+        records.append(
+            JournalRecord(data[offset + 4 : offset + 36], blob_type, data[offset + _PREFIX : end])
+        )
+        offset = end + _CRC.size
+    return SegmentContents(records, offset, len(data))
+
+
+class Journal:
+    """The segments of one data folder; appends go to the newest.
+
+    Not thread-safe: one committer thread appends, and it alone rotates.
+    """
+
+    def __init__(self, directory: Path, segment_bytes: int = SEGMENT_BYTES) -> None:
+        self.directory = directory
+        self.segment_bytes = segment_bytes
+        self._fd: int | None = None
+        self._path: Path | None = None
+        self._size = 0
+        self._next_seq = 0
+        self._retired: list[Path] = []
+
+    def segments(self) -> list[Path]:
+        """Every segment on disk, oldest first."""
+        if not self.directory.is_dir():
+            return []
+        return sorted(self.directory.glob("*.log"))
+
+    def open(self) -> None:
+        """Creates the folder if needed; the first append starts a new segment."""
+        if not self.directory.is_dir():
+            self.directory.mkdir()
+            fsync_dir(self.directory.parent)
+        existing = self.segments()
+        self._next_seq = int(existing[-1].stem) + 1 if existing else 0
+
+    def append(self, parts: list[bytes]) -> None:
+        """Writes `parts` at the end of the active segment and waits until they are durable.
+
+        Raises OSError. A failed append may have left a torn record, after
+        which replay would not read on, so the segment is closed and retired
+        with it: later appends go to a new one.
+        """
+        if self._fd is not None and self._size >= self.segment_bytes:
+            self._close_active()
+        if self._fd is None:
+            self._start_segment()
+        fd = self._fd
+        assert fd is not None
+        total = sum(len(part) for part in parts)
+        try:
+            written = os.writev(fd, parts)
+            if written < total:  # rare: a signal, or the disk filled up mid-write
+                rest = memoryview(b"".join(parts))[written:]
+                while rest:
+                    rest = rest[os.write(fd, rest) :]
+            os.fdatasync(fd)
+        except OSError:
+            self._close_active()
+            raise
+        self._size += total
+
+    def take_retired(self) -> list[Path]:
+        """The segments closed since the last call: to checkpoint once their blobs are filed."""
+        retired, self._retired = self._retired, []
+        return retired
+
+    def close(self) -> list[Path]:
+        """Closes the active segment; returns every segment still to checkpoint."""
+        if self._fd is not None:
+            self._close_active()
+        return self.take_retired()
+
+    def retire(self, segment: Path) -> None:
+        """Deletes a checkpointed segment, durably."""
+        with contextlib.suppress(FileNotFoundError):
+            segment.unlink()
+        fsync_dir(self.directory)
+
+    def _start_segment(self) -> None:
+        path = self.directory / f"{self._next_seq:016d}.log"
+        self._next_seq += 1
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        try:
+            fsync_dir(self.directory)  # fdatasync of the file does not cover its name
+        except OSError:
+            os.close(fd)
+            raise
+        self._fd, self._path, self._size = fd, path, 0
+
+    def _close_active(self) -> None:
+        assert self._fd is not None and self._path is not None
+        os.close(self._fd)
+        self._retired.append(self._path)
+        self._fd, self._path, self._size = None, None, 0

@@ -1,0 +1,258 @@
+"""The blob store: turns content into ids and enforces the rules, over any BlobBackend.
+
+It owns everything that is the same whatever the medium: JSON
+canonicalisation, hashing, size limits, streamed-put bookkeeping. Backends
+only keep bytes; transports (gRPC, the bridge) only translate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections import OrderedDict
+from collections.abc import AsyncIterable, Callable, Sequence
+from dataclasses import dataclass
+
+from blobstore.canonical_json import canonicalize_text, canonicalize_value
+from blobstore.errors import (
+    BlobTooLarge,
+    DataLoss,
+    DigestMismatch,
+    InvalidArgument,
+    UseStreaming,
+)
+from blobstore.ids import BlobId, blob_id_from_digest
+from blobstore.model import Blob, BlobInfo, BlobType, PutResult
+from blobstore.offload import offload, sha256_hex
+from blobstore.storage.base import BlobBackend, BlobStream, OverLimit
+
+MiB = 1024 * 1024
+TEXT_CACHE_ENTRIES = 4096
+"""JSON texts whose id put_dedup remembers (about 200 bytes each)."""
+TEXT_CACHE_MAX_TEXT = 256 * 1024
+"""Longer texts are not remembered: their canonicalisation runs in a thread anyway."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Sizes the store refuses to go past."""
+
+    max_blob_bytes: int = 64 * 1024 * MiB
+    """Largest blob of any type, streamed or not."""
+    max_json_bytes: int = 64 * MiB
+    """Largest Json blob: JSON is parsed whole to canonicalise it."""
+    max_unary_bytes: int = 32 * MiB
+    """Largest blob returned by unary Get; larger ones must be streamed."""
+    max_find_missing: int = 10_000
+    """Most ids in one FindMissing call."""
+
+
+class BlobStore:
+    """Content-addressed puts and verified gets over a backend."""
+
+    def __init__(self, backend: BlobBackend, limits: Limits | None = None) -> None:
+        self.backend = backend
+        self.limits = limits or Limits()
+        self._text_ids: OrderedDict[bytes, BlobId] = OrderedDict()
+
+    async def put(
+        self, blob_type: BlobType, data: bytes, expected_id: BlobId | None = None
+    ) -> PutResult:
+        """Stores `data` (raw bytes, or JSON text for Json) and returns its id."""
+        self._check_size(blob_type, len(data))
+        if blob_type is not BlobType.JSON:
+            return await self._put_content(blob_type, data, expected_id)
+        key = None
+        if len(data) <= TEXT_CACHE_MAX_TEXT:
+            key = hashlib.sha256(data).digest()
+            known = await self._known_text(key, expected_id)
+            if known is not None:
+                return known
+        content = await offload(len(data), canonicalize_text, data)
+        self._check_size(blob_type, len(content))
+        result = await self._put_content(blob_type, content, expected_id)
+        if key is not None:
+            self._text_ids[key] = result.info.blob_id
+            if len(self._text_ids) > TEXT_CACHE_ENTRIES:
+                self._text_ids.popitem(last=False)
+        return result
+
+    async def _known_text(self, key: bytes, expected_id: BlobId | None) -> PutResult | None:
+        """The result of re-putting JSON text put before, if its blob is still stored and sound.
+
+        Canonicalising is a pure function of the text, so the id remembered for
+        the text's SHA-256 is the id canonicalising would give again; only the
+        blob's presence can have changed, and that is checked on disk (a
+        quarantined or missing blob makes this None and the put stores it again).
+        """
+        blob_id = self._text_ids.get(key)
+        if blob_id is None:
+            return None
+        _check_expected(blob_id, expected_id)
+        try:
+            info = await self.backend.stat(blob_id)
+        except DataLoss:
+            info = None  # quarantined by the read; the full put stores a sound copy
+        if info is None:
+            return None
+        self._text_ids.move_to_end(key)
+        return PutResult(info, created=False)
+
+    async def put_json_value(
+        self, value: object, expected_id: BlobId | None = None, *, size_hint: int = 0
+    ) -> PutResult:
+        """Stores a JSON value given as Python objects (dict, list, str, float...).
+
+        `size_hint`, roughly the size of the value's encoding, decides whether
+        canonicalising it is worth a thread.
+        """
+        content = await offload(size_hint, canonicalize_value, value)
+        self._check_size(BlobType.JSON, len(content))
+        return await self._put_content(BlobType.JSON, content, expected_id)
+
+    async def _put_content(
+        self, blob_type: BlobType, content: bytes, expected_id: BlobId | None
+    ) -> PutResult:
+        digest = await offload(len(content), sha256_hex, content)
+        blob_id = blob_id_from_digest(digest)
+        _check_expected(blob_id, expected_id)
+        return await self.backend.put(blob_id, blob_type, content)
+
+    async def put_stream(
+        self,
+        blob_type: BlobType,
+        chunks: AsyncIterable[bytes | memoryview],
+        *,
+        total_size: int | None = None,
+        expected_id: BlobId | None = None,
+    ) -> PutResult:
+        """Stores a blob given as chunks, in bounded memory for Binary blobs.
+
+        Json blobs are gathered (up to max_json_bytes) and canonicalised whole.
+        """
+        if total_size is not None:
+            self._check_size(blob_type, total_size)
+        if expected_id is not None:
+            try:
+                existing = await self.backend.stat(expected_id)
+            except DataLoss:
+                existing = None  # quarantined by the read; this put stores a sound copy
+            if existing is not None:
+                return PutResult(existing, created=False)
+        if blob_type is BlobType.JSON:
+            return await self._put_json_stream(chunks, total_size, expected_id)
+        return await self._put_binary_stream(chunks, total_size, expected_id)
+
+    async def _put_json_stream(
+        self,
+        chunks: AsyncIterable[bytes | memoryview],
+        total_size: int | None,
+        expected_id: BlobId | None,
+    ) -> PutResult:
+        parts: list[bytes | memoryview] = []
+        size = 0
+        async for chunk in chunks:
+            size += len(chunk)
+            self._check_size(BlobType.JSON, size)
+            _check_total(size, total_size, final=False)
+            parts.append(chunk)
+        _check_total(size, total_size, final=True)
+        data = b"".join(parts)
+        parts.clear()
+        content = await offload(len(data), canonicalize_text, data)
+        self._check_size(BlobType.JSON, len(content))
+        blob_id = blob_id_from_digest(await offload(len(content), sha256_hex, content))
+        _check_expected(blob_id, expected_id)
+        # Through a writer, as Binary streams, so that a cancelled call stores nothing.
+        writer = await self.backend.open_writer()
+        try:
+            await writer.write(content)
+            return await writer.commit(blob_id, BlobType.JSON)
+        finally:
+            await writer.abort()
+
+    async def _put_binary_stream(
+        self,
+        chunks: AsyncIterable[bytes | memoryview],
+        total_size: int | None,
+        expected_id: BlobId | None,
+    ) -> PutResult:
+        hasher = hashlib.sha256()
+        writer = await self.backend.open_writer()
+        # One chunk is hashed and written (in a thread) while the next is received:
+        # at most two chunks in memory, and gRPC flow control holds the sender back.
+        pending: asyncio.Task[None] | None = None
+        try:
+            size = 0
+            async for chunk in chunks:
+                size += len(chunk)
+                self._check_size(BlobType.BINARY, size)
+                _check_total(size, total_size, final=False)
+                if pending is not None:
+                    await pending
+                pending = asyncio.ensure_future(writer.write(chunk, hasher.update))
+            if pending is not None:
+                await pending
+            _check_total(size, total_size, final=True)
+            blob_id = blob_id_from_digest(hasher.hexdigest())
+            _check_expected(blob_id, expected_id)
+            return await writer.commit(blob_id, BlobType.BINARY)
+        finally:
+            if pending is not None:
+                if not pending.done():
+                    pending.cancel()  # the writer closes its file once the thread is done
+                elif not pending.cancelled():
+                    pending.exception()  # seen: this put already fails for another reason
+            await writer.abort()
+
+    async def get(self, blob_id: BlobId, reserve: Callable[[int], object] | None = None) -> Blob:
+        """Returns a whole blob, verified; UseStreaming if it is over the unary limit.
+
+        `reserve(size)` is called before the content is read (see BlobBackend.get).
+        """
+        try:
+            return await self.backend.get(blob_id, self.limits.max_unary_bytes, reserve)
+        except OverLimit as exc:
+            raise UseStreaming(
+                f"blob {blob_id} is {exc.info.size} bytes, over the unary limit of "
+                f"{self.limits.max_unary_bytes} bytes; read it with GetStream"
+            ) from None
+
+    async def get_stream(self, blob_id: BlobId, chunk_size: int) -> BlobStream:
+        """Opens a blob for reading in chunks; the caller must aclose() the stream."""
+        return await self.backend.get_stream(blob_id, chunk_size)
+
+    async def stat(self, blob_id: BlobId) -> BlobInfo | None:
+        return await self.backend.stat(blob_id)
+
+    async def find_missing(self, blob_ids: Sequence[BlobId]) -> list[BlobId]:
+        if len(blob_ids) > self.limits.max_find_missing:
+            raise InvalidArgument(
+                f"FindMissing takes at most {self.limits.max_find_missing} ids, got {len(blob_ids)}"
+            )
+        unique = list(dict.fromkeys(blob_ids))
+        return await self.backend.find_missing(unique)
+
+    def _check_size(self, blob_type: BlobType, size: int) -> None:
+        limit = self.limits.max_blob_bytes
+        if blob_type is BlobType.JSON:
+            limit = min(limit, self.limits.max_json_bytes)
+        if size > limit:
+            raise BlobTooLarge(
+                f"{blob_type.value} blob of {size} bytes or more is over the limit of {limit} bytes"
+            )
+
+
+def _check_expected(blob_id: BlobId, expected_id: BlobId | None) -> None:
+    if expected_id is not None and blob_id != expected_id:
+        raise DigestMismatch(f"digest mismatch: content hashes to {blob_id}, not {expected_id}")
+
+
+def _check_total(size: int, total_size: int | None, *, final: bool) -> None:
+    if total_size is None:
+        return
+    if size > total_size or (final and size != total_size):
+        raise InvalidArgument(
+            f"stream carried {size} bytes{'' if final else ' so far'}, "
+            f"but its first message declared total_size={total_size}"
+        )

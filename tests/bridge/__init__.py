@@ -1,0 +1,1 @@
+"""Tests of the JSON-RPC bridge, mostly against real bridge and server processes."""

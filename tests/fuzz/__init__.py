@@ -1,0 +1,1 @@
+"""Hypothesis property tests: hostile input against real processes."""

@@ -1,0 +1,79 @@
+"""The benchmark's --quick smoke run: every workload measured, every ratio computed.
+
+It never asserts speed (the machine is shared and noisy); it checks that one
+command starts the echo server, our server and the bridge, drives every
+workload and writes a complete, sane results file and table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+
+CEILINGS = {
+    "echo_put",
+    "echo_get",
+    "echo_get_stream",
+    "echo_put_stream",
+    "disk_small_files",
+    "disk_small_files_dirsync",
+    "disk_seq_write",
+    "sha256",
+}
+SERVICE = {"put_small", "get_small", "put_dedup", "put_large", "get_large"}
+BRIDGE = {"bridge_put", "bridge_get"}
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+def test_quick_benchmark_measures_every_workload(tmp_path: Path) -> None:
+    results_path = tmp_path / "bench.json"
+    run = subprocess.run(
+        [sys.executable, "scripts/bench.py", "--quick", "--json", str(results_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert run.returncode == 0, f"stdout:\n{run.stdout}\nstderr:\n{run.stderr}"
+    results = json.loads(results_path.read_text())
+    bridge_built = (ROOT / "jsonrpc_bridge" / "cli.py").exists()
+    expected = CEILINGS | SERVICE | (BRIDGE if bridge_built else set())
+
+    workloads = results["workloads"]
+    assert set(workloads) == expected
+    for name, figures in workloads.items():
+        for field in ("ops_per_s", "mb_per_s", "p50_ms", "p99_ms"):
+            assert _positive(figures[field]), (name, field, figures[field])
+        assert figures["p99_ms"] >= figures["p50_ms"], name
+        assert figures["trials"], name
+
+    ratios = {c["workload"]: c for c in results["checks"] if c["kind"] == "ratio"}
+    assert set(ratios) == SERVICE | (BRIDGE if bridge_built else set())
+    for check in ratios.values():
+        assert _positive(check["ratio"]), check
+        assert check["ceiling"] in workloads, check
+        assert check["ratio"] == check["value"] / check["ceiling_value"]
+        assert isinstance(check["pass"], bool)
+    tails = {c["workload"] for c in results["checks"] if c["kind"] == "tail"}
+    assert tails == {"put_small", "get_small", "put_dedup"} | (BRIDGE if bridge_built else set())
+
+    assert set(results["rss"]) == {"rss_put_stream", "rss_get_stream"}
+    for figures in results["rss"].values():
+        assert figures["peak_rss_bytes"] >= figures["baseline_rss_bytes"] > 0
+        assert figures["growth_bytes"] >= 0
+        assert _positive(figures["mb_per_s"])
+
+    if not bridge_built:
+        assert "does not exist yet" in results["bridge"]
+    for name in expected:
+        assert name in run.stdout
+    assert "targets met:" in run.stdout

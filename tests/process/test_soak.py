@@ -1,0 +1,37 @@
+"""A short soak in the suite: scripts/soak.py for 20 s against its own server and bridge.
+
+Many gRPC and bridge clients, small and large blobs, every read checked against its
+id. The run must end with zero errors and flat memory (the script's rule: after a
+quarter of the run as warm-up, the median RSS of the last third at most 48 MiB above
+that of the first third) for both the server and the bridge. Longer runs:
+`python scripts/soak.py --duration 600`.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SOAK = Path(__file__).resolve().parents[2] / "scripts" / "soak.py"
+
+
+def test_short_soak_has_no_errors_and_flat_memory() -> None:
+    done = subprocess.run(
+        [sys.executable, str(SOAK), "--duration", "20", "--clients", "12", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.stdout.strip(), done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["errors"] == 0, report["error_examples"]
+    names = set(report["operations_by_name"])
+    assert {"grpc put+get large", "grpc put small", "grpc get", "bridge put", "bridge get"} <= names
+    assert report["operations"] >= 500, report["operations_by_name"]
+    for process in ("server", "bridge"):
+        memory = report["memory"][process]
+        assert memory["flat"], (process, memory)
+    assert done.returncode == 0, done.stderr
