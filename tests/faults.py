@@ -15,7 +15,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
 from blobstore.status import DETAILS_KEY, DOMAIN
-from blobstore.storage.blob_file import HEADER_SIZE, decode_header
+from blobstore.storage.filesystem.blob_file import HEADER_SIZE, decode_header
 
 if TYPE_CHECKING:
     from blobstore.api.blobstore.v1.blobstore_pb2_grpc import BlobServiceAsyncStub, BlobServiceStub

@@ -14,7 +14,7 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from blobstore.api.blobstore.v1 import blobstore_pb2_grpc as pb_grpc
-from blobstore.storage.blob_file import HEADER_SIZE, CorruptHeader, decode_header
+from blobstore.storage.filesystem.blob_file import HEADER_SIZE, CorruptHeader, decode_header
 from tests.processes import ServerProcess
 
 MiB = 1024 * 1024

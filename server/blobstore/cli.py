@@ -98,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _serve(args: argparse.Namespace) -> int:
     from blobstore.service.app import ListenError, serve
+    from blobstore.storage.factory import UnknownStorage
     from blobstore.storage.filesystem import DataFolderLocked
 
     cfg = server_config.from_arguments(args)
@@ -108,14 +109,14 @@ def _serve(args: argparse.Namespace) -> int:
     )
     try:
         asyncio.run(serve(cfg))
-    except (ListenError, DataFolderLocked, OSError) as exc:
+    except (ListenError, DataFolderLocked, UnknownStorage, OSError) as exc:
         logging.getLogger("blobstore").error("%s", exc)
         return EXIT_ERROR
     return 0
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from blobstore.storage.offline_check import NotADataFolder, Problem, verify_store
+    from blobstore.storage.filesystem.scrub import NotADataFolder, Problem, verify_store
 
     def show(problem: Problem) -> None:
         where = f"moved to {problem.quarantined_to}" if problem.quarantined_to else "left in place"

@@ -24,7 +24,7 @@ from blobstore.errors import (
 from blobstore.ids import BlobId, blob_id_from_digest
 from blobstore.model import Blob, BlobInfo, BlobType, PutResult
 from blobstore.offload import offload, sha256_hex
-from blobstore.storage.base import BlobBackend, BlobStream, OverLimit
+from blobstore.storage.base import BlobBackend, BlobStream, OverLimit, ReadLimit
 
 MiB = 1024 * 1024
 TEXT_CACHE_ENTRIES = 4096
@@ -211,7 +211,7 @@ class BlobStore:
         `reserve(size)` is called before the content is read (see BlobBackend.get).
         """
         try:
-            return await self.backend.get(blob_id, self.limits.max_unary_bytes, reserve)
+            return await self.backend.get(blob_id, ReadLimit(self.limits.max_unary_bytes, reserve))
         except OverLimit as exc:
             raise UseStreaming(
                 f"blob {blob_id} is {exc.info.size} bytes, over the unary limit of "

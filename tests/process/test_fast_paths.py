@@ -24,7 +24,7 @@ from blobstore.errors import DataLoss, Overloaded
 from blobstore.grpc.servicer import _get_reply, _put_reply
 from blobstore.ids import BlobId
 from blobstore.model import BlobInfo, BlobType, PutResult
-from blobstore.storage.base import OverLimit
+from blobstore.storage.base import OverLimit, ReadLimit
 from blobstore.storage.filesystem import FileSystemBackend
 from tests.processes import ServerProcess
 from tests.rpc_helpers import blob_path, raw_stub
@@ -151,7 +151,7 @@ async def test_a_read_reserves_its_size_before_reading_and_stops_when_refused(
         blob_id = BlobId("sha256:" + hashlib.sha256(data).hexdigest())
         await backend.put(blob_id, BlobType.BINARY, data)
         asked: list[int] = []
-        assert (await backend.get(blob_id, None, asked.append)).data == data
+        assert (await backend.get(blob_id, ReadLimit(None, asked.append))).data == data
         assert asked == [5000]
 
         def refuse(size: int) -> None:
@@ -160,10 +160,10 @@ async def test_a_read_reserves_its_size_before_reading_and_stops_when_refused(
         descriptors = len(os.listdir("/proc/self/fd"))
         for _ in range(20):
             with pytest.raises(Overloaded, match="5000 bytes"):
-                await backend.get(blob_id, None, refuse)
+                await backend.get(blob_id, ReadLimit(None, refuse))
         assert len(os.listdir("/proc/self/fd")) == descriptors  # each refused read closed its file
         # Over max_size the read is OverLimit, never reserved: it would be refused anyway.
         with pytest.raises(OverLimit):
-            await backend.get(blob_id, 4999, refuse)
+            await backend.get(blob_id, ReadLimit(4999, refuse))
     finally:
         backend.close()

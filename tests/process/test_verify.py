@@ -19,7 +19,7 @@ import pytest
 
 from blobstore.client import BlobClient
 from blobstore.errors import BlobNotFound
-from blobstore.storage.offline_check import NotADataFolder, verify_store
+from blobstore.storage.filesystem.scrub import NotADataFolder, verify_store
 from tests.faults import MiB, stored_files
 from tests.processes import ServerProcess
 

@@ -36,7 +36,7 @@ import grpc
 
 from blobstore import errors
 from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
-from blobstore.grpc.servicer import DEFAULT_CHUNK, MAX_CHUNK, MIN_CHUNK
+from blobstore.limits import DEFAULT_CHUNK, clamp_chunk_size
 from blobstore.service.admission import Admission, Ticket
 from blobstore.status import to_status
 
@@ -178,7 +178,7 @@ async def _unary_stream(
     try:
         if type(request) is Malformed:
             await _abort(context, errors.InvalidArgument(request.message))
-        chunk = min(max(request.chunk_size or DEFAULT_CHUNK, MIN_CHUNK), MAX_CHUNK)
+        chunk = clamp_chunk_size(request.chunk_size)
         await _resize(context, ticket, request.ByteSize() + chunk)
         async for reply in inner(request, context):
             yield reply

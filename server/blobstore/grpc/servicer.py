@@ -24,16 +24,13 @@ from blobstore import errors
 from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
 from blobstore.api.blobstore.v1 import blobstore_pb2_grpc as pb_grpc
 from blobstore.ids import BlobId, parse_blob_id
+from blobstore.limits import clamp_chunk_size
 from blobstore.model import Blob, BlobInfo, BlobType, PutResult
 from blobstore.offload import offload
 from blobstore.status import to_status
 from blobstore.store import BlobStore
 
 log = logging.getLogger(__name__)
-
-DEFAULT_CHUNK = 1024 * 1024
-MIN_CHUNK = 4 * 1024
-MAX_CHUNK = 4 * 1024 * 1024
 
 _TO_PB = {BlobType.JSON: pb.BLOB_TYPE_JSON, BlobType.BINARY: pb.BLOB_TYPE_BINARY}
 _FROM_PB = {value: key for key, value in _TO_PB.items()}
@@ -227,7 +224,7 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
         self, request: pb.GetStreamRequest, context: Any
     ) -> AsyncIterator[pb.GetStreamResponse | bytes]:
         blob_id = _required_id(request.id)
-        chunk_size = min(max(request.chunk_size or DEFAULT_CHUNK, MIN_CHUNK), MAX_CHUNK)
+        chunk_size = clamp_chunk_size(request.chunk_size)
         stream = await self._store.get_stream(blob_id, chunk_size)
         try:
             yield pb.GetStreamResponse(info=_info(stream.info))

@@ -13,12 +13,12 @@ from grpc_reflection.v1alpha import reflection
 
 from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
 from blobstore.grpc.guard import Guard
-from blobstore.grpc.servicer import MAX_CHUNK, BlobServicer
+from blobstore.grpc.servicer import BlobServicer
+from blobstore.limits import MAX_CHUNK
 from blobstore.service.admission import Admission
 from blobstore.service.config import ServerConfig
 from blobstore.service.malloc_tuning import tune_malloc
-from blobstore.storage.filesystem import FileSystemBackend
-from blobstore.storage.verifying import VerifyingBackend
+from blobstore.storage.factory import open_storage
 from blobstore.store import BlobStore
 
 log = logging.getLogger("blobstore")
@@ -37,19 +37,17 @@ class ListenError(Exception):
 async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None:
     """Runs the server until SIGTERM/SIGINT (or `stop` is set), then stops gracefully."""
     tune_malloc()
-    backend = FileSystemBackend(
-        config.data_dir.resolve(),
-        io_threads=config.io_threads,
-        journal_max_blob_bytes=config.journal_max_blob_bytes,
-    )
-    backend.open()
+    storage = open_storage(config.storage_settings)
     try:
-        await _serve_store(config, BlobStore(VerifyingBackend(backend), config.limits), stop)
+        store = BlobStore(storage.backend, config.limits)
+        await _serve_store(config, store, storage.description, stop)
     finally:
-        backend.close()
+        storage.close()
 
 
-async def _serve_store(config: ServerConfig, store: BlobStore, stop: asyncio.Event | None) -> None:
+async def _serve_store(
+    config: ServerConfig, store: BlobStore, where: str, stop: asyncio.Event | None
+) -> None:
     # Streamed chunks (up to MAX_CHUNK) must fit whatever the unary limit is.
     message_limit = max(config.max_unary_bytes, MAX_CHUNK) + _MESSAGE_OVERHEAD
     guard = Guard(Admission(config.admission))
@@ -79,7 +77,7 @@ async def _serve_store(config: ServerConfig, store: BlobStore, stop: asyncio.Eve
         "blobstore gRPC listening on %s:%d; data in %s",
         host,
         port,
-        config.data_dir.resolve(),
+        where,
     )
 
     stop = stop or asyncio.Event()

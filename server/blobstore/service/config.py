@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from blobstore.service.admission import AdmissionLimits
+from blobstore.storage.factory import StorageSettings
 from blobstore.storage.filesystem import JOURNAL_MAX_BLOB_BYTES
 from blobstore.store import Limits
 
@@ -22,6 +23,7 @@ class ServerConfig:
 
     address: str = "127.0.0.1:50051"
     data_dir: Path = Path("data")
+    storage: str = ""
     max_blob_bytes: int = _LIMITS.max_blob_bytes
     max_json_bytes: int = _LIMITS.max_json_bytes
     max_unary_bytes: int = _LIMITS.max_unary_bytes
@@ -41,6 +43,14 @@ class ServerConfig:
         )
 
     @property
+    def storage_settings(self) -> StorageSettings:
+        return StorageSettings(
+            url=self.storage or str(self.data_dir),
+            io_threads=self.io_threads,
+            journal_max_blob_bytes=self.journal_max_blob_bytes,
+        )
+
+    @property
     def admission(self) -> AdmissionLimits:
         return AdmissionLimits(
             max_calls=self.max_concurrent_rpcs, max_bytes=self.max_inflight_bytes
@@ -50,6 +60,7 @@ class ServerConfig:
 HELP = {
     "address": "host:port to listen on for gRPC (port 0 picks a free port)",
     "data_dir": "folder where blobs are stored (created if missing)",
+    "storage": "where blobs are stored, as file://PATH or a plain folder path; empty = --data-dir",
     "max_blob_bytes": "largest blob accepted, in bytes",
     "max_json_bytes": "largest Json blob accepted, in bytes (JSON is parsed whole)",
     "max_unary_bytes": "largest blob unary Get returns; larger ones need GetStream (gRPC "
