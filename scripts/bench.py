@@ -72,6 +72,7 @@ from bench_procs import (
     StartError,
     pin_self,
     python_argv,
+    start_baseline_server,
     start_blobstore_server,
     start_child,
     start_echo_server,
@@ -165,12 +166,14 @@ class Bench:
         echo: Child,
         server: Child,
         bridge: Child | None,
+        baseline: Child | None = None,
     ) -> None:
         self.s = settings
         self.work = work
         self.echo = echo
         self.server = server
         self.bridge = bridge
+        self.baseline = baseline
         self.trials: dict[str, list[Trial]] = {}
         self.rss: dict[str, dict[str, float]] = {}
         self.docs = Documents()
@@ -183,8 +186,10 @@ class Bench:
     async def run(self) -> None:
         self.echo_c = GrpcCaller(self.echo.address)
         self.ours_c = GrpcCaller(self.server.address)
-        await self.echo_c.ready()
-        await self.ours_c.ready()
+        self.base_c = GrpcCaller(self.baseline.address) if self.baseline else None
+        for caller in (self.echo_c, self.ours_c, self.base_c):
+            if caller is not None:
+                await caller.ready()
         self.http: HttpCaller | None = None
         if self.bridge is not None:
             self.http = HttpCaller(f"http://{self.bridge.address}/", self.s.concurrency)
@@ -215,6 +220,8 @@ class Bench:
         finally:
             await self.echo_c.close()
             await self.ours_c.close()
+            if self.base_c is not None:
+                await self.base_c.close()
             if self.http is not None:
                 await self.http.close()
 
@@ -244,6 +251,10 @@ class Bench:
             "echo_get": (lambda n: self.echo_c.call_get(echo_get), KIB, echo),
             "get_small": (lambda n: self.ours_c.call_get(pick_get()), KIB, ours),
         }
+        if self.base_c is not None and self.baseline is not None:
+            base_c, base = self.base_c, [self.baseline.pid]
+            workloads["base_put_small"] = (lambda n: base_c.call_put(docs.put_request(n)), KIB, base)
+            workloads["base_get_small"] = (lambda n: base_c.call_get(pick_get()), KIB, base)
         if self.http is not None and self.bridge is not None:
             http = self.http
             both = [self.server.pid, self.bridge.pid]
@@ -302,8 +313,11 @@ class Bench:
 
         async def worker() -> None:
             for n in todo:
-                reply = await self.ours_c.call_put(self.docs.put_request(n))
+                request = self.docs.put_request(n)
+                reply = await self.ours_c.call_put(request)
                 ids[n] = pb.PutResponse.FromString(reply).id
+                if self.base_c is not None:  # the same documents, so the same ids
+                    await self.base_c.call_put(request)
 
         await asyncio.gather(*(worker() for _ in range(self.s.concurrency)))
         self.pool_ids = ids
@@ -336,6 +350,18 @@ class Bench:
                 "get_large",
                 await one_shot(self._streamed_get(self.ours_c, get_msg), size, ours),
             )
+            if self.base_c is not None and self.baseline is not None:
+                base, base_ids = [self.baseline.pid], []
+                self.add(
+                    "base_put_large",
+                    await one_shot(self._streamed_put(self.base_c, messages, base_ids), size, base),
+                )
+                if base_ids != ids:
+                    raise LoadError(f"baseline stored the large blob as {base_ids}, ours {ids}")
+                self.add(
+                    "base_get_large",
+                    await one_shot(self._streamed_get(self.base_c, get_msg), size, base),
+                )
             self.add("disk_seq_write", bench_disk.sequential_write(self.work, size=size))
             self.add("sha256", bench_disk.sha256_speed(sha_data))
             if rep == 0:
@@ -462,6 +488,47 @@ def checks(summaries: dict[str, Summary], rss: dict[str, dict[str, float]]) -> l
     return found
 
 
+BASELINE_WORKLOADS = ("put_small", "get_small", "put_large", "get_large")
+
+
+def baseline_ratios(summaries: dict[str, Summary]) -> dict[str, dict[str, Any]]:
+    """ours / baseline per workload: the ratio of medians and the range of per-trial ratios.
+
+    Trials of ours and of the baseline alternate, so trial i of each ran in
+    the same minutes; the spread of their ratios shows how noisy the run was.
+    """
+    found: dict[str, dict[str, Any]] = {}
+    for name in BASELINE_WORKLOADS:
+        ours, base = summaries.get(name), summaries.get(f"base_{name}")
+        if ours is None or base is None:
+            continue
+        metric = "ops_per_s" if name.endswith("_small") else "mb_per_s"
+        paired = [
+            getattr(a, metric) / getattr(b, metric)
+            for a, b in zip(ours.trials, base.trials, strict=False)
+        ]
+        found[name] = {
+            "metric": metric,
+            "ours": getattr(ours, metric),
+            "baseline": getattr(base, metric),
+            "ratio": getattr(ours, metric) / getattr(base, metric),
+            "trial_ratios": paired,
+        }
+    return found
+
+
+def baseline_table(tree: str, ratios: dict[str, dict[str, Any]]) -> str:
+    lines = [f"[this tree / baseline tree {tree}, interleaved]"]
+    for name, r in ratios.items():
+        unit = "ops/s" if r["metric"] == "ops_per_s" else "MB/s"
+        spread = f"{min(r['trial_ratios']):.2f}-{max(r['trial_ratios']):.2f}"
+        lines.append(
+            f"{name:<26}{r['ours']:>9.1f} vs {r['baseline']:>9.1f} {unit:<6}"
+            f"  ratio {r['ratio']:.2f}  (per trial {spread})"
+        )
+    return "\n".join(lines)
+
+
 def machine() -> dict[str, Any]:
     model = platform.processor()
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -513,6 +580,10 @@ ORDER = [
     ),
     ("service over gRPC", ["put_small", "get_small", "put_dedup", "put_large", "get_large"]),
     ("bridge over HTTP", ["bridge_put", "bridge_get"]),
+    (
+        "baseline tree over gRPC",
+        ["base_put_small", "base_get_small", "base_put_large", "base_get_large"],
+    ),
 ]
 
 
@@ -580,16 +651,20 @@ def say(message: str) -> None:
 
 
 def start_processes(
-    settings: Settings, split: CpuSplit, work: Path
-) -> tuple[Child, Child, Child | None, str]:
+    settings: Settings, split: CpuSplit, work: Path, baseline_tree: Path | None = None
+) -> tuple[Child, Child, Child | None, Child | None, str]:
     env_clean = {k: v for k, v in os.environ.items() if not k.startswith("BLOBSTORE_")}
     os.environ.clear()
     os.environ.update(env_clean)
     server_env = dict(item.split("=", 1) for item in settings.server_env)
     echo = start_echo_server(work / "echo.log", split.server, env=server_env)
     server = start_blobstore_server(work, split.server, server_env)
+    baseline = None
+    if baseline_tree is not None:
+        baseline = start_baseline_server(baseline_tree, work / "baseline", split.server, server_env)
     if not BRIDGE_CLI.exists():
-        return echo, server, None, f"skipped: {BRIDGE_CLI.relative_to(ROOT)} does not exist yet"
+        note = f"skipped: {BRIDGE_CLI.relative_to(ROOT)} does not exist yet"
+        return echo, server, baseline, None, note
     port = server.address.rsplit(":", 1)[1]
     bridge_cpus = {"server": split.server, "load": split.load, "any": None}[settings.bridge_cpu]
     bridge = start_child(
@@ -607,7 +682,7 @@ def start_processes(
         "server": "pinned with the server side",
         "load": "pinned with the load generator",
     }[settings.bridge_cpu]
-    return echo, server, bridge, where
+    return echo, server, baseline, bridge, where
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -646,6 +721,14 @@ def main(argv: list[str] | None = None) -> int:
         help="to try a setting: an environment variable for every server-side process, "
         "the echo ceiling included (repeatable; not for the published figures)",
     )
+    parser.add_argument(
+        "--baseline-tree",
+        type=Path,
+        metavar="PATH",
+        help="also run our server from another source tree (e.g. a `git worktree` of an "
+        "older commit), interleaved with ours, and print ours/baseline for put_small, "
+        "get_small, put_large and get_large",
+    )
     args = parser.parse_args(argv)
     if any("=" not in item for item in args.server_env):
         parser.error("--server-env takes NAME=VALUE")
@@ -659,10 +742,13 @@ def main(argv: list[str] | None = None) -> int:
     bench: Bench | None = None
     children: list[Child] = []
     try:
-        echo, server, bridge, bridge_note = start_processes(settings, split, work)
-        children = [c for c in (bridge, server, echo) if c is not None]
+        tree = args.baseline_tree.resolve() if args.baseline_tree else None
+        echo, server, baseline, bridge, bridge_note = start_processes(
+            settings, split, work, tree
+        )
+        children = [c for c in (bridge, baseline, server, echo) if c is not None]
         say(f"bridge: {bridge_note}")
-        bench = Bench(settings, work, echo, server, bridge)
+        bench = Bench(settings, work, echo, server, bridge, baseline)
         asyncio.run(bench.run())
     except (StartError, LoadError, BlobStoreError, grpc.RpcError, aiohttp.ClientError) as exc:
         say(f"FAILED: {exc}")
@@ -677,6 +763,7 @@ def main(argv: list[str] | None = None) -> int:
 
     summaries = {name: Summary.of(trials) for name, trials in bench.trials.items()}
     found = checks(summaries, bench.rss)
+    versus = baseline_ratios(summaries)
     results = {
         "version": 1,
         "started": started,
@@ -692,10 +779,13 @@ def main(argv: list[str] | None = None) -> int:
         "workloads": {name: s.to_json() for name, s in summaries.items()},
         "rss": bench.rss,
         "checks": found,
+        "baseline": {"tree": str(args.baseline_tree), "ratios": versus} if versus else None,
         "medians": {c["name"]: c.get("ratio", c.get("value")) for c in found},
     }
     args.json.write_text(json.dumps(results, indent=2) + "\n")
     print(table(summaries, found, bench.rss), flush=True)
+    if versus:
+        print(baseline_table(str(args.baseline_tree), versus), flush=True)
     if bench.bridge is None:
         print(f"bridge: {bridge_note}")
     if settings.server_env:

@@ -21,7 +21,7 @@ import pytest
 from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
 from blobstore.client import BlobClient
 from blobstore.errors import DataLoss, Overloaded
-from blobstore.grpc.servicer import _get_reply, _put_reply
+from blobstore.grpc.wire import get_reply, put_reply
 from blobstore.ids import BlobId
 from blobstore.model import BlobInfo, BlobType, PutResult
 from blobstore.storage.base import OverLimit
@@ -134,11 +134,11 @@ def test_hand_encoded_replies_are_what_protobuf_encodes(blob_type: BlobType, siz
     pb_type = pb.BLOB_TYPE_JSON if blob_type is BlobType.JSON else pb.BLOB_TYPE_BINARY
 
     get = pb.GetResponse(id=info.blob_id, blob_type=pb_type, size=size, data=data)
-    assert _get_reply(info, data) == get.SerializeToString()
-    assert pb.GetResponse.FromString(_get_reply(info, data)).WhichOneof("content") == "data"
+    assert get_reply(info, data) == get.SerializeToString()
+    assert pb.GetResponse.FromString(get_reply(info, data)).WhichOneof("content") == "data"
     for created in (False, True):
         put = pb.PutResponse(id=info.blob_id, blob_type=pb_type, size=size, created=created)
-        assert _put_reply(PutResult(info, created)) == put.SerializeToString()
+        assert put_reply(PutResult(info, created)) == put.SerializeToString()
 
 
 async def test_a_read_reserves_its_size_before_reading_and_stops_when_refused(
