@@ -22,8 +22,8 @@ from google.protobuf import json_format, struct_pb2
 from blobstore import errors
 from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
 from blobstore.api.blobstore.v1 import blobstore_pb2_grpc as pb_grpc
-from blobstore.ids import BlobId, parse_blob_id
 from blobstore.grpc import wire
+from blobstore.ids import BlobId, parse_blob_id
 from blobstore.model import Blob, BlobInfo, BlobType
 from blobstore.offload import offload
 from blobstore.status import to_status

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psutil
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -142,10 +142,10 @@ def start_echo_server(
     name: str = "echo server",
     env: dict[str, str] | None = None,
 ) -> Child:
-    """Starts scripts/bench_echo.py (with `variant` options, if any) on a free port."""
+    """Starts scripts/bench/bench_echo.py (with `variant` options, if any) on a free port."""
     return start_child(
         name,
-        python_argv(str(ROOT / "scripts" / "bench_echo.py"), *variant),
+        python_argv(str(ROOT / "scripts" / "bench" / "bench_echo.py"), *variant),
         cpus=cpus,
         log_path=log_path,
         ready=ECHO_READY,
@@ -188,8 +188,16 @@ def start_baseline_server(
     work.mkdir(parents=True, exist_ok=True)
     return start_child(
         "baseline server",
-        python_argv("-P", "-m", module, "serve", "--address", "127.0.0.1:0", "--data-dir",
-                    str(work / "data")),
+        python_argv(
+            "-P",
+            "-m",
+            module,
+            "serve",
+            "--address",
+            "127.0.0.1:0",
+            "--data-dir",
+            str(work / "data"),
+        ),
         cpus=cpus,
         log_path=work / "server.log",
         ready=SERVER_READY,

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Server CPU per unary call, ours against the echo ceiling, in one interleaved run.
 
-    python scripts/bench_percall.py [--trials 5] [--seconds 2] [--baseline DIR ...]
+    python scripts/bench/bench_percall.py [--trials 5] [--seconds 2] [--baseline DIR ...]
 
-Starts the echo server (scripts/bench_echo.py) and our server pinned like
+Starts the echo server (scripts/bench/bench_echo.py) and our server pinned like
 bench.py does, stores 1000 documents, then runs, trial after trial and in
 a shuffled order, echo Get, get_small, echo Put and put_dedup (16 callers,
 the load generator of bench.py) and prints per workload the median ops/s and the

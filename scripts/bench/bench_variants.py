@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What the server's shape costs: echo servers that differ in one design choice, side by side.
 
-    python scripts/bench_variants.py [--trials 4] [--seconds 2]
+    python scripts/bench/bench_variants.py [--trials 4] [--seconds 2]
 
 Runs unary Put (1 KiB in, 32 B out) with the benchmark's load generator
 (16 callers, pinned like bench.py) against echo servers that store nothing:

@@ -12,7 +12,7 @@ service and the ratio between the two is the cost of our own code:
     GetStream  streams `int(request.id)` bytes from memory in chunks of
                `chunk_size` (0 = 1 MiB, as ours), one message per chunk
 
-Variants for scripts/bench_variants.py (not the ceilings): --style sync (a
+Variants for scripts/bench/bench_variants.py (not the ceilings): --style sync (a
 thread-pool grpc.server), --hops N (N no-op thread-pool round trips per
 unary call), --interceptor (a pass-through interceptor), --durable-dir DIR
 (Put stores request.data durably as the store does, with no canonicalising,
@@ -20,7 +20,7 @@ hashing or checks: temp file, write, fsync, link, fsync of the folder),
 --group-commit batched|journal|pack with --durable-dir (aio only: the same, with the
 puts that arrive together made durable together; see bench_commit.py).
 
-Usage: python scripts/bench_echo.py [--address 127.0.0.1:0] [variant options]
+Usage: python scripts/bench/bench_echo.py [--address 127.0.0.1:0] [variant options]
 Prints "echo gRPC listening on HOST:PORT" on stderr once it serves.
 """
 
