@@ -27,8 +27,9 @@ from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
 from blobstore.api.blobstore.v1 import blobstore_pb2_grpc as pb_grpc
 from blobstore.client import CHANNEL_OPTIONS
 from blobstore.storage.offline_check import verify_store
-from tests.faults import reason_of, temp_files, wait_until
+from tests.faults import reason_of, wait_until
 from tests.processes import ServerProcess
+from tests.rpc_helpers import temp_files
 
 # scripts/fuzz.py raises the number of examples for its longer runs.
 FUZZ = settings(

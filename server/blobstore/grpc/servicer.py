@@ -26,6 +26,7 @@ from blobstore.grpc import wire
 from blobstore.ids import BlobId, parse_blob_id
 from blobstore.model import Blob, BlobInfo, BlobType
 from blobstore.offload import offload
+from blobstore.proto_names import BLOB_TYPE_FROM_PB, BLOB_TYPE_TO_PB, SERVICE_NAME
 from blobstore.status import to_status
 from blobstore.store import BlobStore
 
@@ -35,8 +36,8 @@ DEFAULT_CHUNK = 1024 * 1024
 MIN_CHUNK = 4 * 1024
 MAX_CHUNK = 4 * 1024 * 1024
 
-_TO_PB = wire.TO_PB
-_FROM_PB = {value: key for key, value in _TO_PB.items()}
+_TO_PB = BLOB_TYPE_TO_PB
+_FROM_PB = BLOB_TYPE_FROM_PB
 
 _Handler = TypeVar("_Handler", bound=Callable[..., Any])
 
@@ -128,9 +129,10 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
                 response_serializer=wire.serialize_reply,
             ),
         }
-        name = pb.DESCRIPTOR.services_by_name["BlobService"].full_name
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
-        server.add_registered_method_handlers(name, handlers)  # type: ignore[attr-defined]
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),)
+        )
+        server.add_registered_method_handlers(SERVICE_NAME, handlers)  # type: ignore[attr-defined]
 
     @_translate_errors
     async def Put(  # type: ignore[override]  # replies may come encoded (add_to_server)

@@ -15,12 +15,11 @@ from __future__ import annotations
 from google.protobuf.message import Message
 
 from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
-from blobstore.model import BlobInfo, BlobType, PutResult
-
-TO_PB = {BlobType.JSON: pb.BLOB_TYPE_JSON, BlobType.BINARY: pb.BLOB_TYPE_BINARY}
+from blobstore.model import BlobInfo, PutResult
+from blobstore.proto_names import BLOB_TYPE_TO_PB
 
 # Field 2 (blob_type, varint) of GetResponse and PutResponse.
-_TYPE_FIELD = {key: bytes((0x10, value)) for key, value in TO_PB.items()}
+_TYPE_FIELD = {key: bytes((0x10, value)) for key, value in BLOB_TYPE_TO_PB.items()}
 _SMALL_VARINTS = [bytes((value,)) for value in range(0x80)]
 
 

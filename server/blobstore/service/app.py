@@ -11,9 +11,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
 from blobstore.grpc.guard import Guard
 from blobstore.grpc.servicer import MAX_CHUNK, BlobServicer
+from blobstore.proto_names import SERVICE_NAME
 from blobstore.service.admission import Admission
 from blobstore.service.config import ServerConfig
 from blobstore.service.malloc_tuning import tune_malloc
@@ -23,7 +23,6 @@ from blobstore.store import BlobStore
 
 log = logging.getLogger("blobstore")
 
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["BlobService"].full_name
 # Room for the message framing around the largest unary blob.
 _MESSAGE_OVERHEAD = 64 * 1024
 # After the grace period: time for cut-off calls to send their status before gRPC stops.
