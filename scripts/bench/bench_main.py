@@ -14,8 +14,8 @@ service and its ceilings alike:
   large size); SHA-256 speed;
 - our service over gRPC: put_small, get_small, put_dedup (16 callers),
   put_large and get_large (binary, streamed, each rep a new blob);
-- the JSON-RPC bridge over HTTP: blobs/put and blobs/get (16 callers),
-  skipped with a message while jsonrpc_bridge/cli.py does not exist;
+- the JSON-RPC bridge over HTTP: blobs/put and blobs/get (16 callers); a
+  bridge that does not start fails the run;
 - the server's peak RSS growth during a 1 GiB streamed put and get.
 
 Server side and load generator are separate processes pinned to separate
@@ -23,6 +23,10 @@ cores (bench_procs.CpuSplit); the server runs as shipped (durable puts,
 verified reads), with no BLOBSTORE_* variables. It prints a table of every
 figure and its ratio to its ceiling, target and PASS/MISS, and writes JSON
 (--json, default bench-results.json).
+
+`--baseline-tree PATH` adds our server as another source tree has it (for
+example a `git worktree` of an older commit), interleaved with ours, and
+prints ours/baseline for put_small, get_small, put_large and get_large.
 """
 
 from __future__ import annotations
@@ -65,7 +69,6 @@ from bench_load import (
     random_picker,
 )
 from bench_procs import (
-    ROOT,
     Child,
     CpuSplit,
     PeakRss,
@@ -83,8 +86,6 @@ from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
 from blobstore.canonical_json import canonicalize_text
 from blobstore.client import AsyncBlobClient
 from blobstore.errors import BlobStoreError
-
-BRIDGE_CLI = ROOT / "jsonrpc_bridge" / "cli.py"
 
 
 @dataclass(frozen=True)
@@ -657,7 +658,7 @@ def say(message: str) -> None:
 
 def start_processes(
     settings: Settings, split: CpuSplit, work: Path, baseline_tree: Path | None = None
-) -> tuple[Child, Child, Child | None, Child | None, str]:
+) -> tuple[Child, Child, Child | None, Child, str]:
     env_clean = {k: v for k, v in os.environ.items() if not k.startswith("BLOBSTORE_")}
     os.environ.clear()
     os.environ.update(env_clean)
@@ -667,9 +668,6 @@ def start_processes(
     baseline = None
     if baseline_tree is not None:
         baseline = start_baseline_server(baseline_tree, work / "baseline", split.server, server_env)
-    if not BRIDGE_CLI.exists():
-        note = f"skipped: {BRIDGE_CLI.relative_to(ROOT)} does not exist yet"
-        return echo, server, baseline, None, note
     port = server.address.rsplit(":", 1)[1]
     bridge_cpus = {"server": split.server, "load": split.load, "any": None}[settings.bridge_cpu]
     bridge = start_child(
@@ -789,8 +787,6 @@ def main(argv: list[str] | None = None) -> int:
     print(table(summaries, found, bench.rss), flush=True)
     if versus:
         print(baseline_table(str(args.baseline_tree), versus), flush=True)
-    if bench.bridge is None:
-        print(f"bridge: {bridge_note}")
     if settings.server_env:
         print(f"NOT as shipped: server-side environment {' '.join(settings.server_env)}")
     print(
