@@ -203,7 +203,8 @@ class Bench:
                 await self._loop(op, 1, self.s.warmup, pids)
             for trial in range(self.s.trials):
                 say(f"small-call trial {trial + 1}/{self.s.trials}")
-                for name, (op, payload, pids) in small.items():
+                for name in paired_order(list(small), trial):
+                    op, payload, pids = small[name]
                     self.add(name, await self._loop(op, payload, self.s.seconds, pids))
             # Not interleaved with the calls above: a burst of thousands of new files
             # leaves ext4 slower at creating the next ones for a while (without a
@@ -346,28 +347,22 @@ class Bench:
                 await one_shot(self._streamed_put(self.echo_c, messages, []), size, echo),
             )
             ids: list[str] = []
-            self.add(
-                "put_large",
-                await one_shot(self._streamed_put(self.ours_c, messages, ids), size, ours),
-            )
-            get_msg = pb.GetStreamRequest(id=ids[0]).SerializeToString()
-            self.add(
-                "get_large",
-                await one_shot(self._streamed_get(self.ours_c, get_msg), size, ours),
-            )
+            servers = [("", self.ours_c, ours, ids)]
             if self.base_c is not None and self.baseline is not None:
-                base = [self.baseline.pid]
-                base_ids: list[str] = []
+                servers.append(("base_", self.base_c, [self.baseline.pid], []))
+            for prefix, caller, pids, stored in servers[:: -1 if rep % 2 else 1]:
                 self.add(
-                    "base_put_large",
-                    await one_shot(self._streamed_put(self.base_c, messages, base_ids), size, base),
+                    f"{prefix}put_large",
+                    await one_shot(self._streamed_put(caller, messages, stored), size, pids),
                 )
-                if base_ids != ids:
-                    raise LoadError(f"baseline stored the large blob as {base_ids}, ours {ids}")
+                request = pb.GetStreamRequest(id=stored[0]).SerializeToString()
                 self.add(
-                    "base_get_large",
-                    await one_shot(self._streamed_get(self.base_c, get_msg), size, base),
+                    f"{prefix}get_large",
+                    await one_shot(self._streamed_get(caller, request), size, pids),
                 )
+            stored_ids = [stored for *_, stored in servers]
+            if any(stored != ids for stored in stored_ids):
+                raise LoadError(f"the servers stored the large blob as {stored_ids}")
             self.add("disk_seq_write", bench_disk.sequential_write(self.work, size=size))
             self.add("sha256", bench_disk.sha256_speed(sha_data))
             if rep == 0:
@@ -426,6 +421,22 @@ class Bench:
                 "seconds": seconds,
                 "mb_per_s": size / seconds / 1e6,
             }
+
+
+def paired_order(names: list[str], trial: int) -> list[str]:
+    """The workloads of one trial, each `base_X` right next to its `X`, taking turns first.
+
+    Ours and the baseline then run in the same minutes and neither always
+    follows the same workload (a put burst leaves the file system slower for
+    a while).
+    """
+    order: list[str] = []
+    for name in names:
+        if name.startswith("base_"):
+            continue
+        pair = [name, f"base_{name}"] if f"base_{name}" in names else [name]
+        order += pair[::-1] if trial % 2 else pair
+    return order
 
 
 async def _retry(call: Callable[[], Awaitable[Any]], seconds: float = 10.0) -> Any:
