@@ -17,4 +17,6 @@ BLOB_TYPE_TO_PB: dict[BlobType, pb.BlobType.ValueType] = {
     BlobType.JSON: pb.BLOB_TYPE_JSON,
     BlobType.BINARY: pb.BLOB_TYPE_BINARY,
 }
-BLOB_TYPE_FROM_PB: dict[pb.BlobType.ValueType, BlobType] = {value: key for key, value in BLOB_TYPE_TO_PB.items()}
+BLOB_TYPE_FROM_PB: dict[pb.BlobType.ValueType, BlobType] = {
+    value: key for key, value in BLOB_TYPE_TO_PB.items()
+}

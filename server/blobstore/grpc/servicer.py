@@ -86,17 +86,14 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
 
     def __init__(self, store: BlobStore) -> None:
         self._store = store
-        self._encoded_replies = False  # set by add_to_server
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
-        """Registers the service, as pb_grpc.add_BlobServiceServicer_to_server would.
+        """Registers the service; the only way to (pb_grpc's generated registration is not).
 
-        One difference: the replies of Put, of Get (with data) and GetStream's
-        chunk messages are encoded by blobstore.grpc.wire and pass their
-        serializer as they are, and PutStream chunks are parsed without a
-        copy (with the generated registration they stay messages).
+        It differs from pb_grpc.add_BlobServiceServicer_to_server in the
+        (de)serializers: replies that blobstore.grpc.wire encodes pass their
+        serializer as they are, and PutStream chunks are parsed without a copy.
         """
-        self._encoded_replies = True
 
         def unary(method: Any, request: Any, reply: Any) -> grpc.RpcMethodHandler[Any, Any]:
             return grpc.unary_unary_rpc_method_handler(
@@ -135,7 +132,7 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
         server.add_registered_method_handlers(SERVICE_NAME, handlers)  # type: ignore[attr-defined]
 
     @_translate_errors
-    async def Put(  # type: ignore[override]  # replies may come encoded (add_to_server)
+    async def Put(  # type: ignore[override]  # replies come encoded (add_to_server)
         self, request: pb.PutRequest, context: Any
     ) -> pb.PutResponse | bytes:
         expected = _optional_id(request.expected_id, "expected_id")
@@ -149,17 +146,10 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
         else:
             blob_type = _blob_type(request.blob_type, default=BlobType.BINARY)
             result = await self._store.put(blob_type, request.data, expected)
-        if self._encoded_replies:
-            return wire.put_reply(result)
-        return pb.PutResponse(
-            id=result.info.blob_id,
-            blob_type=_TO_PB[result.info.blob_type],
-            size=result.info.size,
-            created=result.created,
-        )
+        return wire.put_reply(result)
 
     @_translate_errors
-    async def Get(  # type: ignore[override]  # replies may come encoded (add_to_server)
+    async def Get(  # type: ignore[override]  # replies come encoded (add_to_server)
         self,
         request: pb.GetRequest,
         context: Any,
@@ -173,11 +163,7 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
             return pb.GetResponse(
                 id=info.blob_id, blob_type=_TO_PB[info.blob_type], size=info.size, json=value
             )
-        if self._encoded_replies:
-            return wire.get_reply(info, blob.data)
-        return pb.GetResponse(
-            id=info.blob_id, blob_type=_TO_PB[info.blob_type], size=info.size, data=blob.data
-        )
+        return wire.get_reply(info, blob.data)
 
     @_translate_errors
     async def Stat(self, request: pb.StatRequest, context: Any) -> pb.StatResponse:
@@ -221,7 +207,7 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
         )
 
     @_translate_errors
-    async def GetStream(  # type: ignore[override]  # replies may come encoded (add_to_server)
+    async def GetStream(  # type: ignore[override]  # replies come encoded (add_to_server)
         self, request: pb.GetStreamRequest, context: Any
     ) -> AsyncIterator[pb.GetStreamResponse | bytes]:
         blob_id = _required_id(request.id)
@@ -231,10 +217,7 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
             yield pb.GetStreamResponse(info=_info(stream.info))
             offset = 0
             async for chunk in stream:
-                if self._encoded_replies:
-                    yield wire.chunk_message(offset, chunk)
-                else:
-                    yield pb.GetStreamResponse(offset=offset, chunk=chunk)
+                yield wire.chunk_message(offset, chunk)
                 offset += len(chunk)
         finally:
             await stream.aclose()
