@@ -90,9 +90,10 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
     def add_to_server(self, server: grpc.aio.Server) -> None:
         """Registers the service; the only way to (pb_grpc's generated registration is not).
 
-        It differs from pb_grpc.add_BlobServiceServicer_to_server in the
-        (de)serializers: replies that blobstore.grpc.wire encodes pass their
-        serializer as they are, and PutStream chunks are parsed without a copy.
+        It differs from pb_grpc.add_BlobServiceServicer_to_server in two
+        (de)serializers from blobstore.grpc.wire: GetStream's chunk messages
+        come encoded and pass their serializer as they are, and PutStream
+        chunks are parsed without a copy.
         """
 
         def unary(method: Any, request: Any, reply: Any) -> grpc.RpcMethodHandler[Any, Any]:
@@ -103,16 +104,8 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
             )
 
         handlers = {
-            "Put": grpc.unary_unary_rpc_method_handler(
-                self.Put,
-                request_deserializer=pb.PutRequest.FromString,
-                response_serializer=wire.serialize_reply,
-            ),
-            "Get": grpc.unary_unary_rpc_method_handler(
-                self.Get,
-                request_deserializer=pb.GetRequest.FromString,
-                response_serializer=wire.serialize_reply,
-            ),
+            "Put": unary(self.Put, pb.PutRequest, pb.PutResponse),
+            "Get": unary(self.Get, pb.GetRequest, pb.GetResponse),
             "Stat": unary(self.Stat, pb.StatRequest, pb.StatResponse),
             "FindMissing": unary(self.FindMissing, pb.FindMissingRequest, pb.FindMissingResponse),
             "PutStream": grpc.stream_unary_rpc_method_handler(
@@ -132,9 +125,7 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
         server.add_registered_method_handlers(SERVICE_NAME, handlers)  # type: ignore[attr-defined]
 
     @_translate_errors
-    async def Put(  # type: ignore[override]  # replies come encoded (add_to_server)
-        self, request: pb.PutRequest, context: Any
-    ) -> pb.PutResponse | bytes:
+    async def Put(self, request: pb.PutRequest, context: Any) -> pb.PutResponse:
         expected = _optional_id(request.expected_id, "expected_id")
         content = request.WhichOneof("content")
         if content == "json":
@@ -146,15 +137,20 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
         else:
             blob_type = _blob_type(request.blob_type, default=BlobType.BINARY)
             result = await self._store.put(blob_type, request.data, expected)
-        return wire.put_reply(result)
+        return pb.PutResponse(
+            id=result.info.blob_id,
+            blob_type=_TO_PB[result.info.blob_type],
+            size=result.info.size,
+            created=result.created,
+        )
 
     @_translate_errors
-    async def Get(  # type: ignore[override]  # replies come encoded (add_to_server)
+    async def Get(
         self,
         request: pb.GetRequest,
         context: Any,
         reserve: Callable[[int], object] | None = None,
-    ) -> pb.GetResponse | bytes:
+    ) -> pb.GetResponse:
         """`reserve(size)`, from the guard, is called before the blob's content is read."""
         blob = await self._store.get(_required_id(request.id), reserve)
         info = blob.info
@@ -163,7 +159,9 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
             return pb.GetResponse(
                 id=info.blob_id, blob_type=_TO_PB[info.blob_type], size=info.size, json=value
             )
-        return wire.get_reply(info, blob.data)
+        return pb.GetResponse(
+            id=info.blob_id, blob_type=_TO_PB[info.blob_type], size=info.size, data=blob.data
+        )
 
     @_translate_errors
     async def Stat(self, request: pb.StatRequest, context: Any) -> pb.StatResponse:

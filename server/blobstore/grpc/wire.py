@@ -1,10 +1,12 @@
 """Protobuf wire format written and read by hand, where protobuf's copies cost.
 
-Everything here is a measured shortcut around the generated message classes
-(figures in docs/performance.md, "Phases 2 and 3"); the rest of the server
-speaks messages. Each shortcut produces or accepts exactly what protobuf
-would (tests/process/test_fast_paths.py checks them byte for byte), and
-anything unusual goes to protobuf, so errors read the same.
+Everything here is a shortcut around the generated message classes that
+scripts/bench.py shows to pay (figures in docs/performance.md, "The wire
+module"); the rest of the server speaks messages. Each shortcut produces or
+accepts what protobuf would (tests/process/test_fast_paths.py compares them
+with protobuf), and anything unusual goes to protobuf, so errors read the
+same. Hand-encoded Put and Get replies were dropped in issue 9: their gain
+was within the benchmark's noise.
 
 Field numbers come from proto/blobstore/v1/blobstore.proto; a change there
 must be mirrored here.
@@ -15,43 +17,10 @@ from __future__ import annotations
 from google.protobuf.message import Message
 
 from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
-from blobstore.model import BlobInfo, PutResult
-from blobstore.proto_names import BLOB_TYPE_TO_PB
 
-# Field 2 (blob_type, varint) of GetResponse and PutResponse.
-_TYPE_FIELD = {key: bytes((0x10, value)) for key, value in BLOB_TYPE_TO_PB.items()}
-_SMALL_VARINTS = [bytes((value,)) for value in range(0x80)]
-
-
-# -- replies ---------------------------------------------------------------------------
-# Put and Get replies: one join instead of building a message and serialising
-# it, which saves the message and (for Get) two copies of the data per call.
-
-
-def put_reply(result: PutResult) -> bytes:
-    """PutResponse(id=..., blob_type=..., size=..., created=...) in protobuf wire format."""
-    created = b"\x20\x01" if result.created else b""
-    return b"".join((*_info_fields(result.info), created))
-
-
-def get_reply(info: BlobInfo, data: bytes) -> bytes:
-    """GetResponse(id=..., blob_type=..., size=..., data=data) in protobuf wire format.
-
-    Fields in number order, defaults left out as protobuf does, except
-    `data`: a oneof member is always written.
-    """
-    return b"".join((*_info_fields(info), b"\x22", varint(len(data)), data))
-
-
-def _info_fields(info: BlobInfo) -> tuple[bytes, ...]:
-    """Fields 1-3 (id, blob_type, size), which PutResponse and GetResponse share."""
-    blob_id = info.blob_id.encode()
-    size = b"\x18" + varint(info.size) if info.size else b""
-    return (b"\x0a", varint(len(blob_id)), blob_id, _TYPE_FIELD[info.blob_type], size)
-
-
-# GetStream chunk messages: building the message and serialising it copies each
-# 1 MiB chunk twice; this copies it once (the largest single gain on get_large).
+# -- GetStream replies ------------------------------------------------------------------
+# Building a chunk message and serialising it copies each 1 MiB chunk twice;
+# this copies it once (get_large, measured with and without).
 
 
 def chunk_message(offset: int, chunk: bytes) -> bytes:
@@ -60,14 +29,12 @@ def chunk_message(offset: int, chunk: bytes) -> bytes:
 
 
 def serialize_reply(reply: Message | bytes) -> bytes:
-    """The response serializer of the methods above: encoded replies pass as they are."""
+    """GetStream's response serializer: chunk messages pass as they are, the first is a message."""
     return reply if isinstance(reply, bytes) else reply.SerializeToString()
 
 
 def varint(value: int) -> bytes:
-    """A non-negative int as a protobuf varint (small values from a table: most sizes)."""
-    if value < 0x80:
-        return _SMALL_VARINTS[value]
+    """A non-negative int as a protobuf varint."""
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
@@ -79,8 +46,8 @@ def varint(value: int) -> bytes:
 # -- PutStream requests ----------------------------------------------------------------
 # Protobuf copies a chunk into the message and again at each `.chunk` access;
 # the common message (only [offset] and a chunk) is answered with a view of the
-# received bytes instead: no copy (the second-largest gain on put_large after
-# the malloc tuning).
+# received bytes instead: no copy (put_large, measured with perf and the
+# benchmark when it came in: change 8 in docs/performance.md).
 
 
 class ChunkMessage:

@@ -16,7 +16,7 @@ from blobstore.grpc.servicer import MAX_CHUNK, BlobServicer
 from blobstore.proto_names import SERVICE_NAME
 from blobstore.service.admission import Admission
 from blobstore.service.config import ServerConfig
-from blobstore.service.malloc_tuning import tune_malloc
+from blobstore.service.malloc_tuning import MallocTuning, tune_malloc
 from blobstore.storage.filesystem import FileSystemBackend
 from blobstore.storage.verifying import VerifyingBackend
 from blobstore.store import BlobStore
@@ -35,7 +35,7 @@ class ListenError(Exception):
 
 async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None:
     """Runs the server until SIGTERM/SIGINT (or `stop` is set), then stops gracefully."""
-    tune_malloc()
+    malloc = tune_malloc()
     backend = FileSystemBackend(
         config.data_dir.resolve(),
         io_threads=config.io_threads,
@@ -43,12 +43,15 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
     )
     backend.open()
     try:
-        await _serve_store(config, BlobStore(VerifyingBackend(backend), config.limits), stop)
+        store = BlobStore(VerifyingBackend(backend), config.limits)
+        await _serve_store(config, store, stop, malloc)
     finally:
         backend.close()
 
 
-async def _serve_store(config: ServerConfig, store: BlobStore, stop: asyncio.Event | None) -> None:
+async def _serve_store(
+    config: ServerConfig, store: BlobStore, stop: asyncio.Event | None, malloc: MallocTuning
+) -> None:
     # Streamed chunks (up to MAX_CHUNK) must fit whatever the unary limit is.
     message_limit = max(config.max_unary_bytes, MAX_CHUNK) + _MESSAGE_OVERHEAD
     guard = Guard(Admission(config.admission))
@@ -74,6 +77,7 @@ async def _serve_store(config: ServerConfig, store: BlobStore, stop: asyncio.Eve
     host = config.address.rsplit(":", 1)[0]
     await server.start()
     await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    malloc.log()
     log.info(
         "blobstore gRPC listening on %s:%d; data in %s",
         host,

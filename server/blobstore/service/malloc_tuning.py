@@ -11,8 +11,9 @@ RSS growth over a 1 GiB stream).
 
 A no-op (returning False) on other C libraries and systems, and when the
 operator set the MALLOC_*_ variables, which then take precedence. Either
-way it logs one line at start-up saying what it did, so an operator can
-tell from the log which allocator settings a server runs with.
+way the result says what it did, and the server logs it with its start-up
+line (not before: a server that fails to start says so in one line), so an
+operator can tell from the log which allocator settings a server runs with.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import ctypes.util
 import logging
 import os
 import sys
+from typing import NamedTuple
 
 MiB = 1024 * 1024
 MMAP_THRESHOLD = 16 * MiB
@@ -34,11 +36,20 @@ _ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 log = logging.getLogger(__name__)
 
 
-def tune_malloc() -> bool:
-    """Applies the thresholds above and logs the outcome; True if glibc accepted both."""
-    applied, outcome = _apply()
-    log.info("malloc tuning: %s", outcome)
-    return applied
+class MallocTuning(NamedTuple):
+    """What tune_malloc did."""
+
+    applied: bool
+    """glibc accepted both thresholds."""
+    outcome: str
+
+    def log(self) -> None:
+        log.info("malloc tuning: %s", self.outcome)
+
+
+def tune_malloc() -> MallocTuning:
+    """Applies the thresholds above (call before the allocations they are for)."""
+    return MallocTuning(*_apply())
 
 
 def _apply() -> tuple[bool, str]:
