@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -158,9 +159,13 @@ def _make_odd_file(path: Path, kind: str, tmp: Path) -> socket.socket | None:
     elif kind == "fifo":
         os.mkfifo(path)
     elif kind == "socket":
+        # Bound at a short path (AF_UNIX allows about 100 bytes), then moved into place.
+        short = Path(tempfile.mkdtemp(prefix="s", dir="/tmp")) / "s"
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(str(path))
+        listener.bind(str(short))
         listener.listen()
+        os.rename(short, path)
+        short.parent.rmdir()
         return listener
     elif kind == "dangling_symlink":
         path.symlink_to(tmp / "nowhere")

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import errno
 import fcntl
 import hashlib
@@ -59,7 +60,17 @@ from blobstore.storage.base import OverLimit
 from blobstore.storage.blob_file import HEADER_SIZE, CorruptHeader, decode_header, encode_header
 from blobstore.storage.group_commit import GroupCommitter
 from blobstore.storage.journal import SEGMENT_BYTES, Journal, JournalRecord, read_segment
-from blobstore.storage.os_calls import fsync_dir, start_writeback, sync_filesystem, syncfs_available
+from blobstore.storage.os_calls import (
+    NotRegularFile,
+    fsync_dir,
+    is_regular,
+    make_folder,
+    open_regular,
+    start_writeback,
+    sync_filesystem,
+    syncfs_available,
+    writev_all,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +79,6 @@ _SPACE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _HEX = "0123456789abcdef"
 _CHECK_CHUNK = 1024 * 1024
 _RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
-_OPEN_READ = os.O_RDONLY | os.O_CLOEXEC
 _ID_PREFIX = len(PREFIX)
 _ANONYMOUS_TEMP = hasattr(os, "O_TMPFILE")
 WRITEBACK_EVERY = 8 * 1024 * 1024
@@ -79,6 +89,13 @@ JOURNAL_MAX_BLOB_BYTES = 64 * 1024
 """Largest unary put made durable through the group-commit journal (0: none)."""
 
 
+class _Copy(enum.Enum):
+    """What a put found at its blob's path before comparing anything."""
+
+    ABSENT = "no copy"
+    UNCHECKED = "a copy still to compare (not cached, or broken)"
+
+
 class DataFolderLocked(Exception):
     """Another server process already owns the data folder."""
 
@@ -87,6 +104,15 @@ def io_error(exc: OSError, action: str) -> Exception:
     """Translates an OSError from the disk into the store's error for the caller."""
     if exc.errno in _SPACE_ERRORS:
         return StorageFull(f"no space left to {action}: {os.strerror(exc.errno or 0)}")
+    # Not expected in normal operation: the operator needs to see it, once, with its errno.
+    code = exc.errno or 0
+    log.error(
+        "I/O error %s (errno %d) while trying to %s: %s",
+        errno.errorcode.get(code, "?"),
+        code,
+        action,
+        exc.strerror or exc,
+    )
     return Unavailable(f"I/O error while trying to {action}: {exc.strerror or exc}")
 
 
@@ -122,7 +148,13 @@ class FileSystemLayout:
         return self.blobs / digest[:2] / digest
 
     def all_blob_paths(self) -> list[Path]:
-        return sorted(p for p in self.blobs.glob("??/*") if p.is_file())
+        """Everything in the shards: blob files, and whatever else was put there."""
+        return sorted(self.blobs.glob("??/*"))
+
+    def remake(self, directory: Path) -> None:
+        """Creates a folder of the layout that was deleted while the server ran."""
+        make_folder(directory)
+        log.warning("%s was missing; made it again", directory)
 
     def read_info(self, fd: int, blob_id: BlobId) -> BlobInfo:
         """Decodes the header of an open blob file; DataLoss if it is broken or truncated."""
@@ -135,7 +167,9 @@ class FileSystemLayout:
     def check_file(self, path: Path, blob_id: BlobId) -> str | None:
         """Returns what is wrong with the blob file at `path`, or None if it is sound."""
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd, _ = open_regular(path)
+        except NotRegularFile as exc:
+            return str(exc)
         except OSError as exc:
             return f"cannot open: {exc.strerror}"
         try:
@@ -168,7 +202,10 @@ class FileSystemLayout:
         try:
             os.rename(path, target)
         except FileNotFoundError:
-            return None
+            if not os.path.lexists(path) or self.quarantine_dir.is_dir():
+                return None
+            self.remake(self.quarantine_dir)
+            os.rename(path, target)
         problem = self.check_file(target, blob_id)
         if problem is None:
             with contextlib.suppress(FileExistsError):
@@ -277,20 +314,38 @@ class FileSystemBackend:
     # -- writes -----------------------------------------------------------------------------
 
     async def put(self, blob_id: BlobId, blob_type: BlobType, data: bytes) -> PutResult:
-        # Most often answered here, without a thread: the blob exists (its header is
-        # cached) or its file is missing. A broken copy is left to the pool's check,
-        # which quarantines it so that this put stores a sound one.
-        try:
-            existing = await self.stat(blob_id)
-        except DataLoss:
-            check = True
-        else:
-            if existing is not None:
-                return PutResult(existing, created=False)
-            check = False  # a writer that gets there first is caught by link(2) in _publish
-        if self._committer is not None and len(data) <= self._journal_max_blob:
+        # A re-put is acknowledged only from a stored copy that holds exactly `data`
+        # (which hashes to the id): most often compared right here, without a thread,
+        # when the copy is small and cached; else in the pool, whose check quarantines
+        # a copy that is broken or differs, so that this put stores a sound one.
+        stored = self._cached_copy(blob_id, data)
+        if isinstance(stored, BlobInfo):
+            return PutResult(stored, created=False)
+        absent = stored is _Copy.ABSENT  # a writer getting there first meets link(2)
+        if absent and self._committer is not None and len(data) <= self._journal_max_blob:
             return await self._committer.put(blob_id, blob_type, data)
-        return await self._run(lambda: self._put_sync(blob_id, blob_type, data, check=check))
+        return await self._run(lambda: self._put_sync(blob_id, blob_type, data, check=not absent))
+
+    def _cached_copy(self, blob_id: BlobId, data: bytes) -> BlobInfo | _Copy:
+        """The stored copy's metadata if it is cached and holds exactly `data`; else
+        whether there is no copy (ABSENT) or one still to check in the pool (UNCHECKED)."""
+        try:
+            fd, file_size = self._open_blob(blob_id)
+        except BlobNotFound:
+            return _Copy.ABSENT
+        except DataLoss:
+            return _Copy.UNCHECKED
+        try:
+            if file_size != HEADER_SIZE + len(data) or len(data) > INLINE_READ_LIMIT:
+                return _Copy.UNCHECKED
+            blob = self._read_blob(fd, blob_id, file_size, None, wait=False)
+        except DataLoss:
+            return _Copy.UNCHECKED
+        finally:
+            os.close(fd)
+        if blob is not None and blob.data == data:
+            return blob.info
+        return _Copy.UNCHECKED
 
     def _file_blob(self, blob_id: BlobId, blob_type: BlobType, data: bytes) -> PutResult:
         """Publishes a blob whose journal record is durable: no fsync of its own."""
@@ -306,7 +361,7 @@ class FileSystemBackend:
         durable: bool = True,
     ) -> PutResult:
         if check:
-            existing = self._existing(blob_id)
+            existing = self._existing(blob_id, data)
             if existing is not None:
                 return PutResult(existing, created=False)
         info = BlobInfo(blob_id, blob_type, len(data))
@@ -316,20 +371,20 @@ class FileSystemBackend:
             if fd is not None:
                 try:
                     try:
-                        _writev_all(fd, parts)
+                        writev_all(fd, parts)
                         if durable:
                             os.fsync(fd)
                     except OSError as exc:
                         raise io_error(exc, "store the blob") from None
                     return self._publish(
-                        f"/proc/self/fd/{fd}", blob_id, info, anonymous=True, durable=durable
+                        f"/proc/self/fd/{fd}", blob_id, info, data, anonymous=True, durable=durable
                     )
                 finally:
                     os.close(fd)  # an anonymous file not linked by now vanishes with it
         fd, tmp_path = self._create_temp()
         try:
             try:
-                _writev_all(fd, parts)
+                writev_all(fd, parts)
                 if durable:
                     os.fsync(fd)
             finally:
@@ -337,7 +392,17 @@ class FileSystemBackend:
         except OSError as exc:
             _unlink_quietly(tmp_path)
             raise io_error(exc, "store the blob") from None
-        return self._publish(tmp_path, blob_id, info, durable=durable)
+        return self._publish(tmp_path, blob_id, info, data, durable=durable)
+
+    def _in_tmp(self, create: Callable[[], _T]) -> _T:
+        """Runs `create` (which makes a file in tmp/), making tmp/ again if it was deleted."""
+        try:
+            return create()
+        except FileNotFoundError:
+            if self.layout.tmp.is_dir():
+                raise
+        self.layout.remake(self.layout.tmp)
+        return create()
 
     def _create_anonymous(self) -> int | None:
         """An unnamed file in tmp/ (O_TMPFILE), or None if the file system has none.
@@ -345,8 +410,9 @@ class FileSystemBackend:
         It needs no name, no unlink afterwards, and leaves no debris after a
         crash: two directory updates fewer per put than a named temp file.
         """
+        flags = os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC
         try:
-            return os.open(self.layout.tmp, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o644)
+            return self._in_tmp(lambda: os.open(self.layout.tmp, flags, 0o644))
         except OSError as exc:
             if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
                 self._anonymous_temp = False
@@ -360,19 +426,37 @@ class FileSystemBackend:
     def _create_temp(self) -> tuple[int, str]:
         # Unique within this server's run (O_EXCL catches any clash); debris of earlier
         # runs is removed at start-up.
+        # Readable too: a re-put of a stored id compares the stored copy with this file.
         path = f"{self._temp_prefix}{next(self._temp_seq)}.tmp"
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            fd = self._in_tmp(lambda: os.open(path, flags, 0o644))
         except OSError as exc:
             raise io_error(exc, "create a temporary file") from None
         return fd, path
 
-    def _existing(self, blob_id: BlobId) -> BlobInfo | None:
-        """The stored blob's metadata; a visibly broken copy is quarantined so a put heals it."""
+    def _existing(self, blob_id: BlobId, content: bytes | int) -> BlobInfo | None:
+        """The stored blob's metadata if its copy holds exactly `content` (bytes, or the
+        content of an open temp file); a copy that is broken or differs - so does not
+        match its id, which `content` does - is quarantined so that the put heals it."""
         try:
-            return self._stat_sync(blob_id)
+            fd, file_size = self._open_blob(blob_id)
+        except BlobNotFound:
+            return None
         except DataLoss as exc:
             reason = str(exc)
+        else:
+            try:
+                info = _decode_info(blob_id, os.pread(fd, HEADER_SIZE, 0), file_size)
+                if _same_content(fd, info.size, content):
+                    return info
+                reason = "content differs from a put of the same id: it does not match its id"
+            except DataLoss as exc:
+                reason = str(exc)
+            except OSError as exc:
+                raise io_error(exc, "read the stored copy") from None
+            finally:
+                os.close(fd)
         try:
             self.layout.quarantine(blob_id, reason)
         except OSError as exc:
@@ -384,6 +468,7 @@ class FileSystemBackend:
         tmp_path: str,
         blob_id: BlobId,
         info: BlobInfo,
+        content: bytes | int,
         *,
         anonymous: bool = False,
         durable: bool = True,
@@ -393,12 +478,15 @@ class FileSystemBackend:
         `anonymous`: tmp_path is /proc/self/fd/N of an O_TMPFILE file, linked
         with linkat(AT_SYMLINK_FOLLOW) - os.link uses that only when given a
         folder descriptor (ignored, as both paths are absolute).
+        `content`: the blob's content (bytes, or the temp file's descriptor), to
+        compare with a copy already in place.
         `durable=False`: the shard folder is not fsynced (a journal covers the blob).
         """
         final = self._blob_path(blob_id)
         root_fd = self._root_fd if anonymous else None
         try:
-            # More than one round only if a broken copy was in the way and got quarantined.
+            # More than one round only if a broken copy was in the way and got quarantined,
+            # or the shard folder had been deleted.
             for _ in range(3):
                 try:
                     if root_fd is None:
@@ -406,9 +494,15 @@ class FileSystemBackend:
                     else:
                         os.link(tmp_path, final, src_dir_fd=root_fd, dst_dir_fd=root_fd)
                 except FileExistsError:
-                    existing = self._existing(blob_id)
+                    existing = self._existing(blob_id, content)
                     if existing is not None:
                         return PutResult(existing, created=False)
+                    continue
+                except FileNotFoundError:
+                    shard = Path(final).parent
+                    if shard.is_dir():
+                        raise  # the temp file is gone (tmp/ deleted meanwhile): retry
+                    self.layout.remake(shard)
                     continue
                 try:
                     if durable:
@@ -502,9 +596,8 @@ class FileSystemBackend:
         when the read would wait for the disk does it go to the thread pool,
         whose round trip costs ten times that.
         """
-        fd = self._open_blob(blob_id)
+        fd, file_size = self._open_blob(blob_id)
         try:
-            file_size = os.fstat(fd).st_size
             whole = max_size is None or file_size - HEADER_SIZE <= max_size
             if whole and reserve is not None:
                 reserve(max(0, file_size - HEADER_SIZE))
@@ -568,7 +661,7 @@ class FileSystemBackend:
 
     async def get_stream(self, blob_id: BlobId, chunk_size: int) -> _FileStream:
         def open_stream() -> tuple[int, BlobInfo]:
-            fd = self._open_blob(blob_id)
+            fd, _ = self._open_blob(blob_id)
             try:
                 return fd, self.layout.read_info(fd, blob_id)
             except OSError as exc:
@@ -581,34 +674,40 @@ class FileSystemBackend:
         fd, info = await self._run(open_stream)
         return _FileStream(self._pool, fd, info, chunk_size)
 
-    def _open_blob(self, blob_id: BlobId) -> int:
+    def _open_blob(self, blob_id: BlobId) -> tuple[int, int]:
+        """(descriptor, file size) of the blob's file; DataLoss if something else is there."""
         digest = blob_id[_ID_PREFIX:]  # _blob_path, inlined: every read starts here
         try:
-            return os.open(f"{self._blobs_dir}/{digest[:2]}/{digest}", _OPEN_READ)
+            return open_regular(f"{self._blobs_dir}/{digest[:2]}/{digest}")
         except FileNotFoundError:
             raise BlobNotFound(blob_id) from None
+        except NotRegularFile as exc:
+            raise DataLoss(blob_id, str(exc)) from None
         except OSError as exc:
             raise io_error(exc, "open the blob") from None
 
     async def stat(self, blob_id: BlobId) -> BlobInfo | None:
         """The blob's metadata; read on the event loop when its header is in the page cache."""
         try:
-            fd = self._open_blob(blob_id)
+            fd, size = self._open_blob(blob_id)
         except BlobNotFound:
             return None
         try:
-            info = self._read_info(fd, blob_id, wait=False)
+            info = self._read_info(fd, blob_id, size, wait=False)
         except BaseException:
             os.close(fd)
             raise
         if info is not None:
             os.close(fd)
             return info
-        return await self._read_in_pool(fd, lambda wait: self._read_info(fd, blob_id, wait=wait))
+        return await self._read_in_pool(
+            fd, lambda wait: self._read_info(fd, blob_id, size, wait=wait)
+        )
 
-    def _read_info(self, fd: int, blob_id: BlobId, *, wait: bool) -> BlobInfo | None:
+    def _read_info(
+        self, fd: int, blob_id: BlobId, file_size: int, *, wait: bool
+    ) -> BlobInfo | None:
         try:
-            file_size = os.fstat(fd).st_size
             if wait:
                 header = os.pread(fd, HEADER_SIZE, 0)
             else:
@@ -620,19 +719,11 @@ class FileSystemBackend:
             raise io_error(exc, "read the blob's header") from None
         return _decode_info(blob_id, header, file_size)
 
-    def _stat_sync(self, blob_id: BlobId) -> BlobInfo | None:
-        try:
-            fd = self._open_blob(blob_id)
-        except BlobNotFound:
-            return None
-        try:
-            return self._read_info(fd, blob_id, wait=True)
-        finally:
-            os.close(fd)
-
     async def find_missing(self, blob_ids: Sequence[BlobId]) -> list[BlobId]:
         def missing() -> list[BlobId]:
-            return [i for i in blob_ids if not os.path.exists(self.layout.path_of(i))]
+            # Anything but a regular file there is as good as missing: the client puts
+            # the blob, and the put moves the odd thing aside.
+            return [i for i in blob_ids if not is_regular(self._blob_path(i))]
 
         return await self._run(missing)
 
@@ -766,7 +857,7 @@ class _FileWriter:
         backend, path = self._backend, self._path
 
         def make_durable(fd: int) -> PutResult | None:
-            existing = backend._existing(blob_id)
+            existing = backend._existing(blob_id, fd)
             if existing is not None:
                 return PutResult(existing, created=False)
             try:
@@ -784,7 +875,7 @@ class _FileWriter:
             # made durable (a client that gave up mid-stream, whose request stream
             # just ends; a server stopping) gets its CancelledError here and
             # publishes nothing.
-            return await self._guard.run(lambda _: backend._publish(path, blob_id, info))
+            return await self._guard.run(lambda fd: backend._publish(path, blob_id, info, fd))
         finally:
             await self.abort()
 
@@ -830,14 +921,26 @@ def _pread_cached(fd: int, size: int, expected: int) -> bytes | None:
     return bytes(buffer)
 
 
-def _writev_all(fd: int, parts: list[bytes]) -> None:
-    """Writes the parts in order with as few system calls as the kernel allows (one)."""
-    total = sum(len(part) for part in parts)
-    written = os.writev(fd, parts)
-    if written < total:  # rare: a signal or a full disk mid-write; finish part by part
-        rest = memoryview(b"".join(parts))[written:]
-        while rest:
-            rest = rest[os.write(fd, rest) :]
+def _same_content(fd: int, size: int, content: bytes | int) -> bool:
+    """True if the blob file open as `fd` (of `size` content bytes) holds `content`:
+    bytes, or the content of another blob file, such as a streamed put's temp file."""
+    if isinstance(content, bytes):
+        if len(content) != size:
+            return False
+        expected = memoryview(content)
+    elif os.fstat(content).st_size != HEADER_SIZE + size:
+        return False
+    offset = 0
+    while offset < size:
+        length = min(_CHECK_CHUNK, size - offset)
+        stored = os.pread(fd, length, HEADER_SIZE + offset)
+        if isinstance(content, bytes):
+            if expected[offset : offset + length] != stored:
+                return False
+        elif os.pread(content, length, HEADER_SIZE + offset) != stored:
+            return False
+        offset += length
+    return True
 
 
 def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:

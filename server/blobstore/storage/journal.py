@@ -36,7 +36,7 @@ from pathlib import Path
 
 from blobstore.model import BlobType
 from blobstore.storage.blob_file import HEADER_SIZE, CorruptHeader, decode_header, encode_header
-from blobstore.storage.os_calls import fsync_dir
+from blobstore.storage.os_calls import fsync_dir, make_folder, writev_all
 
 log = logging.getLogger(__name__)
 
@@ -141,11 +141,7 @@ class Journal:
         assert fd is not None
         total = sum(len(part) for part in parts)
         try:
-            written = os.writev(fd, parts)
-            if written < total:  # rare: a signal, or the disk filled up mid-write
-                rest = memoryview(b"".join(parts))[written:]
-                while rest:
-                    rest = rest[os.write(fd, rest) :]
+            writev_all(fd, parts)
             os.fdatasync(fd)
         except OSError:
             self._close_active()
@@ -172,7 +168,13 @@ class Journal:
     def _start_segment(self) -> None:
         path = self.directory / f"{self._next_seq:016d}.log"
         self._next_seq += 1
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
+        try:
+            fd = os.open(path, flags, 0o644)
+        except FileNotFoundError:  # journal/ deleted behind the server's back
+            make_folder(self.directory)
+            log.warning("%s was missing; made it again", self.directory)
+            fd = os.open(path, flags, 0o644)
         try:
             fsync_dir(self.directory)  # fdatasync of the file does not cover its name
         except OSError:

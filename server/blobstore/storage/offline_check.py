@@ -6,7 +6,8 @@ can run while a server serves the folder. Only published files are read
 under their name, so they are never mistaken for damage. A bad file is moved
 to quarantine/ with FileSystemLayout.quarantine, which checks it again after
 the move and puts it back if a put replaced it with a sound copy meanwhile.
-Files in the shards that are not named after a blob id are moved aside too.
+Files in the shards that are not named after a blob id are moved aside too, and
+so is anything that is not a regular file (a folder, FIFO, socket or symlink).
 """
 
 from __future__ import annotations
@@ -92,14 +93,14 @@ def _check(
         report.checked += 1
         report.bytes_checked += max(0, _size(path) - HEADER_SIZE)
         return None
-    if not path.exists():
+    if not os.path.lexists(path):
         report.vanished += 1
         return None
     if not quarantine:
         return Problem(path, blob_id, reason, None)
     moved = layout.quarantine(blob_id, reason)
     if moved is None:
-        if path.exists():  # a put replaced the bad copy with a sound one meanwhile
+        if os.path.lexists(path):  # a put replaced the bad copy with a sound one meanwhile
             report.checked += 1
         else:
             report.vanished += 1
