@@ -135,9 +135,7 @@ def test_bridge_reput_over_a_silently_corrupted_copy_stores_a_sound_one(
     _assert_healed(running, direct, blob_id, content)
 
 
-def test_reads_of_a_corrupted_copy_still_quarantine_it(
-    running: Stack, direct: BlobClient
-) -> None:
+def test_reads_of_a_corrupted_copy_still_quarantine_it(running: Stack, direct: BlobClient) -> None:
     """Unchanged promise: a get of a bad copy is DATA_LOSS, then NOT_FOUND, never bad data."""
     content = os.urandom(5000)
     blob_id = direct.put_bytes(content).info.blob_id
@@ -287,9 +285,7 @@ def test_verify_reports_and_quarantines_non_regular_files(
 # -- 4. deleted folders -------------------------------------------------------------------
 
 
-def test_deleted_tmp_and_shard_folders_are_made_again(
-    running: Stack, direct: BlobClient
-) -> None:
+def test_deleted_tmp_and_shard_folders_are_made_again(running: Stack, direct: BlobClient) -> None:
     data_dir = running.server.data_dir
     contents = [os.urandom(3000), os.urandom(1 * MiB), os.urandom(5 * MiB)]  # every road
     for round_ in range(2):
@@ -361,14 +357,18 @@ PUTS = 500
 """Under the default cap of 512 calls, and far past the 341 puts of 1024 iovecs."""
 
 
+def _fsfreeze(flag: str, mount: Path) -> None:
+    subprocess.run(["fsfreeze", flag, str(mount)], check=True)
+
+
 async def _frozen_burst(server: ServerProcess, mount: Path) -> list[str]:
     contents = [os.urandom(1024) for _ in range(PUTS)]
     async with grpc.aio.insecure_channel(server.target) as channel:
-        stub = pb_grpc.BlobServiceStub(channel)  # type: ignore[no-untyped-call]
+        stub = pb_grpc.BlobServiceStub(channel)
         await stub.Put(pb.PutRequest(data=b"warm"), timeout=30)
         # A frozen file system stops the committer's write: every put queues behind it,
         # as behind a slow fdatasync under other write load.
-        subprocess.run(["fsfreeze", "-f", str(mount)], check=True)
+        await asyncio.to_thread(_fsfreeze, "-f", mount)
         try:
             calls = [stub.Put(pb.PutRequest(data=content), timeout=120) for content in contents]
             probe = pb.StatRequest(id=sha256_id(b"probe"))
@@ -387,7 +387,7 @@ async def _frozen_burst(server: ServerProcess, mount: Path) -> list[str]:
                     break
                 await asyncio.sleep(0.01)
         finally:
-            subprocess.run(["fsfreeze", "-u", str(mount)], check=True)
+            await asyncio.to_thread(_fsfreeze, "-u", mount)
         outcomes = await asyncio.gather(*calls, return_exceptions=True)
     failed = [str(outcome) for outcome in outcomes if isinstance(outcome, BaseException)]
     assert not failed, f"{len(failed)} puts failed, e.g. {failed[0]}"
