@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -123,3 +125,18 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what or condition}")
         time.sleep(0.02)
+
+
+EXIT_CORRUPT = 4
+"""`blobstore verify`'s exit status when it found problems."""
+
+
+def verify_cli(data_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """Runs `blobstore verify` on a data folder as an operator would."""
+    return subprocess.run(
+        [sys.executable, "-m", "blobstore.cli", "verify", "--data-dir", str(data_dir), *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )

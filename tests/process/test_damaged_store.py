@@ -14,7 +14,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,11 +29,9 @@ from blobstore.errors import DataLoss
 from blobstore.model import BlobType
 from blobstore.retry import RetryPolicy
 from tests.bridge_processes import Stack, stack
-from tests.faults import MiB, check_blob_file, status_of, temp_files
+from tests.faults import EXIT_CORRUPT, MiB, check_blob_file, status_of, temp_files, verify_cli
 from tests.processes import ServerProcess
 from tests.rpc_helpers import blob_path, raw_stub, sha256_id
-
-EXIT_CORRUPT = 4
 
 
 @pytest.fixture(scope="module")
@@ -237,16 +234,6 @@ def test_a_put_over_a_non_regular_file_heals_it(
                 listener.close()
 
 
-def _verify_cli(data_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "blobstore.cli", "verify", "--data-dir", str(data_dir), *extra],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 def test_verify_reports_and_quarantines_non_regular_files(
     start_server: Callable[..., ServerProcess], tmp_path: Path
 ) -> None:
@@ -265,15 +252,15 @@ def test_verify_reports_and_quarantines_non_regular_files(
             listeners.append(listener)
         odd[kind] = path
     try:
-        checked = _verify_cli(server.data_dir, "--no-quarantine")
+        checked = verify_cli(server.data_dir, "--no-quarantine")
         assert checked.returncode == EXIT_CORRUPT, checked.stdout + checked.stderr
         for path in odd.values():
             assert path.name in checked.stdout
             assert os.path.lexists(path)
-        done = _verify_cli(server.data_dir)
+        done = verify_cli(server.data_dir)
         assert done.returncode == EXIT_CORRUPT, done.stdout + done.stderr
         assert all(not os.path.lexists(path) for path in odd.values())
-        again = _verify_cli(server.data_dir)
+        again = verify_cli(server.data_dir)
         assert again.returncode == 0, again.stdout + again.stderr
         with BlobClient(server.target, timeout=30) as client:
             assert all(client.stat(blob_id) is not None for blob_id in kept)
