@@ -132,6 +132,24 @@ def test_bridge_reput_over_a_silently_corrupted_copy_stores_a_sound_one(
     _assert_healed(running, direct, blob_id, content)
 
 
+@pytest.mark.parametrize("size", [0, 3000, 1 * MiB, 5 * MiB])
+def test_reput_of_a_sound_copy_is_answered_from_it(
+    running: Stack, direct: BlobClient, size: int
+) -> None:
+    """The comparison finds sound copies sound: created false, nothing quarantined."""
+    content = os.urandom(size)
+    blob_id = sha256_id(content)
+    direct.put_bytes(content)
+    with raw_stub(running.server.target) as stub:
+        streamed = stub.PutStream(iter([pb.PutStreamRequest(chunk=content)]), timeout=60)
+        early = stub.PutStream(_stream_with_expected_id(content, blob_id), timeout=60)
+    assert (streamed.id, streamed.created) == (blob_id, False)
+    assert (early.id, early.created) == (blob_id, False)
+    assert direct.put_bytes(content).created is False
+    assert _quarantined(running.server.data_dir, blob_id) == []
+    assert direct.get(blob_id).data == content
+
+
 def test_reads_of_a_corrupted_copy_still_quarantine_it(running: Stack, direct: BlobClient) -> None:
     """Unchanged promise: a get of a bad copy is DATA_LOSS, then NOT_FOUND, never bad data."""
     content = os.urandom(5000)

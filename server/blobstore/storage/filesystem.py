@@ -928,7 +928,8 @@ def _same_content(fd: int, size: int, content: bytes | int) -> bool:
         if len(content) != size:
             return False
         expected = memoryview(content)
-    elif os.fstat(content).st_size != HEADER_SIZE + size:
+    # A temp file's header may not be written yet: an empty one is then 0 bytes long.
+    elif max(os.fstat(content).st_size, HEADER_SIZE) != HEADER_SIZE + size:
         return False
     offset = 0
     while offset < size:
