@@ -4,7 +4,10 @@ HTTP statuses say what HTTP can say; everything else is JSON-RPC:
 - 200 with the response body, also for JSON-RPC errors (the error is in the body);
 - 204 and no body when the message was only notifications;
 - 405 for a method other than POST on / (Allow: POST), 404 for other paths;
-- 415 when the Content-Type is not application/json (JSON-RPC error body);
+- 415 when the Content-Type is not JSON (JSON-RPC error body). application/json and
+  application/json-rpc are JSON with any charset spelling of UTF-8; a missing
+  Content-Type and application/x-www-form-urlencoded (what `curl -d` sends) are taken
+  as JSON when the body starts like a JSON-RPC message (`{` or `[`);
 - 413 when the body is over the size limit (JSON-RPC error -32006 body).
 Connections are kept alive and requests are served concurrently.
 """
@@ -12,6 +15,7 @@ Connections are kept alive and requests are served concurrently.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable
 
 import orjson
@@ -24,6 +28,10 @@ from jsonrpc_bridge.service import Health
 log = logging.getLogger("jsonrpc_bridge")
 
 JSON_TYPES = frozenset({"application/json", "application/json-rpc"})
+# Content-Types of clients that did not say JSON but send it (curl -d, bare clients).
+LENIENT_TYPES = frozenset({"", "application/x-www-form-urlencoded"})
+UTF8_NAMES = frozenset({"utf-8", "utf8"})
+_LOOKS_JSON = re.compile(rb"[ \t\r\n]*[\[{]")
 Probe = Callable[[], Awaitable[Health]]
 
 
@@ -36,16 +44,17 @@ def create_app(core: JsonRpcCore, *, max_request_bytes: int, probe: Probe) -> we
     app = web.Application(client_max_size=max_request_bytes)
 
     async def rpc(request: web.Request) -> web.StreamResponse:
-        if request.content_type not in JSON_TYPES or (request.charset or "utf-8") != "utf-8":
-            given = request.headers.get("Content-Type", "none")
-            detail = f"Content-Type must be application/json (UTF-8), not {errors.clip(given)}"
-            return _rpc_error(415, errors.invalid_request(detail))
+        lenient = _content_type(request)
+        if lenient is None:
+            return _unsupported_type(request)
         if request.content_length is not None and request.content_length > max_request_bytes:
             return _rpc_error(413, errors.request_too_large(max_request_bytes))
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return _rpc_error(413, errors.request_too_large(max_request_bytes))
+        if lenient and not _LOOKS_JSON.match(body):
+            return _unsupported_type(request, body_checked=True)
         answer = await core.handle(body)
         if answer is None:
             return web.Response(status=204)
@@ -65,6 +74,25 @@ def create_app(core: JsonRpcCore, *, max_request_bytes: int, probe: Probe) -> we
     app.router.add_post("/", rpc)
     app.router.add_get("/healthz", healthz)
     return app
+
+
+def _content_type(request: web.Request) -> bool | None:
+    """False: a JSON type; True: a type taken as JSON if the body looks so; None: refused."""
+    charset = (request.charset or "utf-8").lower()
+    if charset not in UTF8_NAMES:
+        return None
+    given = request.content_type if "Content-Type" in request.headers else ""
+    if given in JSON_TYPES:
+        return False
+    return True if given in LENIENT_TYPES else None
+
+
+def _unsupported_type(request: web.Request, *, body_checked: bool = False) -> web.Response:
+    given = request.headers.get("Content-Type", "none")
+    detail = f"Content-Type must be application/json (UTF-8), not {errors.clip(given)}"
+    if body_checked:
+        detail += ", and the body is not a JSON object or array"
+    return _rpc_error(415, errors.invalid_request(detail))
 
 
 def _rpc_error(status: int, error: errors.RpcError) -> web.Response:
