@@ -2,13 +2,13 @@
 
 It owns framing and the rules of the specification (https://www.jsonrpc.org/specification):
 request validation, notifications (never answered, even on error), batches
-(elements run concurrently; an empty batch is one Invalid Request; a batch
-of notifications gets nothing back), ids (string, number or null, echoed
-exactly), and the error objects. Methods are plain coroutines taking the
-params (object, array or None) and returning a JSON-encodable result; they
-signal failure by raising RpcError or a store error (blobstore.errors). Any
-other exception is a bug: it is logged with its traceback and the client
-gets -32603 Internal error, never the traceback.
+(elements run concurrently, at most max_batch_concurrency at a time; an empty
+batch is one Invalid Request; a batch of notifications gets nothing back), ids
+(string, number or null, echoed exactly), and the error objects. Methods are
+plain coroutines taking the params (object, array or None) and returning a
+JSON-encodable result; they signal failure by raising RpcError or a store error
+(blobstore.errors). Any other exception is a bug: it is logged with its
+traceback and the client gets -32603 Internal error, never the traceback.
 """
 
 from __future__ import annotations
@@ -39,8 +39,9 @@ _UINT64_MAX = 2**64 - 1
 class JsonRpcCore:
     """Answers JSON-RPC messages by calling `methods` (name -> coroutine function)."""
 
-    def __init__(self, methods: Mapping[str, Method]) -> None:
+    def __init__(self, methods: Mapping[str, Method], *, max_batch_concurrency: int = 32) -> None:
         self._methods = dict(methods)
+        self._max_batch_concurrency = max_batch_concurrency
 
     async def handle(self, body: bytes) -> bytes | None:
         """Answers one message (a request, a notification or a batch); None = nothing to send."""
@@ -62,7 +63,15 @@ class JsonRpcCore:
         if len(messages) == 1:
             answers = [await self._call(messages[0])]
         else:
-            answers = await asyncio.gather(*(self._call(m) for m in messages))
+            # At most max_batch_concurrency elements at once: a batch of 10,000 puts run
+            # all together would only meet the service's overload limit.
+            turns = asyncio.Semaphore(self._max_batch_concurrency)
+
+            async def in_turn(message: object) -> bytes | None:
+                async with turns:
+                    return await self._call(message)
+
+            answers = await asyncio.gather(*(in_turn(m) for m in messages))
         parts = [answer for answer in answers if answer is not None]
         if not parts:
             return None

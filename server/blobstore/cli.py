@@ -98,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _serve(args: argparse.Namespace) -> int:
     from blobstore.service.app import ListenError, serve
+    from blobstore.service.hardening import install_throttle
     from blobstore.storage.filesystem import DataFolderLocked
 
     cfg = server_config.from_arguments(args)
@@ -106,6 +107,7 @@ def _serve(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    install_throttle()
     try:
         asyncio.run(serve(cfg))
     except (ListenError, DataFolderLocked, OSError) as exc:
