@@ -26,8 +26,9 @@ from hypothesis import strategies as st
 from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
 from blobstore.api.blobstore.v1 import blobstore_pb2_grpc as pb_grpc
 from blobstore.client import CHANNEL_OPTIONS
+from blobstore.status import reason_of
 from blobstore.storage.offline_check import verify_store
-from tests.faults import reason_of, temp_files, wait_until
+from tests.faults import temp_files, wait_until
 from tests.processes import ServerProcess
 
 # scripts/fuzz.py raises the number of examples for its longer runs.
