@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 from typing import BinaryIO
 
+from blobstore.offload import shutdown_process_pool
 from blobstore.retry import RetryPolicy
 from blobstore.service.hardening import (
     connection_cap,
@@ -81,6 +82,7 @@ async def _run(
     core = JsonRpcCore(
         BlobMethods(service.client, max_get_bytes=cfg.max_get_bytes).table(),
         max_batch_concurrency=cfg.max_batch_concurrency,
+        max_json_values=cfg.max_json_values,
     )
     try:
         if address is None:
@@ -97,6 +99,7 @@ async def _run(
             await _serve_http(cfg, core, service, address, stop)
     finally:
         await service.close()
+        shutdown_process_pool()
     log.info("stopped")
 
 

@@ -7,6 +7,8 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 
+from blobstore.json_values import DEFAULT_MAX_VALUES
+
 MiB = 1024 * 1024
 
 
@@ -22,6 +24,7 @@ class BridgeConfig:
     max_request_bytes: int = 32 * MiB
     max_get_bytes: int = 64 * MiB
     max_batch_concurrency: int = 32
+    max_json_values: int = DEFAULT_MAX_VALUES
     max_connections: int = 1024
     idle_timeout_seconds: float = 30.0
     body_timeout_seconds: float = 60.0
@@ -41,6 +44,8 @@ HELP = {
     "Binary grows by a third in base64); larger ones get -32002",
     "max_batch_concurrency": "most elements of one JSON-RPC batch run at a time; the rest "
     "wait their turn",
+    "max_json_values": "most JSON values in one HTTP body or stdio line; more are refused with "
+    "-32006 before parsing (each costs memory when parsed, whatever the size)",
     "max_connections": "most open HTTP connections; more are answered 503 and closed (always "
     "kept below the open-file limit, whose soft value is raised to the hard one at start)",
     "idle_timeout_seconds": "an HTTP connection with no request in progress for this long is "
@@ -84,6 +89,7 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "max_request_bytes": positive(int),
     "max_get_bytes": positive(int),
     "max_batch_concurrency": positive(int),
+    "max_json_values": positive(int),
     "max_connections": positive(int),
     "idle_timeout_seconds": positive(float),
     "body_timeout_seconds": positive(float),

@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
 from blobstore.grpc.guard import Guard
 from blobstore.grpc.servicer import MAX_CHUNK, BlobServicer
+from blobstore.offload import shutdown_process_pool
 from blobstore.service.admission import Admission
 from blobstore.service.config import ServerConfig
 from blobstore.service.hardening import connection_cap, raise_open_file_limit, warn_if_exposed
@@ -50,6 +51,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
     try:
         await _serve_store(config, BlobStore(VerifyingBackend(backend), config.limits), stop)
     finally:
+        shutdown_process_pool()
         backend.close()
 
 

@@ -32,7 +32,7 @@ class ServerConfig:
     handshake_timeout_seconds: float = 10.0
     keepalive_seconds: float = 60.0
     stream_idle_seconds: float = 60.0
-    max_json_values: int = 8_000_000
+    max_json_values: int = _LIMITS.max_json_values
     io_threads: int = 32
     journal_max_blob_bytes: int = JOURNAL_MAX_BLOB_BYTES
     grace_seconds: float = 10.0
@@ -44,6 +44,7 @@ class ServerConfig:
             max_blob_bytes=self.max_blob_bytes,
             max_json_bytes=self.max_json_bytes,
             max_unary_bytes=self.max_unary_bytes,
+            max_json_values=self.max_json_values,
         )
 
     @property
@@ -73,8 +74,9 @@ HELP = {
     "no answer comes within 20 s; clients may ping no more often than every 10 s",
     "stream_idle_seconds": "a PutStream that sends no message, or a GetStream whose reader takes "
     "no chunk, for this long is ended and its temp file or reservation released",
-    "max_json_values": "most values (numbers, strings, arrays, objects...) in one Json blob; "
-    "each costs memory when parsed, whatever the text size",
+    "max_json_values": "most values (numbers, strings, arrays, objects...) in one Json blob's "
+    "text; more are refused before parsing (RESOURCE_EXHAUSTED, BLOB_TOO_LARGE), as each costs "
+    "memory when parsed whatever the text size; 0 = no cap",
     "io_threads": "threads for blocking disk I/O",
     "journal_max_blob_bytes": "unary puts up to this size are made durable in batches, by one "
     "journal write and fdatasync for all puts arriving together (group commit, Linux); "
