@@ -58,7 +58,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
 async def _serve_store(config: ServerConfig, store: BlobStore, stop: asyncio.Event | None) -> None:
     # Streamed chunks (up to MAX_CHUNK) must fit whatever the unary limit is.
     message_limit = max(config.max_unary_bytes, MAX_CHUNK) + _MESSAGE_OVERHEAD
-    guard = Guard(Admission(config.admission))
+    guard = Guard(Admission(config.admission), stream_idle=config.stream_idle_seconds)
     max_connections = connection_cap(config.max_connections, raise_open_file_limit())
     server = grpc.aio.server(
         interceptors=[guard],
