@@ -54,7 +54,8 @@ async def test_idle_streams_end_and_release_what_they_hold(
         while True:
             call = stub.GetStream(pb.GetStreamRequest(id=blob_id))
             try:
-                assert (await call.read()).HasField("info")
+                first = await call.read()
+                assert isinstance(first, pb.GetStreamResponse) and first.HasField("info")
             except grpc.RpcError as exc:
                 assert status_of(exc)[:2] == (grpc.StatusCode.RESOURCE_EXHAUSTED, "OVERLOADED")
                 break
