@@ -35,3 +35,25 @@ def test_short_soak_has_no_errors_and_flat_memory() -> None:
         memory = report["memory"][process]
         assert memory["flat"], (process, memory)
     assert done.returncode == 0, done.stderr
+
+
+def test_short_hostile_soak_loses_no_acknowledged_put() -> None:
+    """soak.py --hostile for 30 s: attackers next to normal traffic (latency is not judged here)."""
+    done = subprocess.run(
+        [sys.executable, str(SOAK), "--duration", "30", "--clients", "6", "--hostile", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.stdout.strip(), done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    hostile = report["hostile"]
+    assert hostile["acknowledged_puts"] > 0
+    assert hostile["lost_puts"] == [], hostile
+    assert hostile["violations"] == [], hostile
+    outcomes = hostile["attacker_outcomes"]
+    assert outcomes.get("json grpc: RESOURCE_EXHAUSTED BLOB_TOO_LARGE"), outcomes
+    assert outcomes.get("slow: closed by the service"), outcomes
+    assert not any("CANCELLED" in outcome for outcome in outcomes), outcomes
+    assert report["errors"] == 0, report["error_examples"]
