@@ -54,6 +54,8 @@ _PREFIX = f"/{_SERVICE.full_name}/"
 # Reserved for each PutStream for its chunk in flight: what our client sends. Larger
 # chunks grow the reservation, which may be refused mid-stream when the budget is spent.
 STREAM_ALLOWANCE = 1024 * 1024 + 1024
+# Most bytes of a stream refused half way that are read (and dropped) before the refusal.
+DRAIN_LIMIT = 64 * 1024 * 1024
 # Chunks of a GetStream that gRPC holds when the reader does not read: about 2.8 per
 # stream measured with 1 MiB chunks (120 unread streams, one channel); rounded up.
 GET_STREAM_BUFFERED_CHUNKS = 4
@@ -117,12 +119,13 @@ class Guard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             if handler is None or not name.startswith(_PREFIX):
                 return handler
             method = self._methods[name] = _Method(self, name.removeprefix(_PREFIX), handler)
+        drain = self.stream_idle if method.inner.request_streaming else None
         if self._closing is not None:
-            return _refusal(self._closing)
+            return _refusal(self._closing, drain)
         try:
             ticket = self.admission.admit(method.initial)
         except errors.Overloaded as exc:
-            return _refusal(exc)
+            return _refusal(exc, drain)
         return method.bind(ticket)
 
 
@@ -297,14 +300,42 @@ async def _metered(
         if gathers:
             gathered += size
             size = gathered
-        ticket.resize(max(allowance, size))
+        try:
+            ticket.resize(max(allowance, size))
+        except errors.Overloaded:
+            await _drain(requests, idle)
+            raise
         yield message
 
 
-def _refusal(error: errors.BlobStoreError) -> _Handler:
-    """A handler that answers at once; as a request-streaming one it never reads the request."""
+async def _drain(requests: AsyncIterator[Any], idle: float) -> None:
+    """Reads and drops the rest of a refused stream (up to DRAIN_LIMIT bytes) before the refusal.
+
+    grpcio's asyncio client loses the server's status when the call ends while it is
+    still writing: its failed write sets the call's status to INTERNAL "Internal error
+    from Core" (grpc/grpc#36066, grpc/aio/_call.py `_write`). Once the client has sent
+    everything, the status reaches it intact. Messages are dropped one by one, so the
+    drain costs bandwidth, never memory; a longer stream is ended anyway.
+    """
+    drained = 0
+    with contextlib.suppress(TimeoutError, StopAsyncIteration):
+        while drained < DRAIN_LIMIT:
+            async with asyncio.timeout(idle):
+                message = await anext(requests)
+            drained += len(message) if isinstance(message, bytes) else message.ByteSize()
+
+
+def _refusal(error: errors.BlobStoreError, drain: float | None) -> _Handler:
+    """A handler that answers at once, without parsing the request.
+
+    `drain` (the idle timeout; None for unary methods): a client stream is read to its
+    end (up to DRAIN_LIMIT, message by message, never held) before the answer, which
+    a client still writing would otherwise lose (see _drain).
+    """
 
     async def refuse(requests: AsyncIterator[Any], context: _Context) -> Any:
+        if drain is not None:
+            await _drain(requests, drain)
         await _abort(context, error)
 
     return grpc.stream_unary_rpc_method_handler(refuse)
