@@ -266,9 +266,7 @@ def _refuse_request(ticket: Ticket, request: Any) -> errors.BlobStoreError | Non
     return None
 
 
-async def _metered(
-    requests: AsyncIterator[Any], ticket: Ticket, idle: float
-) -> AsyncIterator[Any]:
+async def _metered(requests: AsyncIterator[Any], ticket: Ticket, idle: float) -> AsyncIterator[Any]:
     """Accounts each PutStream message while the store holds it.
 
     A Json stream that declares its total_size reserves all of it with its first

@@ -18,6 +18,7 @@ import logging
 import resource
 import socket
 import time
+from collections.abc import Callable
 
 # Descriptors kept back from the connection cap for files, the journal, pipes and
 # the process's own sockets.
@@ -84,9 +85,10 @@ def connection_cap(configured: int, open_file_limit: int) -> int:
 class ThrottledLogs(logging.Filter):
     """Passes each distinct message at most once per `interval` seconds; counts the rest."""
 
-    def __init__(self, interval: float = 10.0) -> None:
+    def __init__(self, interval: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self.interval = interval
+        self._clock = clock
         self._last: dict[tuple[str, int, str, str], tuple[float, int]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -94,7 +96,7 @@ class ThrottledLogs(logging.Filter):
             return True
         error = record.exc_info[0].__name__ if record.exc_info and record.exc_info[0] else ""
         key = (record.name, record.levelno, str(record.msg), error)
-        now = time.monotonic()
+        now = self._clock()
         last = self._last.get(key)
         if last is not None and now - last[0] < self.interval:
             self._last[key] = (last[0], last[1] + 1)
