@@ -13,6 +13,7 @@ class BlobType(enum.Enum):
 
     JSON = "Json"
     BINARY = "Binary"
+    FLOW = "Flow"  # TEMP shim until issue 11 lands
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +23,8 @@ class BlobInfo:
     blob_id: BlobId
     blob_type: BlobType
     size: int
+    filename: str | None = None  # TEMP shim until issue 11 lands
+    content_type: str | None = None  # TEMP shim until issue 11 lands
 
 
 @dataclass(frozen=True, slots=True)
