@@ -36,7 +36,9 @@ class StepflowVenv:
     @property
     def server_binary(self) -> Path:
         """`stepflow-server`, as the stepflow-orchestrator wheel ships it."""
-        found = sorted(self.root.glob("lib/python*/site-packages/stepflow_orchestrator/bin/*"))
+        found = sorted(
+            self.root.glob("lib/python*/site-packages/stepflow_orchestrator/bin/stepflow-server")
+        )
         if not found:
             raise FileNotFoundError(f"no stepflow-server binary under {self.root}")
         return found[0]
@@ -56,7 +58,17 @@ def stepflow_venv() -> StepflowVenv:
         if not venv.python.exists():
             # The interpreter behind our own venv: Stepflow supports the same versions.
             _run([sys._base_executable, "-m", "venv", str(VENV)])  # type: ignore[attr-defined]
-        _run([str(venv.python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *PINS])
+        _run(
+            [
+                str(venv.python),
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                *PINS,
+            ]
+        )
         for old in VENV.glob(".installed-*"):
             old.unlink()
         stamp.touch()

@@ -22,14 +22,18 @@ MALFORMED = "not-a-blob-id"
 
 def build_flow() -> dict[str, object]:
     flow = FlowBuilder(name="blobs-through-our-store")
-    flow.add_step(id="json", component="/python/store_json", input_data={"value": Value.input.add_path("doc")})
+    flow.add_step(
+        id="json", component="/python/store_json", input_data={"value": Value.input.add_path("doc")}
+    )
     flow.add_step(
         id="read", component="/python/read_ref", input_data={"value": Value.step("json", "ref")}
     )
     flow.add_step(id="mib", component="/python/store_binary", input_data={"size": 1024 * 1024})
     flow.add_step(id="empty", component="/python/store_binary", input_data={"size": 0})
     flow.add_step(
-        id="context", component="/python/context_roundtrip", input_data={"value": Value.input.add_path("doc")}
+        id="context",
+        component="/python/context_roundtrip",
+        input_data={"value": Value.input.add_path("doc")},
     )
     flow.add_step(
         id="errors",

@@ -1,6 +1,7 @@
-"""The gate in front of BlobService: admission control, unparseable messages, draining.
+"""The gate in front of the blob services: admission control, unparseable messages, draining.
 
-A gRPC server interceptor, so every BlobService call passes one place before
+A gRPC server interceptor, so every call of blobstore.v1.BlobService and of
+stepflow.v1.BlobService (the same store) passes one place before
 the servicer sees it (health and reflection are not gated: operators must be
 able to probe a busy server). It
 
@@ -36,17 +37,24 @@ import grpc
 
 from blobstore import errors
 from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
+from blobstore.api.stepflow.v1 import blobs_pb2 as stepflow_pb
 from blobstore.grpc.servicer import DEFAULT_CHUNK, MAX_CHUNK, MIN_CHUNK
 from blobstore.service.admission import Admission, Ticket
 from blobstore.status import to_status
 
-_SERVICE = pb.DESCRIPTOR.services_by_name["BlobService"]
-_PREFIX = f"/{_SERVICE.full_name}/"
+# The gated services, by the "/package.Service/" prefix of their method paths.
+_SERVICES = {
+    f"/{service.full_name}/": service
+    for service in (
+        pb.DESCRIPTOR.services_by_name["BlobService"],
+        stepflow_pb.DESCRIPTOR.services_by_name["BlobService"],
+    )
+}
 # Reserved for each PutStream for its chunk in flight: what our client sends. Larger
 # chunks grow the reservation, which may be refused mid-stream when the budget is spent.
 STREAM_ALLOWANCE = 1024 * 1024 + 1024
 # Methods whose handler takes a third argument, `reserve(nbytes)`, to size its reply.
-_RESERVING = frozenset({"Get"})
+_RESERVING = frozenset({"Get", "GetBlob"})
 _Handler = Any  # grpc's RpcMethodHandler named tuple; grpc-stubs does not type its fields
 _Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -61,7 +69,7 @@ class Malformed:
 
 
 class Guard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Wraps each BlobService call's handler; see the module docstring."""
+    """Wraps each blob service call's handler; see the module docstring."""
 
     def __init__(self, admission: Admission) -> None:
         self.admission = admission
@@ -101,9 +109,11 @@ class Guard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         name: str = handler_call_details.method
         method = self._methods.get(name)
         if method is None or method.inner is not handler:
-            if handler is None or not name.startswith(_PREFIX):
+            prefix, _, method_name = name.rpartition("/")
+            service = _SERVICES.get(prefix + "/")
+            if handler is None or service is None:
                 return handler
-            method = self._methods[name] = _Method(self, name.removeprefix(_PREFIX), handler)
+            method = self._methods[name] = _Method(self, service, method_name, handler)
         if self._closing is not None:
             return _refusal(self._closing)
         try:
@@ -118,10 +128,10 @@ class _Method:
 
     __slots__ = ("_behavior", "_fields", "_handler_type", "_slot", "initial", "inner")
 
-    def __init__(self, guard: Guard, name: str, inner: _Handler) -> None:
+    def __init__(self, guard: Guard, service: Any, name: str, inner: _Handler) -> None:
         self.inner = inner
         self._handler_type = type(inner)
-        type_name = _SERVICE.methods_by_name[name].input_type.full_name
+        type_name = service.methods_by_name[name].input_type.full_name
         fields = list(inner)
         fields[inner._fields.index("request_deserializer")] = _tolerant(
             inner.request_deserializer, type_name

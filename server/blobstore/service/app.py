@@ -14,6 +14,8 @@ from grpc_reflection.v1alpha import reflection
 from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
 from blobstore.grpc.guard import Guard
 from blobstore.grpc.servicer import MAX_CHUNK, BlobServicer
+from blobstore.grpc.stepflow_servicer import SERVICE_NAME as STEPFLOW_SERVICE_NAME
+from blobstore.grpc.stepflow_servicer import StepflowBlobServicer
 from blobstore.service.admission import Admission
 from blobstore.service.config import ServerConfig
 from blobstore.service.malloc_tuning import tune_malloc
@@ -62,10 +64,12 @@ async def _serve_store(config: ServerConfig, store: BlobStore, stop: asyncio.Eve
         ],
     )
     BlobServicer(store).add_to_server(server)
+    StepflowBlobServicer(store).add_to_server(server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        [SERVICE_NAME, STEPFLOW_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME],
+        server,
     )
     _check_bindable(config.address)
     try:
@@ -74,7 +78,8 @@ async def _serve_store(config: ServerConfig, store: BlobStore, stop: asyncio.Eve
         raise ListenError(f"cannot listen on {config.address}: {exc}") from None
     host = config.address.rsplit(":", 1)[0]
     await server.start()
-    await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    for name in (SERVICE_NAME, STEPFLOW_SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info(
         "blobstore gRPC listening on %s:%d; data in %s",
         host,
