@@ -98,10 +98,17 @@ async def _serve_http(
 ) -> None:
     # Imported here: aiohttp takes a second to import, which a stdio bridge need not pay.
     from jsonrpc_bridge import http_transport
+    from jsonrpc_bridge.stepflow_rest import StepflowRoutes
 
     app = http_transport.create_app(
         core, max_request_bytes=cfg.max_request_bytes, probe=service.probe
     )
+    StepflowRoutes(
+        service.channel,
+        deadline=cfg.deadline_seconds,
+        max_request_bytes=cfg.max_request_bytes,
+        max_get_bytes=cfg.max_get_bytes,
+    ).add_to(app)
     runner = await http_transport.start(app, *address, grace=cfg.grace_seconds)
     try:
         for host, port, *_ in runner.addresses:

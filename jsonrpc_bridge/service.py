@@ -42,9 +42,9 @@ class BlobService:
     def __init__(self, target: str, deadline: float, retry: RetryPolicy | None = None) -> None:
         self.target = target
         options = {**dict(CHANNEL_OPTIONS), **dict(RECONNECT_OPTIONS)}
-        self._channel = grpc.aio.insecure_channel(target, options=list(options.items()))
-        self.client = AsyncBlobClient(target, timeout=deadline, channel=self._channel, retry=retry)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self.channel = grpc.aio.insecure_channel(target, options=list(options.items()))
+        self.client = AsyncBlobClient(target, timeout=deadline, channel=self.channel, retry=retry)
+        self._health = health_pb2_grpc.HealthStub(self.channel)
 
     async def probe(self) -> Health:
         """Asks the service's standard health service whether BlobService is serving."""
