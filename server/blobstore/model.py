@@ -13,7 +13,6 @@ class BlobType(enum.Enum):
 
     JSON = "Json"
     BINARY = "Binary"
-    FLOW = "Flow"  # TEMP shim until issue 11 lands
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,8 +22,6 @@ class BlobInfo:
     blob_id: BlobId
     blob_type: BlobType
     size: int
-    filename: str | None = None  # TEMP shim until issue 11 lands
-    content_type: str | None = None  # TEMP shim until issue 11 lands
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,13 +56,7 @@ class BlobStore:
         self._text_ids: OrderedDict[bytes, BlobId] = OrderedDict()
 
     async def put(
-        self,
-        blob_type: BlobType,
-        data: bytes,
-        expected_id: BlobId | None = None,
-        *,
-        filename: str | None = None,  # TEMP shim until issue 11 lands
-        content_type: str | None = None,  # TEMP shim until issue 11 lands
+        self, blob_type: BlobType, data: bytes, expected_id: BlobId | None = None
     ) -> PutResult:
         """Stores `data` (raw bytes, or JSON text for Json) and returns its id."""
         self._check_size(blob_type, len(data))
@@ -105,14 +99,7 @@ class BlobStore:
         return PutResult(info, created=False)
 
     async def put_json_value(
-        self,
-        value: object,
-        expected_id: BlobId | None = None,
-        *,
-        size_hint: int = 0,
-        blob_type: BlobType = BlobType.JSON,  # TEMP shim until issue 11 lands
-        filename: str | None = None,  # TEMP shim until issue 11 lands
-        content_type: str | None = None,  # TEMP shim until issue 11 lands
+        self, value: object, expected_id: BlobId | None = None, *, size_hint: int = 0
     ) -> PutResult:
         """Stores a JSON value given as Python objects (dict, list, str, float...).
 
