@@ -7,7 +7,15 @@ A blob's id is "sha256:" followed by the 64 lowercase hex digits of the
 SHA-256 of its content. Json blobs are hashed (and stored) in their
 canonical form (RFC 8785, JCS), so equal JSON values always get equal ids
 whatever key order, white space or number spelling the sender used.
-Binary blobs are hashed as raw bytes. See docs/blob-ids.md.
+Binary blobs are hashed as raw bytes. See docs/blob-ids.md. Flow blobs
+(workflow definitions) are JSON like Json blobs, hashed and stored the same
+way, but keep their own type.
+
+A blob may carry a file name and a content type, given by the put that
+stores it. They are not part of the id: like the type, they are kept as the
+first put gave them, and later puts of the same content do not change them.
+Each is at most 1024 (filename) or 255 (content_type) bytes of UTF-8
+without control characters; an empty string means not given.
 
 Wherever a request takes a blob id it accepts "sha256:<64 hex>" or the bare
 64-hex form; responses always use the "sha256:" form. Any other id is
