@@ -44,8 +44,8 @@ OCTET_STREAM = "application/octet-stream"
 CHUNK_SIZE = 1024 * 1024
 HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 
-_TYPES = {"": pb.BLOB_TYPE_JSON, "data": pb.BLOB_TYPE_JSON, "flow": pb.BLOB_TYPE_JSON}
-_TYPE_NAMES = {pb.BLOB_TYPE_JSON: "data", pb.BLOB_TYPE_BINARY: "binary"}
+_TYPES = {"": pb.BLOB_TYPE_JSON, "data": pb.BLOB_TYPE_JSON, "flow": pb.BLOB_TYPE_FLOW}
+_TYPE_NAMES = {pb.BLOB_TYPE_JSON: "data", pb.BLOB_TYPE_FLOW: "flow", pb.BLOB_TYPE_BINARY: "binary"}
 _VALUE_KEYS = ("json_data", "jsonData", "data")
 _HTTP_STATUS: list[tuple[type[store_errors.BlobStoreError], int]] = [
     (store_errors.InvalidArgument, 400),

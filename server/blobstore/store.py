@@ -22,7 +22,7 @@ from blobstore.errors import (
     UseStreaming,
 )
 from blobstore.ids import BlobId, blob_id_from_digest
-from blobstore.model import Blob, BlobInfo, BlobType, PutResult
+from blobstore.model import NO_METADATA, Blob, BlobInfo, BlobMetadata, BlobType, PutResult
 from blobstore.offload import offload, sha256_hex
 from blobstore.storage.base import BlobBackend, BlobStream, OverLimit
 
@@ -56,7 +56,12 @@ class BlobStore:
         self._text_ids: OrderedDict[bytes, BlobId] = OrderedDict()
 
     async def put(
-        self, blob_type: BlobType, data: bytes, expected_id: BlobId | None = None
+        self,
+        blob_type: BlobType,
+        data: bytes,
+        expected_id: BlobId | None = None,
+        *,
+        metadata: BlobMetadata = NO_METADATA,  # TEMP shim until issue 11's store lands
     ) -> PutResult:
         """Stores `data` (raw bytes, or JSON text for Json) and returns its id."""
         self._check_size(blob_type, len(data))
@@ -99,7 +104,13 @@ class BlobStore:
         return PutResult(info, created=False)
 
     async def put_json_value(
-        self, value: object, expected_id: BlobId | None = None, *, size_hint: int = 0
+        self,
+        value: object,
+        expected_id: BlobId | None = None,
+        *,
+        size_hint: int = 0,
+        blob_type: BlobType = BlobType.JSON,  # TEMP shim until issue 11's store lands
+        metadata: BlobMetadata = NO_METADATA,  # TEMP shim until issue 11's store lands
     ) -> PutResult:
         """Stores a JSON value given as Python objects (dict, list, str, float...).
 

@@ -26,7 +26,7 @@ from blobstore.api.stepflow.v1 import blobs_pb2 as pb
 from blobstore.api.stepflow.v1 import blobs_pb2_grpc as pb_grpc
 from blobstore.grpc.servicer import _translate_errors, _value_to_python
 from blobstore.ids import PREFIX, BlobId, hex_digest
-from blobstore.model import Blob, BlobType
+from blobstore.model import Blob, BlobMetadata, BlobType
 from blobstore.offload import offload
 from blobstore.store import BlobStore
 
@@ -50,8 +50,10 @@ class StepflowBlobServicer(pb_grpc.BlobServiceServicer):
 
     @_translate_errors
     async def PutBlob(self, request: pb.PutBlobRequest, context: Any) -> pb.PutBlobResponse:
-        filename = request.filename if request.HasField("filename") else None
-        content_type = request.content_type if request.HasField("content_type") else None
+        metadata = BlobMetadata.checked(
+            request.filename if request.HasField("filename") else None,
+            request.content_type if request.HasField("content_type") else None,
+        )
         content = request.WhichOneof("content")
         if content is None:
             raise errors.InvalidArgument(
@@ -61,9 +63,7 @@ class StepflowBlobServicer(pb_grpc.BlobServiceServicer):
             # Bytes are a binary blob whatever type is named: context.put_blob(b"...")
             # of stepflow-py sends raw_data with its default type "data".
             blob_type_of(request.blob_type)
-            result = await self._store.put(
-                BlobType.BINARY, request.raw_data, filename=filename, content_type=content_type
-            )
+            result = await self._store.put(BlobType.BINARY, request.raw_data, metadata=metadata)
         else:
             blob_type = blob_type_of(request.blob_type)
             if blob_type is BlobType.BINARY:
@@ -76,12 +76,11 @@ class StepflowBlobServicer(pb_grpc.BlobServiceServicer):
                 value,
                 size_hint=size,
                 blob_type=blob_type,
-                filename=filename,
-                content_type=content_type,
+                metadata=metadata,
             )
         reply = pb.PutBlobResponse(blob_id=hex_digest(result.info.blob_id))
-        if result.info.filename is not None:
-            reply.filename = result.info.filename
+        if result.info.metadata.filename is not None:
+            reply.filename = result.info.metadata.filename
         return reply
 
     @_translate_errors
@@ -101,9 +100,9 @@ class StepflowBlobServicer(pb_grpc.BlobServiceServicer):
             reply.raw_data = blob.data
         else:
             reply.json_data.CopyFrom(await offload(len(blob.data), _json_value, blob))
-        if info.filename is not None:
-            reply.filename = info.filename
-        content_type = content_type_of(info.blob_type, info.filename, info.content_type)
+        if info.metadata.filename is not None:
+            reply.filename = info.metadata.filename
+        content_type = content_type_of(info.blob_type, info.metadata)
         if content_type is not None:
             reply.content_type = content_type
         return reply
@@ -126,13 +125,11 @@ def type_name(blob_type: BlobType) -> str:
     return _TYPE_NAMES[blob_type]
 
 
-def content_type_of(
-    blob_type: BlobType, filename: str | None, content_type: str | None
-) -> str | None:
+def content_type_of(blob_type: BlobType, metadata: BlobMetadata) -> str | None:
     """The content type Stepflow reports: the stored one, else octet-stream for named files."""
-    if content_type is not None:
-        return content_type
-    if blob_type is BlobType.BINARY and filename is not None:
+    if metadata.content_type is not None:
+        return metadata.content_type
+    if blob_type is BlobType.BINARY and metadata.filename is not None:
         return OCTET_STREAM
     return None
 
