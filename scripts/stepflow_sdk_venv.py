@@ -48,13 +48,23 @@ def ensure(release: str) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if stamp.exists() and python.exists():
             return python
-        print(f"stepflow_sdk_venv: installing {requirements.name} into {venv.name}", file=sys.stderr)
+        print(
+            f"stepflow_sdk_venv: installing {requirements.name} into {venv.name}", file=sys.stderr
+        )
         shutil.rmtree(venv, ignore_errors=True)
         # The interpreter that runs this script (3.11+) is the one the SDK runs on.
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         subprocess.run(
-            [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-             "-r", str(requirements)],
+            [
+                str(python),
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-r",
+                str(requirements),
+            ],
             check=True,
         )
         stamp.touch()
