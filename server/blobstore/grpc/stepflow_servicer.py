@@ -15,6 +15,7 @@ google.protobuf.Value. See docs/stepflow.md.
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -45,6 +46,7 @@ class StepflowBlobServicer(pb_grpc.BlobServiceServicer):
 
     def __init__(self, store: BlobStore) -> None:
         self._store = store
+        self._values = EncodedValues()
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         """Registers the service; GetBlob's replies come encoded (see _get_blob_reply)."""
@@ -112,9 +114,43 @@ class StepflowBlobServicer(pb_grpc.BlobServiceServicer):
         if blob.info.blob_type is BlobType.BINARY:
             content = b"\x32" + _varint(len(blob.data)) + blob.data  # raw_data, field 6
         else:
-            value = await offload(len(blob.data), _json_value, blob)
+            value = self._values.get(blob.info.blob_id)
+            if value is None:
+                value = await offload(len(blob.data), _json_value, blob)
+                self._values.add(blob.info.blob_id, value)
             content = b"\x0a" + _varint(len(value)) + value  # json_data, field 1
         return _get_blob_reply(blob.info, content)
+
+
+class EncodedValues:
+    """The Value encodings of recently read JSON blobs, by id, up to `max_bytes` in all.
+
+    A blob's content never changes under its id, so its encoding is a pure
+    function of the id: GetBlob still reads and verifies the blob every time,
+    and only skips turning the same JSON into a Value again (the Python walk
+    costs more than the read itself for small documents).
+    """
+
+    def __init__(self, max_bytes: int = 32 * 1024 * 1024, max_entry: int = 256 * 1024) -> None:
+        self._entries: OrderedDict[BlobId, bytes] = OrderedDict()
+        self._bytes = 0
+        self._max_bytes = max_bytes
+        self._max_entry = max_entry
+
+    def get(self, blob_id: BlobId) -> bytes | None:
+        value = self._entries.get(blob_id)
+        if value is not None:
+            self._entries.move_to_end(blob_id)
+        return value
+
+    def add(self, blob_id: BlobId, value: bytes) -> None:
+        if len(value) > self._max_entry or blob_id in self._entries:
+            return
+        self._entries[blob_id] = value
+        self._bytes += len(value)
+        while self._bytes > self._max_bytes:
+            _, dropped = self._entries.popitem(last=False)
+            self._bytes -= len(dropped)
 
 
 def blob_type_of(name: str) -> BlobType:
