@@ -1,7 +1,6 @@
 """Makes the venv of one real Stepflow Python SDK release, for the tests that drive it.
 
-    python scripts/stepflow_sdk_venv.py 0.7      # prints the venv's python
-    python scripts/stepflow_sdk_venv.py 0.9
+    python scripts/stepflow_sdk_venv.py 0.7 0.9      # prints each venv's python
 
 stepflow-py's own dependencies (opentelemetry, msgspec, fastapi, ...) have nothing to
 do with ours and two releases are tested side by side, so each gets a venv of its own,
@@ -20,6 +19,7 @@ import hashlib
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,13 +48,23 @@ def ensure(release: str) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if stamp.exists() and python.exists():
             return python
-        print(f"stepflow_sdk_venv: installing {requirements.name} into {venv.name}", file=sys.stderr)
+        print(
+            f"stepflow_sdk_venv: installing {requirements.name} into {venv.name}", file=sys.stderr
+        )
         shutil.rmtree(venv, ignore_errors=True)
         # The interpreter that runs this script (3.11+) is the one the SDK runs on.
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         subprocess.run(
-            [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-             "-r", str(requirements)],
+            [
+                str(python),
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-r",
+                str(requirements),
+            ],
             check=True,
         )
         stamp.touch()
@@ -65,8 +75,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("releases", nargs="+", choices=RELEASES, metavar="RELEASE")
     args = parser.parse_args()
-    for release in args.releases:
-        print(ensure(release))
+    # Each install mostly waits on the network: build the venvs side by side.
+    with ThreadPoolExecutor(len(args.releases)) as pool:
+        for python in pool.map(ensure, args.releases):
+            print(python)
     return 0
 
 

@@ -49,7 +49,7 @@ def test_nested_unicode_and_big_numbers_survive(
 ) -> None:
     value = {
         "zeta": [1, [2, [3, {"deep": [None, True, False]}]]],
-        "text": "grüße, 日本語, emoji 😀, line\u2028separator, quote \" and \\",
+        "text": 'grüße, 日本語, emoji 😀, line\u2028separator, quote " and \\',
         "big": 123456789012345678901234567890,
         "negative_big": -18446744073709551617,
         "float": 0.1,
@@ -73,7 +73,9 @@ def test_a_flow_keeps_its_type(runtime: StandInRuntime, sdk_grpc: BlobClient) ->
     flow = {
         "schema": "https://stepflow.org/schemas/v1/flow.json",
         "name": f"sdk-flow-{runtime.sdk_python.parent.parent.name}",
-        "steps": [{"id": "s1", "component": "/builtin/eval", "input": {"$from": {"workflow": "input"}}}],
+        "steps": [
+            {"id": "s1", "component": "/builtin/eval", "input": {"$from": {"workflow": "input"}}}
+        ],
         "output": {"$from": {"step": "s1"}},
     }
     output = runtime.execute("round_trip", {"value": flow, "blob_type": "flow"}).output
@@ -91,7 +93,9 @@ def test_keys_in_another_order_give_the_same_id(runtime: StandInRuntime) -> None
         ]
     )
     assert first.output["blob_id"] == second.output["blob_id"]
-    assert first.output["blob_id"] == json_id({"alpha": 1, "beta": {"x": [1, 2], "y": "z"}, "gamma": None})
+    assert first.output["blob_id"] == json_id(
+        {"alpha": 1, "beta": {"x": [1, 2], "y": "z"}, "gamma": None}
+    )
 
 
 def test_a_missing_blob_makes_the_sdk_raise(runtime: StandInRuntime) -> None:
@@ -111,7 +115,9 @@ def test_an_invalid_id_makes_the_sdk_raise(runtime: StandInRuntime) -> None:
 
 
 def test_24_concurrent_calls_each_get_their_own_answer(runtime: StandInRuntime) -> None:
-    values = [{"call": n, "payload": "x" * (n * 97), "nested": {"n": [n] * (n % 5)}} for n in range(24)]
+    values = [
+        {"call": n, "payload": "x" * (n * 97), "nested": {"n": [n] * (n % 5)}} for n in range(24)
+    ]
     replies = runtime.execute_many([("round_trip", {"value": value}) for value in values])
     for value, reply in zip(values, replies, strict=True):
         assert reply.output == {"blob_id": json_id(value), "value": value}
