@@ -70,7 +70,10 @@ async def _run(
     service = BlobService(
         cfg.grpc_target, cfg.deadline_seconds, RetryPolicy(attempts=cfg.retry_attempts)
     )
-    core = JsonRpcCore(BlobMethods(service.client, max_get_bytes=cfg.max_get_bytes).table())
+    methods = BlobMethods(
+        service.client, max_get_bytes=cfg.max_get_bytes, type_names=cfg.blob_type_names
+    )
+    core = JsonRpcCore(methods.table())
     try:
         if address is None:
             assert stdout is not None

@@ -21,6 +21,7 @@ class BridgeConfig:
     retry_attempts: int = 6
     max_request_bytes: int = 32 * MiB
     max_get_bytes: int = 64 * MiB
+    blob_type_names: str = "stepflow"
     grace_seconds: float = 10.0
     log_level: str = "INFO"
 
@@ -35,6 +36,9 @@ HELP = {
     "max_request_bytes": "largest HTTP body or stdio line accepted, in bytes",
     "max_get_bytes": "largest blob blobs/get returns, in bytes (it is held in memory whole; "
     "Binary grows by a third in base64); larger ones get -32002",
+    "blob_type_names": "the blob_type names blobs/get answers with: stepflow (data, flow, binary: "
+    "what Stepflow's schema and SDKs decode) or seed-examples (Json, Binary: the protocol page's "
+    "examples)",
     "grace_seconds": "on SIGTERM/SIGINT, how long in-flight calls may take to finish",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
 }
@@ -51,6 +55,16 @@ def parse_bool(text: str) -> bool:
     if value in {"", "0", "false", "no", "off"}:
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+
+
+BLOB_TYPE_NAMES = ("stepflow", "seed-examples")  # the keys of methods.TYPE_NAMES
+
+
+def one_of(text: str, choices: tuple[str, ...]) -> str:
+    value = text.strip().lower()
+    if value not in choices:
+        raise argparse.ArgumentTypeError(f"expected {' or '.join(choices)}, not {text!r}")
+    return value
 
 
 def positive(convert: Callable[[str], float]) -> Callable[[str], float]:
@@ -71,6 +85,7 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "retry_attempts": positive(int),
     "max_request_bytes": positive(int),
     "max_get_bytes": positive(int),
+    "blob_type_names": lambda text: one_of(text, BLOB_TYPE_NAMES),
     "grace_seconds": float,
     "log_level": str,
 }

@@ -7,9 +7,16 @@ and hashes exactly as for a gRPC caller, so both give equal data one id.
 Stored Json comes back as its canonical bytes and is embedded in the
 response unparsed (an orjson Fragment).
 
-Params may be named ({"data": ..., "blob_type": ...}) or positional
-([data, blob_type] and [blob_id]); unknown named params are ignored, so
-newer clients sending extra fields keep working.
+Params may be named ({"data": ..., "blob_type": ..., "filename": ...}) or
+positional ([data, blob_type] and [blob_id]); unknown named params are
+ignored, so newer clients sending extra fields keep working.
+
+Blob type names: Stepflow's schema (protocol.json) and every Stepflow SDK
+know "data", "flow" (and, in today's gRPC API, "binary"); the protocol
+page's examples write "Json" and "Binary". blobs/put takes all of them, in
+any case. blobs/get answers with one set of names, chosen by the bridge's
+`blob_type_names` setting: the schema's by default, because an SDK drops a
+reply whose type it cannot decode and then waits for it forever.
 """
 
 from __future__ import annotations
@@ -21,9 +28,9 @@ from typing import Any
 import orjson
 
 from blobstore.client import AsyncBlobClient
-from blobstore.errors import BlobStoreError, InvalidBlobId
+from blobstore.errors import BlobStoreError, InvalidArgument, InvalidBlobId
 from blobstore.ids import parse_blob_id
-from blobstore.model import BlobType
+from blobstore.model import BlobInfo, BlobMetadata, BlobType
 from jsonrpc_bridge import errors
 from jsonrpc_bridge.json_codec import Invalid, InvalidValue, describe, encode_value
 from jsonrpc_bridge.protocol import Method, Params
@@ -31,30 +38,45 @@ from jsonrpc_bridge.protocol import Method, Params
 PUT = "blobs/put"
 GET = "blobs/get"
 
-# Keys are case-folded; "data" and "flow" are the Stepflow SDK's names for JSON blobs.
+# What blobs/put takes; keys are case-folded. "data", "flow" and "binary" are Stepflow's
+# names (its schema and SDKs); "json" is the protocol page's example spelling of data.
 BLOB_TYPES: dict[str, BlobType] = {
-    "json": BlobType.JSON,
-    "binary": BlobType.BINARY,
     "data": BlobType.JSON,
-    "flow": BlobType.JSON,
+    "json": BlobType.JSON,
+    "flow": BlobType.FLOW,
+    "binary": BlobType.BINARY,
 }
-_TYPE_NAMES = "Json or Binary (any case; also data, flow)"
+_TYPE_NAMES = "data, flow or binary (any case; also Json)"
+
+# What blobs/get answers, by the bridge's blob_type_names setting. The page's examples
+# have no spelling for a flow: to clients written from them a flow is JSON.
+TYPE_NAMES: dict[str, dict[BlobType, str]] = {
+    "stepflow": {BlobType.JSON: "data", BlobType.FLOW: "flow", BlobType.BINARY: "binary"},
+    "seed-examples": {BlobType.JSON: "Json", BlobType.FLOW: "Json", BlobType.BINARY: "Binary"},
+}
 _MISSING = object()
 
 
 class BlobMethods:
     """blobs/put and blobs/get over one AsyncBlobClient."""
 
-    def __init__(self, client: AsyncBlobClient, *, max_get_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        client: AsyncBlobClient,
+        *,
+        max_get_bytes: int | None = None,
+        type_names: str = "stepflow",
+    ) -> None:
         self._client = client
         # blobs/get answers hold the whole blob in memory: cap it.
         self._max_get_bytes = max_get_bytes
+        self._type_names = TYPE_NAMES[type_names]
 
     def table(self) -> dict[str, Method]:
         return {PUT: self.put, GET: self.get}
 
     async def put(self, params: Params) -> dict[str, object]:
-        data, blob_type = _put_params(params)
+        data, blob_type, metadata = _put_params(params)
         if blob_type is BlobType.BINARY:
             content = _base64_content(data)
         else:
@@ -63,10 +85,13 @@ class BlobMethods:
             except InvalidValue as exc:
                 raise errors.invalid_params(exc.path, exc.reason, "INVALID_JSON") from None
         try:
-            result = await self._client.put_bytes(content, blob_type)
+            result = await self._client.put_bytes(content, blob_type, metadata)
         except BlobStoreError as exc:
             raise errors.from_store_error(exc, "params.data") from None
-        return {"blob_id": result.info.blob_id}
+        reply: dict[str, object] = {"blob_id": result.info.blob_id}
+        if result.info.metadata.filename is not None:
+            reply["filename"] = result.info.metadata.filename
+        return reply
 
     async def get(self, params: Params) -> dict[str, object]:
         text = _get_params(params)
@@ -78,29 +103,52 @@ class BlobMethods:
             blob = await self._client.get(blob_id, max_size=self._max_get_bytes)
         except BlobStoreError as exc:
             raise errors.from_store_error(exc, "params.blob_id") from None
-        if blob.info.blob_type is BlobType.JSON:
+        if blob.info.blob_type.holds_json:
             data = orjson.Fragment(blob.data)
         else:
             data = orjson.Fragment(b'"' + base64.b64encode(blob.data) + b'"')
-        return {"data": data, "blob_type": blob.info.blob_type.value}
+        return {"data": data, **self._described(blob.info)}
+
+    def _described(self, info: BlobInfo) -> dict[str, object]:
+        """blob_type in the configured names, and the file name and content type if stored."""
+        described: dict[str, object] = {"blob_type": self._type_names[info.blob_type]}
+        if info.metadata.filename is not None:
+            described["filename"] = info.metadata.filename
+        if info.metadata.content_type is not None:
+            described["content_type"] = info.metadata.content_type
+        return described
 
 
-def _put_params(params: Params) -> tuple[Any, BlobType]:
+def _put_params(params: Params) -> tuple[Any, BlobType, BlobMetadata]:
     if isinstance(params, list):
         if not 1 <= len(params) <= 2:
             raise errors.invalid_params(
                 "params", f"expected [data] or [data, blob_type], got {len(params)} items"
             )
         data, blob_type = params[0], params[1] if len(params) == 2 else None
-        type_field = "params[1]"
-    else:
-        named = _named(params, '{"data": ..., "blob_type": "Json"}')
-        data = named.get("data", _MISSING)
-        if data is _MISSING:
-            raise errors.invalid_params("params.data", "missing; it holds the value to store")
-        blob_type = named.get("blob_type")
-        type_field = "params.blob_type"
-    return data, _blob_type(blob_type, type_field)
+        return data, _blob_type(blob_type, "params[1]"), BlobMetadata()
+    named = _named(params, '{"data": ..., "blob_type": "data"}')
+    data = named.get("data", _MISSING)
+    if data is _MISSING:
+        raise errors.invalid_params("params.data", "missing; it holds the value to store")
+    blob_type = _blob_type(named.get("blob_type"), "params.blob_type")
+    return data, blob_type, _metadata(named)
+
+
+def _metadata(named: dict[str, Any]) -> BlobMetadata:
+    """filename and content_type, each optional: a string, or null for none."""
+    checked: dict[str, str | None] = {}
+    for name in ("filename", "content_type"):
+        value = named.get(name)
+        if value is not None and not isinstance(value, str):
+            raise errors.invalid_params(
+                f"params.{name}", f"must be a string, not {describe(value)}"
+            )
+        try:
+            checked[name] = getattr(BlobMetadata.checked(**{name: value}), name)
+        except InvalidArgument as exc:
+            raise errors.invalid_params(f"params.{name}", str(exc)) from None
+    return BlobMetadata(**checked)
 
 
 def _get_params(params: Params) -> str:

@@ -1,7 +1,6 @@
 """Makes the venv of one real Stepflow Python SDK release, for the tests that drive it.
 
-    python scripts/stepflow_sdk_venv.py 0.7      # prints the venv's python
-    python scripts/stepflow_sdk_venv.py 0.9
+    python scripts/stepflow_sdk_venv.py 0.7 0.9      # prints each venv's python
 
 stepflow-py's own dependencies (opentelemetry, msgspec, fastapi, ...) have nothing to
 do with ours and two releases are tested side by side, so each gets a venv of its own,
@@ -20,6 +19,7 @@ import hashlib
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,8 +75,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("releases", nargs="+", choices=RELEASES, metavar="RELEASE")
     args = parser.parse_args()
-    for release in args.releases:
-        print(ensure(release))
+    # Each install mostly waits on the network: build the venvs side by side.
+    with ThreadPoolExecutor(len(args.releases)) as pool:
+        for python in pool.map(ensure, args.releases):
+            print(python)
     return 0
 
 

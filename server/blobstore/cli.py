@@ -13,7 +13,7 @@ from pathlib import Path
 
 from blobstore.client import DEFAULT_TARGET, BlobClient
 from blobstore.errors import BlobNotFound, BlobStoreError
-from blobstore.model import BlobInfo, BlobType
+from blobstore.model import BlobInfo, BlobMetadata, BlobType
 from blobstore.service import config as server_config
 
 EXIT_NOT_FOUND = 3
@@ -77,16 +77,32 @@ def _parser() -> argparse.ArgumentParser:
     put = client_command("put", "store a file (or - for stdin); prints the blob id")
     put.add_argument("path", help="file to store, or - for standard input")
     put.add_argument(
-        "--type", choices=["json", "binary"], default="binary", help="blob type (default binary)"
+        "--type",
+        choices=list(_PUT_TYPES),
+        default="binary",
+        help="blob type: binary, json, or flow (a workflow definition, JSON kept as a flow); "
+        "default binary",
+    )
+    put.add_argument(
+        "--filename", help="a file name to keep with the blob (not part of its id; first put wins)"
+    )
+    put.add_argument(
+        "--content-type", help="a media type to keep with the blob, e.g. application/pdf"
     )
     put.set_defaults(run=_put)
 
-    get = client_command("get", "write a blob to a file (or stdout); exit 3 if absent")
+    get = client_command(
+        "get",
+        "write a blob to a file (or stdout); with -o, print its type, size, filename and "
+        "content type as JSON; exit 3 if absent",
+    )
     get.add_argument("blob_id")
     get.add_argument("-o", "--output", help="file to write (default: standard output)")
     get.set_defaults(run=_get)
 
-    stat = client_command("stat", "print a blob's type and size as JSON; exit 3 if absent")
+    stat = client_command(
+        "stat", "print a blob's type, size, filename and content type as JSON; exit 3 if absent"
+    )
     stat.add_argument("blob_id")
     stat.set_defaults(run=_stat)
 
@@ -139,19 +155,23 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else EXIT_CORRUPT
 
 
+_PUT_TYPES = {"binary": BlobType.BINARY, "json": BlobType.JSON, "flow": BlobType.FLOW}
+
+
 def _put(client: BlobClient, args: argparse.Namespace) -> int:
-    blob_type = BlobType.JSON if args.type == "json" else BlobType.BINARY
+    blob_type = _PUT_TYPES[args.type]
+    metadata = BlobMetadata.checked(args.filename, args.content_type)
     if args.path == "-":
-        result = client.put_bytes(sys.stdin.buffer.read(), blob_type)
+        result = client.put_bytes(sys.stdin.buffer.read(), blob_type, metadata)
     else:
-        result = client.put_file(args.path, blob_type)
+        result = client.put_file(args.path, blob_type, metadata)
     print(result.info.blob_id)
     return 0
 
 
 def _get(client: BlobClient, args: argparse.Namespace) -> int:
     if args.output:
-        client.get_to_file(args.blob_id, args.output)
+        print(json.dumps(_info_json(client.get_to_file(args.blob_id, args.output))))
     else:
         sys.stdout.buffer.write(client.get(args.blob_id).data)
         sys.stdout.buffer.flush()
@@ -179,6 +199,8 @@ def _info_json(info: BlobInfo) -> dict[str, object]:
         "exists": True,
         "blob_type": info.blob_type.value,
         "size": info.size,
+        "filename": info.metadata.filename,
+        "content_type": info.metadata.content_type,
     }
 
 

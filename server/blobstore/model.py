@@ -47,7 +47,7 @@ class BlobMetadata:
         return self.filename is not None or self.content_type is not None
 
     @classmethod
-    def checked(cls, filename: str | None, content_type: str | None) -> BlobMetadata:
+    def checked(cls, filename: str | None = None, content_type: str | None = None) -> BlobMetadata:
         """Metadata from a request: empty strings mean not given; raises InvalidArgument."""
         return cls(
             _checked_text("filename", filename or None, MAX_FILENAME_BYTES),

@@ -60,13 +60,16 @@ class BlobStore:
         blob_type: BlobType,
         data: bytes,
         expected_id: BlobId | None = None,
-        *,
-        metadata: BlobMetadata = NO_METADATA,  # TEMP shim until issue 11's store lands
+        metadata: BlobMetadata = NO_METADATA,
     ) -> PutResult:
-        """Stores `data` (raw bytes, or JSON text for Json) and returns its id."""
+        """Stores `data` (raw bytes, or JSON text for Json and Flow) and returns its id.
+
+        `metadata` is kept with the blob if this put stores it; an existing blob keeps
+        the type and metadata it was first stored with.
+        """
         self._check_size(blob_type, len(data))
-        if blob_type is not BlobType.JSON:
-            return await self._put_content(blob_type, data, expected_id)
+        if not blob_type.holds_json:
+            return await self._put_content(blob_type, data, expected_id, metadata)
         key = None
         if len(data) <= TEXT_CACHE_MAX_TEXT:
             key = hashlib.sha256(data).digest()
@@ -75,7 +78,7 @@ class BlobStore:
                 return known
         content = await offload(len(data), canonicalize_text, data)
         self._check_size(blob_type, len(content))
-        result = await self._put_content(blob_type, content, expected_id)
+        result = await self._put_content(blob_type, content, expected_id, metadata)
         if key is not None:
             self._text_ids[key] = result.info.blob_id
             if len(self._text_ids) > TEXT_CACHE_ENTRIES:
@@ -109,25 +112,29 @@ class BlobStore:
         expected_id: BlobId | None = None,
         *,
         size_hint: int = 0,
-        blob_type: BlobType = BlobType.JSON,  # TEMP shim until issue 11's store lands
-        metadata: BlobMetadata = NO_METADATA,  # TEMP shim until issue 11's store lands
+        blob_type: BlobType = BlobType.JSON,
+        metadata: BlobMetadata = NO_METADATA,
     ) -> PutResult:
         """Stores a JSON value given as Python objects (dict, list, str, float...).
 
         `size_hint`, roughly the size of the value's encoding, decides whether
-        canonicalising it is worth a thread.
+        canonicalising it is worth a thread. `blob_type` is Json or Flow.
         """
         content = await offload(size_hint, canonicalize_value, value)
-        self._check_size(BlobType.JSON, len(content))
-        return await self._put_content(BlobType.JSON, content, expected_id)
+        self._check_size(blob_type, len(content))
+        return await self._put_content(blob_type, content, expected_id, metadata)
 
     async def _put_content(
-        self, blob_type: BlobType, content: bytes, expected_id: BlobId | None
+        self,
+        blob_type: BlobType,
+        content: bytes,
+        expected_id: BlobId | None,
+        metadata: BlobMetadata,
     ) -> PutResult:
         digest = await offload(len(content), sha256_hex, content)
         blob_id = blob_id_from_digest(digest)
         _check_expected(blob_id, expected_id)
-        return await self.backend.put(blob_id, blob_type, content)
+        return await self.backend.put(blob_id, blob_type, content, metadata)
 
     async def put_stream(
         self,
@@ -136,10 +143,11 @@ class BlobStore:
         *,
         total_size: int | None = None,
         expected_id: BlobId | None = None,
+        metadata: BlobMetadata = NO_METADATA,
     ) -> PutResult:
         """Stores a blob given as chunks, in bounded memory for Binary blobs.
 
-        Json blobs are gathered (up to max_json_bytes) and canonicalised whole.
+        Json and Flow blobs are gathered (up to max_json_bytes) and canonicalised whole.
         """
         if total_size is not None:
             self._check_size(blob_type, total_size)
@@ -150,35 +158,37 @@ class BlobStore:
                 existing = None  # quarantined by the read; this put stores a sound copy
             if existing is not None:
                 return PutResult(existing, created=False)
-        if blob_type is BlobType.JSON:
-            return await self._put_json_stream(chunks, total_size, expected_id)
-        return await self._put_binary_stream(chunks, total_size, expected_id)
+        if blob_type.holds_json:
+            return await self._put_json_stream(blob_type, chunks, total_size, expected_id, metadata)
+        return await self._put_binary_stream(chunks, total_size, expected_id, metadata)
 
     async def _put_json_stream(
         self,
+        blob_type: BlobType,
         chunks: AsyncIterable[bytes | memoryview],
         total_size: int | None,
         expected_id: BlobId | None,
+        metadata: BlobMetadata,
     ) -> PutResult:
         parts: list[bytes | memoryview] = []
         size = 0
         async for chunk in chunks:
             size += len(chunk)
-            self._check_size(BlobType.JSON, size)
+            self._check_size(blob_type, size)
             _check_total(size, total_size, final=False)
             parts.append(chunk)
         _check_total(size, total_size, final=True)
         data = b"".join(parts)
         parts.clear()
         content = await offload(len(data), canonicalize_text, data)
-        self._check_size(BlobType.JSON, len(content))
+        self._check_size(blob_type, len(content))
         blob_id = blob_id_from_digest(await offload(len(content), sha256_hex, content))
         _check_expected(blob_id, expected_id)
         # Through a writer, as Binary streams, so that a cancelled call stores nothing.
         writer = await self.backend.open_writer()
         try:
             await writer.write(content)
-            return await writer.commit(blob_id, BlobType.JSON)
+            return await writer.commit(blob_id, blob_type, metadata)
         finally:
             await writer.abort()
 
@@ -187,6 +197,7 @@ class BlobStore:
         chunks: AsyncIterable[bytes | memoryview],
         total_size: int | None,
         expected_id: BlobId | None,
+        metadata: BlobMetadata,
     ) -> PutResult:
         hasher = hashlib.sha256()
         writer = await self.backend.open_writer()
@@ -207,7 +218,7 @@ class BlobStore:
             _check_total(size, total_size, final=True)
             blob_id = blob_id_from_digest(hasher.hexdigest())
             _check_expected(blob_id, expected_id)
-            return await writer.commit(blob_id, BlobType.BINARY)
+            return await writer.commit(blob_id, BlobType.BINARY, metadata)
         finally:
             if pending is not None:
                 if not pending.done():
@@ -246,7 +257,7 @@ class BlobStore:
 
     def _check_size(self, blob_type: BlobType, size: int) -> None:
         limit = self.limits.max_blob_bytes
-        if blob_type is BlobType.JSON:
+        if blob_type.holds_json:
             limit = min(limit, self.limits.max_json_bytes)
         if size > limit:
             raise BlobTooLarge(

@@ -52,11 +52,35 @@ def test_seed_put_example_verbatim(rpc: HttpRpc, grpc_client: BlobClient) -> Non
     assert grpc_client.put_json(SEED_DATA).info.blob_id == SEED_ID
 
 
-def test_seed_get_example_verbatim(rpc: HttpRpc) -> None:
+def test_seed_get_example_answers_the_schemas_type_name(rpc: HttpRpc) -> None:
+    """The page's example reply, but with "data" where it shows "Json": the schema behind the
+    page, and every Stepflow SDK, decode only "data" and "flow" (docs/stepflow.md)."""
     rpc.post(PUT_REQUEST.encode())
     reply = rpc.post(with_real_id(GET_REQUEST).encode())
     assert reply.status == 200
-    assert reply.json() == orjson.loads(GET_RESPONSE)
+    expected = orjson.loads(GET_RESPONSE)
+    expected["result"]["blob_type"] = "data"
+    assert reply.json() == expected
+
+
+def test_seed_get_example_verbatim_with_seed_example_names(
+    bridge_stack: Stack, tmp_path: Path
+) -> None:
+    bridge = BridgeProcess(
+        bridge_stack.server.target,
+        tmp_path / "bridge.log",
+        env={"BLOBSTORE_BRIDGE_BLOB_TYPE_NAMES": "seed-examples"},
+    ).start()
+    client = HttpRpc(bridge.url)
+    try:
+        client.post(PUT_REQUEST.encode())
+        reply = client.post(with_real_id(GET_REQUEST).encode())
+        assert reply.json() == orjson.loads(GET_RESPONSE)
+        binary = client.result(PUT, {"data": "aGVsbG8=", "blob_type": "binary"})["blob_id"]
+        assert client.result(GET, [binary]) == {"data": "aGVsbG8=", "blob_type": "Binary"}
+    finally:
+        client.close()
+        bridge.kill()
 
 
 def test_get_of_the_placeholder_id_is_blob_not_found(rpc: HttpRpc) -> None:
@@ -162,7 +186,7 @@ def test_stepflow_sdk_shaped_requests(rpc: HttpRpc) -> None:
             params["blob_type"] = spelling
         assert rpc.result(PUT, params)["blob_id"] == expected
     bare_hex = expected.removeprefix("sha256:")
-    assert rpc.result(GET, {"blob_id": bare_hex}) == {"data": data, "blob_type": "Json"}
+    assert rpc.result(GET, {"blob_id": bare_hex}) == {"data": data, "blob_type": "data"}
 
 
 def test_binary_round_trip(rpc: HttpRpc, grpc_client: BlobClient) -> None:
@@ -172,14 +196,14 @@ def test_binary_round_trip(rpc: HttpRpc, grpc_client: BlobClient) -> None:
     assert result["blob_id"] == "sha256:" + hashlib.sha256(content).hexdigest()
     assert rpc.result(GET, {"blob_id": result["blob_id"]}) == {
         "data": encoded,
-        "blob_type": "Binary",
+        "blob_type": "binary",
     }
     stored = grpc_client.get(result["blob_id"])
     assert stored.data == content and stored.info.blob_type is BlobType.BINARY
     # Any case, and the empty blob.
     empty = rpc.result(PUT, {"data": "", "blob_type": "bInArY"})["blob_id"]
     assert empty == "sha256:" + hashlib.sha256(b"").hexdigest()
-    assert rpc.result(GET, [empty]) == {"data": "", "blob_type": "Binary"}
+    assert rpc.result(GET, [empty]) == {"data": "", "blob_type": "binary"}
 
 
 def test_blob_stored_over_grpc_is_read_over_the_bridge(

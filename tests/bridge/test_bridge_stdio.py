@@ -64,7 +64,10 @@ def black_hole() -> Iterator[str]:
 def test_seed_examples_over_stdio(
     grpc_server: ServerProcess, spawn: list[BridgeProcess], tmp_path: Path
 ) -> None:
-    bridge = start(spawn, grpc_server.target, tmp_path / "bridge.log")
+    """Verbatim, with the page's example type names (--blob-type-names seed-examples)."""
+    bridge = start(
+        spawn, grpc_server.target, tmp_path / "bridge.log", "--blob-type-names", "seed-examples"
+    )
     bridge.send(one_line(PUT_REQUEST))
     assert bridge.read_message() == json.loads(with_real_id(PUT_RESPONSE))
     bridge.send(one_line(with_real_id(GET_REQUEST)))
@@ -93,7 +96,7 @@ def test_stepflow_sdk_shape_and_binary_over_stdio(
     bridge.send(
         {"jsonrpc": "2.0", "id": 2, "method": "blobs/get", "params": {"blob_id": blob_id[7:]}}
     )
-    assert bridge.read_message()["result"] == {"data": encoded, "blob_type": "Binary"}
+    assert bridge.read_message()["result"] == {"data": encoded, "blob_type": "binary"}
     bridge.send(
         {
             "jsonrpc": "2.0",

@@ -1,14 +1,14 @@
 """Fixtures for the real-SDK tests: the SDK venvs, one server, and a stand-in runtime per SDK.
 
-The venvs are made on first use by scripts/stepflow_sdk_venv.py (both at once, since
-each install mostly waits on the network); later runs reuse them.
+The venvs are made on first use by scripts/stepflow_sdk_venv.py (both at once);
+later runs reuse them.
 """
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -18,16 +18,20 @@ from tests.bridge_processes import BridgeProcess
 from tests.processes import ServerProcess
 from tests.stepflow_sdk.runtime import HttpRuntime, StandInRuntime, StdioRuntime
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-import stepflow_sdk_venv  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
+RELEASES = ("0.7", "0.9")
 
 
 @pytest.fixture(scope="session")
 def sdk_pythons() -> dict[str, Path]:
     """The python of each stepflow-py release's venv, by release ("0.7", "0.9")."""
-    with ThreadPoolExecutor(len(stepflow_sdk_venv.RELEASES)) as pool:
-        pythons = pool.map(stepflow_sdk_venv.ensure, stepflow_sdk_venv.RELEASES)
-        return dict(zip(stepflow_sdk_venv.RELEASES, pythons, strict=True))
+    made = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "stepflow_sdk_venv.py"), *RELEASES],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    return dict(zip(RELEASES, map(Path, made.stdout.split()), strict=True))
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,8 @@ try:  # stepflow-py 0.9: the worker lives in stepflow_py.worker and serves HTTP
     SERVER: Any = StepflowServer()
     RELEASE = "0.9"
 except ImportError:  # stepflow-py 0.7: the stdio server at the package's top level
-    from stepflow_py import StepflowContext, StepflowStdioServer  # type: ignore[no-redef]
-    from stepflow_py.generated_protocol import BlobType  # type: ignore[no-redef]
+    from stepflow_py import StepflowContext, StepflowStdioServer
+    from stepflow_py.generated_protocol import BlobType
 
     SERVER = StepflowStdioServer()
     RELEASE = "0.7"

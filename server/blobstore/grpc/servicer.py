@@ -24,7 +24,7 @@ from blobstore import errors
 from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
 from blobstore.api.blobstore.v1 import blobstore_pb2_grpc as pb_grpc
 from blobstore.ids import BlobId, parse_blob_id
-from blobstore.model import Blob, BlobInfo, BlobType, PutResult
+from blobstore.model import Blob, BlobInfo, BlobMetadata, BlobType, PutResult
 from blobstore.offload import offload
 from blobstore.status import to_status
 from blobstore.store import BlobStore
@@ -35,7 +35,11 @@ DEFAULT_CHUNK = 1024 * 1024
 MIN_CHUNK = 4 * 1024
 MAX_CHUNK = 4 * 1024 * 1024
 
-_TO_PB = {BlobType.JSON: pb.BLOB_TYPE_JSON, BlobType.BINARY: pb.BLOB_TYPE_BINARY}
+_TO_PB = {
+    BlobType.JSON: pb.BLOB_TYPE_JSON,
+    BlobType.FLOW: pb.BLOB_TYPE_FLOW,
+    BlobType.BINARY: pb.BLOB_TYPE_BINARY,
+}
 _FROM_PB = {value: key for key, value in _TO_PB.items()}
 # Field 2 (blob_type, varint) of GetResponse and PutResponse on the wire.
 _TYPE_FIELD = {key: bytes((0x10, value)) for key, value in _TO_PB.items()}
@@ -141,24 +145,25 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
         self, request: pb.PutRequest, context: Any
     ) -> pb.PutResponse | bytes:
         expected = _optional_id(request.expected_id, "expected_id")
+        metadata = BlobMetadata.checked(request.filename, request.content_type)
         content = request.WhichOneof("content")
         if content == "json":
-            if request.blob_type not in (pb.BLOB_TYPE_UNSPECIFIED, pb.BLOB_TYPE_JSON):
-                raise errors.InvalidArgument("a `json` value can only be stored as BLOB_TYPE_JSON")
+            blob_type = _blob_type(request.blob_type, default=BlobType.JSON)
+            if not blob_type.holds_json:
+                raise errors.InvalidArgument(
+                    "a `json` value can only be stored as BLOB_TYPE_JSON or BLOB_TYPE_FLOW"
+                )
             size = request.json.ByteSize()
             value = await offload(size, _value_to_python, request.json)
-            result = await self._store.put_json_value(value, expected, size_hint=size)
+            result = await self._store.put_json_value(
+                value, expected, size_hint=size, blob_type=blob_type, metadata=metadata
+            )
         else:
             blob_type = _blob_type(request.blob_type, default=BlobType.BINARY)
-            result = await self._store.put(blob_type, request.data, expected)
+            result = await self._store.put(blob_type, request.data, expected, metadata)
         if self._encoded_replies:
             return _put_reply(result)
-        return pb.PutResponse(
-            id=result.info.blob_id,
-            blob_type=_TO_PB[result.info.blob_type],
-            size=result.info.size,
-            created=result.created,
-        )
+        return pb.PutResponse(**_info_kwargs(result.info), created=result.created)
 
     @_translate_errors
     async def Get(  # type: ignore[override]  # replies may come encoded (add_to_server)
@@ -170,16 +175,12 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
         """`reserve(size)`, from the guard, is called before the blob's content is read."""
         blob = await self._store.get(_required_id(request.id), reserve)
         info = blob.info
-        if request.as_json_value and info.blob_type is BlobType.JSON:
+        if request.as_json_value and info.blob_type.holds_json:
             value = await offload(len(blob.data), _python_to_value, blob)
-            return pb.GetResponse(
-                id=info.blob_id, blob_type=_TO_PB[info.blob_type], size=info.size, json=value
-            )
+            return pb.GetResponse(**_info_kwargs(info), json=value)
         if self._encoded_replies:
             return _get_reply(info, blob.data)
-        return pb.GetResponse(
-            id=info.blob_id, blob_type=_TO_PB[info.blob_type], size=info.size, data=blob.data
-        )
+        return pb.GetResponse(**_info_kwargs(info), data=blob.data)
 
     @_translate_errors
     async def Stat(self, request: pb.StatRequest, context: Any) -> pb.StatResponse:
@@ -187,9 +188,7 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
         info = await self._store.stat(blob_id)
         if info is None:
             return pb.StatResponse(id=blob_id, exists=False)
-        return pb.StatResponse(
-            id=blob_id, exists=True, blob_type=_TO_PB[info.blob_type], size=info.size
-        )
+        return pb.StatResponse(exists=True, **_info_kwargs(info))
 
     @_translate_errors
     async def FindMissing(
@@ -214,13 +213,9 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
             _chunks(first, request_iterator),
             total_size=total,
             expected_id=expected,
+            metadata=BlobMetadata.checked(first.filename, first.content_type),
         )
-        return pb.PutResponse(
-            id=result.info.blob_id,
-            blob_type=_TO_PB[result.info.blob_type],
-            size=result.info.size,
-            created=result.created,
-        )
+        return pb.PutResponse(**_info_kwargs(result.info), created=result.created)
 
     @_translate_errors
     async def GetStream(  # type: ignore[override]  # replies may come encoded (add_to_server)
@@ -251,11 +246,15 @@ async def _chunks(
     index = 0
     while True:
         if index > 0 and (
-            message.blob_type or message.HasField("total_size") or message.expected_id
+            message.blob_type
+            or message.HasField("total_size")
+            or message.expected_id
+            or message.filename
+            or message.content_type
         ):
             raise errors.InvalidArgument(
-                f"message {index}: blob_type, total_size and expected_id belong in the first "
-                "message only"
+                f"message {index}: blob_type, total_size, expected_id, filename and "
+                "content_type belong in the first message only"
             )
         if message.HasField("offset") and message.offset != received:
             raise errors.InvalidArgument(
@@ -273,19 +272,33 @@ async def _chunks(
 
 
 def _put_reply(result: PutResult) -> bytes:
-    """PutResponse(id=..., blob_type=..., size=..., created=...) in protobuf wire format."""
+    """PutResponse(id=..., blob_type=..., size=..., created=..., filename=...,
+    content_type=...) in protobuf wire format."""
     created = b"\x20\x01" if result.created else b""
-    return b"".join((*_info_fields(result.info), created))
+    metadata = _metadata_fields(result.info.metadata, first_field=5)
+    return b"".join((*_info_fields(result.info), created, *metadata))
 
 
 def _get_reply(info: BlobInfo, data: bytes) -> bytes:
-    """GetResponse(id=..., blob_type=..., size=..., data=data) in protobuf wire format.
+    """GetResponse(id=..., blob_type=..., size=..., data=data, filename=..., content_type=...)
+    in protobuf wire format.
 
     One join instead of building a message and serialising it (which also
     copies the data twice). Fields in number order, defaults left out as
     protobuf does, except `data`: a oneof member is always written.
     """
-    return b"".join((*_info_fields(info), b"\x22", _varint(len(data)), data))
+    metadata = _metadata_fields(info.metadata, first_field=6)
+    return b"".join((*_info_fields(info), b"\x22", _varint(len(data)), data, *metadata))
+
+
+def _metadata_fields(metadata: BlobMetadata, first_field: int) -> tuple[bytes, ...]:
+    """`filename` (field `first_field`) and `content_type` (the next), those that are set."""
+    fields: list[bytes] = []
+    for number, text in enumerate((metadata.filename, metadata.content_type), first_field):
+        if text is not None:
+            encoded = text.encode()
+            fields += (bytes(((number << 3) | 2,)), _varint(len(encoded)), encoded)
+    return tuple(fields)
 
 
 def _info_fields(info: BlobInfo) -> tuple[bytes, ...]:
@@ -326,6 +339,8 @@ class ChunkMessage:
     blob_type = pb.BLOB_TYPE_UNSPECIFIED
     total_size = 0
     expected_id = ""
+    filename = ""
+    content_type = ""
 
     def __init__(self, chunk: memoryview, offset: int | None, size: int) -> None:
         self.chunk = chunk
@@ -402,7 +417,18 @@ def _python_to_value(blob: Blob) -> struct_pb2.Value:
 
 
 def _info(info: BlobInfo) -> pb.BlobInfo:
-    return pb.BlobInfo(id=info.blob_id, blob_type=_TO_PB[info.blob_type], size=info.size)
+    return pb.BlobInfo(**_info_kwargs(info))
+
+
+def _info_kwargs(info: BlobInfo) -> dict[str, Any]:
+    """The fields every reply shares: id, blob_type, size, and the metadata that is set."""
+    return {
+        "id": info.blob_id,
+        "blob_type": _TO_PB[info.blob_type],
+        "size": info.size,
+        "filename": info.metadata.filename,
+        "content_type": info.metadata.content_type,
+    }
 
 
 def _blob_type(value: int, *, default: BlobType) -> BlobType:
@@ -412,7 +438,7 @@ def _blob_type(value: int, *, default: BlobType) -> BlobType:
         return _FROM_PB[value]  # type: ignore[index]
     except KeyError:
         raise errors.InvalidArgument(
-            f"unknown blob_type {value}; use BLOB_TYPE_JSON or BLOB_TYPE_BINARY"
+            f"unknown blob_type {value}; use BLOB_TYPE_JSON, BLOB_TYPE_FLOW or BLOB_TYPE_BINARY"
         ) from None
 
 
