@@ -50,7 +50,11 @@ CHANNEL_OPTIONS = [
 ]
 _T = TypeVar("_T")
 
-_TO_PB = {BlobType.JSON: pb.BLOB_TYPE_JSON, BlobType.BINARY: pb.BLOB_TYPE_BINARY}
+_TO_PB = {
+    BlobType.JSON: pb.BLOB_TYPE_JSON,
+    BlobType.FLOW: pb.BLOB_TYPE_FLOW,
+    BlobType.BINARY: pb.BLOB_TYPE_BINARY,
+}
 _FROM_PB = {value: key for key, value in _TO_PB.items()}
 
 

@@ -100,17 +100,21 @@ def test_put_and_get_binary_file(server: ServerProcess, tmp_path: Path) -> None:
         "get", blob_id.removeprefix("sha256:"), "-o", str(output), target=server.target
     )
     assert to_file.returncode == 0, to_file.stderr
-    assert to_file.stdout == b""
     assert output.read_bytes() == data
 
     stat = blobstore("stat", blob_id, target=server.target)
     assert stat.returncode == 0, stat.stderr
-    assert json.loads(stat.stdout) == {
+    shown = {
         "blob_id": blob_id,
         "exists": True,
         "blob_type": "Binary",
         "size": len(data),
+        "filename": None,
+        "content_type": None,
     }
+    assert json.loads(stat.stdout) == shown
+    # With -o the data goes to the file and what was saved is shown, as stat shows it.
+    assert json.loads(to_file.stdout) == shown
 
 
 def test_put_json_file_and_stdin_get_canonical_text(server: ServerProcess, tmp_path: Path) -> None:
@@ -140,6 +144,8 @@ def test_put_json_file_and_stdin_get_canonical_text(server: ServerProcess, tmp_p
         "exists": True,
         "blob_type": "Json",
         "size": len(canonical),
+        "filename": None,
+        "content_type": None,
     }
 
 

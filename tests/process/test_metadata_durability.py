@@ -49,7 +49,7 @@ BLOBS = [
 
 
 def put_all(client: BlobClient) -> list[str]:
-    ids = []
+    ids: list[str] = []
     for content, blob_type, metadata in BLOBS:
         result = client.put_bytes(content, blob_type, metadata)
         assert result.created and result.info.metadata == metadata

@@ -12,7 +12,7 @@ import pytest
 
 from blobstore.errors import DataLoss
 from blobstore.ids import BlobId
-from blobstore.model import NO_METADATA, BlobMetadata, BlobType
+from blobstore.model import NO_METADATA, BlobInfo, BlobMetadata, BlobType
 from blobstore.storage.filesystem.blob_file import (
     HEADER_SIZE,
     CorruptHeader,
@@ -36,7 +36,7 @@ def id_of(content: bytes) -> BlobId:
     return BlobId("sha256:" + hashlib.sha256(content).hexdigest())
 
 
-def file_info(raw: bytes, blob_id: BlobId) -> object:
+def file_info(raw: bytes, blob_id: BlobId) -> BlobInfo:
     trailer_size = decode_header(raw[:HEADER_SIZE]).trailer_size
     trailer = raw[len(raw) - trailer_size :] if trailer_size else b""
     return blob_info(blob_id, raw[:HEADER_SIZE], len(raw), trailer)
@@ -50,7 +50,7 @@ def test_old_format_files_read_as_before(tmp_path: Path, code: bytes, blob_type:
     assert (header.blob_type, header.size, header.trailer_size) == (blob_type, len(content), 0)
     info = file_info(raw, id_of(content))
     assert info == blob_info(id_of(content), raw[:HEADER_SIZE], len(raw))
-    assert getattr(info, "metadata") == NO_METADATA
+    assert info.metadata == NO_METADATA
     path = tmp_path / "old"
     path.write_bytes(raw)
     assert check_file(path, id_of(content)) is None
@@ -77,8 +77,8 @@ def test_version_2_round_trips_type_and_metadata(
     assert raw[:4] == b"CAB2"
     assert raw[HEADER_SIZE : HEADER_SIZE + len(content)] == content  # content where it always was
     info = file_info(raw, id_of(content))
-    assert (getattr(info, "blob_type"), getattr(info, "size")) == (blob_type, len(content))
-    assert getattr(info, "metadata") == metadata
+    assert (info.blob_type, info.size) == (blob_type, len(content))
+    assert info.metadata == metadata
     path = tmp_path / "new"
     path.write_bytes(raw)
     assert check_file(path, id_of(content)) is None
