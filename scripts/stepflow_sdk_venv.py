@@ -24,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUIREMENTS = ROOT / "tests" / "stepflow_sdk"
-RELEASES = ("0.7", "0.9")
+RELEASES = ("0.7", "0.9", "0.13")
 
 
 def requirements_file(release: str) -> Path:
