@@ -11,7 +11,10 @@ blobstore.v1 under "sha256:<id>".
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -216,3 +219,33 @@ def _value(value: Any) -> struct_pb2.Value:
     message = struct_pb2.Value()
     json_format.ParseDict(value, message)
     return message
+
+
+def test_reflection_and_health_cover_both_services(server: ServerProcess) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(server.target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for name in ("blobstore.v1.BlobService", "stepflow.v1.BlobService"):
+            reply = health.Check(health_pb2.HealthCheckRequest(service=name))
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING, name
+    listed = subprocess.run(
+        [str(Path(sys.executable).parent / "grpcurl"), "-plaintext", server.target, "list"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert {"blobstore.v1.BlobService", "stepflow.v1.BlobService"} <= set(listed.stdout.split())
+    described = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "grpcurl"),
+            "-plaintext",
+            server.target,
+            "describe",
+            "stepflow.v1.BlobService",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "rpc PutBlob" in described.stdout and "rpc GetBlob" in described.stdout
