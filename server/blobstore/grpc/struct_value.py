@@ -25,12 +25,12 @@ import orjson
 from google.protobuf import struct_pb2
 
 from blobstore.errors import InvalidJson
+from blobstore.grpc.servicer import _varint
 
 _DOUBLE = struct.Struct("<d")
 _NULL = b"\x08\x00"  # null_value (field 1, varint) = NULL_VALUE
 _TRUE = b"\x20\x01"  # bool_value (field 4, varint)
 _FALSE = b"\x20\x00"
-_SMALL_VARINTS = [bytes((value,)) for value in range(0x80)]
 
 
 def to_python(value: struct_pb2.Value) -> Any:
@@ -90,13 +90,3 @@ def _encode(value: Any) -> bytes:
     body = b"".join(b"\x0a" + _varint(len(item)) + item for item in items)
     return b"\x32" + _varint(len(body)) + body
 
-
-def _varint(value: int) -> bytes:
-    if value < 0x80:
-        return _SMALL_VARINTS[value]
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
