@@ -60,10 +60,15 @@ async def store_binary(input: dict[str, Any]) -> dict[str, Any]:
 
 @server.component(name="context_roundtrip")
 async def context_roundtrip(input: dict[str, Any], context: StepflowContext) -> dict[str, Any]:
-    """The task context's put_blob/get_blob, as a component using its context calls them."""
-    blob_id = await context.put_blob(input["value"], "flow")
+    """The task context's put_blob/get_blob, as a component using its context calls them.
+
+    Stores a value of its own (steps run concurrently: the same value stored as data by
+    another step would make the type depend on which came first).
+    """
+    flow = {"flow_of": input["value"]}
+    blob_id = await context.put_blob(flow, "flow")
     read_back = await context.get_blob(blob_id)
-    return {"id": blob_id, "read_back_equal": read_back == input["value"]}
+    return {"id": blob_id, "read_back_equal": read_back == flow}
 
 
 @server.component(name="errors")

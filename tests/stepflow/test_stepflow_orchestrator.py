@@ -111,11 +111,14 @@ def test_worker_blobs_live_in_our_store(
         "size": 0,
         "read_back_equal": True,
     }
-    assert out["context"] == {"id": doc_id, "read_back_equal": True}
+    flow_id = hashlib.sha256(rfc8785.dumps({"flow_of": DOC})).hexdigest()
+    assert out["context"] == {"id": flow_id, "read_back_equal": True}
     with BlobClient(server.target, timeout=30) as blobs:
         assert blobs.get("sha256:" + doc_id).data == rfc8785.dumps(DOC)
         info = blobs.stat("sha256:" + doc_id)
         assert info is not None and info.blob_type is BlobType.JSON
+        flow = blobs.stat("sha256:" + flow_id)
+        assert flow is not None and flow.blob_type is BlobType.FLOW
         assert blobs.get("sha256:" + out["mib"]["id"]).data == _pattern(MiB)
         assert blobs.get("sha256:" + out["empty"]["id"]).data == b""
 
