@@ -15,7 +15,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
 from blobstore.status import DETAILS_KEY, DOMAIN
-from blobstore.storage.blob_file import HEADER_SIZE, decode_header
+from blobstore.storage.blob_file import HEADER_SIZE, decode_header, decode_trailer
 
 if TYPE_CHECKING:
     from blobstore.api.blobstore.v1.blobstore_pb2_grpc import BlobServiceAsyncStub, BlobServiceStub
@@ -107,10 +107,12 @@ def temp_files(data_dir: Path) -> list[Path]:
 
 
 def check_blob_file(path: Path) -> bytes:
-    """Returns a stored blob's content after checking its header, size and hash."""
+    """Returns a stored blob's content after checking its header, trailer, size and hash."""
     raw = path.read_bytes()
-    _, size = decode_header(raw[:HEADER_SIZE])
-    content = raw[HEADER_SIZE:]
+    header = decode_header(raw[:HEADER_SIZE])
+    size, end = header.size, len(raw) - header.trailer_size
+    decode_trailer(raw[end:])
+    content = raw[HEADER_SIZE:end]
     assert len(content) == size, f"{path}: {len(content)} bytes, header says {size}"
     assert hashlib.sha256(content).hexdigest() == path.name, f"{path}: content is not its id"
     return content

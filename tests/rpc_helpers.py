@@ -14,7 +14,7 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from blobstore.api.blobstore.v1 import blobstore_pb2_grpc as pb_grpc
-from blobstore.storage.blob_file import HEADER_SIZE, CorruptHeader, decode_header
+from blobstore.storage.blob_file import HEADER_SIZE, CorruptHeader, decode_header, decode_trailer
 from tests.processes import ServerProcess
 
 MiB = 1024 * 1024
@@ -65,13 +65,15 @@ def rpc_failure(call: Callable[[], object]) -> grpc.RpcError:
 
 
 def blob_file_problem(path: Path) -> str | None:
-    """Checks a stored blob file independently of the server: header, length and hash."""
+    """Checks a stored blob file independently of the server: header, trailer, length, hash."""
     raw = path.read_bytes()
     try:
-        _, size = decode_header(raw[:HEADER_SIZE])
+        header = decode_header(raw[:HEADER_SIZE])
+        size, end = header.size, len(raw) - header.trailer_size
+        decode_trailer(raw[end:])
     except CorruptHeader as exc:
         return f"{path.name}: {exc}"
-    content = raw[HEADER_SIZE:]
+    content = raw[HEADER_SIZE:end]
     if len(content) != size:
         return f"{path.name}: {len(content)} content bytes, header says {size}"
     if hashlib.sha256(content).hexdigest() != path.name:

@@ -21,7 +21,7 @@ import pytest
 from blobstore.client import BlobClient
 from blobstore.errors import DataLoss
 from blobstore.model import NO_METADATA, BlobMetadata, BlobType
-from blobstore.storage.filesystem.journal import encode_record
+from blobstore.storage.journal import encode_record
 from tests.processes import ServerProcess
 from tests.rpc_helpers import blob_path, sha256_id
 

@@ -13,7 +13,7 @@ import pytest
 from blobstore.errors import DataLoss
 from blobstore.ids import BlobId
 from blobstore.model import NO_METADATA, BlobInfo, BlobMetadata, BlobType
-from blobstore.storage.filesystem.blob_file import (
+from blobstore.storage.blob_file import (
     HEADER_SIZE,
     CorruptHeader,
     blob_info,

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Protocol
 
 from blobstore.ids import BlobId
-from blobstore.model import Blob, BlobInfo, BlobType, PutResult
+from blobstore.model import NO_METADATA, Blob, BlobInfo, BlobMetadata, BlobType, PutResult
 
 
 class OverLimit(Exception):
@@ -42,11 +42,14 @@ class BlobWriter(Protocol):
         """
         ...
 
-    async def commit(self, blob_id: BlobId, blob_type: BlobType) -> PutResult:
-        """Publishes what was written under `blob_id`, durably and atomically.
+    async def commit(
+        self, blob_id: BlobId, blob_type: BlobType, metadata: BlobMetadata = NO_METADATA
+    ) -> PutResult:
+        """Publishes what was written under `blob_id`, with its type and metadata, durably
+        and atomically.
 
         If the id is already stored the written bytes are dropped and the
-        existing blob (with its first type) is reported with created=False.
+        existing blob (with its first type and metadata) is reported with created=False.
         """
         ...
 
@@ -79,8 +82,16 @@ class BlobStream(Protocol):
 class BlobBackend(Protocol):
     """Durable storage of blobs by id. Reads are not verified at this level."""
 
-    async def put(self, blob_id: BlobId, blob_type: BlobType, data: bytes) -> PutResult:
-        """Stores `data` under `blob_id` durably, unless that id is already stored."""
+    async def put(
+        self,
+        blob_id: BlobId,
+        blob_type: BlobType,
+        data: bytes,
+        metadata: BlobMetadata = NO_METADATA,
+    ) -> PutResult:
+        """Stores `data` under `blob_id` durably, with its type and metadata (file name,
+        content type), unless that id is already stored: then the stored blob, with the
+        type and metadata it was first stored with, is reported (created=False)."""
         ...
 
     async def open_writer(self) -> BlobWriter:

@@ -40,7 +40,6 @@ import asyncio
 import contextlib
 import errno
 import fcntl
-import hashlib
 import itertools
 import logging
 import os
@@ -54,9 +53,18 @@ from typing import Any, TypeVar
 
 from blobstore.errors import BlobNotFound, DataLoss, StorageFull, Unavailable
 from blobstore.ids import PREFIX, BlobId, blob_id_from_digest, hex_digest
-from blobstore.model import Blob, BlobInfo, BlobType, PutResult
+from blobstore.model import NO_METADATA, Blob, BlobInfo, BlobMetadata, BlobType, PutResult
 from blobstore.storage.base import OverLimit
-from blobstore.storage.blob_file import HEADER_SIZE, CorruptHeader, decode_header, encode_header
+from blobstore.storage.blob_file import (
+    HEADER_SIZE,
+    blob_info,
+    check_file,
+    encode_header,
+    encode_parts,
+    encode_trailer,
+    read_info,
+    trailer_size,
+)
 from blobstore.storage.group_commit import GroupCommitter
 from blobstore.storage.journal import SEGMENT_BYTES, Journal, JournalRecord, read_segment
 from blobstore.storage.os_calls import fsync_dir, start_writeback, sync_filesystem, syncfs_available
@@ -66,7 +74,6 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _SPACE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _HEX = "0123456789abcdef"
-_CHECK_CHUNK = 1024 * 1024
 _RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
 _OPEN_READ = os.O_RDONLY | os.O_CLOEXEC
 _ID_PREFIX = len(PREFIX)
@@ -125,36 +132,12 @@ class FileSystemLayout:
         return sorted(p for p in self.blobs.glob("??/*") if p.is_file())
 
     def read_info(self, fd: int, blob_id: BlobId) -> BlobInfo:
-        """Decodes the header of an open blob file; DataLoss if it is broken or truncated."""
-        try:
-            blob_type, size = read_header(fd)
-        except CorruptHeader as exc:
-            raise DataLoss(blob_id, str(exc)) from None
-        return BlobInfo(blob_id, blob_type, size)
+        """Decodes the header (and metadata) of an open blob file; DataLoss if it is broken."""
+        return read_info(fd, blob_id)
 
     def check_file(self, path: Path, blob_id: BlobId) -> str | None:
         """Returns what is wrong with the blob file at `path`, or None if it is sound."""
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            return f"cannot open: {exc.strerror}"
-        try:
-            try:
-                read_header(fd)
-            except CorruptHeader as exc:
-                return str(exc)
-            hasher = hashlib.sha256()
-            offset = HEADER_SIZE
-            while chunk := os.pread(fd, _CHECK_CHUNK, offset):
-                hasher.update(chunk)
-                offset += len(chunk)
-            if hasher.hexdigest() != hex_digest(blob_id):
-                return "content does not match its SHA-256 id"
-            return None
-        except OSError as exc:
-            return f"cannot read: {exc.strerror}"
-        finally:
-            os.close(fd)
+        return check_file(path, blob_id)
 
     def quarantine(self, blob_id: BlobId, reason: str) -> Path | None:
         """Moves the blob's file aside; returns where it went, or None if it was not moved.
@@ -183,15 +166,6 @@ class FileSystemLayout:
         fsync_dir(self.quarantine_dir)
         log.error("quarantined %s to %s: %s", blob_id, target, problem)
         return target
-
-
-def read_header(fd: int) -> tuple[BlobType, int]:
-    """Returns (type, content length) of an open blob file; CorruptHeader if the two disagree."""
-    blob_type, size = decode_header(os.pread(fd, HEADER_SIZE, 0))
-    actual = os.fstat(fd).st_size - HEADER_SIZE
-    if actual != size:
-        raise CorruptHeader(f"file holds {actual} content bytes, its header says {size}")
-    return blob_type, size
 
 
 class FileSystemBackend:
@@ -276,7 +250,13 @@ class FileSystemBackend:
 
     # -- writes -----------------------------------------------------------------------------
 
-    async def put(self, blob_id: BlobId, blob_type: BlobType, data: bytes) -> PutResult:
+    async def put(
+        self,
+        blob_id: BlobId,
+        blob_type: BlobType,
+        data: bytes,
+        metadata: BlobMetadata = NO_METADATA,
+    ) -> PutResult:
         # Most often answered here, without a thread: the blob exists (its header is
         # cached) or its file is missing. A broken copy is left to the pool's check,
         # which quarantines it so that this put stores a sound one.
@@ -289,18 +269,23 @@ class FileSystemBackend:
                 return PutResult(existing, created=False)
             check = False  # a writer that gets there first is caught by link(2) in _publish
         if self._committer is not None and len(data) <= self._journal_max_blob:
-            return await self._committer.put(blob_id, blob_type, data)
-        return await self._run(lambda: self._put_sync(blob_id, blob_type, data, check=check))
+            return await self._committer.put(blob_id, blob_type, data, metadata)
+        return await self._run(
+            lambda: self._put_sync(blob_id, blob_type, data, metadata, check=check)
+        )
 
-    def _file_blob(self, blob_id: BlobId, blob_type: BlobType, data: bytes) -> PutResult:
+    def _file_blob(
+        self, blob_id: BlobId, blob_type: BlobType, data: bytes, metadata: BlobMetadata
+    ) -> PutResult:
         """Publishes a blob whose journal record is durable: no fsync of its own."""
-        return self._put_sync(blob_id, blob_type, data, check=False, durable=False)
+        return self._put_sync(blob_id, blob_type, data, metadata, check=False, durable=False)
 
     def _put_sync(
         self,
         blob_id: BlobId,
         blob_type: BlobType,
         data: bytes,
+        metadata: BlobMetadata,
         *,
         check: bool = True,
         durable: bool = True,
@@ -309,8 +294,8 @@ class FileSystemBackend:
             existing = self._existing(blob_id)
             if existing is not None:
                 return PutResult(existing, created=False)
-        info = BlobInfo(blob_id, blob_type, len(data))
-        parts = [encode_header(blob_type, len(data)), data]
+        info = BlobInfo(blob_id, blob_type, len(data), metadata)
+        parts = encode_parts(blob_type, data, metadata)
         if self._anonymous_temp:
             fd = self._create_anonymous()
             if fd is not None:
@@ -482,7 +467,7 @@ class FileSystemBackend:
             if problem is None:
                 return 0
             self.layout.quarantine(blob_id, f"found by journal replay: {problem}")
-        self._put_sync(blob_id, record.blob_type, record.data, check=False)
+        self._put_sync(blob_id, record.blob_type, record.data, record.metadata, check=False)
         return 1
 
     # -- reads ------------------------------------------------------------------------------
@@ -553,13 +538,23 @@ class FileSystemBackend:
                 raw = _pread_cached(fd, want, min(want, file_size))
                 if raw is None:
                     return None
-                info = _decode_info(blob_id, raw[:HEADER_SIZE], file_size)
-                data = raw[HEADER_SIZE:]
+                header = raw[:HEADER_SIZE]
+                if not whole:
+                    raise OverLimit(blob_info(blob_id, header, file_size, trailer=None))
+                metadata_size = trailer_size(header)
+                trailer = raw[file_size - metadata_size : file_size] if metadata_size else b""
+                info = blob_info(blob_id, header, file_size, trailer)
+                data = raw[HEADER_SIZE : len(raw) - metadata_size]
             else:
-                info = _decode_info(blob_id, os.pread(fd, HEADER_SIZE, 0), file_size)
-                data = b""
-                if whole:
-                    data = _pread_all(fd, info.size + 1, HEADER_SIZE)
+                if not whole:
+                    header = os.pread(fd, HEADER_SIZE, 0)
+                    raise OverLimit(blob_info(blob_id, header, file_size, trailer=None))
+                info = read_info(fd, blob_id)
+                # The trailer's bytes and one more: data longer than info.size means the
+                # file grew.
+                metadata_size = file_size - HEADER_SIZE - info.size
+                raw = _pread_all(fd, info.size + metadata_size + 1, HEADER_SIZE)
+                data = raw[: len(raw) - metadata_size]
         except OSError as exc:
             raise io_error(exc, "read the blob") from None
         if max_size is not None and info.size > max_size:
@@ -608,17 +603,25 @@ class FileSystemBackend:
 
     def _read_info(self, fd: int, blob_id: BlobId, *, wait: bool) -> BlobInfo | None:
         try:
-            file_size = os.fstat(fd).st_size
             if wait:
-                header = os.pread(fd, HEADER_SIZE, 0)
-            else:
-                cached = _pread_cached(fd, HEADER_SIZE, min(HEADER_SIZE, file_size))
-                if cached is None:
-                    return None
-                header = cached
+                return read_info(fd, blob_id)
+            file_size = os.fstat(fd).st_size
+            cached = _pread_cached(fd, HEADER_SIZE, min(HEADER_SIZE, file_size))
+            if cached is None:
+                return None
+            metadata_size = trailer_size(cached)
+            if metadata_size == 0:
+                return blob_info(blob_id, cached, file_size)
+            # Metadata ends the file: read it whole when it is small and cached, else in
+            # the pool.
+            if file_size > INLINE_READ_LIMIT:
+                return None
+            whole = _pread_cached(fd, file_size, file_size)
+            if whole is None:
+                return None
+            return blob_info(blob_id, whole[:HEADER_SIZE], file_size, whole[-metadata_size:])
         except OSError as exc:
             raise io_error(exc, "read the blob's header") from None
-        return _decode_info(blob_id, header, file_size)
 
     def _stat_sync(self, blob_id: BlobId) -> BlobInfo | None:
         try:
@@ -701,6 +704,9 @@ class _FileStream:
         self._guard = _FdGuard(pool, fd)
         self._offset = HEADER_SIZE
         self._chunk_size = chunk_size
+        # Content runs to the end of the file (so a file that grew shows as more content,
+        # which the verifying stream refuses), or, when metadata follows it, to its size.
+        self._end = HEADER_SIZE + info.size if info.metadata else None
 
     def __aiter__(self) -> _FileStream:
         return self
@@ -709,6 +715,11 @@ class _FileStream:
         if self._guard.closed:
             raise StopAsyncIteration
         offset, size = self._offset, self._chunk_size
+        if self._end is not None:
+            size = min(size, self._end - offset)
+            if size <= 0:
+                await self.aclose()
+                raise StopAsyncIteration
         try:
             chunk = await self._guard.run(lambda fd: os.pread(fd, size, offset))
         except OSError as exc:
@@ -732,7 +743,7 @@ class _FileWriter:
         self._guard = _FdGuard(backend._pool, fd)
         self._path = path
         # Content starts after the header, which is written at commit once the
-        # type and size are known.
+        # type and size are known (with the metadata trailer after the content).
         self._size = 0
         self._flushed = HEADER_SIZE
 
@@ -761,8 +772,11 @@ class _FileWriter:
             await self.abort()
             raise io_error(exc, "store the blob") from None
 
-    async def commit(self, blob_id: BlobId, blob_type: BlobType) -> PutResult:
-        info = BlobInfo(blob_id, blob_type, self._size)
+    async def commit(
+        self, blob_id: BlobId, blob_type: BlobType, metadata: BlobMetadata = NO_METADATA
+    ) -> PutResult:
+        info = BlobInfo(blob_id, blob_type, self._size, metadata)
+        trailer = encode_trailer(metadata)
         backend, path = self._backend, self._path
 
         def make_durable(fd: int) -> PutResult | None:
@@ -770,7 +784,9 @@ class _FileWriter:
             if existing is not None:
                 return PutResult(existing, created=False)
             try:
-                _pwrite_all(fd, encode_header(blob_type, info.size), 0)
+                if trailer:  # after the content, which is all written by now
+                    _pwrite_all(fd, trailer, HEADER_SIZE + info.size)
+                _pwrite_all(fd, encode_header(blob_type, info.size, len(trailer)), 0)
                 os.fsync(fd)
             except OSError as exc:
                 raise io_error(exc, "store the blob") from None
@@ -791,19 +807,6 @@ class _FileWriter:
     async def abort(self) -> None:
         path = self._path
         self._guard.close(then=lambda: _unlink_quietly(path))
-
-
-def _decode_info(blob_id: BlobId, header: bytes, file_size: int) -> BlobInfo:
-    """The header's metadata, checked against the file's size; DataLoss if broken."""
-    try:
-        blob_type, size = decode_header(header)
-    except CorruptHeader as exc:
-        raise DataLoss(blob_id, str(exc)) from None
-    if file_size - HEADER_SIZE != size:
-        raise DataLoss(
-            blob_id, f"file holds {file_size - HEADER_SIZE} content bytes, its header says {size}"
-        )
-    return BlobInfo(blob_id, blob_type, size)
 
 
 def _pread_cached(fd: int, size: int, expected: int) -> bytes | None:

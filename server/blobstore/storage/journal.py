@@ -16,9 +16,13 @@ A record:
     offset  size  field
     0       4     magic b"CAJ1"
     4       32    SHA-256 digest of the content (the blob's id)
-    36      20    the blob file header (server/blobstore/storage/blob_file.py): type, length, CRC
+    36      20    the blob file header (blob_file.py): type, length, trailer length m, CRC
     56      n     content
-    56+n    4     CRC-32 of bytes 0..56+n, big-endian
+    56+n    m     the metadata trailer (blob_file.py), if the header says m > 0
+    56+n+m  4     CRC-32 of bytes 0..56+n+m, big-endian
+
+A record holds what the blob file will: the header, content and trailer are
+the file's own bytes, so replay files exactly what the put would have.
 
 A record that is cut short or fails its CRC ends the segment: at the tail
 that is a batch whose write the crash interrupted (never acknowledged).
@@ -34,8 +38,15 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from blobstore.model import BlobType
-from blobstore.storage.blob_file import HEADER_SIZE, CorruptHeader, decode_header, encode_header
+from blobstore.model import NO_METADATA, BlobMetadata, BlobType
+from blobstore.storage.blob_file import (
+    HEADER_SIZE,
+    CorruptHeader,
+    decode_header,
+    decode_trailer,
+    encode_header,
+    encode_trailer,
+)
 from blobstore.storage.os_calls import fsync_dir
 
 log = logging.getLogger(__name__)
@@ -52,13 +63,17 @@ class JournalRecord:
     digest: bytes
     blob_type: BlobType
     data: bytes
+    metadata: BlobMetadata = NO_METADATA
 
 
-def encode_record(digest: bytes, blob_type: BlobType, data: bytes) -> list[bytes]:
+def encode_record(
+    digest: bytes, blob_type: BlobType, data: bytes, metadata: BlobMetadata = NO_METADATA
+) -> list[bytes]:
     """The record as parts for one writev: the content is not copied."""
-    head = MAGIC + digest + encode_header(blob_type, len(data))
-    crc = zlib.crc32(data, zlib.crc32(head))
-    return [head, data, _CRC.pack(crc)]
+    trailer = encode_trailer(metadata)
+    head = MAGIC + digest + encode_header(blob_type, len(data), len(trailer))
+    crc = zlib.crc32(trailer, zlib.crc32(data, zlib.crc32(head)))
+    return [head, data, trailer + _CRC.pack(crc)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,17 +96,27 @@ def read_segment(path: Path) -> SegmentContents:
         if data[offset : offset + 4] != MAGIC:
             break
         try:
-            blob_type, size = decode_header(data[offset + 36 : offset + _PREFIX])
+            header = decode_header(data[offset + 36 : offset + _PREFIX])
         except CorruptHeader:
             break
-        end = offset + _PREFIX + size
+        content_end = offset + _PREFIX + header.size
+        end = content_end + header.trailer_size
         if end + _CRC.size > len(data):
             break
         (crc,) = _CRC.unpack_from(data, end)
         if zlib.crc32(data[offset:end]) != crc:
             break
+        try:
+            metadata = decode_trailer(data[content_end:end])
+        except CorruptHeader:
+            break
         records.append(
-            JournalRecord(data[offset + 4 : offset + 36], blob_type, data[offset + _PREFIX : end])
+            JournalRecord(
+                data[offset + 4 : offset + 36],
+                header.blob_type,
+                data[offset + _PREFIX : content_end],
+                metadata,
+            )
         )
         offset = end + _CRC.size
     return SegmentContents(records, offset, len(data))
