@@ -89,4 +89,3 @@ def _encode(value: Any) -> bytes:
     items = [_encode(item) for item in value]
     body = b"".join(b"\x0a" + _varint(len(item)) + item for item in items)
     return b"\x32" + _varint(len(body)) + body
-
