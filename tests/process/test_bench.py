@@ -27,6 +27,7 @@ CEILINGS = {
     "sha256",
 }
 SERVICE = {"put_small", "get_small", "put_dedup", "put_large", "get_large"}
+STEPFLOW = {"stepflow_put", "stepflow_get"}
 BRIDGE = {"bridge_put", "bridge_get"}
 
 
@@ -46,7 +47,7 @@ def test_quick_benchmark_measures_every_workload(tmp_path: Path) -> None:
     assert run.returncode == 0, f"stdout:\n{run.stdout}\nstderr:\n{run.stderr}"
     results = json.loads(results_path.read_text())
     bridge_built = (ROOT / "jsonrpc_bridge" / "cli.py").exists()
-    expected = CEILINGS | SERVICE | (BRIDGE if bridge_built else set())
+    expected = CEILINGS | SERVICE | STEPFLOW | (BRIDGE if bridge_built else set())
 
     workloads = results["workloads"]
     assert set(workloads) == expected
@@ -57,14 +58,15 @@ def test_quick_benchmark_measures_every_workload(tmp_path: Path) -> None:
         assert figures["trials"], name
 
     ratios = {c["workload"]: c for c in results["checks"] if c["kind"] == "ratio"}
-    assert set(ratios) == SERVICE | (BRIDGE if bridge_built else set())
+    assert set(ratios) == SERVICE | STEPFLOW | (BRIDGE if bridge_built else set())
     for check in ratios.values():
         assert _positive(check["ratio"]), check
         assert check["ceiling"] in workloads, check
         assert check["ratio"] == check["value"] / check["ceiling_value"]
         assert isinstance(check["pass"], bool)
     tails = {c["workload"] for c in results["checks"] if c["kind"] == "tail"}
-    assert tails == {"put_small", "get_small", "put_dedup"} | (BRIDGE if bridge_built else set())
+    small = {"put_small", "get_small", "put_dedup"} | STEPFLOW
+    assert tails == small | (BRIDGE if bridge_built else set())
 
     assert set(results["rss"]) == {"rss_put_stream", "rss_get_stream"}
     for figures in results["rss"].values():
