@@ -257,7 +257,8 @@ class BridgeCaller:
 
     async def get(self, blob_id: str) -> None:
         result = await self.call("blobs/get", {"blob_id": blob_id})
-        if result["blob_type"] == BlobType.BINARY.value:
+        # The bridge answers the schema's names ("binary") by default, "Binary" on request.
+        if result["blob_type"].casefold() == BlobType.BINARY.value.casefold():
             content = base64.b64decode(result["data"])
         else:  # Json comes back parsed; its canonical form is what was hashed
             content = canonicalize_value(result["data"])
