@@ -11,7 +11,8 @@
 Ids are Stepflow's: the bare 64 hex digits (upper case accepted), the same
 blob as "sha256:<hex>" in blobstore.v1. A malformed body, type or id is 400, an
 unknown id 404; other store errors get their HTTP meaning (413 too large, 503
-overloaded or unavailable, 507 storage full). Error bodies are JSON:
+overloaded or unavailable, 507 storage full, 500 DATA_LOSS for a stored copy found
+corrupt, which is never served). Error bodies are JSON:
 {"error": {"status", "reason", "message"}}.
 
 Binary bodies go to PutStream as they arrive and binary replies come from
@@ -24,6 +25,7 @@ bridge's deadline. JSON values get their RFC 8785 id here as on every other path
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
@@ -38,6 +40,8 @@ from blobstore.api.blobstore.v1 import blobstore_pb2_grpc as pb_grpc
 from blobstore.ids import PREFIX
 from blobstore.status import TABLE, from_rpc_error
 from jsonrpc_bridge.json_codec import InvalidValue, ParseError, decode, encode_value
+
+log = logging.getLogger("jsonrpc_bridge")
 
 ROUTE = "/api/v1/blobs"
 OCTET_STREAM = "application/octet-stream"
@@ -55,6 +59,7 @@ _HTTP_STATUS: list[tuple[type[store_errors.BlobStoreError], int]] = [
     (store_errors.Overloaded, 503),
     (store_errors.Unavailable, 503),
     (store_errors.UseStreaming, 413),
+    (store_errors.DataLoss, 500),
 ]
 
 
@@ -157,16 +162,18 @@ class StepflowRoutes:
     async def _json_answer(
         self, info: pb.BlobInfo, replies: AsyncIterator[pb.GetStreamResponse]
     ) -> web.Response:
-        if info.size > self._max_get_bytes:
+        binary = info.blob_type == pb.BLOB_TYPE_BINARY
+        if not binary and info.size > self._max_get_bytes:
             raise RestError(
                 413,
                 "BLOB_TOO_LARGE",
                 f"blob is {info.size} bytes, over the bridge's JSON answer limit of "
                 f"{self._max_get_bytes}; ask with Accept: {OCTET_STREAM} to stream it",
             )
-        data = b"".join([reply.chunk async for reply in replies])
+        # Binary content is not in a JSON answer ("data" is null): it is not read at all.
+        data = None if binary else orjson.Fragment(b"".join([r.chunk async for r in replies]))
         answer: dict[str, object] = {
-            "data": orjson.Fragment(data) if info.blob_type != pb.BLOB_TYPE_BINARY else None,
+            "data": data,
             "blobType": _type_name(info),
             "blobId": info.id.removeprefix(PREFIX),
         }
@@ -204,10 +211,18 @@ async def _stream_raw(
     # (a corrupt blob) is still an error status; later ones cut the body short.
     first = await anext(replies, None)
     await response.prepare(request)
-    if first is not None:
-        await response.write(first.chunk)
-        async for reply in replies:
-            await response.write(reply.chunk)
+    try:
+        if first is not None:
+            await response.write(first.chunk)
+            async for reply in replies:
+                await response.write(reply.chunk)
+    except grpc.RpcError as exc:
+        # Too late for a status: the body stops short of its Content-Length, and the
+        # connection is closed, so the client sees a truncated transfer, never bad data.
+        log.warning("GET %s: stream ended early: %s", request.path, exc.details())
+        if request.transport is not None:
+            request.transport.close()
+        return response
     await response.write_eof()
     return response
 
@@ -254,7 +269,7 @@ def _too_large(limit: int) -> RestError:
 def _rest_error(exc: store_errors.BlobStoreError) -> RestError:
     status = next((code for cls, code in _HTTP_STATUS if isinstance(exc, cls)), 500)
     reason = next((r for cls, _, r in TABLE if isinstance(exc, cls)), "INTERNAL")
-    if status == 500:
+    if reason == "INTERNAL":
         return RestError(500, "INTERNAL", "the blob service failed; see the service's log")
     return RestError(status, reason, str(exc))
 

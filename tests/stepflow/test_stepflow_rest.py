@@ -24,6 +24,7 @@ import rfc8785
 from blobstore.client import BlobClient
 from blobstore.model import BlobType
 from tests.bridge_processes import HttpReply, HttpRpc, Stack
+from tests.rpc_helpers import blob_path
 from tests.stepflow.stepflow_helpers import binary, sdk_calls
 from tests.stepflow_venv import StepflowVenv
 
@@ -234,3 +235,18 @@ def test_every_writer_every_reader(bridge_stack: Stack, stepflow: StepflowVenv) 
     assert get(http, json_id, raw=True).body == canonical
     by_grpcurl = _grpcurl(target, "blobstore.v1.BlobService/Get", {"id": json_id})
     assert base64.b64decode(by_grpcurl["data"]) == canonical
+
+
+def test_a_corrupt_blob_is_an_error_never_its_bytes(bridge_stack: Stack) -> None:
+    http = bridge_stack.http
+    data = b"soon to be damaged on disk " * 100
+    blob_id = post_bytes(http, data).json()["blobId"]
+    path = blob_path(bridge_stack.server.data_dir, "sha256:" + blob_id)
+    raw = bytearray(path.read_bytes())
+    middle = raw.index(b"damaged")
+    raw[middle] ^= 0x01
+    path.write_bytes(bytes(raw))
+    reply = get(http, blob_id, raw=True)
+    assert reply.status == 500
+    assert reply.json()["error"]["reason"] == "DATA_LOSS"
+    assert data not in reply.body
