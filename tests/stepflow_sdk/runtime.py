@@ -23,6 +23,7 @@ fixtures call it with plain functions (`execute`, `execute_many`).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import itertools
 import json
@@ -126,6 +127,12 @@ class StandInRuntime:
     def execute(self, component: str, input: Any) -> ExecuteReply:
         """Runs `/component` with `input`; returns the SDK's reply (result or error)."""
         return self._loop.run(self._timed_execute(component, input), EXECUTE_TIMEOUT + 5)
+
+    def submit(self, component: str, input: Any) -> concurrent.futures.Future[ExecuteReply]:
+        """Starts `/component` without waiting for it (for calls that may never return)."""
+        return asyncio.run_coroutine_threadsafe(
+            self._timed_execute(component, input), self._loop.loop
+        )
 
     def execute_many(self, calls: Sequence[tuple[str, Any]]) -> list[ExecuteReply]:
         """Runs all `calls` at once; replies in the order of `calls`."""
