@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import threading
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -16,11 +15,11 @@ from google.rpc import error_details_pb2, status_pb2
 from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
 from blobstore.status import DETAILS_KEY, DOMAIN
 from blobstore.storage.filesystem.blob_file import HEADER_SIZE, decode_header
+from tests import rpc_helpers
+from tests.rpc_helpers import temp_files
 
 if TYPE_CHECKING:
     from blobstore.api.blobstore.v1.blobstore_pb2_grpc import BlobServiceAsyncStub, BlobServiceStub
-
-MiB = 1024 * 1024
 
 
 def reason_of(exc: grpc.RpcError) -> str | None:
@@ -101,11 +100,6 @@ def stored_files(data_dir: Path) -> list[Path]:
     return sorted(p for p in (data_dir / "blobs").glob("??/*") if p.is_file())
 
 
-def temp_files(data_dir: Path) -> list[Path]:
-    tmp = data_dir / "tmp"
-    return sorted(tmp.iterdir()) if tmp.exists() else []
-
-
 def check_blob_file(path: Path) -> bytes:
     """Returns a stored blob's content after checking its header, size and hash."""
     raw = path.read_bytes()
@@ -117,9 +111,9 @@ def check_blob_file(path: Path) -> bytes:
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
-    """Polls `condition` (bounded in time); fails the test if it never holds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or condition}")
-        time.sleep(0.02)
+    """Polls `condition` (bounded in time); fails the test if it never holds.
+
+    rpc_helpers.wait_until only reports, for tests that clean up first.
+    """
+    if not rpc_helpers.wait_until(condition, timeout):
+        raise AssertionError(f"timed out after {timeout} s waiting for {what or condition}")

@@ -84,7 +84,9 @@ def blob_files(data_dir: Path) -> list[Path]:
 
 
 def temp_files(data_dir: Path) -> list[Path]:
-    return sorted((data_dir / "tmp").iterdir())
+    """The files in the data folder's tmp/ (none if it does not exist)."""
+    tmp = data_dir / "tmp"
+    return sorted(tmp.iterdir()) if tmp.exists() else []
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:

@@ -27,15 +27,14 @@ from blobstore.retry import RetryPolicy
 from blobstore.service.admission import Admission, AdmissionLimits
 from tests.faults import (
     HeldPut,
-    MiB,
     check_blob_file,
     held_admitted,
     status_of,
     stored_files,
-    temp_files,
     wait_until,
 )
 from tests.processes import ServerProcess
+from tests.rpc_helpers import MiB, temp_files
 
 if TYPE_CHECKING:
     from blobstore.api.blobstore.v1.blobstore_pb2_grpc import BlobServiceAsyncStub, BlobServiceStub

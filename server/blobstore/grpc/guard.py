@@ -37,11 +37,11 @@ import grpc
 from blobstore import errors
 from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
 from blobstore.limits import DEFAULT_CHUNK, clamp_chunk_size
+from blobstore.proto_names import SERVICE, SERVICE_NAME
 from blobstore.service.admission import Admission, Ticket
 from blobstore.status import to_status
 
-_SERVICE = pb.DESCRIPTOR.services_by_name["BlobService"]
-_PREFIX = f"/{_SERVICE.full_name}/"
+_PREFIX = f"/{SERVICE_NAME}/"
 # Reserved for each PutStream for its chunk in flight: what our client sends. Larger
 # chunks grow the reservation, which may be refused mid-stream when the budget is spent.
 STREAM_ALLOWANCE = 1024 * 1024 + 1024
@@ -121,7 +121,7 @@ class _Method:
     def __init__(self, guard: Guard, name: str, inner: _Handler) -> None:
         self.inner = inner
         self._handler_type = type(inner)
-        type_name = _SERVICE.methods_by_name[name].input_type.full_name
+        type_name = SERVICE.methods_by_name[name].input_type.full_name
         fields = list(inner)
         fields[inner._fields.index("request_deserializer")] = _tolerant(
             inner.request_deserializer, type_name

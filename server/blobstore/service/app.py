@@ -11,19 +11,18 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
 from blobstore.grpc.guard import Guard
 from blobstore.grpc.servicer import BlobServicer
 from blobstore.limits import MAX_CHUNK
+from blobstore.proto_names import SERVICE_NAME
 from blobstore.service.admission import Admission
 from blobstore.service.config import ServerConfig
-from blobstore.service.malloc_tuning import tune_malloc
+from blobstore.service.malloc_tuning import MallocTuning, tune_malloc
 from blobstore.storage.factory import open_storage
 from blobstore.store import BlobStore
 
 log = logging.getLogger("blobstore")
 
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["BlobService"].full_name
 # Room for the message framing around the largest unary blob.
 _MESSAGE_OVERHEAD = 64 * 1024
 # After the grace period: time for cut-off calls to send their status before gRPC stops.
@@ -36,17 +35,21 @@ class ListenError(Exception):
 
 async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None:
     """Runs the server until SIGTERM/SIGINT (or `stop` is set), then stops gracefully."""
-    tune_malloc()
+    malloc = tune_malloc()
     storage = open_storage(config.storage_settings)
     try:
         store = BlobStore(storage.backend, config.limits)
-        await _serve_store(config, store, storage.description, stop)
+        await _serve_store(config, store, storage.description, stop, malloc)
     finally:
         storage.close()
 
 
 async def _serve_store(
-    config: ServerConfig, store: BlobStore, where: str, stop: asyncio.Event | None
+    config: ServerConfig,
+    store: BlobStore,
+    where: str,
+    stop: asyncio.Event | None,
+    malloc: MallocTuning,
 ) -> None:
     # Streamed chunks (up to MAX_CHUNK) must fit whatever the unary limit is.
     message_limit = max(config.max_unary_bytes, MAX_CHUNK) + _MESSAGE_OVERHEAD
@@ -73,6 +76,7 @@ async def _serve_store(
     host = config.address.rsplit(":", 1)[0]
     await server.start()
     await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    malloc.log()
     log.info(
         "blobstore gRPC listening on %s:%d; data in %s",
         host,
