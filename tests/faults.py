@@ -3,35 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import resource
+import socket
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import grpc
-from google.rpc import error_details_pb2, status_pb2
+import pytest
 
 from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
-from blobstore.status import DETAILS_KEY, DOMAIN
+from blobstore.status import reason_of
 from blobstore.storage.filesystem.blob_file import HEADER_SIZE, decode_header
 from tests import rpc_helpers
 from tests.rpc_helpers import temp_files
 
 if TYPE_CHECKING:
     from blobstore.api.blobstore.v1.blobstore_pb2_grpc import BlobServiceAsyncStub, BlobServiceStub
-
-
-def reason_of(exc: grpc.RpcError) -> str | None:
-    """The blobstore ErrorInfo reason a failed call carries, if any."""
-    trailers = cast(Any, exc).trailing_metadata() or ()
-    for key, value in trailers:
-        if key == DETAILS_KEY:
-            for detail in status_pb2.Status.FromString(value).details:
-                info = error_details_pb2.ErrorInfo()
-                if detail.Unpack(info) and info.domain == DOMAIN:
-                    return str(info.reason)
-    return None
 
 
 def status_of(exc: grpc.RpcError) -> tuple[grpc.StatusCode, str | None, str]:
@@ -117,3 +108,40 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str =
     """
     if not rpc_helpers.wait_until(condition, timeout):
         raise AssertionError(f"timed out after {timeout} s waiting for {what or condition}")
+
+
+@contextlib.contextmanager
+def soft_file_limit(soft: int) -> Iterator[int]:
+    """Lowers this process's soft RLIMIT_NOFILE while children are started (they inherit it).
+
+    Yields the hard limit. Skips the test if the hard limit leaves no room above `soft`
+    for the sockets the test opens.
+    """
+    old_soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < soft + 512:
+        pytest.skip(f"the hard open-file limit {hard} is too low for this test")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        yield hard
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (old_soft, hard))
+
+
+def raise_own_file_limit() -> None:
+    """Gives this (test) process its hard open-file limit, for tests that open many sockets."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def read_until_closed(sock: socket.socket, timeout: float = 60.0) -> bytes:
+    """Everything the peer sends until it closes the connection (fails if it never does)."""
+    sock.settimeout(timeout)
+    received = b""
+    while True:
+        try:
+            data = sock.recv(65536)
+        except ConnectionResetError:
+            return received
+        if not data:
+            return received
+        received += data

@@ -98,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _serve(args: argparse.Namespace) -> int:
     from blobstore.service.app import ListenError, serve
+    from blobstore.service.hardening import install_throttle
     from blobstore.storage.factory import UnknownStorage
     from blobstore.storage.filesystem import DataFolderLocked
 
@@ -107,6 +108,7 @@ def _serve(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    install_throttle()
     try:
         asyncio.run(serve(cfg))
     except (ListenError, DataFolderLocked, UnknownStorage, OSError) as exc:

@@ -26,8 +26,9 @@ from hypothesis import strategies as st
 from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
 from blobstore.api.blobstore.v1 import blobstore_pb2_grpc as pb_grpc
 from blobstore.client import CHANNEL_OPTIONS
+from blobstore.status import reason_of
 from blobstore.storage.filesystem.scrub import verify_store
-from tests.faults import reason_of, wait_until
+from tests.faults import wait_until
 from tests.processes import ServerProcess
 from tests.rpc_helpers import temp_files
 
