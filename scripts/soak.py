@@ -23,6 +23,9 @@ normal operation's p99 stays under 10x its quiet value, and the server's peak RS
 under its byte budget (--max-inflight-bytes, 512 MiB) plus HOSTILE_RSS_CONSTANT_MIB.
 Normal clients then retry OVERLOADED (the bursts fill the server's call cap on purpose).
 
+Why one script of ~570 lines: the workload, the byte-exact checks and the report
+share one run's state; the attackers live in soak_hostile.py.
+
 Exit status: 0 if there were no errors and memory was flat, 1 otherwise.
 Loopback only; loops are bounded by --duration.
 """

@@ -27,6 +27,10 @@ figure and its ratio to its ceiling, target and PASS/MISS, and writes JSON
 `--baseline-tree PATH` adds our server as another source tree has it (for
 example a `git worktree` of an older commit), interleaved with ours, and
 prints ours/baseline for put_small, get_small, put_large and get_large.
+
+Why one script of ~800 lines: every row is measured in the same interleaved trial
+loop against its ceiling; the servers, ceilings and CPU split it drives live in the
+bench_* modules beside it.
 """
 
 from __future__ import annotations

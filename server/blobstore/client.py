@@ -8,6 +8,10 @@ received against the id before the file appears under its name. Calls that
 fail with a transient status are retried as server/blobstore/retry.py says: every call
 is idempotent (a put of the same content stores the same blob), and a
 streamed put or get that fails half way starts again from the beginning.
+
+Why one module of ~430 lines: BlobClient and AsyncBlobClient mirror each other method
+for method over shared request building and reply decoding; side by side they stay
+in step.
 """
 
 from __future__ import annotations
