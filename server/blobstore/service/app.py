@@ -86,13 +86,14 @@ async def _serve_store(
     await server.start()
     await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     malloc.log()
+    log.info("at most %d connections (open-file limit and --max-connections)", max_connections)
+    # The "listening" line comes last: scripts and tests take it as the sign of readiness.
     log.info(
         "blobstore gRPC listening on %s:%d; data in %s",
         host,
         port,
         where,
     )
-    log.info("at most %d connections (open-file limit and --max-connections)", max_connections)
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
