@@ -17,7 +17,14 @@ import sys
 from collections.abc import Sequence
 from typing import BinaryIO
 
+from blobstore.offload import shutdown_process_pool
 from blobstore.retry import RetryPolicy
+from blobstore.service.hardening import (
+    connection_cap,
+    install_throttle,
+    raise_open_file_limit,
+    warn_if_exposed,
+)
 from jsonrpc_bridge import config, stdio_transport
 from jsonrpc_bridge.methods import BlobMethods
 from jsonrpc_bridge.protocol import JsonRpcCore
@@ -45,6 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    install_throttle()
     stdout: BinaryIO | None = None
     if cfg.stdio:
         # stdout carries only responses: keep a private handle on it and point fd 1 at
@@ -67,10 +75,15 @@ async def _run(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    service = BlobService(
-        cfg.grpc_target, cfg.deadline_seconds, RetryPolicy(attempts=cfg.retry_attempts)
+    # Overload is retried too: a refused call did nothing, and the component server on
+    # the other side would otherwise see -32005 for a burst the service absorbs in a moment.
+    retry = RetryPolicy(attempts=cfg.retry_attempts, retry_overloaded=True)
+    service = BlobService(cfg.grpc_target, cfg.deadline_seconds, retry)
+    core = JsonRpcCore(
+        BlobMethods(service.client, max_get_bytes=cfg.max_get_bytes).table(),
+        max_batch_concurrency=cfg.max_batch_concurrency,
+        max_json_values=cfg.max_json_values,
     )
-    core = JsonRpcCore(BlobMethods(service.client, max_get_bytes=cfg.max_get_bytes).table())
     try:
         if address is None:
             assert stdout is not None
@@ -86,6 +99,7 @@ async def _run(
             await _serve_http(cfg, core, service, address, stop)
     finally:
         await service.close()
+        shutdown_process_pool()
     log.info("stopped")
 
 
@@ -100,9 +114,20 @@ async def _serve_http(
     from jsonrpc_bridge import http_transport
 
     app = http_transport.create_app(
-        core, max_request_bytes=cfg.max_request_bytes, probe=service.probe
+        core,
+        max_request_bytes=cfg.max_request_bytes,
+        probe=service.probe,
+        body_timeout=cfg.body_timeout_seconds,
     )
-    runner = await http_transport.start(app, *address, grace=cfg.grace_seconds)
+    max_connections = connection_cap(cfg.max_connections, raise_open_file_limit())
+    warn_if_exposed(log, address[0], "the JSON-RPC bridge")
+    runner = await http_transport.start(
+        app,
+        *address,
+        grace=cfg.grace_seconds,
+        idle_timeout=cfg.idle_timeout_seconds,
+        max_connections=max_connections,
+    )
     try:
         for host, port, *_ in runner.addresses:
             shown = f"[{host}]" if ":" in host else host

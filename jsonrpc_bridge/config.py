@@ -7,6 +7,8 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 
+from blobstore.json_values import DEFAULT_MAX_VALUES
+
 MiB = 1024 * 1024
 
 
@@ -21,6 +23,11 @@ class BridgeConfig:
     retry_attempts: int = 6
     max_request_bytes: int = 32 * MiB
     max_get_bytes: int = 64 * MiB
+    max_batch_concurrency: int = 32
+    max_json_values: int = DEFAULT_MAX_VALUES
+    max_connections: int = 1024
+    idle_timeout_seconds: float = 30.0
+    body_timeout_seconds: float = 60.0
     grace_seconds: float = 10.0
     log_level: str = "INFO"
 
@@ -35,6 +42,16 @@ HELP = {
     "max_request_bytes": "largest HTTP body or stdio line accepted, in bytes",
     "max_get_bytes": "largest blob blobs/get returns, in bytes (it is held in memory whole; "
     "Binary grows by a third in base64); larger ones get -32002",
+    "max_batch_concurrency": "most elements of one JSON-RPC batch run at a time; the rest "
+    "wait their turn",
+    "max_json_values": "most JSON values in one HTTP body or stdio line; more are refused with "
+    "-32006 before parsing (each costs memory when parsed, whatever the size)",
+    "max_connections": "most open HTTP connections; more are answered 503 and closed (always "
+    "kept below the open-file limit, whose soft value is raised to the hard one at start)",
+    "idle_timeout_seconds": "an HTTP connection with no request in progress for this long is "
+    "closed, also one still sending its request line and headers",
+    "body_timeout_seconds": "most time to receive one HTTP request body; slower ones get 408 "
+    "and their connection is closed",
     "grace_seconds": "on SIGTERM/SIGINT, how long in-flight calls may take to finish",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
 }
@@ -71,6 +88,11 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "retry_attempts": positive(int),
     "max_request_bytes": positive(int),
     "max_get_bytes": positive(int),
+    "max_batch_concurrency": positive(int),
+    "max_json_values": positive(int),
+    "max_connections": positive(int),
+    "idle_timeout_seconds": positive(float),
+    "body_timeout_seconds": positive(float),
     "grace_seconds": float,
     "log_level": str,
 }

@@ -22,7 +22,8 @@ text for people. docs/bridge.md shows this table to users: keep them equal.
     -32003  Storage full               STORAGE_FULL        the service's disk is full
     -32004  Blob data lost             DATA_LOSS           stored copy corrupt (quarantined)
     -32005  Overloaded                 OVERLOADED          at a concurrency limit; retry later
-    -32006  Request too large          REQUEST_TOO_LARGE   over the bridge's request size limit
+    -32006  Request too large          REQUEST_TOO_LARGE   over the bridge's request size or
+                                                           JSON value limit
     -32008  Blob not found             BLOB_NOT_FOUND      no blob with that id (data.blob_id)
 """
 
@@ -138,6 +139,19 @@ def request_too_large(limit: int) -> RpcError:
             "reason": "REQUEST_TOO_LARGE",
             "limit_bytes": limit,
             "detail": f"requests larger than {limit} bytes are refused",
+        },
+    )
+
+
+def request_too_large_values(count: int, limit: int) -> RpcError:
+    return RpcError(
+        REQUEST_TOO_LARGE,
+        "Request too large",
+        {
+            "reason": "REQUEST_TOO_LARGE",
+            "limit_values": limit,
+            "detail": f"the body holds about {count} JSON values; bodies of more than {limit} "
+            "values are refused before they are parsed (--max-json-values)",
         },
     )
 

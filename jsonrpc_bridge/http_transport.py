@@ -4,14 +4,22 @@ HTTP statuses say what HTTP can say; everything else is JSON-RPC:
 - 200 with the response body, also for JSON-RPC errors (the error is in the body);
 - 204 and no body when the message was only notifications;
 - 405 for a method other than POST on / (Allow: POST), 404 for other paths;
-- 415 when the Content-Type is not application/json (JSON-RPC error body);
+- 415 when the Content-Type is not JSON (JSON-RPC error body). application/json and
+  application/json-rpc are JSON with any charset spelling of UTF-8; a missing
+  Content-Type and application/x-www-form-urlencoded (what `curl -d` sends) are taken
+  as JSON when the body starts like a JSON-RPC message (`{` or `[`);
 - 413 when the body is over the size limit (JSON-RPC error -32006 body).
-Connections are kept alive and requests are served concurrently.
+- 408 when the body does not arrive within the body timeout (the connection is closed).
+Connections are kept alive and requests are served concurrently. A connection with no
+request in progress (or still sending its headers) for the idle timeout is closed;
+past the connection cap new connections get a bare 503 and are closed at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable
 
 import orjson
@@ -24,6 +32,10 @@ from jsonrpc_bridge.service import Health
 log = logging.getLogger("jsonrpc_bridge")
 
 JSON_TYPES = frozenset({"application/json", "application/json-rpc"})
+# Content-Types of clients that did not say JSON but send it (curl -d, bare clients).
+LENIENT_TYPES = frozenset({"", "application/x-www-form-urlencoded"})
+UTF8_NAMES = frozenset({"utf-8", "utf8"})
+_LOOKS_JSON = re.compile(rb"[ \t\r\n]*[\[{]")
 Probe = Callable[[], Awaitable[Health]]
 
 
@@ -31,21 +43,30 @@ class ListenError(OSError):
     """The HTTP address cannot be bound."""
 
 
-def create_app(core: JsonRpcCore, *, max_request_bytes: int, probe: Probe) -> web.Application:
+def create_app(
+    core: JsonRpcCore, *, max_request_bytes: int, probe: Probe, body_timeout: float = 60.0
+) -> web.Application:
     """The aiohttp application; bodies over max_request_bytes are refused with 413."""
     app = web.Application(client_max_size=max_request_bytes)
 
     async def rpc(request: web.Request) -> web.StreamResponse:
-        if request.content_type not in JSON_TYPES or (request.charset or "utf-8") != "utf-8":
-            given = request.headers.get("Content-Type", "none")
-            detail = f"Content-Type must be application/json (UTF-8), not {errors.clip(given)}"
-            return _rpc_error(415, errors.invalid_request(detail))
+        lenient = _content_type(request)
+        if lenient is None:
+            return _unsupported_type(request)
         if request.content_length is not None and request.content_length > max_request_bytes:
             return _rpc_error(413, errors.request_too_large(max_request_bytes))
         try:
-            body = await request.read()
+            async with asyncio.timeout(body_timeout):
+                body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return _rpc_error(413, errors.request_too_large(max_request_bytes))
+        except TimeoutError:
+            detail = f"the request body did not arrive within {body_timeout:g} s"
+            response = _rpc_error(408, errors.invalid_request(detail))
+            response.force_close()
+            return response
+        if lenient and not _LOOKS_JSON.match(body):
+            return _unsupported_type(request, body_checked=True)
         answer = await core.handle(body)
         if answer is None:
             return web.Response(status=204)
@@ -67,20 +88,105 @@ def create_app(core: JsonRpcCore, *, max_request_bytes: int, probe: Probe) -> we
     return app
 
 
+def _content_type(request: web.Request) -> bool | None:
+    """False: a JSON type; True: a type taken as JSON if the body looks so; None: refused."""
+    charset = (request.charset or "utf-8").lower()
+    if charset not in UTF8_NAMES:
+        return None
+    given = request.content_type if "Content-Type" in request.headers else ""
+    if given in JSON_TYPES:
+        return False
+    return True if given in LENIENT_TYPES else None
+
+
+def _unsupported_type(request: web.Request, *, body_checked: bool = False) -> web.Response:
+    given = request.headers.get("Content-Type", "none")
+    detail = f"Content-Type must be application/json (UTF-8), not {errors.clip(given)}"
+    if body_checked:
+        detail += ", and the body is not a JSON object or array"
+    return _rpc_error(415, errors.invalid_request(detail))
+
+
 def _rpc_error(status: int, error: errors.RpcError) -> web.Response:
     return web.Response(
         status=status, body=encode_error(None, error), content_type="application/json"
     )
 
 
-async def start(app: web.Application, host: str, port: int, grace: float) -> web.AppRunner:
+async def start(
+    app: web.Application,
+    host: str,
+    port: int,
+    grace: float,
+    *,
+    idle_timeout: float = 30.0,
+    max_connections: int = 1024,
+) -> web.AppRunner:
     """Binds and serves; returns the runner (its `addresses` say where it listens)."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=grace)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=grace,
+        # aiohttp's keep-alive timer runs from the connection's start and from the end of
+        # each request; it closes a connection that has not sent a whole request by then.
+        keepalive_timeout=idle_timeout,
+    )
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    site = _CappedSite(runner, host, port, max_connections)
     try:
         await site.start()
     except OSError as exc:
         await runner.cleanup()
         raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     return runner
+
+
+class _CappedSite(web.BaseSite):
+    """A TCP site like aiohttp's TCPSite that refuses connections past a cap."""
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int, max_connections: int) -> None:
+        super().__init__(runner)
+        self._host = host
+        self._port = port
+        self._max_connections = max_connections
+        self._open = 0
+
+    @property
+    def name(self) -> str:
+        return f"http://{self._host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        server = self._runner.server
+        assert server is not None
+
+        def protocol() -> asyncio.BaseProtocol:
+            if len(server.connections) >= self._max_connections:
+                log.warning(
+                    "refused a connection: %d open, the limit is %d (--max-connections)",
+                    len(server.connections),
+                    self._max_connections,
+                )
+                return _Refusal()
+            return server()
+
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            protocol, self._host, self._port, reuse_address=True
+        )
+
+
+class _Refusal(asyncio.Protocol):
+    """Answers 503 and closes: the connection cap is reached."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.write(_REFUSAL)
+        transport.close()
+
+
+_REFUSAL = (
+    b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 1\r\n"
+    b"Content-Length: 0\r\n\r\n"
+)

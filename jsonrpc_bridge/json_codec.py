@@ -11,6 +11,10 @@ The stdlib decoder (C-accelerated) parses bodies, with hooks so that:
 
 `encode_value` turns a decoded value back into JSON text for the service,
 fast with orjson, and only walks the tree when orjson refuses it.
+
+`decode_forwarding` is decode() for bodies of many values, run in a worker process
+(the protocol core decides): it also encodes each put's `data` that is an object or
+an array to JSON text there, so that only the small envelope travels back.
 """
 
 from __future__ import annotations
@@ -91,6 +95,46 @@ def decode(body: bytes) -> object:
         raise ParseError(f"invalid number: {clip(str(exc))}") from None
 
 
+class Encoded:
+    """A put's object or array `data`, encoded by decode_forwarding (or why it cannot be)."""
+
+    __slots__ = ("kind", "path", "problem", "text")
+
+    def __init__(self, kind: str, text: bytes, path: str = "", problem: str = "") -> None:
+        self.kind = kind
+        self.text = text
+        self.path = path
+        self.problem = problem
+
+    def encoded(self) -> bytes:
+        """The JSON text; raises InvalidValue if the value had none."""
+        if self.problem:
+            raise InvalidValue(self.path, self.problem)
+        return self.text
+
+
+def decode_forwarding(body: bytes) -> object:
+    """decode(body), with each request's object or array `data` param turned into Encoded."""
+    message = decode(body)
+    for request in message if isinstance(message, list) else [message]:
+        if not isinstance(request, dict):
+            continue
+        params = request.get("params")
+        if isinstance(params, dict) and isinstance(params.get("data"), dict | list):
+            params["data"] = _encoded(params["data"], "params.data")
+        elif isinstance(params, list) and params and isinstance(params[0], dict | list):
+            params[0] = _encoded(params[0], "params[0]")
+    return message
+
+
+def _encoded(value: object, path: str) -> Encoded:
+    kind = describe(value)
+    try:
+        return Encoded(kind, encode_value(value, path))
+    except InvalidValue as exc:
+        return Encoded(kind, b"", exc.path, exc.reason)
+
+
 def encode_value(value: object, path: str) -> bytes:
     """JSON text of a decoded value; raises InvalidValue naming where it is wrong."""
     try:
@@ -144,6 +188,8 @@ def describe(value: object) -> str:
     """Names a decoded value's JSON type for messages ("an object", "the number 1.5")."""
     if isinstance(value, Invalid):
         return f"an invalid value ({value.reason})"
+    if isinstance(value, Encoded):
+        return value.kind
     if value is None:
         return "null"
     if isinstance(value, bool):

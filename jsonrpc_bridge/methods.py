@@ -25,7 +25,7 @@ from blobstore.errors import BlobStoreError, InvalidBlobId
 from blobstore.ids import parse_blob_id
 from blobstore.model import BlobType
 from jsonrpc_bridge import errors
-from jsonrpc_bridge.json_codec import Invalid, InvalidValue, describe, encode_value
+from jsonrpc_bridge.json_codec import Encoded, Invalid, InvalidValue, describe, encode_value
 from jsonrpc_bridge.protocol import Method, Params
 
 PUT = "blobs/put"
@@ -59,7 +59,10 @@ class BlobMethods:
             content = _base64_content(data)
         else:
             try:
-                content = encode_value(data, "params.data")
+                if isinstance(data, Encoded):  # encoded with the body, in the worker
+                    content = data.encoded()
+                else:
+                    content = encode_value(data, "params.data")
             except InvalidValue as exc:
                 raise errors.invalid_params(exc.path, exc.reason, "INVALID_JSON") from None
         try:

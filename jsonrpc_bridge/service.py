@@ -14,16 +14,10 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
 from blobstore.client import CHANNEL_OPTIONS, AsyncBlobClient
+from blobstore.proto_names import SERVICE_NAME
 from blobstore.retry import RetryPolicy
 
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["BlobService"].full_name
-RECONNECT_OPTIONS = [
-    ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.min_reconnect_backoff_ms", 200),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-]
 PROBE_TIMEOUT = 2.0
 
 
@@ -41,8 +35,8 @@ class BlobService:
 
     def __init__(self, target: str, deadline: float, retry: RetryPolicy | None = None) -> None:
         self.target = target
-        options = {**dict(CHANNEL_OPTIONS), **dict(RECONNECT_OPTIONS)}
-        self._channel = grpc.aio.insecure_channel(target, options=list(options.items()))
+        # The client's options, reconnect backoff included (capped at a second).
+        self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
         self.client = AsyncBlobClient(target, timeout=deadline, channel=self._channel, retry=retry)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 

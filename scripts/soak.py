@@ -12,6 +12,19 @@ of the first third by at most --rss-slack-mib.
     python scripts/soak.py --duration 600                 # its own server and bridge
     python scripts/soak.py --target 127.0.0.1:50051 --server-pid PID --no-bridge
     python scripts/soak.py --duration 20 --json           # what the test suite runs
+    python scripts/soak.py --duration 600 --hostile       # with attackers (soak_hostile.py)
+
+With --hostile, the first --quiet-fraction of the run is normal traffic alone (its
+p99 latencies are the quiet values); then attackers (scripts/soak_hostile.py: slow
+connections, amplifying JSON, bursts past the cap, idle streams) run next to it. The
+run then passes if: every acknowledged put still reads back at the end, the attackers
+saw no forbidden outcome (CANCELLED in a burst, a Traceback-worthy error...), each
+normal operation's p99 stays under 10x its quiet value, and the server's peak RSS stays
+under its byte budget (--max-inflight-bytes, 512 MiB) plus HOSTILE_RSS_CONSTANT_MIB.
+Normal clients then retry OVERLOADED (the bursts fill the server's call cap on purpose).
+
+Why one script of ~570 lines: the workload, the byte-exact checks and the report
+share one run's state; the attackers live in soak_hostile.py.
 
 Exit status: 0 if there were no errors and memory was flat, 1 otherwise.
 Loopback only; loops are bounded by --duration.
@@ -45,6 +58,8 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import soak_hostile  # noqa: E402
+
 from blobstore.canonical_json import canonicalize_value  # noqa: E402
 from blobstore.client import AsyncBlobClient  # noqa: E402
 from blobstore.errors import BlobStoreError  # noqa: E402
@@ -52,6 +67,13 @@ from blobstore.model import BlobType  # noqa: E402
 from blobstore.retry import RetryPolicy  # noqa: E402
 
 MiB = 1024 * 1024
+BUDGET_MIB = 512
+"""The server's default --max-inflight-bytes."""
+HOSTILE_RSS_CONSTANT_MIB = 384
+"""What the server holds outside its byte budget under attack: the interpreter and gRPC
+(about 60 MiB idle), gRPC's transport buffers of hundreds of connections, message copies
+of 30 MiB texts being refused, and the allocator's retained memory."""
+P99_FACTOR = 10
 _GRPC_LINE = re.compile(r"blobstore gRPC listening on (\S+):(\d+)")
 _BRIDGE_LINE = re.compile(r"JSON-RPC listening on (http://\S+/)")
 
@@ -89,12 +111,18 @@ class Child:
 
 
 @contextlib.contextmanager
-def own_stack(folder: Path, bridge: bool) -> Iterator[tuple[str, int, str | None, int | None]]:
+def own_stack(
+    folder: Path, bridge: bool, hostile: bool = False
+) -> Iterator[tuple[str, int, str | None, int | None]]:
     """Starts a server (and a bridge) on free loopback ports; yields their addresses and pids."""
     python = sys.executable
     data = str(folder / "data")
+    # Under attack, short timeouts, so that slow and idle connections are seen to end.
+    server_extra = ["--handshake-timeout-seconds", "5", "--stream-idle-seconds", "5"]
+    bridge_extra = ["--idle-timeout-seconds", "5", "--body-timeout-seconds", "5"]
     server = Child(
-        [python, "-m", "blobstore.cli", "serve", "--address", "127.0.0.1:0", "--data-dir", data],
+        [python, "-m", "blobstore.cli", "serve", "--address", "127.0.0.1:0", "--data-dir", data]
+        + (server_extra if hostile else []),
         folder / "server.log",
         _GRPC_LINE,
     )
@@ -111,6 +139,7 @@ def own_stack(folder: Path, bridge: bool) -> Iterator[tuple[str, int, str | None
                     target,
                     "--http",
                     "127.0.0.1:0",
+                    *(bridge_extra if hostile else []),
                 ],
                 folder / "bridge.log",
                 _BRIDGE_LINE,
@@ -159,12 +188,16 @@ class Workload:
         self.large_max = large_max
         self.counter = itertools.count()
         self.stored: list[str] = []
+        self.keep_all = False
+        self.all_stored: list[str] = []
 
     def content(self, size: int) -> bytes:
         start = self.rng.randrange(0, len(self.pool) - size + 1)
         return next(self.counter).to_bytes(8, "big") + self.pool[start : start + size]
 
     def remember(self, blob_id: str) -> None:
+        if self.keep_all:  # --hostile checks every acknowledged put at the end
+            self.all_stored.append(blob_id)
         self.stored.append(blob_id)
         if len(self.stored) > 2000:
             del self.stored[: len(self.stored) - 1000]
@@ -208,9 +241,14 @@ async def probe(client: AsyncBlobClient, ids: list[str]) -> None:
 
 
 async def grpc_client(
-    target: str, work: Workload, stats: Stats, until: float, large_every: int
+    target: str,
+    work: Workload,
+    stats: Stats,
+    until: float,
+    large_every: int,
+    retry: RetryPolicy | None = None,
 ) -> None:
-    async with AsyncBlobClient(target, timeout=60, retry=RetryPolicy.off()) as client:
+    async with AsyncBlobClient(target, timeout=60, retry=retry or RetryPolicy.off()) as client:
         for n in itertools.count():
             if time.monotonic() >= until:
                 return
@@ -321,19 +359,63 @@ def memory_verdict(points: list[tuple[float, int]], slack_mib: float) -> dict[st
     }
 
 
+def _normal_traffic(
+    args: argparse.Namespace,
+    target: str,
+    url: str | None,
+    work: Workload,
+    stats: Stats,
+    until: float,
+    retry: RetryPolicy | None,
+) -> list[Awaitable[None]]:
+    tasks: list[Awaitable[None]] = [
+        grpc_client(target, work, stats, until, args.large_every, retry)
+        for _ in range(args.clients)
+    ]
+    if url is not None:
+        tasks += [bridge_client(url, work, stats, until) for _ in range(args.bridge_clients)]
+    return tasks
+
+
 async def soak(args: argparse.Namespace, target: str, pids: dict[str, int], url: str | None) -> int:
     stats = Stats()
     work = Workload(args.large_mib * MiB, args.seed)
     started = time.monotonic()
     until = started + args.duration
     samples: dict[str, list[tuple[float, int]]] = defaultdict(list)
-    tasks = [sample_memory(pids, until, samples)]
-    tasks += [
-        grpc_client(target, work, stats, until, args.large_every) for _ in range(args.clients)
-    ]
-    if url is not None:
-        tasks += [bridge_client(url, work, stats, until) for _ in range(args.bridge_clients)]
-    await asyncio.gather(*tasks)
+    memory_task = asyncio.ensure_future(sample_memory(pids, until, samples))
+    hostile: dict[str, Any] | None = None
+    if args.hostile:
+        work.keep_all = True
+        quiet = Stats()
+        retry = RetryPolicy(retry_overloaded=True)
+        quiet_until = started + args.duration * args.quiet_fraction
+        await asyncio.gather(*_normal_traffic(args, target, url, work, quiet, quiet_until, retry))
+        attack = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(ROOT / "scripts" / "soak_hostile.py"),
+            "--target",
+            target,
+            *(["--url", url] if url else []),
+            "--seconds",
+            str(until - time.monotonic()),
+            stdout=subprocess.PIPE,
+        )
+        await asyncio.gather(*_normal_traffic(args, target, url, work, stats, until, retry))
+        output, _ = await attack.communicate()
+        found = soak_hostile.Findings()
+        if attack.returncode != 0 or not output.strip():
+            found.violations.append(f"the attackers' process failed ({attack.returncode})")
+        else:
+            seen = json.loads(output.strip().splitlines()[-1])
+            found.outcomes.update(seen["outcomes"])
+            found.violations += seen["violations"]
+        hostile = await _hostile_verdict(target, work, quiet, stats, found, samples)
+        for name, count in quiet.errors.items():
+            stats.errors[f"{name} (quiet)"] += count
+    else:
+        await asyncio.gather(*_normal_traffic(args, target, url, work, stats, until, None))
+    await memory_task
     elapsed = time.monotonic() - started
 
     memory = {name: memory_verdict(points, args.rss_slack_mib) for name, points in samples.items()}
@@ -349,13 +431,62 @@ async def soak(args: argparse.Namespace, target: str, pids: dict[str, int], url:
         "operations_by_name": operations,
         "memory": memory,
     }
-    ok = report["errors"] == 0 and all(m["flat"] for m in memory.values())
+    if hostile is not None:
+        report["hostile"] = hostile
+        # Memory under attack is judged by its peak against the budget, not by flatness.
+        ok = report["errors"] == 0 and hostile["ok"]
+    else:
+        ok = report["errors"] == 0 and all(m["flat"] for m in memory.values())
     report["ok"] = ok
     if args.json:
         print(json.dumps(report))
     else:
         print_report(report)
     return 0 if ok else 1
+
+
+async def _hostile_verdict(
+    target: str,
+    work: Workload,
+    quiet: Stats,
+    loud: Stats,
+    found: soak_hostile.Findings,
+    samples: dict[str, list[tuple[float, int]]],
+) -> dict[str, Any]:
+    """The checks of --hostile (see the module docstring)."""
+    async with AsyncBlobClient(target, timeout=120) as client:
+        lost: list[str] = []
+        acknowledged = sorted(set(work.all_stored))
+        for start in range(0, len(acknowledged), 1000):
+            lost += await client.find_missing(acknowledged[start : start + 1000])
+    p99 = {}
+    for name, values in loud.latencies.items():
+        calm = quiet.latencies.get(name)
+        if values and calm:
+            before, after = percentiles(calm)["p99_ms"], percentiles(values)["p99_ms"]
+            p99[name] = {
+                "quiet_ms": round(before, 1),
+                "hostile_ms": round(after, 1),
+                "ok": after <= P99_FACTOR * before,
+            }
+    peak = max((value for _, value in samples.get("server", [])), default=0) / MiB
+    limit = BUDGET_MIB + HOSTILE_RSS_CONSTANT_MIB
+    verdict = {
+        "acknowledged_puts": len(acknowledged),
+        "lost_puts": lost[:20],
+        "attacker_outcomes": dict(found.outcomes),
+        "violations": found.violations,
+        "p99": p99,
+        "server_peak_mib": round(peak, 1),
+        "server_peak_limit_mib": limit,
+    }
+    verdict["ok"] = (
+        not lost
+        and not found.violations
+        and all(row["ok"] for row in p99.values())
+        and peak <= limit
+    )
+    return verdict
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -379,6 +510,8 @@ def print_report(report: dict[str, Any]) -> None:
             f"{memory.get('last_third_median_mib')} MiB (peak {memory.get('peak_mib')}): {verdict}"
         )
         print("  over time (s, MiB):", " ".join(f"{t}:{v}" for t, v in memory["timeline_mib"]))
+    if "hostile" in report:
+        print("hostile:", json.dumps(report["hostile"], indent=1))
     print("OK" if report["ok"] else "FAILED")
 
 
@@ -400,6 +533,15 @@ def main() -> int:
         "--rss-slack-mib", type=float, default=48.0, help="allowed RSS growth (default 48)"
     )
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--hostile", action="store_true", help="attackers next to the normal traffic"
+    )
+    parser.add_argument(
+        "--quiet-fraction",
+        type=float,
+        default=0.25,
+        help="with --hostile, the share of the run without attackers (default 0.25)",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as one JSON line")
     args = parser.parse_args()
     if args.target:
@@ -410,7 +552,12 @@ def main() -> int:
         return asyncio.run(soak(args, args.target, pids, url))
     with (
         tempfile.TemporaryDirectory(prefix="blobstore-soak-") as folder,
-        own_stack(Path(folder), bridge=not args.no_bridge) as (target, pid, url, bridge_pid),
+        own_stack(Path(folder), bridge=not args.no_bridge, hostile=args.hostile) as (
+            target,
+            pid,
+            url,
+            bridge_pid,
+        ),
     ):
         pids = {"server": pid}
         if bridge_pid is not None:

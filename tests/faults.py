@@ -3,36 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import resource
+import socket
 import threading
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import grpc
-from google.rpc import error_details_pb2, status_pb2
+import pytest
 
 from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
-from blobstore.status import DETAILS_KEY, DOMAIN
-from blobstore.storage.blob_file import HEADER_SIZE, decode_header
+from blobstore.status import reason_of
+from blobstore.storage.filesystem.blob_file import HEADER_SIZE, decode_header
+from tests import rpc_helpers
+from tests.rpc_helpers import temp_files
 
 if TYPE_CHECKING:
     from blobstore.api.blobstore.v1.blobstore_pb2_grpc import BlobServiceAsyncStub, BlobServiceStub
-
-MiB = 1024 * 1024
-
-
-def reason_of(exc: grpc.RpcError) -> str | None:
-    """The blobstore ErrorInfo reason a failed call carries, if any."""
-    trailers = cast(Any, exc).trailing_metadata() or ()
-    for key, value in trailers:
-        if key == DETAILS_KEY:
-            for detail in status_pb2.Status.FromString(value).details:
-                info = error_details_pb2.ErrorInfo()
-                if detail.Unpack(info) and info.domain == DOMAIN:
-                    return str(info.reason)
-    return None
 
 
 def status_of(exc: grpc.RpcError) -> tuple[grpc.StatusCode, str | None, str]:
@@ -101,11 +91,6 @@ def stored_files(data_dir: Path) -> list[Path]:
     return sorted(p for p in (data_dir / "blobs").glob("??/*") if p.is_file())
 
 
-def temp_files(data_dir: Path) -> list[Path]:
-    tmp = data_dir / "tmp"
-    return sorted(tmp.iterdir()) if tmp.exists() else []
-
-
 def check_blob_file(path: Path) -> bytes:
     """Returns a stored blob's content after checking its header, size and hash."""
     raw = path.read_bytes()
@@ -117,9 +102,46 @@ def check_blob_file(path: Path) -> bytes:
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
-    """Polls `condition` (bounded in time); fails the test if it never holds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or condition}")
-        time.sleep(0.02)
+    """Polls `condition` (bounded in time); fails the test if it never holds.
+
+    rpc_helpers.wait_until only reports, for tests that clean up first.
+    """
+    if not rpc_helpers.wait_until(condition, timeout):
+        raise AssertionError(f"timed out after {timeout} s waiting for {what or condition}")
+
+
+@contextlib.contextmanager
+def soft_file_limit(soft: int) -> Iterator[int]:
+    """Lowers this process's soft RLIMIT_NOFILE while children are started (they inherit it).
+
+    Yields the hard limit. Skips the test if the hard limit leaves no room above `soft`
+    for the sockets the test opens.
+    """
+    old_soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < soft + 512:
+        pytest.skip(f"the hard open-file limit {hard} is too low for this test")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        yield hard
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (old_soft, hard))
+
+
+def raise_own_file_limit() -> None:
+    """Gives this (test) process its hard open-file limit, for tests that open many sockets."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def read_until_closed(sock: socket.socket, timeout: float = 60.0) -> bytes:
+    """Everything the peer sends until it closes the connection (fails if it never does)."""
+    sock.settimeout(timeout)
+    received = b""
+    while True:
+        try:
+            data = sock.recv(65536)
+        except ConnectionResetError:
+            return received
+        if not data:
+            return received
+        received += data

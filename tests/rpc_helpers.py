@@ -14,7 +14,7 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from blobstore.api.blobstore.v1 import blobstore_pb2_grpc as pb_grpc
-from blobstore.storage.blob_file import HEADER_SIZE, CorruptHeader, decode_header
+from blobstore.storage.filesystem.blob_file import HEADER_SIZE, CorruptHeader, decode_header
 from tests.processes import ServerProcess
 
 MiB = 1024 * 1024
@@ -84,7 +84,9 @@ def blob_files(data_dir: Path) -> list[Path]:
 
 
 def temp_files(data_dir: Path) -> list[Path]:
-    return sorted((data_dir / "tmp").iterdir())
+    """The files in the data folder's tmp/ (none if it does not exist)."""
+    tmp = data_dir / "tmp"
+    return sorted(tmp.iterdir()) if tmp.exists() else []
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:

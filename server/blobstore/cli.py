@@ -98,6 +98,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _serve(args: argparse.Namespace) -> int:
     from blobstore.service.app import ListenError, serve
+    from blobstore.service.hardening import install_throttle
+    from blobstore.storage.factory import UnknownStorage
     from blobstore.storage.filesystem import DataFolderLocked
 
     cfg = server_config.from_arguments(args)
@@ -106,16 +108,17 @@ def _serve(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    install_throttle()
     try:
         asyncio.run(serve(cfg))
-    except (ListenError, DataFolderLocked, OSError) as exc:
+    except (ListenError, DataFolderLocked, UnknownStorage, OSError) as exc:
         logging.getLogger("blobstore").error("%s", exc)
         return EXIT_ERROR
     return 0
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from blobstore.storage.offline_check import NotADataFolder, Problem, verify_store
+    from blobstore.storage.filesystem.scrub import NotADataFolder, Problem, verify_store
 
     def show(problem: Problem) -> None:
         where = f"moved to {problem.quarantined_to}" if problem.quarantined_to else "left in place"

@@ -8,6 +8,10 @@ received against the id before the file appears under its name. Calls that
 fail with a transient status are retried as server/blobstore/retry.py says: every call
 is idempotent (a put of the same content stores the same blob), and a
 streamed put or get that fails half way starts again from the beginning.
+
+Why one module of ~430 lines: BlobClient and AsyncBlobClient mirror each other method
+for method over shared request building and reply decoding; side by side they stay
+in step.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from blobstore.canonical_json import canonicalize_value
 from blobstore.errors import BlobTooLarge, DataLoss
 from blobstore.ids import BlobId, hex_digest, parse_blob_id
 from blobstore.model import Blob, BlobInfo, BlobType, PutResult
+from blobstore.proto_names import BLOB_TYPE_FROM_PB, BLOB_TYPE_TO_PB
 from blobstore.retry import RetryPolicy
 from blobstore.status import from_rpc_error
 
@@ -50,8 +55,8 @@ CHANNEL_OPTIONS = [
 ]
 _T = TypeVar("_T")
 
-_TO_PB = {BlobType.JSON: pb.BLOB_TYPE_JSON, BlobType.BINARY: pb.BLOB_TYPE_BINARY}
-_FROM_PB = {value: key for key, value in _TO_PB.items()}
+_TO_PB = BLOB_TYPE_TO_PB
+_FROM_PB = BLOB_TYPE_FROM_PB
 
 
 def decode_json(data: bytes) -> Any:

@@ -29,6 +29,16 @@ class InvalidJson(InvalidArgument):
         super().__init__(message if position is None else f"{message} (at byte {position})")
         self.position = position
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Pickled in the JSON worker process (offload.py): keep the message as it is.
+        return (_invalid_json, (str(self), self.position))
+
+
+def _invalid_json(text: str, position: int | None) -> InvalidJson:
+    error = InvalidJson(text)
+    error.position = position
+    return error
+
 
 class DigestMismatch(InvalidArgument):
     """The content does not hash to the id the caller said it would."""

@@ -1,9 +1,18 @@
-"""Running CPU-heavy work (hashing, JSON) off the event loop when the input is large."""
+"""Running CPU-heavy work (hashing, JSON) off the event loop when the input is large.
+
+Small inputs run inline, large ones in a thread (`offload`). Work that holds the GIL
+for long in one C call - parsing a JSON text of millions of values - would stall
+the event loop from a thread too, so it runs in a worker process
+(`offload_to_process`): one process, started on first use, so at most one such
+parse (and its memory) exists at a time; the others wait their turn.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
+import multiprocessing
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -24,6 +33,34 @@ async def offload(size: int, func: Callable[[_A], _R], arg: _A) -> _R:
     if size <= INLINE_LIMIT:
         return func(arg)
     return await asyncio.to_thread(func, arg)
+
+
+_pool: concurrent.futures.ProcessPoolExecutor | None = None
+
+
+async def offload_to_process(func: Callable[[_A], _R], arg: _A) -> _R:
+    """Returns func(arg) computed in the worker process; func, arg and result must pickle."""
+    global _pool
+    if _pool is None:
+        # spawn, not fork: a forked copy of a process running gRPC threads is unsafe.
+        _pool = concurrent.futures.ProcessPoolExecutor(
+            max_workers=1, mp_context=multiprocessing.get_context("spawn")
+        )
+    loop = asyncio.get_running_loop()
+    try:
+        return await loop.run_in_executor(_pool, func, arg)
+    except concurrent.futures.process.BrokenProcessPool:
+        # The worker died (killed, out of memory): start a new one for the next call.
+        _pool = None
+        raise
+
+
+def shutdown_process_pool() -> None:
+    """Stops the worker process, if one was started (the server calls this when it stops)."""
+    global _pool
+    if _pool is not None:
+        _pool.shutdown(wait=False, cancel_futures=True)
+        _pool = None
 
 
 def sha256_hex(data: bytes | memoryview) -> str:

@@ -23,6 +23,8 @@ from typing import TypeVar
 
 import grpc
 
+from blobstore.status import reason_of
+
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
@@ -51,6 +53,10 @@ class RetryPolicy:
     """Seconds for all attempts of one call together; None means the client's timeout."""
     retry_on: frozenset[grpc.StatusCode] = TRANSIENT
     """Status codes worth another attempt."""
+    retry_overloaded: bool = False
+    """Also retry RESOURCE_EXHAUSTED with reason OVERLOADED: the server refused the call
+    before doing anything, so another attempt after the backoff is safe. Off by default
+    (a program may prefer to shed load itself); the bridge turns it on."""
 
     def __post_init__(self) -> None:
         if self.attempts < 1:
@@ -140,8 +146,7 @@ async def call_async(
 
 def _next(schedule: Schedule, exc: grpc.RpcError) -> float | None:
     code: grpc.StatusCode = exc.code()
-    lost = code is grpc.StatusCode.INTERNAL and exc.details() == LOST_STATUS
-    delay = schedule.backoff(grpc.StatusCode.UNAVAILABLE if lost else code)
+    delay = schedule.backoff(grpc.StatusCode.UNAVAILABLE if _transient(schedule, exc) else code)
     if delay is not None:
         log.info(
             "attempt %d failed with %s (%s); retrying in %.2f s",
@@ -151,3 +156,13 @@ def _next(schedule: Schedule, exc: grpc.RpcError) -> float | None:
             delay,
         )
     return delay
+
+
+def _transient(schedule: Schedule, exc: grpc.RpcError) -> bool:
+    """True for failures that are retried like UNAVAILABLE whatever their code says."""
+    code: grpc.StatusCode = exc.code()
+    if code is grpc.StatusCode.INTERNAL:
+        return exc.details() == LOST_STATUS
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED and schedule.policy.retry_overloaded:
+        return reason_of(exc) == "OVERLOADED"
+    return False

@@ -97,6 +97,12 @@ def from_rpc_error(exc: grpc.RpcError) -> errors.BlobStoreError:
     return error
 
 
+def reason_of(exc: grpc.RpcError) -> str | None:
+    """The ErrorInfo reason our server put in a failed call's status (None if there is none)."""
+    info = _error_info(exc)
+    return info.reason if info is not None else None
+
+
 def _error_info(exc: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
     trailers = cast(Sequence[tuple[str, bytes]], exc.trailing_metadata() or ())
     for key, value in trailers:

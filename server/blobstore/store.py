@@ -13,6 +13,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterable, Callable, Sequence
 from dataclasses import dataclass
 
+from blobstore import json_values
 from blobstore.canonical_json import canonicalize_text, canonicalize_value
 from blobstore.errors import (
     BlobTooLarge,
@@ -23,14 +24,17 @@ from blobstore.errors import (
 )
 from blobstore.ids import BlobId, blob_id_from_digest
 from blobstore.model import Blob, BlobInfo, BlobType, PutResult
-from blobstore.offload import offload, sha256_hex
-from blobstore.storage.base import BlobBackend, BlobStream, OverLimit
+from blobstore.offload import offload, offload_to_process, sha256_hex
+from blobstore.storage.base import BlobBackend, BlobStream, OverLimit, ReadLimit
 
 MiB = 1024 * 1024
 TEXT_CACHE_ENTRIES = 4096
 """JSON texts whose id put_dedup remembers (about 200 bytes each)."""
 TEXT_CACHE_MAX_TEXT = 256 * 1024
 """Longer texts are not remembered: their canonicalisation runs in a thread anyway."""
+PROCESS_MIN_VALUES = 200_000
+"""JSON texts with more values than this are canonicalised in the worker process: parsing
+them holds the GIL for tens of milliseconds or more."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +49,8 @@ class Limits:
     """Largest blob returned by unary Get; larger ones must be streamed."""
     max_find_missing: int = 10_000
     """Most ids in one FindMissing call."""
+    max_json_values: int = json_values.DEFAULT_MAX_VALUES
+    """Most values in one Json blob's text (json_values.py says how they are counted)."""
 
 
 class BlobStore:
@@ -68,7 +74,7 @@ class BlobStore:
             known = await self._known_text(key, expected_id)
             if known is not None:
                 return known
-        content = await offload(len(data), canonicalize_text, data)
+        content = await self._canonical_text(data)
         self._check_size(blob_type, len(content))
         result = await self._put_content(blob_type, content, expected_id)
         if key is not None:
@@ -76,6 +82,25 @@ class BlobStore:
             if len(self._text_ids) > TEXT_CACHE_ENTRIES:
                 self._text_ids.popitem(last=False)
         return result
+
+    async def _canonical_text(self, data: bytes) -> bytes:
+        """canonicalize_text(data), refused early if it has too many values.
+
+        A text of many values is canonicalised in the worker process: parsing it
+        would hold the GIL, and so stall every other call, for as long as it takes.
+        """
+        limit = self.limits.max_json_values
+        values = await offload(len(data), json_values.estimate_values, data)
+        if limit and values > limit:  # perhaps commas in strings: count again without them
+            values = await offload_to_process(json_values.count_values, data)
+        if limit and values > limit:
+            raise BlobTooLarge(
+                f"the JSON text has about {values} values, over the limit of {limit} "
+                "(--max-json-values): each costs memory when parsed"
+            )
+        if values > PROCESS_MIN_VALUES:
+            return await offload_to_process(canonicalize_text, data)
+        return await offload(len(data), canonicalize_text, data)
 
     async def _known_text(self, key: bytes, expected_id: BlobId | None) -> PutResult | None:
         """The result of re-putting JSON text put before, if its blob is still stored and sound.
@@ -159,7 +184,7 @@ class BlobStore:
         _check_total(size, total_size, final=True)
         data = b"".join(parts)
         parts.clear()
-        content = await offload(len(data), canonicalize_text, data)
+        content = await self._canonical_text(data)
         self._check_size(BlobType.JSON, len(content))
         blob_id = blob_id_from_digest(await offload(len(content), sha256_hex, content))
         _check_expected(blob_id, expected_id)
@@ -211,7 +236,7 @@ class BlobStore:
         `reserve(size)` is called before the content is read (see BlobBackend.get).
         """
         try:
-            return await self.backend.get(blob_id, self.limits.max_unary_bytes, reserve)
+            return await self.backend.get(blob_id, ReadLimit(self.limits.max_unary_bytes, reserve))
         except OverLimit as exc:
             raise UseStreaming(
                 f"blob {blob_id} is {exc.info.size} bytes, over the unary limit of "

@@ -262,16 +262,27 @@ def test_http_statuses(rpc: HttpRpc) -> None:
         rpc.request("POST", "/nowhere", b"{}", {"Content-Type": "application/json"}).status == 404
     )
 
-    for content_type in [
-        "text/plain",
-        "application/x-www-form-urlencoded",
-        "application/json; charset=latin-1",
-    ]:
+    for content_type in ["text/plain", "application/json; charset=latin-1"]:
         reply = rpc.post(PUT_REQUEST.encode(), content_type)
         assert reply.status == 415, content_type
         assert reply.json()["error"]["code"] == -32600
         assert "Content-Type" in reply.json()["error"]["data"]["detail"]
-    assert rpc.post(PUT_REQUEST.encode(), "application/json; charset=utf-8").status == 200
+    for content_type in [
+        "application/json; charset=utf-8",
+        "application/json; charset=UTF-8",
+        'Application/JSON; Charset="Utf8"',
+        "application/x-www-form-urlencoded",  # what `curl -d` sends
+    ]:
+        reply = rpc.post(PUT_REQUEST.encode(), content_type)
+        assert reply.status == 200, (content_type, reply.body)
+        assert "result" in reply.json(), reply.body
+    no_type = rpc.request("POST", "/", b" \n" + PUT_REQUEST.encode(), {})
+    assert no_type.status == 200 and "result" in no_type.json(), no_type.body
+    # A form or untyped body that is not JSON is still refused, saying why.
+    for headers in [{"Content-Type": "application/x-www-form-urlencoded"}, {}]:
+        reply = rpc.request("POST", "/", b"data=x&blob_type=Json", headers)
+        assert reply.status == 415, reply.body
+        assert "not a JSON object or array" in reply.json()["error"]["data"]["detail"]
 
     notification = {"jsonrpc": "2.0", "method": PUT, "params": {"data": "notified"}}
     reply = rpc.post(orjson.dumps(notification))

@@ -24,8 +24,9 @@ from blobstore.client import BlobClient
 from blobstore.errors import StorageFull
 from blobstore.model import BlobType
 from blobstore.retry import RetryPolicy
-from tests.faults import MiB, check_blob_file, status_of, stored_files, temp_files
+from tests.faults import check_blob_file, status_of, stored_files
 from tests.processes import ServerProcess
+from tests.rpc_helpers import MiB, temp_files
 
 
 @pytest.fixture

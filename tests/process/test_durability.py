@@ -25,8 +25,8 @@ from blobstore.errors import BlobNotFound, BlobStoreError, DataLoss
 from blobstore.ids import parse_blob_id
 from blobstore.model import BlobType
 from blobstore.retry import RetryPolicy
-from blobstore.storage.blob_file import HEADER_SIZE
 from blobstore.storage.filesystem import FileSystemBackend
+from blobstore.storage.filesystem.blob_file import HEADER_SIZE
 from tests.processes import ServerProcess
 from tests.rpc_helpers import (
     MiB,

@@ -337,9 +337,7 @@ async def test_unexpected_exception_is_internal_without_details(
     backend = FileSystemBackend(tmp_path / "data")
     backend.open()
     server = grpc.aio.server()
-    pb_grpc.add_BlobServiceServicer_to_server(
-        BlobServicer(BlobStore(VerifyingBackend(backend))), server
-    )
+    BlobServicer(BlobStore(VerifyingBackend(backend))).add_to_server(server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     backend.close()

@@ -21,10 +21,10 @@ import pytest
 from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
 from blobstore.client import BlobClient
 from blobstore.errors import DataLoss, Overloaded
-from blobstore.grpc.servicer import _get_reply, _put_reply
+from blobstore.grpc.wire import ChunkMessage, chunk_message, parse_put_stream_request
 from blobstore.ids import BlobId
-from blobstore.model import BlobInfo, BlobType, PutResult
-from blobstore.storage.base import OverLimit
+from blobstore.model import BlobType
+from blobstore.storage.base import OverLimit, ReadLimit
 from blobstore.storage.filesystem import FileSystemBackend
 from tests.processes import ServerProcess
 from tests.rpc_helpers import blob_path, raw_stub
@@ -126,19 +126,39 @@ def test_streamed_put_of_many_chunks_stores_exactly_what_was_sent(
     assert list((server.data_dir / "tmp").iterdir()) == []
 
 
-@pytest.mark.parametrize("blob_type", [BlobType.JSON, BlobType.BINARY])
-@pytest.mark.parametrize("size", [0, 1, 127, 128, 300, 16_383, 16_384, 70_000])
-def test_hand_encoded_replies_are_what_protobuf_encodes(blob_type: BlobType, size: int) -> None:
-    data = os.urandom(size)
-    info = BlobInfo(BlobId("sha256:" + hashlib.sha256(data).hexdigest()), blob_type, size)
-    pb_type = pb.BLOB_TYPE_JSON if blob_type is BlobType.JSON else pb.BLOB_TYPE_BINARY
+@pytest.mark.parametrize("offset", [0, 1, 127, 128, 16_384, 2**40])
+@pytest.mark.parametrize("size", [0, 1, 127, 128, 16_383, 16_384, 70_000])
+def test_hand_encoded_chunk_messages_are_what_protobuf_reads(offset: int, size: int) -> None:
+    chunk = os.urandom(size)
+    encoded = chunk_message(offset, chunk)
+    message = pb.GetStreamResponse.FromString(encoded)
+    assert (message.offset, message.chunk, message.HasField("info")) == (offset, chunk, False)
+    if offset and size:  # protobuf leaves zero values out; we always write both fields
+        expected = pb.GetStreamResponse(offset=offset, chunk=chunk).SerializeToString()
+        assert encoded == expected
 
-    get = pb.GetResponse(id=info.blob_id, blob_type=pb_type, size=size, data=data)
-    assert _get_reply(info, data) == get.SerializeToString()
-    assert pb.GetResponse.FromString(_get_reply(info, data)).WhichOneof("content") == "data"
-    for created in (False, True):
-        put = pb.PutResponse(id=info.blob_id, blob_type=pb_type, size=size, created=created)
-        assert _put_reply(PutResult(info, created)) == put.SerializeToString()
+
+@pytest.mark.parametrize("offset", [None, 0, 5, 2**40])
+@pytest.mark.parametrize("size", [0, 1, 128, 70_000])
+def test_plain_chunk_messages_parse_without_protobuf_as_protobuf_would(
+    offset: int | None, size: int
+) -> None:
+    chunk = os.urandom(size)
+    request = pb.PutStreamRequest(chunk=chunk)
+    if offset is not None:
+        request.offset = offset
+    data = request.SerializeToString()
+    parsed = parse_put_stream_request(data)
+    # An empty chunk is not on the wire, so that message is not "exactly a chunk".
+    assert isinstance(parsed, ChunkMessage if size else pb.PutStreamRequest)
+    assert bytes(parsed.chunk) == chunk
+    assert (parsed.offset, parsed.HasField("offset")) == (
+        request.offset,
+        request.HasField("offset"),
+    )
+    assert parsed.ByteSize() == request.ByteSize()
+    # Anything else goes to protobuf.
+    assert isinstance(parse_put_stream_request(b"\x08\x02" + data), pb.PutStreamRequest)
 
 
 async def test_a_read_reserves_its_size_before_reading_and_stops_when_refused(
@@ -151,7 +171,7 @@ async def test_a_read_reserves_its_size_before_reading_and_stops_when_refused(
         blob_id = BlobId("sha256:" + hashlib.sha256(data).hexdigest())
         await backend.put(blob_id, BlobType.BINARY, data)
         asked: list[int] = []
-        assert (await backend.get(blob_id, None, asked.append)).data == data
+        assert (await backend.get(blob_id, ReadLimit(None, asked.append))).data == data
         assert asked == [5000]
 
         def refuse(size: int) -> None:
@@ -160,10 +180,10 @@ async def test_a_read_reserves_its_size_before_reading_and_stops_when_refused(
         descriptors = len(os.listdir("/proc/self/fd"))
         for _ in range(20):
             with pytest.raises(Overloaded, match="5000 bytes"):
-                await backend.get(blob_id, None, refuse)
+                await backend.get(blob_id, ReadLimit(None, refuse))
         assert len(os.listdir("/proc/self/fd")) == descriptors  # each refused read closed its file
         # Over max_size the read is OverLimit, never reserved: it would be refused anyway.
         with pytest.raises(OverLimit):
-            await backend.get(blob_id, 4999, refuse)
+            await backend.get(blob_id, ReadLimit(4999, refuse))
     finally:
         backend.close()

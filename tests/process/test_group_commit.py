@@ -29,9 +29,9 @@ from blobstore.errors import BlobNotFound, BlobStoreError
 from blobstore.ids import blob_id_from_digest
 from blobstore.model import BlobType
 from blobstore.retry import RetryPolicy
-from blobstore.storage.blob_file import encode_header
 from blobstore.storage.filesystem import FileSystemBackend
-from blobstore.storage.journal import encode_record, read_segment
+from blobstore.storage.filesystem.blob_file import encode_header
+from blobstore.storage.filesystem.journal import encode_record, read_segment
 from tests.processes import ServerProcess
 from tests.rpc_helpers import blob_file_problem, blob_files, blob_path, sha256_id, wait_until
 

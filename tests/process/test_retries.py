@@ -23,8 +23,9 @@ import pytest
 from blobstore.client import AsyncBlobClient, BlobClient
 from blobstore.errors import InvalidBlobId, Unavailable
 from blobstore.retry import RetryPolicy, Schedule
-from tests.faults import MiB, check_blob_file, stored_files, temp_files, wait_until
+from tests.faults import check_blob_file, stored_files, wait_until
 from tests.processes import ServerProcess
+from tests.rpc_helpers import MiB, temp_files
 
 PATIENT = RetryPolicy(attempts=40, initial_backoff=0.05, max_backoff=0.5, deadline=60)
 

@@ -28,15 +28,9 @@ from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
 from blobstore.api.blobstore.v1 import blobstore_pb2_grpc as pb_grpc
 from blobstore.client import CHANNEL_OPTIONS, BlobClient
 from blobstore.retry import RetryPolicy
-from tests.faults import (
-    HeldPutSync,
-    check_blob_file,
-    status_of,
-    stored_files,
-    temp_files,
-    wait_until,
-)
+from tests.faults import HeldPutSync, check_blob_file, status_of, stored_files, wait_until
 from tests.processes import ServerProcess
+from tests.rpc_helpers import temp_files
 
 if TYPE_CHECKING:
     from blobstore.api.blobstore.v1.blobstore_pb2_grpc import BlobServiceStub

@@ -19,9 +19,10 @@ import pytest
 
 from blobstore.client import BlobClient
 from blobstore.errors import BlobNotFound
-from blobstore.storage.offline_check import NotADataFolder, verify_store
-from tests.faults import MiB, stored_files
+from blobstore.storage.filesystem.scrub import NotADataFolder, verify_store
+from tests.faults import stored_files
 from tests.processes import ServerProcess
+from tests.rpc_helpers import MiB
 
 EXIT_CORRUPT = 4
 

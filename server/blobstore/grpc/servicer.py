@@ -18,28 +18,23 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import json_format, struct_pb2
-from google.protobuf.message import Message
 
 from blobstore import errors
 from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
 from blobstore.api.blobstore.v1 import blobstore_pb2_grpc as pb_grpc
+from blobstore.grpc import wire
 from blobstore.ids import BlobId, parse_blob_id
-from blobstore.model import Blob, BlobInfo, BlobType, PutResult
+from blobstore.limits import clamp_chunk_size
+from blobstore.model import Blob, BlobInfo, BlobType
 from blobstore.offload import offload
+from blobstore.proto_names import BLOB_TYPE_FROM_PB, BLOB_TYPE_TO_PB, SERVICE_NAME
 from blobstore.status import to_status
 from blobstore.store import BlobStore
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CHUNK = 1024 * 1024
-MIN_CHUNK = 4 * 1024
-MAX_CHUNK = 4 * 1024 * 1024
-
-_TO_PB = {BlobType.JSON: pb.BLOB_TYPE_JSON, BlobType.BINARY: pb.BLOB_TYPE_BINARY}
-_FROM_PB = {value: key for key, value in _TO_PB.items()}
-# Field 2 (blob_type, varint) of GetResponse and PutResponse on the wire.
-_TYPE_FIELD = {key: bytes((0x10, value)) for key, value in _TO_PB.items()}
-_SMALL_VARINTS = [bytes((value,)) for value in range(0x80)]
+_TO_PB = BLOB_TYPE_TO_PB
+_FROM_PB = BLOB_TYPE_FROM_PB
 
 _Handler = TypeVar("_Handler", bound=Callable[..., Any])
 
@@ -88,18 +83,15 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
 
     def __init__(self, store: BlobStore) -> None:
         self._store = store
-        self._encoded_replies = False  # set by add_to_server
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
-        """Registers the service, as pb_grpc.add_BlobServiceServicer_to_server would.
+        """Registers the service; the only way to (pb_grpc's generated registration is not).
 
-        One difference: the replies of Put, of Get (with data) and GetStream's
-        chunk messages are encoded here (_put_reply, _get_reply,
-        _chunk_message) and pass their serializer as they are, which saves
-        building a message and a copy of the data (with the generated
-        registration they stay messages).
+        It differs from pb_grpc.add_BlobServiceServicer_to_server in two
+        (de)serializers from blobstore.grpc.wire: GetStream's chunk messages
+        come encoded and pass their serializer as they are, and PutStream
+        chunks are parsed without a copy.
         """
-        self._encoded_replies = True
 
         def unary(method: Any, request: Any, reply: Any) -> grpc.RpcMethodHandler[Any, Any]:
             return grpc.unary_unary_rpc_method_handler(
@@ -109,37 +101,28 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
             )
 
         handlers = {
-            "Put": grpc.unary_unary_rpc_method_handler(
-                self.Put,
-                request_deserializer=pb.PutRequest.FromString,
-                response_serializer=_serialize_reply,
-            ),
-            "Get": grpc.unary_unary_rpc_method_handler(
-                self.Get,
-                request_deserializer=pb.GetRequest.FromString,
-                response_serializer=_serialize_reply,
-            ),
+            "Put": unary(self.Put, pb.PutRequest, pb.PutResponse),
+            "Get": unary(self.Get, pb.GetRequest, pb.GetResponse),
             "Stat": unary(self.Stat, pb.StatRequest, pb.StatResponse),
             "FindMissing": unary(self.FindMissing, pb.FindMissingRequest, pb.FindMissingResponse),
             "PutStream": grpc.stream_unary_rpc_method_handler(
                 self.PutStream,
-                request_deserializer=parse_put_stream_request,
+                request_deserializer=wire.parse_put_stream_request,
                 response_serializer=pb.PutResponse.SerializeToString,
             ),
             "GetStream": grpc.unary_stream_rpc_method_handler(
                 self.GetStream,
                 request_deserializer=pb.GetStreamRequest.FromString,
-                response_serializer=_serialize_reply,
+                response_serializer=wire.serialize_reply,
             ),
         }
-        name = pb.DESCRIPTOR.services_by_name["BlobService"].full_name
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
-        server.add_registered_method_handlers(name, handlers)  # type: ignore[attr-defined]
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),)
+        )
+        server.add_registered_method_handlers(SERVICE_NAME, handlers)  # type: ignore[attr-defined]
 
     @_translate_errors
-    async def Put(  # type: ignore[override]  # replies may come encoded (add_to_server)
-        self, request: pb.PutRequest, context: Any
-    ) -> pb.PutResponse | bytes:
+    async def Put(self, request: pb.PutRequest, context: Any) -> pb.PutResponse:
         expected = _optional_id(request.expected_id, "expected_id")
         content = request.WhichOneof("content")
         if content == "json":
@@ -151,8 +134,6 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
         else:
             blob_type = _blob_type(request.blob_type, default=BlobType.BINARY)
             result = await self._store.put(blob_type, request.data, expected)
-        if self._encoded_replies:
-            return _put_reply(result)
         return pb.PutResponse(
             id=result.info.blob_id,
             blob_type=_TO_PB[result.info.blob_type],
@@ -161,12 +142,12 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
         )
 
     @_translate_errors
-    async def Get(  # type: ignore[override]  # replies may come encoded (add_to_server)
+    async def Get(
         self,
         request: pb.GetRequest,
         context: Any,
         reserve: Callable[[int], object] | None = None,
-    ) -> pb.GetResponse | bytes:
+    ) -> pb.GetResponse:
         """`reserve(size)`, from the guard, is called before the blob's content is read."""
         blob = await self._store.get(_required_id(request.id), reserve)
         info = blob.info
@@ -175,8 +156,6 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
             return pb.GetResponse(
                 id=info.blob_id, blob_type=_TO_PB[info.blob_type], size=info.size, json=value
             )
-        if self._encoded_replies:
-            return _get_reply(info, blob.data)
         return pb.GetResponse(
             id=info.blob_id, blob_type=_TO_PB[info.blob_type], size=info.size, data=blob.data
         )
@@ -223,20 +202,17 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
         )
 
     @_translate_errors
-    async def GetStream(  # type: ignore[override]  # replies may come encoded (add_to_server)
+    async def GetStream(  # type: ignore[override]  # replies come encoded (add_to_server)
         self, request: pb.GetStreamRequest, context: Any
     ) -> AsyncIterator[pb.GetStreamResponse | bytes]:
         blob_id = _required_id(request.id)
-        chunk_size = min(max(request.chunk_size or DEFAULT_CHUNK, MIN_CHUNK), MAX_CHUNK)
+        chunk_size = clamp_chunk_size(request.chunk_size)
         stream = await self._store.get_stream(blob_id, chunk_size)
         try:
             yield pb.GetStreamResponse(info=_info(stream.info))
             offset = 0
             async for chunk in stream:
-                if self._encoded_replies:
-                    yield _chunk_message(offset, chunk)
-                else:
-                    yield pb.GetStreamResponse(offset=offset, chunk=chunk)
+                yield wire.chunk_message(offset, chunk)
                 offset += len(chunk)
         finally:
             await stream.aclose()
@@ -270,114 +246,6 @@ async def _chunks(
         if next_message is None:
             return
         message = next_message
-
-
-def _put_reply(result: PutResult) -> bytes:
-    """PutResponse(id=..., blob_type=..., size=..., created=...) in protobuf wire format."""
-    created = b"\x20\x01" if result.created else b""
-    return b"".join((*_info_fields(result.info), created))
-
-
-def _get_reply(info: BlobInfo, data: bytes) -> bytes:
-    """GetResponse(id=..., blob_type=..., size=..., data=data) in protobuf wire format.
-
-    One join instead of building a message and serialising it (which also
-    copies the data twice). Fields in number order, defaults left out as
-    protobuf does, except `data`: a oneof member is always written.
-    """
-    return b"".join((*_info_fields(info), b"\x22", _varint(len(data)), data))
-
-
-def _info_fields(info: BlobInfo) -> tuple[bytes, ...]:
-    """Fields 1-3 (id, blob_type, size), which PutResponse and GetResponse share."""
-    blob_id = info.blob_id.encode()
-    size = b"\x18" + _varint(info.size) if info.size else b""
-    return (b"\x0a", _varint(len(blob_id)), blob_id, _TYPE_FIELD[info.blob_type], size)
-
-
-def _chunk_message(offset: int, chunk: bytes) -> bytes:
-    """GetStreamResponse(offset=offset, chunk=chunk) in protobuf wire format.
-
-    Building the message and serialising it would copy the chunk twice; this
-    copies it once.
-    """
-    return b"".join((b"\x10", _varint(offset), b"\x1a", _varint(len(chunk)), chunk))
-
-
-def _varint(value: int) -> bytes:
-    if value < 0x80:
-        return _SMALL_VARINTS[value]
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-class ChunkMessage:
-    """A PutStreamRequest that holds only a chunk (and maybe its offset): the common case.
-
-    Has the attributes and methods of the message that the guard and the
-    servicer use, with the message's defaults for the fields it lacks.
-    """
-
-    __slots__ = ("_has_offset", "_size", "chunk", "offset")
-    blob_type = pb.BLOB_TYPE_UNSPECIFIED
-    total_size = 0
-    expected_id = ""
-
-    def __init__(self, chunk: memoryview, offset: int | None, size: int) -> None:
-        self.chunk = chunk
-        self.offset = offset or 0
-        self._has_offset = offset is not None
-        self._size = size
-
-    def HasField(self, name: str) -> bool:
-        return name == "offset" and self._has_offset
-
-    def ByteSize(self) -> int:
-        return self._size
-
-
-def parse_put_stream_request(data: bytes) -> pb.PutStreamRequest | ChunkMessage:
-    """Parses a PutStream message, copying its chunk once instead of twice.
-
-    Protobuf would copy the chunk into the message and again at each
-    `.chunk` access. A message that is exactly [offset] chunk, as every
-    client sends after the first message, is answered here with a view of
-    the received bytes (no copy); anything else
-    (other fields, repeats, odd encodings, garbage) goes to protobuf, which
-    decides and reports exactly as before.
-    """
-    pos = 0
-    offset = None
-    if data[:1] == b"\x20":  # field 4 (offset), varint
-        offset, pos = _read_varint(data, 1)
-    if (offset is not None and offset < 0) or data[pos : pos + 1] != b"\x2a":  # field 5, bytes
-        return pb.PutStreamRequest.FromString(data)
-    length, start = _read_varint(data, pos + 1)
-    if length < 0 or start + length != len(data):
-        return pb.PutStreamRequest.FromString(data)
-    return ChunkMessage(memoryview(data)[start:], offset, len(data))
-
-
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    """(value, next position); value -1 if the varint is broken or over 64 bits."""
-    value = 0
-    for shift in range(0, 70, 7):
-        if pos >= len(data):
-            return -1, pos
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return (value, pos) if value < 1 << 64 else (-1, pos)
-    return -1, pos
-
-
-def _serialize_reply(reply: Message | bytes) -> bytes:
-    return reply if isinstance(reply, bytes) else reply.SerializeToString()
 
 
 def _value_to_python(value: struct_pb2.Value) -> object:

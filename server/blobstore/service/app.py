@@ -11,23 +11,27 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
 from blobstore.grpc.guard import Guard
-from blobstore.grpc.servicer import MAX_CHUNK, BlobServicer
+from blobstore.grpc.servicer import BlobServicer
+from blobstore.limits import MAX_CHUNK
+from blobstore.offload import shutdown_process_pool
+from blobstore.proto_names import SERVICE_NAME
 from blobstore.service.admission import Admission
 from blobstore.service.config import ServerConfig
-from blobstore.service.malloc_tuning import tune_malloc
-from blobstore.storage.filesystem import FileSystemBackend
-from blobstore.storage.verifying import VerifyingBackend
+from blobstore.service.hardening import connection_cap, raise_open_file_limit, warn_if_exposed
+from blobstore.service.malloc_tuning import MallocTuning, tune_malloc
+from blobstore.storage.factory import open_storage
 from blobstore.store import BlobStore
 
 log = logging.getLogger("blobstore")
 
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["BlobService"].full_name
 # Room for the message framing around the largest unary blob.
 _MESSAGE_OVERHEAD = 64 * 1024
 # After the grace period: time for cut-off calls to send their status before gRPC stops.
 _CUT_OFF_SECONDS = 1.0
+# Calls gRPC core may hold before our guard sees them, per call slot (see connection_options).
+PENDING_CALLS_PER_SLOT = 32
+MIN_PENDING_CALLS = 16_384
 
 
 class ListenError(Exception):
@@ -36,29 +40,34 @@ class ListenError(Exception):
 
 async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None:
     """Runs the server until SIGTERM/SIGINT (or `stop` is set), then stops gracefully."""
-    tune_malloc()
-    backend = FileSystemBackend(
-        config.data_dir.resolve(),
-        io_threads=config.io_threads,
-        journal_max_blob_bytes=config.journal_max_blob_bytes,
-    )
-    backend.open()
+    malloc = tune_malloc()
+    storage = open_storage(config.storage_settings)
     try:
-        await _serve_store(config, BlobStore(VerifyingBackend(backend), config.limits), stop)
+        store = BlobStore(storage.backend, config.limits)
+        await _serve_store(config, store, storage.description, stop, malloc)
     finally:
-        backend.close()
+        shutdown_process_pool()
+        storage.close()
 
 
-async def _serve_store(config: ServerConfig, store: BlobStore, stop: asyncio.Event | None) -> None:
+async def _serve_store(
+    config: ServerConfig,
+    store: BlobStore,
+    where: str,
+    stop: asyncio.Event | None,
+    malloc: MallocTuning,
+) -> None:
     # Streamed chunks (up to MAX_CHUNK) must fit whatever the unary limit is.
     message_limit = max(config.max_unary_bytes, MAX_CHUNK) + _MESSAGE_OVERHEAD
-    guard = Guard(Admission(config.admission))
+    guard = Guard(Admission(config.admission), stream_idle=config.stream_idle_seconds)
+    max_connections = connection_cap(config.max_connections, raise_open_file_limit())
     server = grpc.aio.server(
         interceptors=[guard],
         options=[
             ("grpc.max_receive_message_length", message_limit),
             ("grpc.max_send_message_length", message_limit),
             ("grpc.so_reuseport", 0),
+            *connection_options(config, max_connections),
         ],
     )
     BlobServicer(store).add_to_server(server)
@@ -73,13 +82,17 @@ async def _serve_store(config: ServerConfig, store: BlobStore, stop: asyncio.Eve
     except RuntimeError as exc:
         raise ListenError(f"cannot listen on {config.address}: {exc}") from None
     host = config.address.rsplit(":", 1)[0]
+    warn_if_exposed(log, host, "the gRPC server")
     await server.start()
     await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    malloc.log()
+    log.info("at most %d connections (open-file limit and --max-connections)", max_connections)
+    # The "listening" line comes last: scripts and tests take it as the sign of readiness.
     log.info(
         "blobstore gRPC listening on %s:%d; data in %s",
         host,
         port,
-        config.data_dir.resolve(),
+        where,
     )
 
     stop = stop or asyncio.Event()
@@ -94,6 +107,38 @@ async def _serve_store(config: ServerConfig, store: BlobStore, stop: asyncio.Eve
         guard.cut_off()
     await server.stop(_CUT_OFF_SECONDS)
     log.info("stopped")
+
+
+def connection_options(config: ServerConfig, max_connections: int) -> list[tuple[str, int]]:
+    """gRPC core settings that bound what connections and pending calls may hold.
+
+    Calls that arrive faster than the event loop takes them wait in gRPC core's
+    queue of unrequested calls, which by default starts dropping them at random past
+    1000 and drops all past 3000 - as CANCELLED, before our guard can answer
+    OVERLOADED (10,000 Stat calls at once on one channel: more than half CANCELLED).
+    The queue is made long enough for the guard to see such bursts (a waiting call
+    costs gRPC about 10 KiB); only past PENDING_CALLS_PER_SLOT x --max-concurrent-rpcs
+    does gRPC still drop calls itself. (Limiting HTTP/2 streams per connection instead
+    makes the first burst on a new connection fail with REFUSED_STREAM.)
+    """
+    max_calls = config.max_concurrent_rpcs
+    pending = max(PENDING_CALLS_PER_SLOT * max_calls, MIN_PENDING_CALLS) if max_calls else 1 << 20
+    return [
+        ("grpc.server.max_pending_requests", pending),
+        ("grpc.server.max_pending_requests_hard_limit", pending),
+        ("grpc.max_allowed_incoming_connections", max_connections),
+        ("grpc.max_connection_idle_ms", _ms(config.connection_idle_seconds)),
+        ("grpc.server_handshake_timeout_ms", _ms(config.handshake_timeout_seconds)),
+        ("grpc.keepalive_time_ms", _ms(config.keepalive_seconds)),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_ping_strikes", 2),
+    ]
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
 
 
 async def _drain(guard: Guard, grace: float) -> bool:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from blobstore.service.admission import AdmissionLimits
+from blobstore.storage.factory import StorageSettings
 from blobstore.storage.filesystem import JOURNAL_MAX_BLOB_BYTES
 from blobstore.store import Limits
 
@@ -22,11 +23,18 @@ class ServerConfig:
 
     address: str = "127.0.0.1:50051"
     data_dir: Path = Path("data")
+    storage: str = ""
     max_blob_bytes: int = _LIMITS.max_blob_bytes
     max_json_bytes: int = _LIMITS.max_json_bytes
     max_unary_bytes: int = _LIMITS.max_unary_bytes
     max_concurrent_rpcs: int = _ADMISSION.max_calls
     max_inflight_bytes: int = _ADMISSION.max_bytes
+    max_connections: int = 4096
+    connection_idle_seconds: float = 300.0
+    handshake_timeout_seconds: float = 10.0
+    keepalive_seconds: float = 60.0
+    stream_idle_seconds: float = 60.0
+    max_json_values: int = _LIMITS.max_json_values
     io_threads: int = 32
     journal_max_blob_bytes: int = JOURNAL_MAX_BLOB_BYTES
     grace_seconds: float = 10.0
@@ -38,6 +46,15 @@ class ServerConfig:
             max_blob_bytes=self.max_blob_bytes,
             max_json_bytes=self.max_json_bytes,
             max_unary_bytes=self.max_unary_bytes,
+            max_json_values=self.max_json_values,
+        )
+
+    @property
+    def storage_settings(self) -> StorageSettings:
+        return StorageSettings(
+            url=self.storage or str(self.data_dir),
+            io_threads=self.io_threads,
+            journal_max_blob_bytes=self.journal_max_blob_bytes,
         )
 
     @property
@@ -50,6 +67,7 @@ class ServerConfig:
 HELP = {
     "address": "host:port to listen on for gRPC (port 0 picks a free port)",
     "data_dir": "folder where blobs are stored (created if missing)",
+    "storage": "where blobs are stored, as file://PATH or a plain folder path; empty = --data-dir",
     "max_blob_bytes": "largest blob accepted, in bytes",
     "max_json_bytes": "largest Json blob accepted, in bytes (JSON is parsed whole)",
     "max_unary_bytes": "largest blob unary Get returns; larger ones need GetStream (gRPC "
@@ -58,6 +76,18 @@ HELP = {
     "(OVERLOADED) at once; 0 = no cap",
     "max_inflight_bytes": "most request/reply bytes held in memory by calls in progress; "
     "past it calls get RESOURCE_EXHAUSTED (OVERLOADED) at once; 0 = no cap",
+    "max_connections": "most open client connections; more are closed at once (always kept "
+    "below the open-file limit, whose soft value is raised to the hard one at start)",
+    "connection_idle_seconds": "a connection without calls for this long is closed (GOAWAY)",
+    "handshake_timeout_seconds": "a connection that has not sent its HTTP/2 preface and "
+    "settings within this time is closed (slow or silent clients)",
+    "keepalive_seconds": "the server pings a connection silent for this long and closes it if "
+    "no answer comes within 20 s; clients may ping no more often than every 10 s",
+    "stream_idle_seconds": "a PutStream that sends no message, or a GetStream whose reader takes "
+    "no chunk, for this long is ended and its temp file or reservation released",
+    "max_json_values": "most values (numbers, strings, arrays, objects...) in one Json blob's "
+    "text; more are refused before parsing (RESOURCE_EXHAUSTED, BLOB_TOO_LARGE), as each costs "
+    "memory when parsed whatever the text size; 0 = no cap",
     "io_threads": "threads for blocking disk I/O",
     "journal_max_blob_bytes": "unary puts up to this size are made durable in batches, by one "
     "journal write and fdatasync for all puts arriving together (group commit, Linux); "

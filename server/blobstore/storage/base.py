@@ -13,6 +13,7 @@ of VerifyingBackend, which wraps every backend the server uses.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from blobstore.ids import BlobId
@@ -27,18 +28,46 @@ class OverLimit(Exception):
         self.info = info
 
 
+@dataclass(frozen=True, slots=True)
+class ReadLimit:
+    """What a whole-blob read may return: the caller's size cap and its admission step.
+
+    A backend calls admit() once, when the blob's size is known and before it
+    reads any content; that is all it has to know about limits. What admit()
+    does beyond the size cap (the server's admission control reserving memory
+    for the reply, which may raise Overloaded) is the caller's business.
+    """
+
+    max_size: int | None = None
+    reserve: Callable[[int], object] | None = None
+
+    def admit(self, size: int) -> bool:
+        """True if a blob of `size` content bytes is to be read whole; False if it is over
+        max_size (the backend then raises OverLimit). Raises what `reserve` raises."""
+        if self.max_size is not None and size > self.max_size:
+            return False
+        if self.reserve is not None:
+            self.reserve(size)
+        return True
+
+
+NO_LIMIT = ReadLimit()
+
+ChunkHook = Callable[[bytes | memoryview], object]
+"""Work the caller wants done on each chunk of a streamed put (the store's hashing).
+
+A backend calls it once per chunk before the chunk is consumed, in whatever
+step suits it; the file system runs it on the I/O thread that writes the
+chunk, so a chunk costs one thread hand-off, not two."""
+
+
 class BlobWriter(Protocol):
     """An in-progress streamed put: chunks go to a private place until commit."""
 
-    async def write(
-        self,
-        chunk: bytes | memoryview,
-        before: Callable[[bytes | memoryview], object] | None = None,
-    ) -> None:
+    async def write(self, chunk: bytes | memoryview, before: ChunkHook | None = None) -> None:
         """Appends `chunk`; raises StorageFull or Unavailable on I/O failure.
 
-        `before(chunk)` (the store's hashing) runs in the same I/O step, just
-        before the write: one hand-off per chunk instead of two.
+        `before(chunk)`, if given, is called once before the chunk is consumed (ChunkHook).
         """
         ...
 
@@ -87,17 +116,11 @@ class BlobBackend(Protocol):
         """Starts a streamed put whose id is known only at the end."""
         ...
 
-    async def get(
-        self,
-        blob_id: BlobId,
-        max_size: int | None = None,
-        reserve: Callable[[int], object] | None = None,
-    ) -> Blob:
-        """Returns the whole blob; raises BlobNotFound, or OverLimit if over max_size.
+    async def get(self, blob_id: BlobId, limit: ReadLimit = NO_LIMIT) -> Blob:
+        """Returns the whole blob; raises BlobNotFound, or OverLimit if `limit` refuses it.
 
-        `reserve(size)`, if given, is called with the content's size once it is
-        known to be within max_size and before any content is read; what it
-        raises (e.g. Overloaded) ends the read there.
+        `limit.admit(size)` is called once the content's size is known and
+        before any content is read; what it raises ends the read there.
         """
         ...
 

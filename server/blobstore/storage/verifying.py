@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import NoReturn
 
 from blobstore.errors import DataLoss
 from blobstore.ids import BlobId, hex_digest
 from blobstore.model import Blob, BlobInfo, BlobType, PutResult
 from blobstore.offload import INLINE_LIMIT, offload, sha256_hex
-from blobstore.storage.base import BlobBackend, BlobStream, BlobWriter
+from blobstore.storage.base import NO_LIMIT, BlobBackend, BlobStream, BlobWriter, ReadLimit
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +35,9 @@ class VerifyingBackend:
     async def open_writer(self) -> BlobWriter:
         return await self._inner.open_writer()
 
-    async def get(
-        self,
-        blob_id: BlobId,
-        max_size: int | None = None,
-        reserve: Callable[[int], object] | None = None,
-    ) -> Blob:
+    async def get(self, blob_id: BlobId, limit: ReadLimit = NO_LIMIT) -> Blob:
         try:
-            blob = await self._inner.get(blob_id, max_size, reserve)
+            blob = await self._inner.get(blob_id, limit)
         except DataLoss as exc:
             await self.fail(blob_id, str(exc), exc)
         data = blob.data

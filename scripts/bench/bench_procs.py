@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psutil
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -142,10 +142,10 @@ def start_echo_server(
     name: str = "echo server",
     env: dict[str, str] | None = None,
 ) -> Child:
-    """Starts scripts/bench_echo.py (with `variant` options, if any) on a free port."""
+    """Starts scripts/bench/bench_echo.py (with `variant` options, if any) on a free port."""
     return start_child(
         name,
-        python_argv(str(ROOT / "scripts" / "bench_echo.py"), *variant),
+        python_argv(str(ROOT / "scripts" / "bench" / "bench_echo.py"), *variant),
         cpus=cpus,
         log_path=log_path,
         ready=ECHO_READY,
@@ -165,6 +165,43 @@ def start_blobstore_server(
         log_path=work / "server.log",
         ready=SERVER_READY,
         env=env,
+    )
+
+
+def start_baseline_server(
+    tree: Path, work: Path, cpus: frozenset[int] | None, env: dict[str, str] | None = None
+) -> Child:
+    """Our server as another source tree has it (a `git worktree` or `git archive` of a commit).
+
+    The tree's own code is imported, not this one's: `-P` keeps the working
+    folder off sys.path and PYTHONPATH points at the tree's source root. Trees
+    from before the package rename (the package `server` at the top) and after
+    it (`blobstore` under `server/`) both work. The tree runs with this venv's
+    libraries, so it measures the code, not other dependency versions.
+    """
+    if (tree / "server" / "blobstore" / "cli.py").exists():
+        source_root, module = tree / "server", "blobstore.cli"
+    elif (tree / "server" / "cli.py").exists():
+        source_root, module = tree, "server.cli"
+    else:
+        raise StartError(f"{tree} holds neither server/blobstore/cli.py nor server/cli.py")
+    work.mkdir(parents=True, exist_ok=True)
+    return start_child(
+        "baseline server",
+        python_argv(
+            "-P",
+            "-m",
+            module,
+            "serve",
+            "--address",
+            "127.0.0.1:0",
+            "--data-dir",
+            str(work / "data"),
+        ),
+        cpus=cpus,
+        log_path=work / "server.log",
+        ready=SERVER_READY,
+        env={**(env or {}), "PYTHONPATH": str(source_root.resolve())},
     )
 
 

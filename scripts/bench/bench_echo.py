@@ -12,15 +12,15 @@ service and the ratio between the two is the cost of our own code:
     GetStream  streams `int(request.id)` bytes from memory in chunks of
                `chunk_size` (0 = 1 MiB, as ours), one message per chunk
 
-Variants for scripts/bench_variants.py (not the ceilings): --style sync (a
+Variants for scripts/bench/bench_variants.py (not the ceilings): --style sync (a
 thread-pool grpc.server), --hops N (N no-op thread-pool round trips per
-unary call), --interceptor (a pass-through interceptor), --durable-dir DIR
+unary call), --durable-dir DIR
 (Put stores request.data durably as the store does, with no canonicalising,
 hashing or checks: temp file, write, fsync, link, fsync of the folder),
 --group-commit batched|journal|pack with --durable-dir (aio only: the same, with the
 puts that arrive together made durable together; see bench_commit.py).
 
-Usage: python scripts/bench_echo.py [--address 127.0.0.1:0] [variant options]
+Usage: python scripts/bench/bench_echo.py [--address 127.0.0.1:0] [variant options]
 Prints "echo gRPC listening on HOST:PORT" on stderr once it serves.
 """
 
@@ -34,7 +34,7 @@ import secrets
 import signal
 import sys
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -165,36 +165,13 @@ def _nothing() -> None:
     pass
 
 
-class PassThrough(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Wraps each unary handler in a new coroutine per call, as blobstore/grpc/guard.py does."""
-
-    async def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]], details: Any
-    ) -> Any:
-        handler = await continuation(details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        inner = handler.unary_unary
-
-        async def behavior(request: Any, context: Any) -> Any:
-            try:
-                return await inner(request, context)
-            finally:
-                pass
-
-        return handler._replace(unary_unary=behavior)
-
-
 async def serve(
     address: str,
     hops: int = 0,
-    interceptor: bool = False,
     durable: DurableWriter | None = None,
     committer: GroupCommitter | None = None,
 ) -> None:
-    server = grpc.aio.server(
-        interceptors=[PassThrough()] if interceptor else None, options=server_options()
-    )
+    server = grpc.aio.server(options=server_options())
     pb_grpc.add_BlobServiceServicer_to_server(EchoServicer(hops, durable, committer), server)
     port = server.add_insecure_port(address)
     await server.start()
@@ -272,9 +249,6 @@ def main() -> None:
     parser.add_argument(
         "--hops", type=int, default=0, help="aio only: thread-pool round trips per unary call"
     )
-    parser.add_argument(
-        "--interceptor", action="store_true", help="aio only: add a pass-through interceptor"
-    )
     parser.add_argument("--durable-dir", type=Path, help="Put stores its data durably here")
     parser.add_argument(
         "--group-commit",
@@ -292,7 +266,7 @@ def main() -> None:
     if args.style == "sync":
         serve_sync(args.address, args.threads, durable)
     else:
-        asyncio.run(serve(args.address, args.hops, args.interceptor, durable, committer))
+        asyncio.run(serve(args.address, args.hops, durable, committer))
 
 
 if __name__ == "__main__":

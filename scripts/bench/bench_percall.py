@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Server CPU per unary call, ours against the echo ceiling, in one interleaved run.
 
-    python scripts/bench_percall.py [--trials 5] [--seconds 2] [--baseline DIR ...]
+    python scripts/bench/bench_percall.py [--trials 5] [--seconds 2] [--baseline DIR ...]
 
-Starts the echo server (scripts/bench_echo.py) and our server pinned like
+Starts the echo server (scripts/bench/bench_echo.py) and our server pinned like
 bench.py does, stores 1000 documents, then runs, trial after trial and in
 a shuffled order, echo Get, get_small, echo Put and put_dedup (16 callers,
 the load generator of bench.py) and prints per workload the median ops/s and the
@@ -11,9 +11,10 @@ median server CPU per call in microseconds (from /proc schedstat), with the
 range over the trials. CPU per call moves less with other work on the
 machine than ops/s does, so it is the figure to compare changes by.
 
-`--baseline DIR` (repeatable) adds a server of ours run from another copy
-of the code (e.g. `git archive HEAD | tar -x -C DIR`), interleaved with the
-rest: before/after figures from the same minutes.
+`--baseline DIR` (repeatable) adds a server of ours run from another source
+tree (e.g. `git archive HEAD | tar -x -C DIR`; see
+bench_procs.start_baseline_server), interleaved with the rest: before/after
+figures from the same minutes.
 """
 
 from __future__ import annotations
@@ -29,13 +30,11 @@ from pathlib import Path
 
 from bench_load import KIB, Documents, GrpcCaller, closed_loop, get_request, random_picker
 from bench_procs import (
-    SERVER_READY,
     Child,
     CpuSplit,
     pin_self,
-    python_argv,
+    start_baseline_server,
     start_blobstore_server,
-    start_child,
     start_echo_server,
 )
 from bench_stats import Trial
@@ -43,20 +42,6 @@ from bench_stats import Trial
 from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
 
 POOL = 1000
-
-
-def start_baseline(code: Path, work: Path, cpus: frozenset[int] | None) -> Child:
-    """Our server from another copy of the code (-P: the copy, not this tree, is imported)."""
-    work.mkdir(parents=True, exist_ok=True)
-    argv = python_argv("-P", "-m", "blobstore.cli", "serve", "--address", "127.0.0.1:0")
-    return start_child(
-        "baseline server",
-        [*argv, "--data-dir", str(work / "data")],
-        cpus=cpus,
-        log_path=work / "server.log",
-        ready=SERVER_READY,
-        env={"PYTHONPATH": str(code)},
-    )
 
 
 async def workloads(
@@ -163,7 +148,7 @@ def main() -> int:
             children.append(servers["ours"])
             for i, code in enumerate(args.baseline):
                 name = f"base{i}" if len(args.baseline) > 1 else "base"
-                servers[name] = start_baseline(code.resolve(), work / name, split.server)
+                servers[name] = start_baseline_server(code.resolve(), work / name, split.server)
                 children.append(servers[name])
             results = asyncio.run(run(servers, args.trials, args.seconds))
         finally:

@@ -1,4 +1,5 @@
-"""Integrity check of a data folder: re-hash every blob, report and quarantine bad ones.
+"""The offline scrub of a data folder (`blobstore verify`): re-hash every blob, report and
+quarantine bad ones. (Not to be confused with VerifyingBackend, which checks each read.)
 
 No gRPC and no lock: it reads the folder as the server's own readers do, so it
 can run while a server serves the folder. Only published files are read
@@ -11,18 +12,15 @@ Files in the shards that are not named after a blob id are moved aside too.
 
 from __future__ import annotations
 
-import os
 import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from blobstore.ids import BlobId
-from blobstore.storage.blob_file import HEADER_SIZE
-from blobstore.storage.filesystem import FileSystemLayout
-from blobstore.storage.journal import Journal
-from blobstore.storage.os_calls import fsync_dir
+from blobstore.storage.filesystem.blob_file import HEADER_SIZE, check_file
+from blobstore.storage.filesystem.journal import Journal
+from blobstore.storage.filesystem.layout import FileSystemLayout
 
 _BLOB_NAME = re.compile(r"[0-9a-f]{64}")
 
@@ -85,9 +83,9 @@ def _check(
     name = path.name
     if not _BLOB_NAME.fullmatch(name) or path.parent.name != name[:2]:
         stray = "not a blob file: its name is not a blob id in its shard"
-        return Problem(path, None, stray, _move_aside(layout, path) if quarantine else None)
+        return Problem(path, None, stray, layout.move_aside(path) if quarantine else None)
     blob_id = BlobId("sha256:" + name)
-    reason = layout.check_file(path, blob_id)
+    reason = check_file(path, blob_id)
     if reason is None:
         report.checked += 1
         report.bytes_checked += max(0, _size(path) - HEADER_SIZE)
@@ -105,17 +103,6 @@ def _check(
             report.vanished += 1
         return None
     return Problem(path, blob_id, reason, moved)
-
-
-def _move_aside(layout: FileSystemLayout, path: Path) -> Path | None:
-    target = layout.quarantine_dir / f"{path.name}.{time.time_ns()}"
-    try:
-        os.rename(path, target)
-    except FileNotFoundError:
-        return None
-    fsync_dir(path.parent)
-    fsync_dir(layout.quarantine_dir)
-    return target
 
 
 def _size(path: Path) -> int:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Profiles our server under one benchmark workload with py-spy, and summarises the hot spots.
 
-    python scripts/bench_profile.py put_small --seconds 20 [--native] [--out DIR]
+    python scripts/bench/bench_profile.py put_small --seconds 20 [--native] [--out DIR]
 
 Starts the server pinned like bench.py does (server core / load core), drives
 the workload with the benchmark's load generator while `py-spy record` samples

@@ -1,7 +1,7 @@
 """Group commit: the small puts that arrive together share one write and one fdatasync.
 
 One committer thread takes every put waiting in its queue (up to a byte
-cap), appends them to the journal (server/blobstore/storage/journal.py) with one write and one
+cap), appends them to the journal (journal.py) with one write and one
 fdatasync, files each blob through the backend (no fsync each), and then
 resolves the whole batch with one wake-up of the event loop. While it syncs,
 the next batch gathers, so the busier the server, the less each put pays
@@ -29,7 +29,7 @@ from pathlib import Path
 from blobstore.errors import Unavailable
 from blobstore.ids import BlobId, hex_digest
 from blobstore.model import BlobType, PutResult
-from blobstore.storage.journal import Journal, encode_record
+from blobstore.storage.filesystem.journal import Journal, encode_record
 
 log = logging.getLogger(__name__)
 

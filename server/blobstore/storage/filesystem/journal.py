@@ -16,7 +16,7 @@ A record:
     offset  size  field
     0       4     magic b"CAJ1"
     4       32    SHA-256 digest of the content (the blob's id)
-    36      20    the blob file header (server/blobstore/storage/blob_file.py): type, length, CRC
+    36      20    the blob file header (blob_file.py): type, length, CRC
     56      n     content
     56+n    4     CRC-32 of bytes 0..56+n, big-endian
 
@@ -35,8 +35,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from blobstore.model import BlobType
-from blobstore.storage.blob_file import HEADER_SIZE, CorruptHeader, decode_header, encode_header
-from blobstore.storage.os_calls import fsync_dir
+from blobstore.storage.filesystem.blob_file import (
+    HEADER_SIZE,
+    CorruptHeader,
+    decode_header,
+    encode_header,
+)
+from blobstore.storage.filesystem.os_calls import fsync_dir, write_all
 
 log = logging.getLogger(__name__)
 
@@ -139,13 +144,8 @@ class Journal:
             self._start_segment()
         fd = self._fd
         assert fd is not None
-        total = sum(len(part) for part in parts)
         try:
-            written = os.writev(fd, parts)
-            if written < total:  # rare: a signal, or the disk filled up mid-write
-                rest = memoryview(b"".join(parts))[written:]
-                while rest:
-                    rest = rest[os.write(fd, rest) :]
+            total = write_all(fd, parts)
             os.fdatasync(fd)
         except OSError:
             self._close_active()

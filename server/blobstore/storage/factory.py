@@ -1,0 +1,71 @@
+"""Builds the backend chain the server stores blobs in, from its configuration.
+
+Like bb-storage's new_blob_access.go: the one place that knows which backend
+a setting names and which decorators wrap it. Today the chain is
+
+    VerifyingBackend(FileSystemBackend(path))
+
+and the storage setting is a URL-ish string: `file://PATH` or a plain PATH.
+New backends (an object store) and decorators (caching, eviction, metrics)
+plug in here, each behind a scheme or a setting of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from blobstore.storage.base import BlobBackend
+from blobstore.storage.filesystem import JOURNAL_MAX_BLOB_BYTES, FileSystemBackend
+from blobstore.storage.verifying import VerifyingBackend
+
+FILE_SCHEME = "file://"
+
+
+class UnknownStorage(ValueError):
+    """The storage setting names no backend this server has."""
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """What the factory needs to know; the server's config fills it in."""
+
+    url: str
+    io_threads: int = 32
+    journal_max_blob_bytes: int = JOURNAL_MAX_BLOB_BYTES
+
+
+@dataclass(frozen=True)
+class Storage:
+    """An opened backend chain: `backend` serves requests; close() releases it all."""
+
+    backend: BlobBackend
+    description: str
+    close: Callable[[], None]
+
+
+def local_path(url: str) -> Path | None:
+    """The folder a `file://PATH` or plain-path setting names; None for other schemes."""
+    if url.startswith(FILE_SCHEME):
+        return Path(url[len(FILE_SCHEME) :])
+    if "://" in url:
+        return None
+    return Path(url)
+
+
+def open_storage(settings: StorageSettings) -> Storage:
+    """Builds and opens the chain; raises UnknownStorage, DataFolderLocked or OSError."""
+    path = local_path(settings.url)
+    if path is None or not str(path):
+        raise UnknownStorage(
+            f"storage {settings.url!r} is not supported: give file://PATH or a folder path"
+        )
+    folder = path.resolve()
+    backend = FileSystemBackend(
+        folder,
+        io_threads=settings.io_threads,
+        journal_max_blob_bytes=settings.journal_max_blob_bytes,
+    )
+    backend.open()
+    return Storage(VerifyingBackend(backend), str(folder), backend.close)

@@ -1,0 +1,194 @@
+"""A BlobBackend on a local file system, durable across crashes and power cuts.
+
+This module owns the life cycle (the folder lock, start-up clean-up and
+journal replay, the thread pool) and routes each call to the module that
+does the work:
+
+    layout.py        the data folder: sub-folders, blob paths, quarantine
+    blob_file.py     the on-disk format of a blob file (the one header decoder)
+    publish.py       temp file → fsync → link(2) → fsync folder: every put ends there
+    writer.py        streamed puts
+    read.py          get / get_stream / stat / find_missing
+    journal.py       the group-commit journal's segments and records
+    group_commit.py  the committer thread batching small puts
+    replay.py        journal replay at start-up
+    os_calls.py      system calls the os module lacks; the write loop; io_error
+    scrub.py         the offline check (`blobstore verify`)
+
+Small unary puts (up to `journal_max_blob_bytes`, on Linux) take a cheaper
+road to the same promise: group_commit.py makes a batch of them durable with
+one journal write and one fdatasync, then publishes each file without its
+own fsyncs; a checkpoint syncs those files later, and start-up replays
+whatever journal a crash left behind, before the first request is served.
+
+Content is checked against the id by VerifyingBackend, one layer up.
+Blocking work runs on a private thread pool; writes and fsyncs never run on
+the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from blobstore.errors import DataLoss
+from blobstore.ids import BlobId
+from blobstore.model import Blob, BlobInfo, BlobType, PutResult
+from blobstore.storage.base import NO_LIMIT, ReadLimit
+from blobstore.storage.filesystem.group_commit import GroupCommitter
+from blobstore.storage.filesystem.journal import SEGMENT_BYTES, Journal
+from blobstore.storage.filesystem.layout import FileSystemLayout
+from blobstore.storage.filesystem.os_calls import (
+    fsync_dir,
+    io_error,
+    sync_filesystem,
+    syncfs_available,
+    unlink_quietly,
+)
+from blobstore.storage.filesystem.publish import Publisher
+from blobstore.storage.filesystem.read import BlobReader, FileStream
+from blobstore.storage.filesystem.replay import replay
+from blobstore.storage.filesystem.writer import FileWriter
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+JOURNAL_MAX_BLOB_BYTES = 64 * 1024
+"""Largest unary put made durable through the group-commit journal (0: none)."""
+
+
+class DataFolderLocked(Exception):
+    """Another server process already owns the data folder."""
+
+
+class FileSystemBackend:
+    """BlobBackend over a local folder; see the module docstring for the guarantees."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        io_threads: int = 32,
+        journal_max_blob_bytes: int = JOURNAL_MAX_BLOB_BYTES,
+        journal_segment_bytes: int = SEGMENT_BYTES,
+    ) -> None:
+        self.layout = FileSystemLayout(root)
+        self._pool = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="blob-io")
+        self._journal_max_blob = journal_max_blob_bytes
+        self._journal_segment = journal_segment_bytes
+        self._committer: GroupCommitter | None = None
+        self._lock_fd: int | None = None
+        self._root_fd: int | None = None
+        self._reader = BlobReader(self.layout, self._pool)
+        self._publisher = Publisher(self.layout, self._reader)
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Takes ownership of the folder (creating it), and removes debris of earlier crashes."""
+        root = self.layout.root
+        if not root.is_dir():
+            root.mkdir(parents=True, exist_ok=True)
+            fsync_dir(root.parent)
+        fd = os.open(root / "LOCK", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise DataFolderLocked(
+                f"data folder {root} is in use by another blobstore server "
+                f"(it holds the lock on {root / 'LOCK'}); stop it or choose another --data-dir"
+            ) from None
+        self._lock_fd = fd
+        self._root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._publisher.open(self._root_fd)
+        # Only the lock holder touches the layout, so two servers starting at once cannot race.
+        self.layout.create()
+        removed = 0
+        for leftover in self.layout.tmp.iterdir():
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                unlink_quietly(leftover)
+            removed += 1
+        if removed:
+            log.info("removed %d unfinished temporary file(s) from %s", removed, self.layout.tmp)
+        journal = Journal(self.layout.journal, self._journal_segment)
+        replay(journal, self.layout, self._publisher, self._sync_all)
+        if self._journal_max_blob > 0 and syncfs_available():
+            self._committer = GroupCommitter(journal, self._file_blob, self._sync_all, io_error)
+            self._committer.start()
+
+    def close(self) -> None:
+        if self._committer is not None:
+            self._committer.stop()
+            self._committer = None
+        self._pool.shutdown(wait=True)
+        if self._root_fd is not None:
+            os.close(self._root_fd)
+            self._root_fd = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    async def _run(self, func: Callable[[], _T]) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, func)
+
+    def _sync_all(self) -> None:
+        """Makes every blob filed so far durable (one syncfs of the data folder's file system)."""
+        assert self._root_fd is not None
+        sync_filesystem(self._root_fd)
+
+    # -- writes -----------------------------------------------------------------------------
+
+    async def put(self, blob_id: BlobId, blob_type: BlobType, data: bytes) -> PutResult:
+        # Most often answered here, without a thread: the blob exists (its header is
+        # cached) or its file is missing. A broken copy is left to the pool's check,
+        # which quarantines it so that this put stores a sound one.
+        try:
+            existing = await self._reader.stat(blob_id)
+        except DataLoss:
+            check = True
+        else:
+            if existing is not None:
+                return PutResult(existing, created=False)
+            check = False  # a writer that gets there first is caught by link(2) in publish
+        if self._committer is not None and len(data) <= self._journal_max_blob:
+            return await self._committer.put(blob_id, blob_type, data)
+        publisher = self._publisher
+        return await self._run(lambda: publisher.store(blob_id, blob_type, data, check=check))
+
+    def _file_blob(self, blob_id: BlobId, blob_type: BlobType, data: bytes) -> PutResult:
+        """Publishes a blob whose journal record is durable: no fsync of its own."""
+        return self._publisher.store(blob_id, blob_type, data, check=False, durable=False)
+
+    async def open_writer(self) -> FileWriter:
+        fd, path = await self._run(self._publisher.create_temp)
+        return FileWriter(self._publisher, self._pool, fd, path)
+
+    # -- reads ------------------------------------------------------------------------------
+
+    async def get(self, blob_id: BlobId, limit: ReadLimit = NO_LIMIT) -> Blob:
+        return await self._reader.get(blob_id, limit)
+
+    async def get_stream(self, blob_id: BlobId, chunk_size: int) -> FileStream:
+        return await self._reader.get_stream(blob_id, chunk_size)
+
+    async def stat(self, blob_id: BlobId) -> BlobInfo | None:
+        return await self._reader.stat(blob_id)
+
+    async def find_missing(self, blob_ids: Sequence[BlobId]) -> list[BlobId]:
+        return await self._reader.find_missing(blob_ids)
+
+    async def quarantine(self, blob_id: BlobId, reason: str) -> None:
+        try:
+            await self._run(lambda: self.layout.quarantine(blob_id, reason))
+        except OSError as exc:
+            raise io_error(exc, "quarantine a corrupt blob") from None

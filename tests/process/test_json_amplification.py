@@ -1,0 +1,75 @@
+"""JSON amplification: texts of millions of tiny values are refused before they are parsed.
+
+30 MiB of `[[],[],...]` passes every size limit but is 10 million values, about 1 GiB
+once parsed and seconds of one C call holding the GIL. The server and the bridge count
+the values first (--max-json-values) and refuse such a text without parsing it; texts
+of many values under the cap are parsed in a worker process, away from the event loop.
+Real server and bridge processes; memory is measured on the server process.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import psutil
+import pytest
+
+from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
+from blobstore.api.blobstore.v1 import blobstore_pb2_grpc as pb_grpc
+from blobstore.client import CHANNEL_OPTIONS, BlobClient, decode_json
+from tests.bridge_processes import BridgeProcess, HttpRpc
+from tests.faults import status_of
+from tests.processes import ServerProcess
+from tests.rpc_helpers import MiB
+
+
+def _lists(count: int) -> bytes:
+    return b"[" + b"[]," * (count - 1) + b"[]]"
+
+
+def test_a_text_of_millions_of_values_is_refused_unparsed(
+    start_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    server = start_server("--max-json-values", "1000000")
+    process = psutil.Process(server.pid)
+    amplifying = _lists(10 * MiB)  # 30 MiB, 10 million arrays
+    with grpc.insecure_channel(server.target, options=CHANNEL_OPTIONS) as channel:
+        stub = pb_grpc.BlobServiceStub(channel)
+        before = process.memory_info().rss
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Put(pb.PutRequest(blob_type=pb.BLOB_TYPE_JSON, data=amplifying), timeout=120)
+        code, reason, message = status_of(refused.value)
+        assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "BLOB_TOO_LARGE")
+        assert "--max-json-values" in message
+        # Receiving 30 MiB costs a few copies of it (about 150 MiB of RSS, measured);
+        # parsing it would cost about 1 GiB.
+        assert process.memory_info().rss - before < 500 * MiB
+
+    # Many values under the cap: parsed in the worker process, stored, read back.
+    with BlobClient(server.target, timeout=120) as client:
+        stored = client.put_json_text(_lists(300_000))
+        assert decode_json(client.get(stored.info.blob_id).data) == [[]] * 300_000
+    assert process.children(), "the JSON worker process was not used"
+
+    bridge = BridgeProcess(
+        server.target, tmp_path / "bridge.log", "--max-json-values", "1000000"
+    ).start()
+    try:
+        rpc = HttpRpc(bridge.url)
+        body = b'{"jsonrpc":"2.0","id":1,"method":"blobs/put","params":{"data":'
+        error = rpc.call(body + amplifying + b"}}")["error"]
+        assert error["code"] == -32006 and error["data"]["limit_values"] == 1_000_000, error
+        # Under the cap: parsed by the bridge's worker process, stored with the same id.
+        result = rpc.call(body + _lists(300_000) + b"}}")["result"]
+        assert result["blob_id"] == stored.info.blob_id
+        nested = {"jsonrpc": "2.0", "id": 2, "method": "blobs/put", "params": [[{"a": 1}] * 60_000]}
+        assert "result" in rpc.call(json.dumps(nested).encode())
+        rpc.close()
+        assert psutil.Process(bridge.pid).children(), "the bridge's worker was not used"
+    finally:
+        bridge.kill()
+    assert "Traceback" not in bridge.log()
+    assert "Traceback" not in server.log()

@@ -1,0 +1,154 @@
+"""The store's rules over the in-memory backend (no processes, no disk): dedup, the first
+type wins, a bad copy is quarantined and never served, a streamed put stores nothing until
+it commits, and a read over the unary limit is refused before any content is returned."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+
+import pytest
+
+from blobstore.errors import BlobNotFound, DataLoss, DigestMismatch, Overloaded, UseStreaming
+from blobstore.ids import BlobId, blob_id_from_digest
+from blobstore.model import BlobType
+from blobstore.storage.memory import MemoryBackend
+from blobstore.storage.verifying import VerifyingBackend
+from blobstore.store import BlobStore, Limits
+
+
+def id_of(data: bytes) -> BlobId:
+    return blob_id_from_digest(hashlib.sha256(data).hexdigest())
+
+
+@pytest.fixture
+def memory() -> MemoryBackend:
+    return MemoryBackend()
+
+
+@pytest.fixture
+def store(memory: MemoryBackend) -> BlobStore:
+    return BlobStore(VerifyingBackend(memory), Limits(max_unary_bytes=1000))
+
+
+async def chunks_of(*parts: bytes) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
+
+
+async def test_the_same_content_is_stored_once(store: BlobStore, memory: MemoryBackend) -> None:
+    first = await store.put(BlobType.BINARY, b"hello")
+    again = await store.put(BlobType.BINARY, b"hello")
+
+    assert first.created and not again.created
+    assert first.info == again.info
+    assert await memory.find_missing([first.info.blob_id, id_of(b"other")]) == [id_of(b"other")]
+
+
+async def test_json_is_stored_canonical_and_the_same_value_dedups(store: BlobStore) -> None:
+    first = await store.put(BlobType.JSON, b'{"b": 1, "a": [1.0, 2]}')
+    again = await store.put(BlobType.JSON, b'{"a":[1,2],"b":1}')
+
+    assert not again.created and again.info.blob_id == first.info.blob_id
+    assert (await store.get(first.info.blob_id)).data == b'{"a":[1,2],"b":1}'
+
+
+async def test_the_first_type_wins(store: BlobStore) -> None:
+    json_first = await store.put(BlobType.JSON, b"[1]")
+    binary_later = await store.put(BlobType.BINARY, b"[1]")
+
+    assert not binary_later.created
+    assert binary_later.info.blob_type is BlobType.JSON
+    assert (await store.get(json_first.info.blob_id)).info.blob_type is BlobType.JSON
+
+
+async def test_a_copy_that_does_not_match_its_id_is_quarantined_and_never_served(
+    store: BlobStore, memory: MemoryBackend
+) -> None:
+    blob_id = (await store.put(BlobType.BINARY, b"precious")).info.blob_id
+    memory.corrupt(blob_id, b"precioUs")
+
+    with pytest.raises(DataLoss):
+        await store.get(blob_id)
+    assert memory.quarantined == [(blob_id, b"precioUs", "content does not match its SHA-256 id")]
+    with pytest.raises(BlobNotFound):
+        await store.get(blob_id)
+    # A put of the content stores a sound copy again.
+    assert (await store.put(BlobType.BINARY, b"precious")).created
+    assert (await store.get(blob_id)).data == b"precious"
+
+
+async def test_a_stream_of_a_bad_copy_never_hands_out_its_last_chunk(
+    store: BlobStore, memory: MemoryBackend
+) -> None:
+    blob_id = (await store.put(BlobType.BINARY, b"abcdefgh")).info.blob_id
+    memory.corrupt(blob_id, b"abcdefgX")
+    stream = await store.get_stream(blob_id, chunk_size=4)
+    received = []
+    with pytest.raises(DataLoss):
+        async for chunk in stream:
+            received.append(chunk)
+    await stream.aclose()
+
+    assert received == [b"abcd"]
+    assert [entry[0] for entry in memory.quarantined] == [blob_id]
+
+
+async def test_a_streamed_put_commits_what_was_sent(
+    store: BlobStore, memory: MemoryBackend
+) -> None:
+    result = await store.put_stream(BlobType.BINARY, chunks_of(b"ab", b"cd", b""), total_size=4)
+
+    assert result.created and result.info.blob_id == id_of(b"abcd")
+    assert (await store.get(result.info.blob_id)).data == b"abcd"
+    assert memory.open_writers == 0
+
+
+async def test_a_failed_streamed_put_stores_nothing(
+    store: BlobStore, memory: MemoryBackend
+) -> None:
+    with pytest.raises(DigestMismatch):
+        await store.put_stream(
+            BlobType.BINARY, chunks_of(b"ab", b"cd"), expected_id=id_of(b"something else")
+        )
+
+    assert await memory.stat(id_of(b"abcd")) is None
+    assert memory.open_writers == 0  # the writer was aborted
+
+
+async def test_a_stream_cut_off_by_its_sender_stores_nothing(
+    store: BlobStore, memory: MemoryBackend
+) -> None:
+    async def broken() -> AsyncIterator[bytes]:
+        yield b"partial"
+        raise ConnectionError("client went away")
+
+    with pytest.raises(ConnectionError):
+        await store.put_stream(BlobType.BINARY, broken())
+
+    assert await memory.stat(id_of(b"partial")) is None
+    assert memory.open_writers == 0
+
+
+async def test_a_read_over_the_unary_limit_is_refused_before_admission(
+    store: BlobStore,
+) -> None:
+    big = (await store.put(BlobType.BINARY, b"x" * 1001)).info.blob_id
+    small = (await store.put(BlobType.BINARY, b"x" * 1000)).info.blob_id
+    asked: list[int] = []
+
+    with pytest.raises(UseStreaming, match="1001 bytes, over the unary limit of 1000"):
+        await store.get(big, asked.append)
+    assert asked == []  # never reserved: it would not be read
+    assert (await store.get(small, asked.append)).data == b"x" * 1000
+    assert asked == [1000]
+
+    def refuse(size: int) -> None:
+        raise Overloaded(f"no room for {size} bytes")
+
+    with pytest.raises(Overloaded, match="1000 bytes"):
+        await store.get(small, refuse)
+    # A large blob is still readable as a stream.
+    stream = await store.get_stream(big, chunk_size=600)
+    assert b"".join([chunk async for chunk in stream]) == b"x" * 1001
+    await stream.aclose()
