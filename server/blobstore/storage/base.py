@@ -74,8 +74,10 @@ class BlobWriter(Protocol):
     async def commit(self, blob_id: BlobId, blob_type: BlobType) -> PutResult:
         """Publishes what was written under `blob_id`, durably and atomically.
 
-        If the id is already stored the written bytes are dropped and the
-        existing blob (with its first type) is reported with created=False.
+        If a copy that holds exactly the written bytes is already stored, they
+        are dropped and the existing blob (with its first type) is reported with
+        created=False; a stored copy that does not (so does not match its id) is
+        quarantined and the written bytes are published in its place.
         """
         ...
 
@@ -109,7 +111,9 @@ class BlobBackend(Protocol):
     """Durable storage of blobs by id. Reads are not verified at this level."""
 
     async def put(self, blob_id: BlobId, blob_type: BlobType, data: bytes) -> PutResult:
-        """Stores `data` under `blob_id` durably, unless that id is already stored."""
+        """Stores `data` under `blob_id` durably, unless a copy holding exactly `data` is
+        already stored (then created=False, with the first type). A put is never answered
+        from a copy that does not match: that one is quarantined and `data` stored."""
         ...
 
     async def open_writer(self) -> BlobWriter:

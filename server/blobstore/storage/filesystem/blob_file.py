@@ -12,6 +12,7 @@ The content is covered by the blob's id (its SHA-256); the header by its CRC,
 so a flipped bit anywhere in the file is detected on read. This module is the
 one decoder of that header: every reader (get, stat, replay, scrub, the
 journal) goes through decode_header, and the file readers through blob_info.
+same_content compares a stored copy with the content of a put of its id.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 from blobstore.errors import DataLoss
 from blobstore.ids import BlobId, hex_digest
 from blobstore.model import BlobInfo, BlobType
+from blobstore.storage.filesystem.os_calls import NotRegularFile, open_regular
 
 MAGIC = b"CAB1"
 HEADER_SIZE = 20
@@ -76,20 +78,17 @@ def blob_info(blob_id: BlobId, header: bytes, file_size: int) -> BlobInfo:
     return BlobInfo(blob_id, blob_type, size)
 
 
-def read_info(fd: int, blob_id: BlobId) -> BlobInfo:
-    """The metadata of an open blob file (blocking reads); DataLoss if it is broken."""
-    return blob_info(blob_id, os.pread(fd, HEADER_SIZE, 0), os.fstat(fd).st_size)
-
-
 def check_file(path: Path, blob_id: BlobId) -> str | None:
     """Returns what is wrong with the blob file at `path` (header, length, hash), or None."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd, stat = open_regular(path)
+    except NotRegularFile as exc:
+        return str(exc)
     except OSError as exc:
         return f"cannot open: {exc.strerror}"
     try:
         try:
-            decode_file_header(os.pread(fd, HEADER_SIZE, 0), os.fstat(fd).st_size)
+            decode_file_header(os.pread(fd, HEADER_SIZE, 0), stat.st_size)
         except CorruptHeader as exc:
             return str(exc)
         hasher = hashlib.sha256()
@@ -104,3 +103,33 @@ def check_file(path: Path, blob_id: BlobId) -> str | None:
         return f"cannot read: {exc.strerror}"
     finally:
         os.close(fd)
+
+
+def same_content(fd: int, size: int, content: bytes | int) -> bool:
+    """True if the blob file open as `fd`, of `size` content bytes (its header says so),
+    holds exactly `content`: bytes, or the content of another blob file open as a
+    descriptor (a streamed put's temp file, whose header may not be written yet)."""
+    if isinstance(content, bytes):
+        expected = memoryview(content)
+
+        def wanted(offset: int, length: int) -> bytes | memoryview:
+            return expected[offset : offset + length]
+
+        if len(content) != size:
+            return False
+    else:
+        other = content
+
+        def wanted(offset: int, length: int) -> bytes | memoryview:
+            return os.pread(other, length, HEADER_SIZE + offset)
+
+        # An empty temp file without its header is 0 bytes long, not HEADER_SIZE.
+        if max(os.fstat(other).st_size, HEADER_SIZE) != HEADER_SIZE + size:
+            return False
+    offset = 0
+    while offset < size:
+        length = min(_CHECK_CHUNK, size - offset)
+        if os.pread(fd, length, HEADER_SIZE + offset) != wanted(offset, length):
+            return False
+        offset += length
+    return True
