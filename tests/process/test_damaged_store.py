@@ -309,6 +309,13 @@ def test_deleted_tmp_and_shard_folders_are_made_again(running: Stack, direct: Bl
         assert direct.put_json(document).created
         assert (data_dir / "tmp").is_dir()
     assert temp_files(data_dir) == []
+    # quarantine/ too: the next bad copy found makes it again and goes there.
+    shutil.rmtree(data_dir / "quarantine")
+    blob_id = sha256_id(contents[0])
+    _flip_last_byte(blob_path(data_dir, blob_id))
+    with pytest.raises(DataLoss):
+        direct.get(blob_id)
+    assert len(_quarantined(data_dir, blob_id)) == 1
 
 
 def test_folders_replaced_by_plain_files_are_moved_aside_and_made_again(

@@ -136,7 +136,11 @@ class Journal:
 
     def open(self) -> None:
         """Creates the folder if needed; the first append starts a new segment."""
-        if not self.directory.is_dir():
+        if self.directory.is_dir():
+            pass
+        elif self._layout is not None:  # also moves a plain file in its place aside
+            self._layout.make_folder(self.directory, quietly=True)
+        else:
             self.directory.mkdir()
             fsync_dir(self.directory.parent)
         existing = self.segments()
