@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from blobstore.ids import BlobId
-from blobstore.model import Blob, BlobInfo, BlobType, PutResult
+from blobstore.model import NO_META, Blob, BlobInfo, BlobMeta, BlobType, PutResult
 from blobstore.storage.base import NO_LIMIT, ReadLimit
 from blobstore.storage.filesystem.group_commit import GroupCommitter
 from blobstore.storage.filesystem.journal import SEGMENT_BYTES, Journal
@@ -147,7 +147,9 @@ class FileSystemBackend:
 
     # -- writes -----------------------------------------------------------------------------
 
-    async def put(self, blob_id: BlobId, blob_type: BlobType, data: bytes) -> PutResult:
+    async def put(
+        self, blob_id: BlobId, blob_type: BlobType, data: bytes, meta: BlobMeta = NO_META
+    ) -> PutResult:
         # A re-put is answered only from a stored copy that holds exactly `data` (which
         # hashes to the id): most often found right here, without a thread (remembered,
         # or small and cached), or its file is missing. Any other copy is compared on
@@ -158,13 +160,17 @@ class FileSystemBackend:
             return PutResult(found, created=False)
         absent = found is Copy.ABSENT  # a writer that gets there first meets link(2)
         if absent and self._committer is not None and len(data) <= self._journal_max_blob:
-            return await self._committer.put(blob_id, blob_type, data)
+            return await self._committer.put(blob_id, blob_type, data, meta)
         publisher = self._publisher
-        return await self._run(lambda: publisher.store(blob_id, blob_type, data, check=not absent))
+        return await self._run(
+            lambda: publisher.store(blob_id, blob_type, data, meta, check=not absent)
+        )
 
-    def _file_blob(self, blob_id: BlobId, blob_type: BlobType, data: bytes) -> PutResult:
+    def _file_blob(
+        self, blob_id: BlobId, blob_type: BlobType, data: bytes, meta: BlobMeta
+    ) -> PutResult:
         """Publishes a blob whose journal record is durable: no fsync of its own."""
-        return self._publisher.store(blob_id, blob_type, data, check=False, durable=False)
+        return self._publisher.store(blob_id, blob_type, data, meta, check=False, durable=False)
 
     async def open_writer(self) -> FileWriter:
         fd, path = await self._run(self._publisher.create_temp)
