@@ -203,8 +203,9 @@ class GroupCommitter:
             self._make_durable()
             self._journal.retire(segment)
         except OSError as exc:
-            # The segment stays; the next start replays it, which is only slower.
-            log.error("checkpoint of journal segment %s failed: %s", segment, exc)
+            # The segment stays; the next start replays it, which is only slower. Logged
+            # (with its errno) by the translation; nobody waits for the error itself.
+            self._translate(exc, "checkpoint a journal segment (kept, replayed at the next start)")
 
 
 def _settle(settled: list[tuple[_Put, PutResult | Exception]]) -> None:
