@@ -19,7 +19,7 @@ from blobstore.proto_names import SERVICE_NAME
 from blobstore.service.admission import Admission
 from blobstore.service.config import ServerConfig
 from blobstore.service.hardening import connection_cap, raise_open_file_limit, warn_if_exposed
-from blobstore.service.malloc_tuning import MallocTuning, tune_malloc
+from blobstore.service.malloc_tuning import MallocTrimmer, MallocTuning, tune_malloc
 from blobstore.storage.factory import open_storage
 from blobstore.store import BlobStore
 
@@ -59,7 +59,11 @@ async def _serve_store(
 ) -> None:
     # Streamed chunks (up to MAX_CHUNK) must fit whatever the unary limit is.
     message_limit = max(config.max_unary_bytes, MAX_CHUNK) + _MESSAGE_OVERHEAD
-    guard = Guard(Admission(config.admission), stream_idle=config.stream_idle_seconds)
+    guard = Guard(
+        Admission(config.admission),
+        stream_idle=config.stream_idle_seconds,
+        on_release=MallocTrimmer().released,
+    )
     max_connections = connection_cap(config.max_connections, raise_open_file_limit())
     server = grpc.aio.server(
         interceptors=[guard],
