@@ -135,6 +135,13 @@ class BlobStore:
         self._check_size(BlobType.JSON, len(content))
         return await self._put_content(BlobType.JSON, content, expected_id)
 
+    async def put_canonical_json(
+        self, content: bytes, expected_id: BlobId | None = None
+    ) -> PutResult:
+        """Stores JSON text that is already canonical (made by canonicalize_value)."""
+        self._check_size(BlobType.JSON, len(content))
+        return await self._put_content(BlobType.JSON, content, expected_id)
+
     async def _put_content(
         self, blob_type: BlobType, content: bytes, expected_id: BlobId | None
     ) -> PutResult:

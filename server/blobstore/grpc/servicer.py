@@ -17,16 +17,14 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import json_format, struct_pb2
 
 from blobstore import errors
 from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
 from blobstore.api.blobstore.v1 import blobstore_pb2_grpc as pb_grpc
-from blobstore.grpc import wire
+from blobstore.grpc import json_value, wire
 from blobstore.ids import BlobId, parse_blob_id
 from blobstore.limits import clamp_chunk_size
-from blobstore.model import Blob, BlobInfo, BlobType
-from blobstore.offload import offload
+from blobstore.model import BlobInfo, BlobType
 from blobstore.proto_names import BLOB_TYPE_FROM_PB, BLOB_TYPE_TO_PB, SERVICE_NAME
 from blobstore.status import to_status
 from blobstore.store import BlobStore
@@ -128,9 +126,9 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
         if content == "json":
             if request.blob_type not in (pb.BLOB_TYPE_UNSPECIFIED, pb.BLOB_TYPE_JSON):
                 raise errors.InvalidArgument("a `json` value can only be stored as BLOB_TYPE_JSON")
-            size = request.json.ByteSize()
-            value = await offload(size, _value_to_python, request.json)
-            result = await self._store.put_json_value(value, expected, size_hint=size)
+            limit = self._store.limits.max_json_values
+            canonical = await json_value.canonical_json_of(request.json, limit)
+            result = await self._store.put_canonical_json(canonical, expected)
         else:
             blob_type = _blob_type(request.blob_type, default=BlobType.BINARY)
             result = await self._store.put(blob_type, request.data, expected)
@@ -152,7 +150,7 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
         blob = await self._store.get(_required_id(request.id), reserve)
         info = blob.info
         if request.as_json_value and info.blob_type is BlobType.JSON:
-            value = await offload(len(blob.data), _python_to_value, blob)
+            value = await json_value.value_of(blob)
             return pb.GetResponse(
                 id=info.blob_id, blob_type=_TO_PB[info.blob_type], size=info.size, json=value
             )
@@ -246,27 +244,6 @@ async def _chunks(
         if next_message is None:
             return
         message = next_message
-
-
-def _value_to_python(value: struct_pb2.Value) -> object:
-    if value.WhichOneof("kind") is None:
-        raise errors.InvalidJson("json: the Value has no kind set (JSON null is null_value)")
-    try:
-        return json_format.MessageToDict(value)
-    except ValueError as exc:  # NaN or Infinity in a number_value
-        raise errors.InvalidJson(f"json: {exc}") from None
-
-
-def _python_to_value(blob: Blob) -> struct_pb2.Value:
-    value = struct_pb2.Value()
-    try:
-        json_format.Parse(blob.data, value)
-    except json_format.ParseError as exc:
-        raise errors.InvalidArgument(
-            f"blob {blob.info.blob_id} cannot be returned as a protobuf Value ({exc}); "
-            "read it without as_json_value"
-        ) from None
-    return value
 
 
 def _info(info: BlobInfo) -> pb.BlobInfo:
