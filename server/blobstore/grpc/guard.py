@@ -386,5 +386,11 @@ async def _resize(context: _Context, ticket: Ticket, nbytes: int) -> None:
 
 async def _abort(context: _Context, error: errors.BlobStoreError) -> NoReturn:
     code, message, trailers = to_status(error)
-    await context.abort(code, message, trailers)
+    try:
+        await context.abort(code, message, trailers)
+    except ExecuteBatchError:
+        # The status could not be sent: the client cancelled or its connection is gone
+        # (at shutdown, gRPC cancels every call left). Ended like a cancelled call, so
+        # grpc does not log the failed send as an error with its traceback.
+        raise asyncio.CancelledError from None
     raise AssertionError("unreachable: abort raises")
