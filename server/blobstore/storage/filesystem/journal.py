@@ -16,9 +16,12 @@ A record:
     offset  size  field
     0       4     magic b"CAJ1"
     4       32    SHA-256 digest of the content (the blob's id)
-    36      20    the blob file header (blob_file.py): type, length, CRC
+    36      20    the blob file header (blob_file.py): type, lengths, CRC
     56      n     content
-    56+n    4     CRC-32 of bytes 0..56+n, big-endian
+    56+n    m     the metadata block (blob_file.py; m from the header, often 0)
+    56+n+m  4     CRC-32 of bytes 0..56+n+m, big-endian
+
+Bytes 36..56+n+m are the blob file itself, as blob_file.py writes it.
 
 A record that is cut short or fails its CRC ends the segment: at the tail
 that is a batch whose write the crash interrupted (never acknowledged).
@@ -33,15 +36,21 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from blobstore.model import BlobType
+from blobstore.model import NO_META, BlobMeta, BlobType
 from blobstore.storage.filesystem.blob_file import (
     HEADER_SIZE,
     CorruptHeader,
     decode_header,
+    decode_meta,
     encode_header,
+    encode_meta,
 )
 from blobstore.storage.filesystem.os_calls import fsync_dir, write_all
+
+if TYPE_CHECKING:
+    from blobstore.storage.filesystem.layout import FileSystemLayout
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +66,17 @@ class JournalRecord:
     digest: bytes
     blob_type: BlobType
     data: bytes
+    meta: BlobMeta = NO_META
 
 
-def encode_record(digest: bytes, blob_type: BlobType, data: bytes) -> list[bytes]:
+def encode_record(
+    digest: bytes, blob_type: BlobType, data: bytes, meta: BlobMeta = NO_META
+) -> list[bytes]:
     """The record as parts for one writev: the content is not copied."""
-    head = MAGIC + digest + encode_header(blob_type, len(data))
-    crc = zlib.crc32(data, zlib.crc32(head))
-    return [head, data, _CRC.pack(crc)]
+    meta_block = encode_meta(meta)
+    head = MAGIC + digest + encode_header(blob_type, len(data), meta_block)
+    crc = zlib.crc32(meta_block, zlib.crc32(data, zlib.crc32(head)))
+    return [head, data, meta_block + _CRC.pack(crc)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,17 +99,23 @@ def read_segment(path: Path) -> SegmentContents:
         if data[offset : offset + 4] != MAGIC:
             break
         try:
-            blob_type, size = decode_header(data[offset + 36 : offset + _PREFIX])
+            header = decode_header(data[offset + 36 : offset + _PREFIX])
         except CorruptHeader:
             break
-        end = offset + _PREFIX + size
+        content_end = offset + _PREFIX + header.size
+        end = content_end + header.meta_size
         if end + _CRC.size > len(data):
             break
         (crc,) = _CRC.unpack_from(data, end)
         if zlib.crc32(data[offset:end]) != crc:
             break
+        try:
+            meta = decode_meta(data[content_end:end])
+        except CorruptHeader:
+            break
+        content = data[offset + _PREFIX : content_end]
         records.append(
-            JournalRecord(data[offset + 4 : offset + 36], blob_type, data[offset + _PREFIX : end])
+            JournalRecord(data[offset + 4 : offset + 36], header.blob_type, content, meta)
         )
         offset = end + _CRC.size
     return SegmentContents(records, offset, len(data))
@@ -108,8 +127,15 @@ class Journal:
     Not thread-safe: one committer thread appends, and it alone rotates.
     """
 
-    def __init__(self, directory: Path, segment_bytes: int = SEGMENT_BYTES) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        segment_bytes: int = SEGMENT_BYTES,
+        layout: FileSystemLayout | None = None,
+    ) -> None:
+        """`layout`, if given, makes the folder again if it is deleted while appending."""
         self.directory = directory
+        self._layout = layout
         self.segment_bytes = segment_bytes
         self._fd: int | None = None
         self._path: Path | None = None
@@ -125,7 +151,11 @@ class Journal:
 
     def open(self) -> None:
         """Creates the folder if needed; the first append starts a new segment."""
-        if not self.directory.is_dir():
+        if self.directory.is_dir():
+            pass
+        elif self._layout is not None:  # also moves a plain file in its place aside
+            self._layout.make_folder(self.directory, quietly=True)
+        else:
             self.directory.mkdir()
             fsync_dir(self.directory.parent)
         existing = self.segments()
@@ -172,7 +202,11 @@ class Journal:
     def _start_segment(self) -> None:
         path = self.directory / f"{self._next_seq:016d}.log"
         self._next_seq += 1
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
+        if self._layout is None:
+            fd = os.open(path, flags, 0o644)
+        else:
+            fd = self._layout.in_folder(self.directory, lambda: os.open(path, flags, 0o644))
         try:
             fsync_dir(self.directory)  # fdatasync of the file does not cover its name
         except OSError:
