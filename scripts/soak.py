@@ -22,8 +22,11 @@ saw no forbidden outcome (CANCELLED in a burst, a Traceback-worthy error...), ea
 normal operation's p99 stays under 10x its quiet value, and the server's peak RSS stays
 under its byte budget (--max-inflight-bytes, 512 MiB) plus HOSTILE_RSS_CONSTANT_MIB.
 Normal clients then retry OVERLOADED (the bursts fill the server's call cap on purpose).
+The report counts those retries by operation and cause (status, and the limit the
+server named) and times the probe's FindMissing and Stat apart, so that a latency tail
+made of backoff pauses, or of one method's queue, shows where it comes from.
 
-Why one script of ~570 lines: the workload, the byte-exact checks and the report
+Why one script of ~640 lines: the workload, the byte-exact checks and the report
 share one run's state; the attackers live in soak_hostile.py.
 
 Exit status: 0 if there were no errors and memory was flat, 1 otherwise.

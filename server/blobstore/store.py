@@ -177,10 +177,22 @@ class BlobStore:
         `size_hint`, roughly the size of the value's encoding, decides whether
         canonicalising it is worth a thread.
         """
-        if not blob_type.is_json:
-            raise InvalidArgument(f"a JSON value cannot be stored as a {blob_type.value} blob")
-        meta = check_meta(meta)
+        _check_json_type(blob_type)
         content = await offload(size_hint, canonicalize_value, value)
+        return await self.put_canonical_json(content, expected_id, blob_type=blob_type, meta=meta)
+
+    async def put_canonical_json(
+        self,
+        content: bytes,
+        expected_id: BlobId | None = None,
+        *,
+        blob_type: BlobType = BlobType.JSON,
+        meta: BlobMeta = NO_META,
+    ) -> PutResult:
+        """Stores JSON text that is already canonical (made by canonicalize_value) as a
+        Json or Flow blob."""
+        _check_json_type(blob_type)
+        meta = check_meta(meta)
         self._check_size(blob_type, len(content))
         return await self._put_content(blob_type, content, expected_id, meta)
 
@@ -333,3 +345,8 @@ def _check_total(size: int, total_size: int | None, *, final: bool) -> None:
             f"stream carried {size} bytes{'' if final else ' so far'}, "
             f"but its first message declared total_size={total_size}"
         )
+
+
+def _check_json_type(blob_type: BlobType) -> None:
+    if not blob_type.is_json:
+        raise InvalidArgument(f"a JSON value cannot be stored as a {blob_type.value} blob")

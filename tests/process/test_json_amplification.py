@@ -9,17 +9,23 @@ Real server and bridge processes; memory is measured on the server process.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import psutil
 import pytest
+from google.protobuf import struct_pb2
 
 from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
 from blobstore.api.blobstore.v1 import blobstore_pb2_grpc as pb_grpc
+from blobstore.canonical_json import canonicalize_value
 from blobstore.client import CHANNEL_OPTIONS, BlobClient, decode_json
+from blobstore.proto_names import SERVICE_NAME
 from tests.bridge_processes import BridgeProcess, HttpRpc
 from tests.faults import status_of
 from tests.processes import ServerProcess
@@ -100,3 +106,67 @@ def test_the_json_workers_end_when_their_server_and_bridge_are_killed(
         server.kill()
     _, alive = psutil.wait_procs(workers, timeout=10)
     assert alive == [], [(p.pid, p.cmdline()) for p in alive]
+
+
+async def test_a_large_json_value_put_does_not_stall_other_calls(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    """A Put of a protobuf Value of a million numbers, beside a loop of Stat calls.
+
+    Converting such a Value to Python objects and canonical JSON held the event loop
+    (and so every other call) for seconds; it is now done in the worker process.
+    The bound is generous (1 s, the target is ~0.1 s) for a busy machine.
+    """
+    server = start_server()
+    count = 1_000_000
+    numbers = struct_pb2.ListValue()
+    for n in range(count):
+        numbers.values.add().number_value = n
+    # Serialized here, so that the client's event loop is not the one that stalls.
+    request = pb.PutRequest(json=struct_pb2.Value(list_value=numbers)).SerializeToString()
+    canonical = canonicalize_value([float(n) for n in range(count)])
+    expected = "sha256:" + hashlib.sha256(canonical).hexdigest()
+    own_pool = [*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
+    async with (
+        grpc.aio.insecure_channel(server.target, options=own_pool) as put_channel,
+        grpc.aio.insecure_channel(server.target, options=own_pool) as probe_channel,
+    ):
+        put = put_channel.unary_unary(
+            f"/{SERVICE_NAME}/Put",
+            request_serializer=None,  # the request is bytes already
+            response_deserializer=pb.PutResponse.FromString,
+        )
+        probe = pb_grpc.BlobServiceStub(probe_channel)
+        await probe.Stat(pb.StatRequest(id=expected), timeout=30)  # connected
+        call = asyncio.ensure_future(put(request, timeout=300))
+        slowest, probes = 0.0, 0
+        while not call.done():
+            started = time.perf_counter()
+            await probe.Stat(pb.StatRequest(id=expected), timeout=30)
+            slowest = max(slowest, time.perf_counter() - started)
+            probes += 1
+            await asyncio.sleep(0.01)
+        reply = await call
+    assert reply.id == expected
+    assert probes >= 5, "the put was too quick to tell"
+    assert slowest < 1.0, f"a Stat waited {slowest:.2f} s beside the put"
+
+
+def test_a_json_value_of_too_many_values_is_refused(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    """--max-json-values holds for protobuf Values too, counted before any conversion."""
+    server = start_server("--max-json-values", "100000")
+    numbers = struct_pb2.ListValue()
+    for n in range(150_000):
+        numbers.values.add().number_value = n
+    with grpc.insecure_channel(server.target, options=CHANNEL_OPTIONS) as channel:
+        stub = pb_grpc.BlobServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Put(pb.PutRequest(json=struct_pb2.Value(list_value=numbers)), timeout=120)
+        code, reason, message = status_of(refused.value)
+        assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "BLOB_TOO_LARGE")
+        assert "--max-json-values" in message
+        del numbers.values[50_000:]  # under the cap: stored
+        stub.Put(pb.PutRequest(json=struct_pb2.Value(list_value=numbers)), timeout=120)
+    assert "Traceback" not in server.log()

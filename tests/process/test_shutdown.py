@@ -12,6 +12,7 @@ status the server sent (grpc/grpc#36066), which would hide what this test checks
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
@@ -127,3 +128,37 @@ def test_sigterm_under_load_loses_no_acknowledged_put(
             assert client.get(blob_id).data == data
     for path in stored_files(server.data_dir):
         check_blob_file(path)
+
+
+def test_streams_refused_while_draining_end_without_a_traceback(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    """PutStreams opened during the grace period that stop half way, then the stop.
+
+    Refused while the server drains, each is read to its end before its refusal (see
+    guard._drain) - but these never end, so gRPC cancels them when it stops, and its
+    stop() could return before their tasks had ended: the loop then closed on them and
+    grpc logged a CancelledError traceback for each (_schedule_rpc_coro). The server
+    now lets such tasks end before its loop closes.
+    """
+    server = start_server("--grace-seconds", "2")
+    channels = [grpc.insecure_channel(server.target, options=CHANNEL_OPTIONS) for _ in range(4)]
+    stubs = [pb_grpc.BlobServiceStub(c) for c in channels]
+    try:
+        held = HeldPutSync(stubs[0], os.urandom(200_000))  # keeps the grace period going
+        wait_until(lambda: len(temp_files(server.data_dir)) == 1, 30, "the held put")
+        server.signal(signal.SIGTERM)
+        wait_until(lambda: "stopping" in server.log(), 30, "the server to start stopping")
+        stalled = [HeldPutSync(stubs[n % 4], os.urandom(100_000 + n)) for n in range(40)]
+        exit_code = server.wait(60)
+        for call in [held, *stalled]:
+            with contextlib.suppress(grpc.RpcError):
+                call.future.result(30)
+            call._release.set()
+    finally:
+        for channel in channels:
+            channel.close()
+    assert exit_code == 0, server.log()
+    assert "Traceback" not in server.log()
+    assert "still running at the stop" not in server.log()
+    assert temp_files(server.data_dir) == []

@@ -42,6 +42,9 @@ from typing import Any, NoReturn
 
 import grpc
 
+# What a failed write raises; grpc exports no public name for it (nor stubs for its module).
+from grpc._cython.cygrpc import ExecuteBatchError  # type: ignore[import-not-found]
+
 from blobstore import errors
 from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
 from blobstore.limits import DEFAULT_CHUNK, clamp_chunk_size
@@ -77,9 +80,16 @@ class Malformed:
 class Guard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Wraps each BlobService call's handler; see the module docstring."""
 
-    def __init__(self, admission: Admission, stream_idle: float = 60.0) -> None:
+    def __init__(
+        self,
+        admission: Admission,
+        stream_idle: float = 60.0,
+        on_release: Callable[[int], None] | None = None,
+    ) -> None:
+        """`on_release(nbytes)` is told, as each call ends, the bytes it held (malloc trim)."""
         self.admission = admission
         self.stream_idle = stream_idle
+        self.on_release = on_release
         self._methods: dict[str, _Method] = {}
         self._closing: errors.Unavailable | None = None
         self._cut_off: errors.Unavailable | None = None
@@ -147,7 +157,7 @@ class _Method:
         if inner.request_streaming:
             self.initial, slot = STREAM_ALLOWANCE, "stream_unary"
             self._behavior = functools.partial(_stream_unary, guard, inner.stream_unary)
-        elif inner.response_streaming:
+        elif inner.response_streaming:  # our behaviour writes its replies (see _unary_stream)
             self.initial, slot = DEFAULT_CHUNK, "unary_stream"
             self._behavior = functools.partial(_unary_stream, guard, inner.unary_stream)
         else:
@@ -189,7 +199,14 @@ async def _unary_unary(
 
 async def _unary_stream(
     guard: Guard, inner: Any, ticket: Ticket, request: Any, context: _Context
-) -> AsyncIterator[Any]:
+) -> None:
+    """Writes the replies itself (grpc's reader-writer API) rather than yielding them.
+
+    When a reader cancels, the write under way fails. Yielded replies are written by
+    grpc, which logs that failure as an error with its traceback unless it has already
+    seen the cancellation (a race: about one unread GetStream in a hundred); written
+    here, the failure ends the call as grpc ends a cancelled one, quietly.
+    """
     task = _enter(guard)
     try:
         if type(request) is Malformed:
@@ -199,19 +216,27 @@ async def _unary_stream(
         loop = asyncio.get_running_loop()
         async with contextlib.aclosing(inner(request, context)) as replies:
             async for reply in replies:
-                # The yield returns once gRPC takes the message; a reader that stops
+                # The write returns once gRPC takes the message; a reader that stops
                 # reading stops that, and the stream is cancelled after stream_idle s.
                 idle = loop.call_later(guard.stream_idle, _cancel_idle, task)
                 try:
-                    yield reply
+                    await context.write(reply)
+                except ExecuteBatchError:
+                    raise _ReaderGone from None
                 finally:
                     idle.cancel()
+    except _ReaderGone:
+        raise asyncio.CancelledError from None
     except asyncio.CancelledError:
         if (error := _cut_off(guard, task)) is None:
             raise
         await _abort(context, error)
     finally:
         _leave(guard, task, ticket)
+
+
+class _ReaderGone(Exception):
+    """A GetStream's write failed: its reader cancelled or its connection is gone."""
 
 
 async def _stream_unary(
@@ -244,7 +269,10 @@ def _enter(guard: Guard) -> asyncio.Task[Any] | None:
 
 def _leave(guard: Guard, task: asyncio.Task[Any] | None, ticket: Ticket) -> None:
     guard._tasks.discard(task)
+    held = ticket.held
     ticket.release()
+    if guard.on_release is not None:
+        guard.on_release(held)
 
 
 def _cut_off(guard: Guard, task: asyncio.Task[Any] | None) -> errors.Unavailable | None:
@@ -358,5 +386,11 @@ async def _resize(context: _Context, ticket: Ticket, nbytes: int) -> None:
 
 async def _abort(context: _Context, error: errors.BlobStoreError) -> NoReturn:
     code, message, trailers = to_status(error)
-    await context.abort(code, message, trailers)
+    try:
+        await context.abort(code, message, trailers)
+    except ExecuteBatchError:
+        # The status could not be sent: the client cancelled or its connection is gone
+        # (at shutdown, gRPC cancels every call left). Ended like a cancelled call, so
+        # grpc does not log the failed send as an error with its traceback.
+        raise asyncio.CancelledError from None
     raise AssertionError("unreachable: abort raises")

@@ -17,16 +17,14 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import json_format, struct_pb2
 
 from blobstore import errors
 from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
 from blobstore.api.blobstore.v1 import blobstore_pb2_grpc as pb_grpc
-from blobstore.grpc import wire
+from blobstore.grpc import json_value, wire
 from blobstore.ids import BlobId, parse_blob_id
 from blobstore.limits import clamp_chunk_size
-from blobstore.model import Blob, BlobInfo, BlobType, PutResult
-from blobstore.offload import offload
+from blobstore.model import BlobInfo, BlobType, PutResult
 from blobstore.proto_names import (
     BLOB_TYPE_FROM_PB,
     BLOB_TYPE_TO_PB,
@@ -138,10 +136,10 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
                 raise errors.InvalidArgument(
                     "a `json` value can only be stored as BLOB_TYPE_JSON or BLOB_TYPE_FLOW"
                 )
-            size = request.json.ByteSize()
-            value = await offload(size, _value_to_python, request.json)
-            result = await self._store.put_json_value(
-                value, expected, size_hint=size, blob_type=blob_type, meta=meta
+            limit = self._store.limits.max_json_values
+            canonical = await json_value.canonical_json_of(request.json, limit)
+            result = await self._store.put_canonical_json(
+                canonical, expected, blob_type=blob_type, meta=meta
             )
         else:
             blob_type = _blob_type(request.blob_type, default=BlobType.BINARY)
@@ -160,7 +158,7 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
         info = blob.info
         fields = meta_to_pb(info.meta)
         if request.as_json_value and info.blob_type.is_json:
-            value = await offload(len(blob.data), _python_to_value, blob)
+            value = await json_value.value_of(blob)
             return pb.GetResponse(
                 id=info.blob_id,
                 blob_type=_TO_PB[info.blob_type],
@@ -266,27 +264,6 @@ async def _chunks(
         if next_message is None:
             return
         message = next_message
-
-
-def _value_to_python(value: struct_pb2.Value) -> object:
-    if value.WhichOneof("kind") is None:
-        raise errors.InvalidJson("json: the Value has no kind set (JSON null is null_value)")
-    try:
-        return json_format.MessageToDict(value)
-    except ValueError as exc:  # NaN or Infinity in a number_value
-        raise errors.InvalidJson(f"json: {exc}") from None
-
-
-def _python_to_value(blob: Blob) -> struct_pb2.Value:
-    value = struct_pb2.Value()
-    try:
-        json_format.Parse(blob.data, value)
-    except json_format.ParseError as exc:
-        raise errors.InvalidArgument(
-            f"blob {blob.info.blob_id} cannot be returned as a protobuf Value ({exc}); "
-            "read it without as_json_value"
-        ) from None
-    return value
 
 
 def _info(info: BlobInfo) -> pb.BlobInfo:
