@@ -1,8 +1,9 @@
-"""The gate in front of BlobService: admission control, unparseable messages, draining.
+"""The gate in front of the blob services: admission control, unparseable messages, draining.
 
-A gRPC server interceptor, so every BlobService call passes one place before
-the servicer sees it (health and reflection are not gated: operators must be
-able to probe a busy server). It
+A gRPC server interceptor, so every call of blobstore.v1.BlobService and of
+stepflow.v1.BlobService (the same store) passes one place before the servicer
+sees it (health and reflection are not gated: operators must be able to probe a
+busy server). It
 
 * admits or refuses each call with server/blobstore/service/admission.py. The call is counted
   when it arrives, before its request is read, so a refused call costs no
@@ -44,13 +45,18 @@ import grpc
 
 from blobstore import errors
 from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
+from blobstore.api.stepflow.v1 import blobs_pb2 as stepflow_pb
 from blobstore.limits import DEFAULT_CHUNK, clamp_chunk_size
-from blobstore.proto_names import SERVICE, SERVICE_NAME
+from blobstore.proto_names import SERVICE
 from blobstore.service.admission import Admission, Ticket
 from blobstore.status import to_status
 
 log = logging.getLogger(__name__)
-_PREFIX = f"/{SERVICE_NAME}/"
+# The gated services, by the "/package.Service/" prefix of their method paths.
+_SERVICES = {
+    f"/{service.full_name}/": service
+    for service in (SERVICE, stepflow_pb.DESCRIPTOR.services_by_name["BlobService"])
+}
 # Reserved for each PutStream for its chunk in flight: what our client sends. Larger
 # chunks grow the reservation, which may be refused mid-stream when the budget is spent.
 STREAM_ALLOWANCE = 1024 * 1024 + 1024
@@ -60,7 +66,7 @@ DRAIN_LIMIT = 64 * 1024 * 1024
 # stream measured with 1 MiB chunks (120 unread streams, one channel); rounded up.
 GET_STREAM_BUFFERED_CHUNKS = 4
 # Methods whose handler takes a third argument, `reserve(nbytes)`, to size its reply.
-_RESERVING = frozenset({"Get"})
+_RESERVING = frozenset({"Get", "GetBlob"})
 _Handler = Any  # grpc's RpcMethodHandler named tuple; grpc-stubs does not type its fields
 _Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -75,7 +81,7 @@ class Malformed:
 
 
 class Guard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Wraps each BlobService call's handler; see the module docstring."""
+    """Wraps each blob service call's handler; see the module docstring."""
 
     def __init__(self, admission: Admission, stream_idle: float = 60.0) -> None:
         self.admission = admission
@@ -116,9 +122,11 @@ class Guard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         name: str = handler_call_details.method
         method = self._methods.get(name)
         if method is None or method.inner is not handler:
-            if handler is None or not name.startswith(_PREFIX):
+            prefix, _, method_name = name.rpartition("/")
+            service = _SERVICES.get(prefix + "/")
+            if handler is None or service is None:
                 return handler
-            method = self._methods[name] = _Method(self, name.removeprefix(_PREFIX), handler)
+            method = self._methods[name] = _Method(self, service, method_name, handler)
         drain = self.stream_idle if method.inner.request_streaming else None
         if self._closing is not None:
             return _refusal(self._closing, drain)
@@ -130,14 +138,14 @@ class Guard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
 
 class _Method:
-    """One BlobService method as the guard runs it; built once, bound to a ticket per call."""
+    """One blob service method as the guard runs it; built once, bound to a ticket per call."""
 
     __slots__ = ("_behavior", "_fields", "_handler_type", "_slot", "initial", "inner")
 
-    def __init__(self, guard: Guard, name: str, inner: _Handler) -> None:
+    def __init__(self, guard: Guard, service: Any, name: str, inner: _Handler) -> None:
         self.inner = inner
         self._handler_type = type(inner)
-        type_name = SERVICE.methods_by_name[name].input_type.full_name
+        type_name = service.methods_by_name[name].input_type.full_name
         fields = list(inner)
         fields[inner._fields.index("request_deserializer")] = _tolerant(
             inner.request_deserializer, type_name
