@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from blobstore.errors import InvalidArgument, InvalidBlobId
-from blobstore.grpc.stepflow_servicer import EncodedValues, blob_type_of
+from blobstore.grpc.stepflow_servicer import EncodedValues
 from blobstore.ids import BlobId, parse_bare_id
 from blobstore.model import BlobType
+from blobstore.stepflow_names import blob_type_of
 
 HEX = "0123456789abcdef" * 4
 

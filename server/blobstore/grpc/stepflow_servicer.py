@@ -8,9 +8,9 @@ behaviour) and encodes Stepflow's replies. Errors go through the same table
 
 What differs is only the wire form: ids are the bare 64 lowercase hex digits
 (upper case accepted on input, anything else INVALID_ARGUMENT, as Stepflow's own
-service does: ids.parse_bare_id), types are Stepflow's strings ("data", "flow",
-"binary"; "" is "data"), and JSON travels as a google.protobuf.Value, converted
-by stepflow_wire.py. See docs/stepflow.md.
+service does: ids.parse_bare_id), types are Stepflow's strings
+(stepflow_names.py), and JSON travels as a google.protobuf.Value, converted by
+stepflow_wire.py. See docs/stepflow.md.
 """
 
 from __future__ import annotations
@@ -36,16 +36,11 @@ from blobstore.grpc.stepflow_wire import (
 from blobstore.ids import BlobId, hex_digest, parse_bare_id
 from blobstore.model import Blob, BlobType
 from blobstore.offload import offload
+from blobstore.stepflow_names import blob_type_of, type_name
 from blobstore.store import BlobStore
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["BlobService"].full_name
 """`stepflow.v1.BlobService`: for health checks, reflection and the guard."""
-
-DATA, FLOW, BINARY = "data", "flow", "binary"
-OCTET_STREAM = "application/octet-stream"
-# Stepflow's names of the store's types; "" (proto3's unset string) means "data".
-_TYPES = {"": BlobType.JSON, DATA: BlobType.JSON, FLOW: BlobType.JSON, BINARY: BlobType.BINARY}
-_TYPE_NAMES = {BlobType.JSON: DATA, BlobType.BINARY: BINARY}
 
 
 class StepflowBlobServicer(pb_grpc.BlobServiceServicer):
@@ -115,7 +110,7 @@ class StepflowBlobServicer(pb_grpc.BlobServiceServicer):
                 self._values.add(info.blob_id, value)
             content = json_content(value)
         return get_blob_reply(
-            content, _TYPE_NAMES[info.blob_type], hex_digest(info.blob_id), None, None
+            content, type_name(info.blob_type), hex_digest(info.blob_id), None, None
         )
 
 
@@ -148,21 +143,6 @@ class EncodedValues:
         while self._bytes > self._max_bytes:
             _, dropped = self._entries.popitem(last=False)
             self._bytes -= len(dropped)
-
-
-def blob_type_of(name: str) -> BlobType:
-    """The store's type for a Stepflow type name ("" is "data"); INVALID_ARGUMENT otherwise."""
-    try:
-        return _TYPES[name]
-    except KeyError:
-        raise errors.InvalidArgument(
-            f"unknown blob_type {name[:40]!r}: use 'data', 'flow' or 'binary'"
-        ) from None
-
-
-def type_name(blob_type: BlobType) -> str:
-    """Stepflow's name of a stored blob's type."""
-    return _TYPE_NAMES[blob_type]
 
 
 def _json_value(blob: Blob) -> bytes:
