@@ -20,10 +20,10 @@ _TYPES = {"": BlobType.JSON, DATA: BlobType.JSON, FLOW: BlobType.JSON, BINARY: B
 _TYPE_NAMES = {BlobType.JSON: DATA, BlobType.BINARY: BINARY}
 
 
-def blob_type_of(name: str) -> BlobType:
+def blob_type_of(name: object) -> BlobType:
     """The store's type for a Stepflow type name ("" is "data"); InvalidArgument otherwise."""
     try:
-        return _TYPES[name]
+        return _TYPES[name]  # type: ignore[index]  # anything unhashable or absent: below
     except (KeyError, TypeError):
         shown = repr(name)[:40]
         raise errors.InvalidArgument(
