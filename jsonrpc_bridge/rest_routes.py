@@ -43,8 +43,15 @@ from aiohttp import web
 from blobstore.client import AsyncBlobClient, BlobReader
 from blobstore.errors import BlobStoreError, InvalidArgument
 from blobstore.ids import hex_digest, parse_bare_id
-from blobstore.model import BlobType, PutResult
-from blobstore.stepflow_names import BINARY, OCTET_STREAM, blob_type_of, type_name
+from blobstore.model import NO_META, BlobMeta, BlobType, PutResult
+from blobstore.stepflow_names import (
+    BINARY,
+    OCTET_STREAM,
+    blob_type_of,
+    content_type_of,
+    type_name,
+)
+from blobstore.store import check_meta
 from jsonrpc_bridge import errors
 from jsonrpc_bridge.json_codec import InvalidValue, ParseError, encode_value
 from jsonrpc_bridge.protocol import TooManyValues, decode_body
@@ -93,11 +100,12 @@ class RestRoutes:
 
     async def post(self, request: web.Request) -> web.StreamResponse:
         if request.content_type == OCTET_STREAM:
-            _filename(request)  # checked before any byte is sent on (stored with issue 11)
+            # Checked before any byte is sent on: a bad name must not cancel the stream.
+            meta = check_meta(BlobMeta(filename=_filename(request)))
             body = _StreamedBody(request, self._body_timeout)
             try:
                 result = await self._client.put_chunks(
-                    body.chunks(), BlobType.BINARY, total_size=request.content_length
+                    body.chunks(), BlobType.BINARY, total_size=request.content_length, meta=meta
                 )
             except asyncio.CancelledError:
                 # The gRPC call is cancelled when the body fails to arrive; say why.
@@ -106,7 +114,10 @@ class RestRoutes:
                 raise body.error from None
         else:
             result = await self._put_json(request)
-        return _json({"blobId": hex_digest(result.info.blob_id)})
+        answer = {"blobId": hex_digest(result.info.blob_id)}
+        if result.info.meta.filename is not None:
+            answer["filename"] = result.info.meta.filename
+        return _json(answer)
 
     async def _put_json(self, request: web.Request) -> PutResult:
         parsed = await self._json_body(request)
@@ -131,11 +142,12 @@ class RestRoutes:
         filename = parsed.get("filename")
         if filename is not None and not isinstance(filename, str):
             raise RestError(400, "INVALID_FILENAME", "filename must be a string")
+        meta = NO_META if filename is None else BlobMeta(filename=filename)
         try:
             text = encode_value(parsed[key], key)
         except InvalidValue as exc:
             raise RestError(400, "INVALID_JSON", f"{exc.path}: {exc.reason}") from None
-        return await self._client.put_bytes(text, blob_type)
+        return await self._client.put_bytes(text, blob_type, meta=meta)
 
     async def _json_body(self, request: web.Request) -> object:
         limit = self._max_request_bytes
@@ -181,13 +193,17 @@ class RestRoutes:
                     "to stream it",
                 )
             data = orjson.Fragment(b"".join([chunk async for chunk in reader]))
-        return _json(
-            {
-                "data": data,
-                "blobType": type_name(info.blob_type),
-                "blobId": hex_digest(info.blob_id),
-            }
-        )
+        answer: dict[str, object] = {
+            "data": data,
+            "blobType": type_name(info.blob_type),
+            "blobId": hex_digest(info.blob_id),
+        }
+        if info.meta.filename is not None:
+            answer["filename"] = info.meta.filename
+        content_type = content_type_of(info.blob_type, info.meta)
+        if content_type is not None:
+            answer["contentType"] = content_type
+        return _json(answer)
 
 
 class _StreamedBody:
@@ -253,6 +269,8 @@ async def _stream_raw(request: web.Request, reader: BlobReader) -> web.StreamRes
         headers={"Content-Type": OCTET_STREAM, "x-blob-type": type_name(info.blob_type)}
     )
     response.content_length = info.size
+    if info.meta.filename is not None:
+        response.headers["Content-Disposition"] = disposition(info.meta.filename)
     chunks = aiter(reader)
     # The first chunk is read before the headers go out, so that an error found at once
     # (a corrupt blob) is still an error status; later ones cut the body short.

@@ -9,7 +9,7 @@ fail with a transient status are retried as server/blobstore/retry.py says: ever
 is idempotent (a put of the same content stores the same blob), and a
 streamed put or get that fails half way starts again from the beginning.
 
-Why one module of ~520 lines: BlobClient and AsyncBlobClient mirror each other method
+Why one module of ~560 lines: BlobClient and AsyncBlobClient mirror each other method
 for method over shared request building and reply decoding; side by side they stay
 in step.
 """
@@ -462,6 +462,7 @@ class AsyncBlobClient:
         blob_type: BlobType = BlobType.BINARY,
         *,
         total_size: int | None = None,
+        meta: BlobMeta = NO_META,
     ) -> PutResult:
         """Stores a blob given as chunks as they come (PutStream), in bounded memory.
 
@@ -470,7 +471,7 @@ class AsyncBlobClient:
         """
 
         async def requests() -> AsyncIterator[pb.PutStreamRequest]:
-            head = pb.PutStreamRequest(blob_type=_TO_PB[blob_type])
+            head = pb.PutStreamRequest(blob_type=_TO_PB[blob_type], **meta_to_pb(meta))
             if total_size is not None:
                 head.total_size = total_size
             yield head
@@ -502,7 +503,7 @@ class AsyncBlobClient:
             if first is None or not first.HasField("info"):
                 call.cancel()
                 raise DataLoss(parsed, "the service's stream did not start with the blob's info")
-            return BlobReader(call, replies, _info_of(first.info), first.chunk)
+            return BlobReader(call, replies, _blob_info(first.info), first.chunk)
 
         return await self._call(attempt)
 
@@ -548,10 +549,6 @@ class BlobReader:
                     yield reply.chunk
         if self._hasher.hexdigest() != hex_digest(self.info.blob_id):
             raise DataLoss(self.info.blob_id, "the received content does not match its id")
-
-
-def _info_of(info: pb.BlobInfo) -> BlobInfo:
-    return BlobInfo(BlobId(info.id), _FROM_PB[info.blob_type], info.size)
 
 
 @contextlib.contextmanager

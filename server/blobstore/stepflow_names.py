@@ -10,14 +10,13 @@ drift apart. See docs/stepflow.md.
 from __future__ import annotations
 
 from blobstore import errors
-from blobstore.model import BlobType
+from blobstore.model import BlobMeta, BlobType
 
 DATA, FLOW, BINARY = "data", "flow", "binary"
 OCTET_STREAM = "application/octet-stream"
 
-# Until issue 11 (the flow type) lands, a flow is kept as JSON data.
-_TYPES = {"": BlobType.JSON, DATA: BlobType.JSON, FLOW: BlobType.JSON, BINARY: BlobType.BINARY}
-_TYPE_NAMES = {BlobType.JSON: DATA, BlobType.BINARY: BINARY}
+_TYPE_NAMES = {BlobType.JSON: DATA, BlobType.FLOW: FLOW, BlobType.BINARY: BINARY}
+_TYPES = {"": BlobType.JSON, **{name: blob_type for blob_type, name in _TYPE_NAMES.items()}}
 
 
 def blob_type_of(name: object) -> BlobType:
@@ -34,3 +33,17 @@ def blob_type_of(name: object) -> BlobType:
 def type_name(blob_type: BlobType) -> str:
     """Stepflow's name of a stored blob's type."""
     return _TYPE_NAMES[blob_type]
+
+
+def content_type_of(blob_type: BlobType, meta: BlobMeta) -> str | None:
+    """The content type Stepflow reports: the stored one, else octet-stream for a named file.
+
+    Stepflow's own service answers application/octet-stream for a binary blob
+    stored with a filename and no type; we store what was given and add that
+    default only on the way out.
+    """
+    if meta.content_type is not None:
+        return meta.content_type
+    if blob_type is BlobType.BINARY and meta.filename is not None:
+        return OCTET_STREAM
+    return None

@@ -122,8 +122,7 @@ def test_worker_blobs_live_in_our_store(
         info = blobs.stat("sha256:" + doc_id)
         assert info is not None and info.blob_type is BlobType.JSON
         flow = blobs.stat("sha256:" + flow_id)
-        # Until issue 11 (branch sf-meta) adds the flow type, a flow is stored as JSON data.
-        assert flow is not None and flow.blob_type is getattr(BlobType, "FLOW", BlobType.JSON)
+        assert flow is not None and flow.blob_type is BlobType.FLOW
         assert blobs.get("sha256:" + out["mib"]["id"]).data == _pattern(MiB)
         assert blobs.get("sha256:" + out["empty"]["id"]).data == b""
 

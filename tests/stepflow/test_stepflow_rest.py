@@ -66,7 +66,6 @@ def test_json_put_and_get(rpc: HttpRpc, grpc_client: BlobClient) -> None:
     assert grpc_client.get("sha256:" + blob_id).data == canonical
 
 
-@pytest.mark.xfail(strict=True, reason="flow and filename need issue 11 (branch sf-meta)")
 def test_flow_and_filename(rpc: HttpRpc, grpc_client: BlobClient) -> None:
     flow = post_json(rpc, {"data": {"steps": []}, "blobType": "flow", "filename": "f.json"})
     assert flow.json()["filename"] == "f.json"
@@ -92,7 +91,6 @@ def test_binary_put_and_get(rpc: HttpRpc, grpc_client: BlobClient) -> None:
     assert get(rpc, empty.json()["blobId"], raw=True).body == b""
 
 
-@pytest.mark.xfail(strict=True, reason="filename and content type need issue 11 (branch sf-meta)")
 def test_binary_with_filename(rpc: HttpRpc, grpc_client: BlobClient) -> None:
     data = bytes(range(256)) * 41
     reply = post_bytes(rpc, data, filename="report 2024.pdf")
@@ -123,6 +121,8 @@ def test_binary_with_filename(rpc: HttpRpc, grpc_client: BlobClient) -> None:
         (b'{"data": {"a": 1, "a": 2}}', "INVALID_JSON"),
         (b'{"data": NaN}', "INVALID_JSON"),
         (b'{"data": 1, "filename": 7}', "INVALID_FILENAME"),
+        (b'{"data": 1, "filename": "a\\nb"}', "INVALID_ARGUMENT"),
+        (b'{"data": 1, "blobType": 3}', "INVALID_BLOB_TYPE"),
     ],
 )
 def test_bad_puts_are_400(rpc: HttpRpc, body: bytes, reason: str) -> None:
@@ -265,3 +265,52 @@ def test_a_corrupt_blob_is_an_error_never_its_bytes(bridge_stack: Stack) -> None
     assert reply.status == 500
     assert reply.json()["error"]["reason"] == "DATA_LOSS"
     assert data not in reply.body
+
+
+@pytest.mark.parametrize(
+    ("header", "stored"),
+    [
+        (b"plain name.bin", "plain name.bin"),
+        ("naïve ☃.bin".encode(), "naïve ☃.bin"),  # raw UTF-8 bytes, as curl sends them
+        (b"UTF-8''na%C3%AFve%20%E2%98%83.bin", "naïve ☃.bin"),  # RFC 8187 ext-value
+        (b"utf-8''100%25.bin", "100%.bin"),
+    ],
+)
+def test_filename_header_outside_ascii(
+    rpc: HttpRpc, grpc_client: BlobClient, header: bytes, stored: str
+) -> None:
+    data = b"named " + header
+    reply = rpc.request(
+        "POST",
+        ROUTE,
+        data,
+        {"Content-Type": "application/octet-stream", "X-Blob-Filename": header},  # type: ignore[dict-item]
+    )
+    assert reply.status == 200, reply.body
+    assert reply.json()["filename"] == stored
+    info = grpc_client.stat("sha256:" + reply.json()["blobId"])
+    assert info is not None and info.meta.filename == stored
+
+
+@pytest.mark.parametrize(
+    ("header", "reason"),
+    [
+        (b"\xff\xfe.bin", "INVALID_FILENAME"),  # not UTF-8
+        (b"UTF-8''%FF.bin", "INVALID_FILENAME"),  # percent-encoded, not UTF-8
+        (b"UTF-8''a%0Ab.bin", "INVALID_ARGUMENT"),  # a control character
+    ],
+)
+def test_bad_filename_header_is_400_and_the_connection_lives(
+    rpc: HttpRpc, header: bytes, reason: str
+) -> None:
+    reply = rpc.request(
+        "POST",
+        ROUTE,
+        b"never stored",
+        {"Content-Type": "application/octet-stream", "X-Blob-Filename": header},  # type: ignore[dict-item]
+    )
+    assert reply.status == 400, reply.body
+    assert reply.json()["error"]["reason"] == reason
+    assert "filename" in reply.json()["error"]["message"].lower()
+    # The same kept-alive connection goes on serving.
+    assert get(rpc, hashlib.sha256(b"never stored").hexdigest()).status == 404

@@ -39,8 +39,6 @@ DOC: dict[str, Any] = {
     "nested": {"é": "ü", "n": None, "t": True},
 }
 UNKNOWN = "0" * 64
-# Until issue 11 (branch sf-meta) adds the flow type, a flow is stored as JSON data.
-FLOW_TYPE = getattr(BlobType, "FLOW", BlobType.JSON)
 MiB = 1024 * 1024
 
 
@@ -112,7 +110,7 @@ def test_worker_json_and_binary_calls_use_our_store(
     assert client.get("sha256:" + doc_id).data == rfc8785.dumps(DOC)
     assert client.get("sha256:" + empty_id).data == b""
     flow = client.stat("sha256:" + flow_id)
-    assert flow is not None and flow.blob_type is FLOW_TYPE
+    assert flow is not None and flow.blob_type is BlobType.FLOW
 
 
 def test_worker_errors_carry_stepflow_codes(stepflow: StepflowVenv, server: ServerProcess) -> None:
@@ -159,7 +157,6 @@ def test_put_and_get_messages_as_the_contract_says(
     assert error_info(failure).reason == "INVALID_BLOB_ID"
 
 
-@pytest.mark.xfail(strict=True, reason="filename/content_type need issue 11 (branch sf-meta)")
 def test_filename_and_content_type_round_trip(stub: sf_grpc.BlobServiceStub) -> None:
     named = stub.PutBlob(
         sf_pb.PutBlobRequest(raw_data=b"%PDF-1.7", blob_type="binary", filename="a.pdf")

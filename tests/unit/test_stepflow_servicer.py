@@ -29,6 +29,7 @@ def test_anything_else_is_an_invalid_id(text: str) -> None:
 def test_type_names() -> None:
     assert blob_type_of("") is BlobType.JSON
     assert blob_type_of("data") is BlobType.JSON
+    assert blob_type_of("flow") is BlobType.FLOW
     assert blob_type_of("binary") is BlobType.BINARY
     for name in ("Data", "json", "BINARY", " data"):
         with pytest.raises(InvalidArgument):

@@ -34,9 +34,9 @@ from blobstore.grpc.stepflow_wire import (
     to_python,
 )
 from blobstore.ids import BlobId, hex_digest, parse_bare_id
-from blobstore.model import Blob, BlobType
+from blobstore.model import Blob, BlobMeta, BlobType
 from blobstore.offload import offload
-from blobstore.stepflow_names import blob_type_of, type_name
+from blobstore.stepflow_names import blob_type_of, content_type_of, type_name
 from blobstore.store import BlobStore
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["BlobService"].full_name
@@ -77,10 +77,14 @@ class StepflowBlobServicer(pb_grpc.BlobServiceServicer):
                 "PutBlob needs content: json_data (a JSON value) or raw_data (bytes)"
             )
         blob_type = blob_type_of(request.blob_type)
+        meta = BlobMeta(
+            request.filename if request.HasField("filename") else None,
+            request.content_type if request.HasField("content_type") else None,
+        )
         if content == "raw_data":
             # Bytes are a binary blob whatever type is named: stepflow-py's
             # context.put_blob(b"...") sends raw_data with its default type "data".
-            result = await self._store.put(BlobType.BINARY, request.raw_data)
+            result = await self._store.put(BlobType.BINARY, request.raw_data, meta=meta)
         else:
             if blob_type is BlobType.BINARY:
                 raise errors.InvalidArgument(
@@ -88,8 +92,13 @@ class StepflowBlobServicer(pb_grpc.BlobServiceServicer):
                 )
             size = request.json_data.ByteSize()
             value = await offload(size, to_python, request.json_data)
-            result = await self._store.put_json_value(value, size_hint=size)
-        return pb.PutBlobResponse(blob_id=hex_digest(result.info.blob_id))
+            result = await self._store.put_json_value(
+                value, size_hint=size, blob_type=blob_type, meta=meta
+            )
+        reply = pb.PutBlobResponse(blob_id=hex_digest(result.info.blob_id))
+        if result.info.meta.filename is not None:
+            reply.filename = result.info.meta.filename
+        return reply
 
     @translate_errors
     async def GetBlob(  # type: ignore[override]  # the reply comes encoded
@@ -110,7 +119,11 @@ class StepflowBlobServicer(pb_grpc.BlobServiceServicer):
                 self._values.add(info.blob_id, value)
             content = json_content(value)
         return get_blob_reply(
-            content, type_name(info.blob_type), hex_digest(info.blob_id), None, None
+            content,
+            type_name(info.blob_type),
+            hex_digest(info.blob_id),
+            info.meta.filename,
+            content_type_of(info.blob_type, info.meta),
         )
 
 
