@@ -81,7 +81,7 @@ class BlobMethods:
             blob = await self._client.get(blob_id, max_size=self._max_get_bytes)
         except BlobStoreError as exc:
             raise errors.from_store_error(exc, "params.blob_id") from None
-        if blob.info.blob_type is BlobType.JSON:
+        if blob.info.blob_type.is_json:  # Json and Flow: canonical JSON text
             data = orjson.Fragment(blob.data)
         else:
             data = orjson.Fragment(b'"' + base64.b64encode(blob.data) + b'"')

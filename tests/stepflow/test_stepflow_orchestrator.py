@@ -6,8 +6,9 @@ STEPFLOW_BLOB_URL set to our server. The flow stores and reads JSON, 1 MiB
 and empty binary blobs, the task context's flow blob, passes a `$blob`
 reference from one step to the next (the worker resolves it through our
 GetBlob), and asks for an unknown and a malformed id. Then every id the worker
-got is read back through blobstore.v1, and is absent from the orchestrator's
-own blob store: the blobs went to us.
+got is read back identical through blobstore.v1, the bridge's blobs/get and
+its REST route, and is absent from the orchestrator's own blob store: the
+blobs went to us.
 
 Where the binary cannot run on this machine (not Linux x86-64), the test is
 skipped with that reason.
@@ -15,6 +16,7 @@ skipped with that reason.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import platform
@@ -29,8 +31,8 @@ import rfc8785
 
 from blobstore.client import BlobClient
 from blobstore.model import BlobType
+from tests.bridge_processes import Stack
 from tests.processes import ServerProcess
-from tests.rpc_helpers import serve_for_module
 from tests.stepflow.stepflow_helpers import HERE, Orchestrator
 from tests.stepflow_venv import StepflowVenv
 
@@ -60,8 +62,9 @@ def _binary_runs(venv: StepflowVenv) -> str | None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    yield from serve_for_module(tmp_path_factory)
+def server(bridge_stack: Stack) -> ServerProcess:
+    """Our server, with the bridge (JSON-RPC and REST) of bridge_stack in front of it."""
+    return bridge_stack.server
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +128,35 @@ def test_worker_blobs_live_in_our_store(
         assert flow is not None and flow.blob_type is BlobType.FLOW
         assert blobs.get("sha256:" + out["mib"]["id"]).data == _pattern(MiB)
         assert blobs.get("sha256:" + out["empty"]["id"]).data == b""
+
+
+def test_worker_ids_read_back_through_the_bridge_and_rest(
+    run: tuple[Orchestrator, dict[str, Any]], bridge_stack: Stack
+) -> None:
+    _, result = run
+    out = _outputs(result)
+    http = bridge_stack.http
+    expected = {
+        out["json"]["id"]: rfc8785.dumps(DOC),
+        out["context"]["id"]: rfc8785.dumps({"flow_of": DOC}),
+        out["mib"]["id"]: _pattern(MiB),
+        out["empty"]["id"]: b"",
+    }
+    for blob_id, content in expected.items():
+        rest = http.request(
+            "GET", f"/api/v1/blobs/{blob_id}", None, {"Accept": "application/octet-stream"}
+        )
+        assert (rest.status, rest.body) == (200, content), blob_id
+        got = http.result("blobs/get", {"blob_id": "sha256:" + blob_id})
+        if got["blob_type"].lower() == "binary":
+            assert base64.b64decode(got["data"]) == content, blob_id
+        else:
+            assert rfc8785.dumps(got["data"]) == content, blob_id
+    types = {
+        blob_id: http.request("GET", f"/api/v1/blobs/{blob_id}").json()["blobType"]
+        for blob_id in expected
+    }
+    assert list(types.values()) == ["data", "flow", "binary", "binary"]
 
 
 def test_worker_ids_are_absent_from_the_orchestrators_store(
