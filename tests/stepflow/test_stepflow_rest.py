@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,8 +24,9 @@ import rfc8785
 
 from blobstore.client import BlobClient
 from blobstore.model import BlobType
-from tests.bridge_processes import HttpReply, HttpRpc, Stack
-from tests.rpc_helpers import blob_path
+from tests.bridge_processes import BridgeProcess, HttpReply, HttpRpc, Stack
+from tests.processes import ServerProcess
+from tests.rpc_helpers import blob_files, blob_path
 from tests.stepflow.stepflow_helpers import binary, sdk_calls
 from tests.stepflow_venv import StepflowVenv
 
@@ -314,3 +316,59 @@ def test_bad_filename_header_is_400_and_the_connection_lives(
     assert "filename" in reply.json()["error"]["message"].lower()
     # The same kept-alive connection goes on serving.
     assert get(rpc, hashlib.sha256(b"never stored").hexdigest()).status == 404
+
+
+@pytest.fixture(scope="module")
+def small_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A server that takes blobs up to 2 MiB, behind a bridge with a 1 s body timeout."""
+    directory = tmp_path_factory.mktemp("rest-limits")
+    server = ServerProcess(
+        directory / "data", directory / "server.log", "--max-blob-bytes", str(2 * MiB)
+    ).start()
+    bridge = BridgeProcess(
+        server.target, directory / "bridge.log", "--body-timeout-seconds", "1"
+    ).start()
+    http = HttpRpc(bridge.url)
+    try:
+        yield Stack(server, bridge, http)
+    finally:
+        http.close()
+        bridge.kill()
+        server.kill()
+
+
+def test_a_streamed_body_over_the_services_limit_is_413(small_stack: Stack) -> None:
+    data = b"z" * (4 * MiB)
+    for length in (True, False):  # with Content-Length, and chunked (size unknown up front)
+        http = HttpRpc(small_stack.bridge.url)
+        try:
+            headers = {"Content-Type": "application/octet-stream"}
+            if length:
+                reply = http.request("POST", ROUTE, data, headers)
+            else:
+                http.connection.request("POST", ROUTE, body=iter([data[:MiB]] * 4), headers=headers)
+                response = http.connection.getresponse()
+                reply = HttpReply(response.status, response.headers, response.read())
+        finally:
+            http.close()
+        assert reply.status == 413, reply.body
+        assert reply.json()["error"]["reason"] == "BLOB_TOO_LARGE"
+    assert not blob_files(small_stack.server.data_dir)
+
+
+def test_a_stalled_body_is_408_and_stores_nothing(small_stack: Stack) -> None:
+    host, port = small_stack.bridge.url.removeprefix("http://").rstrip("/").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(
+            b"POST /api/v1/blobs HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/octet-stream\r\nContent-Length: 1000\r\n\r\n"
+            b"only part of the body"
+        )
+        answer = b""
+        # The answer comes at once; the close only after aiohttp's lingering time.
+        while b"BODY_TIMEOUT" not in answer and (chunk := sock.recv(65536)):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert b"BODY_TIMEOUT" in answer
+    assert small_stack.server.alive() and small_stack.bridge.alive()
+    assert not blob_files(small_stack.server.data_dir)
