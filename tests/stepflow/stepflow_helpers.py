@@ -2,8 +2,9 @@
 
 `sdk_calls` runs tests/stepflow/sdk_probe.py with the Stepflow venv's Python
 (stepflow-py 0.13's own worker blob API against STEPFLOW_BLOB_URL).
-`Orchestrator` runs the real `stepflow-server` binary on a free port with a
-config whose Python worker points STEPFLOW_BLOB_URL at our server, and stops
+`Orchestrator` runs the real `stepflow-server` binary on a free port with the
+README's worked config (readme_config), whose Python worker points
+STEPFLOW_BLOB_URL at our server, and stops
 it by its process group (it ignores SIGTERM while a worker is connected), and
 the worker (which the SDK moves into a session of its own) by its pid.
 """
@@ -26,6 +27,7 @@ import psutil
 from tests.stepflow_venv import StepflowVenv
 
 HERE = Path(__file__).resolve().parent
+README = HERE.parents[1] / "README.md"
 _STARTED = re.compile(r"Stepflow server starting on http://[^:]+:(\d+)")
 
 
@@ -58,23 +60,12 @@ class Orchestrator:
         self.directory = directory
         self.config_path = directory / "stepflow-config.json"
         self.log_path = directory / "stepflow-server.log"
-        config = {
-            "plugins": {
-                "builtin": {"type": "builtin"},
-                "python": {
-                    "type": "grpc",
-                    "command": str(venv.python),
-                    "args": [str(HERE / "flow_worker.py")],
-                    "queueName": "python",
-                    "env": {
-                        "STEPFLOW_BLOB_URL": blob_target,
-                        # Any value over 0 makes the worker resolve `$blob` references.
-                        "STEPFLOW_BLOB_THRESHOLD_BYTES": "1024",
-                    },
-                },
-            },
-            "routes": {"/python": [{"plugin": "python"}], "/builtin": [{"plugin": "builtin"}]},
-        }
+        # The README's worked config, with our worker, its Python and our address.
+        config = readme_config()
+        python = config["plugins"]["python"]
+        python["command"] = str(venv.python)
+        python["args"] = [str(HERE / "flow_worker.py")]
+        python["env"]["STEPFLOW_BLOB_URL"] = blob_target
         self.config_path.write_text(json.dumps(config))
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
@@ -125,6 +116,14 @@ class Orchestrator:
                 worker.wait(30)
             except psutil.NoSuchProcess:
                 pass
+
+
+def readme_config() -> dict[str, Any]:
+    """The Stepflow config of the README's "Use it as Stepflow's blob service" section."""
+    section = README.read_text(encoding="utf-8").split("<!-- stepflow-section -->", 1)[1]
+    block = section.split("```json\n", 1)[1].split("```", 1)[0]
+    config: dict[str, Any] = json.loads(block)
+    return config
 
 
 def with_group(pgid: int, signum: int) -> None:
