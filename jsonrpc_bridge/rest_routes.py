@@ -230,6 +230,11 @@ class _StreamedBody:
                 except TimeoutError:
                     self.error = _body_timeout(self._timeout)
                     raise self.error from None
+                except Exception as exc:  # a broken chunked encoding, a reset connection
+                    self.error = RestError(
+                        400, "INVALID_BODY", f"the request body could not be read: {exc}"
+                    )
+                    raise self.error from None
                 if not part:
                     break
                 parts.append(part)
