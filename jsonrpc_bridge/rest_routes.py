@@ -43,6 +43,7 @@ from aiohttp import web
 from blobstore.client import AsyncBlobClient, BlobReader
 from blobstore.errors import BlobStoreError, InvalidArgument
 from blobstore.ids import hex_digest, parse_bare_id
+from blobstore.metadata import check_meta
 from blobstore.model import NO_META, BlobMeta, BlobType, PutResult
 from blobstore.stepflow_names import (
     BINARY,
@@ -51,7 +52,6 @@ from blobstore.stepflow_names import (
     content_type_of,
     type_name,
 )
-from blobstore.store import check_meta
 from jsonrpc_bridge import errors
 from jsonrpc_bridge.json_codec import InvalidValue, ParseError, encode_value
 from jsonrpc_bridge.protocol import TooManyValues, decode_body

@@ -63,7 +63,6 @@ import soak_hostile  # noqa: E402
 from blobstore.canonical_json import canonicalize_value  # noqa: E402
 from blobstore.client import AsyncBlobClient  # noqa: E402
 from blobstore.errors import BlobStoreError  # noqa: E402
-from blobstore.model import BlobType  # noqa: E402
 from blobstore.retry import RetryPolicy  # noqa: E402
 
 MiB = 1024 * 1024
@@ -295,7 +294,7 @@ class BridgeCaller:
 
     async def get(self, blob_id: str) -> None:
         result = await self.call("blobs/get", {"blob_id": blob_id})
-        if result["blob_type"] == BlobType.BINARY.value:
+        if result["blob_type"] == "binary":
             content = base64.b64decode(result["data"])
         else:  # Json comes back parsed; its canonical form is what was hashed
             content = canonicalize_value(result["data"])

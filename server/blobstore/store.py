@@ -2,7 +2,7 @@
 
 It owns everything that is the same whatever the medium: JSON
 canonicalisation (of Json and Flow blobs alike), hashing, size limits, the
-rules of metadata (check_meta), streamed-put bookkeeping. Backends only keep
+rules of metadata (metadata.py), streamed-put bookkeeping. Backends only keep
 bytes; transports (gRPC, the bridge) only translate.
 """
 
@@ -24,6 +24,7 @@ from blobstore.errors import (
     UseStreaming,
 )
 from blobstore.ids import BlobId, blob_id_from_digest
+from blobstore.metadata import check_meta
 from blobstore.model import NO_META, Blob, BlobInfo, BlobMeta, BlobType, PutResult
 from blobstore.offload import offload, offload_to_process, sha256_hex
 from blobstore.storage.base import BlobBackend, BlobStream, OverLimit, ReadLimit
@@ -36,45 +37,6 @@ TEXT_CACHE_MAX_TEXT = 256 * 1024
 PROCESS_MIN_VALUES = 200_000
 """JSON texts with more values than this are canonicalised in the worker process: parsing
 them holds the GIL for tens of milliseconds or more."""
-MAX_FILENAME_BYTES = 1024
-"""Longest filename kept with a blob, in UTF-8 bytes (a path, not a document)."""
-MAX_CONTENT_TYPE_CHARS = 255
-"""Longest content type: RFC 6838 caps type and subtype at 127 characters each."""
-
-
-def check_meta(meta: BlobMeta) -> BlobMeta:
-    """The metadata as stored: empty fields become None; InvalidArgument if a field is unfit.
-
-    A filename is any text without control characters, up to MAX_FILENAME_BYTES;
-    a content type is printable ASCII (a media type, perhaps with parameters).
-    Both travel in HTTP headers and terminals elsewhere, hence no control characters.
-    """
-    filename = meta.filename or None
-    content_type = meta.content_type or None
-    if filename is not None:
-        try:
-            size = len(filename.encode())
-        except UnicodeEncodeError:
-            raise InvalidArgument("filename is not valid Unicode (a lone surrogate)") from None
-        if size > MAX_FILENAME_BYTES:
-            raise InvalidArgument(
-                f"filename is {size} UTF-8 bytes, over the limit of {MAX_FILENAME_BYTES}"
-            )
-        if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in filename):
-            raise InvalidArgument("filename must not contain control characters")
-    if content_type is not None:
-        if len(content_type) > MAX_CONTENT_TYPE_CHARS:
-            raise InvalidArgument(
-                f"content_type is {len(content_type)} characters, over the limit of "
-                f"{MAX_CONTENT_TYPE_CHARS}"
-            )
-        if not all(0x20 <= ord(c) < 0x7F for c in content_type):
-            raise InvalidArgument(
-                "content_type must be printable ASCII, a media type such as application/pdf"
-            )
-    if filename is meta.filename and content_type is meta.content_type:
-        return meta
-    return BlobMeta(filename, content_type)
 
 
 @dataclass(frozen=True, slots=True)
