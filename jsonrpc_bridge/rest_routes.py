@@ -312,7 +312,7 @@ def _answering(handler: _Handler) -> _Handler:
             return _error_response(exc)
         except BlobStoreError as exc:
             status, reason, retryable = errors.http_error(exc)
-            message = str(exc) if status != 502 else "the blob service failed; see its log"
+            message = str(exc) if status != 502 else f"the blob service failed: {exc}"
             return _error_response(RestError(status, reason, message, retryable))
 
     return route

@@ -16,6 +16,9 @@ busy server). It
   gathers whole) - and refused the same way if that does not fit.
 * turns request bytes that are not a valid protobuf message into
   INVALID_ARGUMENT, where grpc itself would answer UNKNOWN or INTERNAL.
+* reads the rest of a PutStream that the servicer refused half way (a
+  declared size over the limit...) before its status goes out (up to
+  DRAIN_LIMIT), so that a client still writing receives that status.
 * when the server stops, refuses new calls with UNAVAILABLE while those in
   progress finish (drain()), then ends those still running with UNAVAILABLE
   too (cut_off()).
@@ -227,13 +230,41 @@ async def _stream_unary(
 ) -> Any:
     task = _enter(guard)
     try:
-        return await inner(_metered(requests, ticket, guard.stream_idle), context)
+        metered = _metered(requests, ticket, guard.stream_idle)
+        return await inner(metered, _DrainFirst(context, requests, guard.stream_idle))
     except asyncio.CancelledError:
         if (error := _cut_off(guard, task)) is None:
             raise
         await _abort(context, error)
     finally:
         _leave(guard, task, ticket)
+
+
+class _DrainFirst:
+    """A PutStream's context whose abort() first reads the rest of the client's stream.
+
+    The servicer refuses a stream half way (a declared total_size over the limit, a
+    bad first message...) by aborting, which sends the status at once: a client still
+    writing may then lose it (see _drain). Reading the rest first (nothing if it was
+    all read) lets the status arrive. Everything else is the call's own context.
+    """
+
+    __slots__ = ("_context", "_idle", "_requests")
+
+    def __init__(self, context: _Context, requests: AsyncIterator[Any], idle: float) -> None:
+        self._context = context
+        self._requests = requests
+        self._idle = idle
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+    async def abort(
+        self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()
+    ) -> NoReturn:
+        await _drain(self._requests, self._idle)
+        await self._context.abort(code, details, trailing_metadata)
+        raise AssertionError("unreachable: abort raises")
 
 
 def _cancel_idle(task: asyncio.Task[Any] | None) -> None:
