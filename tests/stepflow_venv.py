@@ -1,21 +1,20 @@
 """The real Stepflow 0.13 from PyPI, in a venv of its own, made on demand by the tests that need it.
 
-`stepflow_venv()` has scripts/stepflow_sdk_venv.py make (once) `.venv-stepflow-0.13/`
-with every package pinned by tests/stepflow_sdk/requirements-0.13.txt:
-`stepflow-py` (the worker SDK and client) and `stepflow-orchestrator` (which ships
-the `stepflow-server` binary). Stepflow pins a protobuf and grpcio of its own, so it
-does not share our `.venv`.
+`stepflow_venv()` has scripts/stepflow_sdks make (once; later runs are a no-op)
+`.venv-stepflow-13/` with every package pinned by tests/stepflow/requirements-0.13.txt:
+`stepflow-py` (the worker SDK and client) and `stepflow-orchestrator` (which ships the
+`stepflow-server` binary). Stepflow pins a protobuf and grpcio of its own, so it does
+not share our `.venv`.
 """
 
 from __future__ import annotations
 
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RELEASE = "0.13"
+VENV = ROOT / ".venv-stepflow-13"
 
 
 @dataclass(frozen=True)
@@ -38,11 +37,5 @@ class StepflowVenv:
 
 def stepflow_venv() -> StepflowVenv:
     """Makes (or reuses) the venv with Stepflow 0.13's pinned packages and returns it."""
-    made = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "stepflow_sdk_venv.py"), RELEASE],
-        check=True,
-        stdout=subprocess.PIPE,
-        text=True,
-        timeout=900,
-    )
-    return StepflowVenv(Path(made.stdout.split()[-1]))
+    subprocess.run([str(ROOT / "scripts" / "stepflow_sdks")], check=True, timeout=1200)
+    return StepflowVenv(VENV / "bin" / "python")
