@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -26,11 +27,12 @@ from blobstore.client import BlobClient
 from blobstore.model import BlobType
 from tests.bridge_processes import BridgeProcess, HttpReply, HttpRpc, Stack
 from tests.processes import ServerProcess
-from tests.rpc_helpers import blob_files, blob_path
+from tests.rpc_helpers import blob_files, blob_path, grpcurl_dir
 from tests.stepflow.stepflow_helpers import binary, sdk_calls
 from tests.stepflow_venv import StepflowVenv
 
 MiB = 1024 * 1024
+ROOT = Path(__file__).resolve().parents[2]
 ROUTE = "/api/v1/blobs"
 GRPCURL = Path(sys.executable).parent / "grpcurl"
 
@@ -390,3 +392,35 @@ def test_a_broken_chunked_body_is_an_error_and_stores_nothing(small_stack: Stack
     assert b"Traceback" not in answer
     assert small_stack.server.alive() and small_stack.bridge.alive()
     assert not blob_files(small_stack.server.data_dir)
+
+
+def test_readme_stepflow_commands_work_as_shown(bridge_stack: Stack, tmp_path: Path) -> None:
+    """The README's Stepflow section: its grpcurl and curl commands, run as written."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("<!-- stepflow-section -->", 1)[1].split("<!-- ", 1)[0]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    commands: list[tuple[str, str]] = []  # (command, the output shown after it)
+    for line in block.replace("\\\n", " ").splitlines():
+        if line.startswith("# "):
+            commands[-1] = (commands[-1][0], line[2:])
+        else:
+            commands.append((line, ""))
+    report = os.urandom(3000)
+    (tmp_path / "report.pdf").write_bytes(report)
+    report_id = hashlib.sha256(report).hexdigest()
+    bridge = bridge_stack.bridge.url.rstrip("/")
+    env = {**os.environ, "PATH": f"{grpcurl_dir()}:{os.environ['PATH']}"}
+    for command, shown in commands:
+        concrete = (
+            command.replace("127.0.0.1:50051", bridge_stack.server.target)
+            .replace("http://127.0.0.1:8080", bridge)
+            .replace("<64 hex>", report_id)
+        )
+        done = subprocess.run(
+            ["bash", "-c", concrete], cwd=tmp_path, env=env, capture_output=True, timeout=60
+        )
+        assert done.returncode == 0, (command, done.stderr)
+        if shown:
+            expected = json.loads(shown.replace("<64 hex>", report_id))
+            assert json.loads(done.stdout) == expected, command
+    assert (tmp_path / "out.pdf").read_bytes() == report
