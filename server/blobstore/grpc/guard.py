@@ -77,10 +77,15 @@ _Context = grpc.aio.ServicerContext[Any, Any]
 class Malformed:
     """Stands in for a request message that could not be parsed."""
 
-    __slots__ = ("message",)
+    __slots__ = ("message", "size")
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, size: int) -> None:
         self.message = message
+        self.size = size
+
+    def ByteSize(self) -> int:
+        """The size of the bytes that did not parse (what a drain counts)."""
+        return self.size
 
 
 class Guard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
@@ -262,7 +267,8 @@ class _DrainFirst:
     async def abort(
         self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()
     ) -> NoReturn:
-        await _drain(self._requests, self._idle)
+        with contextlib.suppress(Exception):  # best effort: the status goes out regardless
+            await _drain(self._requests, self._idle)
         await self._context.abort(code, details, trailing_metadata)
         raise AssertionError("unreachable: abort raises")
 
@@ -383,7 +389,7 @@ def _tolerant(deserialize: Callable[[bytes], Any], type_name: str) -> Callable[[
         try:
             return deserialize(data)
         except Exception as exc:  # any parse failure is the sender's fault
-            return Malformed(f"malformed request, not a {type_name} message: {exc}")
+            return Malformed(f"malformed request, not a {type_name} message: {exc}", len(data))
 
     return parse
 
