@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from blobstore import json_values
 from blobstore.canonical_json import canonicalize_text, canonicalize_value
 from blobstore.errors import (
+    BlobNotFound,
     BlobTooLarge,
     DataLoss,
     DigestMismatch,
@@ -32,6 +33,8 @@ from blobstore.storage.base import BlobBackend, BlobStream, OverLimit, ReadLimit
 MiB = 1024 * 1024
 TEXT_CACHE_ENTRIES = 4096
 """JSON texts whose id put_dedup remembers (about 200 bytes each)."""
+CHECK_CHUNK = 256 * 1024
+"""A stored copy read to answer a put without its content is read in chunks of this size."""
 TEXT_CACHE_MAX_TEXT = 256 * 1024
 """Longer texts are not remembered: their canonicalisation runs in a thread anyway."""
 PROCESS_MIN_VALUES = 200_000
@@ -124,14 +127,40 @@ class BlobStore:
         if blob_id is None:
             return None
         _check_expected(blob_id, expected_id)
-        try:
-            info = await self.backend.stat(blob_id)
-        except DataLoss:
-            info = None  # quarantined by the read; the full put stores a sound copy
+        info = await self._sound_copy(blob_id)
         if info is None:
             return None
         self._text_ids.move_to_end(key)
         return PutResult(info, created=False)
+
+    async def _sound_copy(self, blob_id: BlobId) -> BlobInfo | None:
+        """The stored blob's metadata once its whole copy has been read and found to match
+        its id; None if it is not stored, or its copy does not match.
+
+        What a put answers from when it has not got the content in hand (JSON text
+        it remembers, a stream that names its expected_id): never from a copy that
+        does not match. The backend's reads are verified (VerifyingBackend), so a bad
+        copy is quarantined by the read, and the put then stores a sound one. Small
+        blobs are read whole (on the event loop when cached), larger ones streamed.
+        """
+        try:
+            return (await self.backend.get(blob_id, ReadLimit(max_size=CHECK_CHUNK))).info
+        except (BlobNotFound, DataLoss):
+            return None
+        except OverLimit:
+            pass
+        try:
+            stream = await self.backend.get_stream(blob_id, CHECK_CHUNK)
+        except (BlobNotFound, DataLoss):
+            return None
+        try:
+            async for _ in stream:
+                pass
+        except DataLoss:
+            return None
+        finally:
+            await stream.aclose()
+        return stream.info
 
     async def put_json_value(
         self,
@@ -180,10 +209,8 @@ class BlobStore:
         if total_size is not None:
             self._check_size(blob_type, total_size)
         if expected_id is not None:
-            try:
-                existing = await self.backend.stat(expected_id)
-            except DataLoss:
-                existing = None  # quarantined by the read; this put stores a sound copy
+            # Answered before the data is sent, but only from a copy read and found sound.
+            existing = await self._sound_copy(expected_id)
             if existing is not None:
                 return PutResult(existing, created=False)
         if blob_type.is_json:
