@@ -114,6 +114,7 @@ async def _serve_http(
 ) -> None:
     # Imported here: aiohttp takes a second to import, which a stdio bridge need not pay.
     from jsonrpc_bridge import http_transport
+    from jsonrpc_bridge.rest_routes import RestRoutes
 
     app = http_transport.create_app(
         core,
@@ -121,6 +122,14 @@ async def _serve_http(
         probe=service.probe,
         body_timeout=cfg.body_timeout_seconds,
     )
+    # Stepflow's REST blob routes, on the same port, limits and client (docs/stepflow.md).
+    RestRoutes(
+        service.client,
+        max_request_bytes=cfg.max_request_bytes,
+        max_get_bytes=cfg.max_get_bytes,
+        max_json_values=cfg.max_json_values,
+        body_timeout=cfg.body_timeout_seconds,
+    ).add_to(app)
     max_connections = connection_cap(cfg.max_connections, raise_open_file_limit())
     warn_if_exposed(log, address[0], "the JSON-RPC bridge")
     runner = await http_transport.start(

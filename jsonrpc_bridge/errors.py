@@ -7,24 +7,26 @@ as the Stepflow protocol documents. Every error carries a `data` object
 whose `reason` names the cause in the same words as the gRPC ErrorInfo
 reasons (server/blobstore/status.py), so programs can branch on it; `detail` is the
 text for people. docs/bridge.md shows this table to users: keep them equal.
+Stepflow's REST routes (rest_routes.py) answer the same errors with the HTTP
+status of the HTTP column.
 
-    code    message                    reason              cause
-    -32700  Parse error                PARSE_ERROR         body is not JSON (or not UTF-8)
-    -32600  Invalid Request            INVALID_REQUEST     not a JSON-RPC 2.0 request object
-    -32601  Method not found           METHOD_NOT_FOUND    method other than blobs/put, blobs/get
-    -32602  Invalid params: <field>..  INVALID_PARAMS,     a parameter is missing or wrong; the
-                                       INVALID_BLOB_ID,    message names the field and why
+    code    message                    reason              HTTP  cause
+    -32700  Parse error                PARSE_ERROR               body is not JSON (or not UTF-8)
+    -32600  Invalid Request            INVALID_REQUEST           not a JSON-RPC 2.0 request object
+    -32601  Method not found           METHOD_NOT_FOUND          not blobs/put or blobs/get
+    -32602  Invalid params: <field>..  INVALID_PARAMS,     400   a param is missing or wrong; the
+                                       INVALID_BLOB_ID,          message names the field and why
                                        INVALID_JSON, ...
-    -32603  Internal error             INTERNAL            a bug in the bridge (logged, never sent)
-    -32000  Blob service error         SERVICE_ERROR       the service failed in an unexpected way
-    -32001  Blob service unavailable   UNAVAILABLE         service unreachable, stopping, deadline
-    -32002  Blob too large             BLOB_TOO_LARGE      over the service's size limit
-    -32003  Storage full               STORAGE_FULL        the service's disk is full
-    -32004  Blob data lost             DATA_LOSS           stored copy corrupt (quarantined)
-    -32005  Overloaded                 OVERLOADED          at a concurrency limit; retry later
-    -32006  Request too large          REQUEST_TOO_LARGE   over the bridge's request size or
-                                                           JSON value limit
-    -32008  Blob not found             BLOB_NOT_FOUND      no blob with that id (data.blob_id)
+    -32603  Internal error             INTERNAL                  a bridge bug (logged, never sent)
+    -32000  Blob service error         SERVICE_ERROR       502   the service failed unexpectedly
+    -32001  Blob service unavailable   UNAVAILABLE         503   unreachable, stopping, or deadline
+    -32002  Blob too large             BLOB_TOO_LARGE      413   over the service's size limit
+    -32003  Storage full               STORAGE_FULL        507   the service's disk is full
+    -32004  Blob data lost             DATA_LOSS           500   stored copy corrupt (quarantined)
+    -32005  Overloaded                 OVERLOADED          503   at a concurrency limit; retry later
+    -32006  Request too large          REQUEST_TOO_LARGE   413   over the bridge's request size or
+                                                                 JSON value limit
+    -32008  Blob not found             BLOB_NOT_FOUND      404   no blob with that id (data.blob_id)
 """
 
 from __future__ import annotations
@@ -58,18 +60,23 @@ class ServiceErrorRow:
     message: str
     reason: str
     retryable: bool
+    http_status: int
 
 
 # Most specific first: the first row whose class matches wins.
 SERVICE_ERRORS: tuple[ServiceErrorRow, ...] = (
-    ServiceErrorRow(errors.BlobNotFound, BLOB_NOT_FOUND, "Blob not found", "BLOB_NOT_FOUND", False),
     ServiceErrorRow(
-        errors.Unavailable, UNAVAILABLE, "Blob service unavailable", "UNAVAILABLE", True
+        errors.BlobNotFound, BLOB_NOT_FOUND, "Blob not found", "BLOB_NOT_FOUND", False, 404
     ),
-    ServiceErrorRow(errors.BlobTooLarge, BLOB_TOO_LARGE, "Blob too large", "BLOB_TOO_LARGE", False),
-    ServiceErrorRow(errors.StorageFull, STORAGE_FULL, "Storage full", "STORAGE_FULL", True),
-    ServiceErrorRow(errors.DataLoss, DATA_LOSS, "Blob data lost", "DATA_LOSS", False),
-    ServiceErrorRow(errors.Overloaded, OVERLOADED, "Overloaded", "OVERLOADED", True),
+    ServiceErrorRow(
+        errors.Unavailable, UNAVAILABLE, "Blob service unavailable", "UNAVAILABLE", True, 503
+    ),
+    ServiceErrorRow(
+        errors.BlobTooLarge, BLOB_TOO_LARGE, "Blob too large", "BLOB_TOO_LARGE", False, 413
+    ),
+    ServiceErrorRow(errors.StorageFull, STORAGE_FULL, "Storage full", "STORAGE_FULL", True, 507),
+    ServiceErrorRow(errors.DataLoss, DATA_LOSS, "Blob data lost", "DATA_LOSS", False, 500),
+    ServiceErrorRow(errors.Overloaded, OVERLOADED, "Overloaded", "OVERLOADED", True, 503),
 )
 
 _INVALID_REASONS: tuple[tuple[type[errors.InvalidArgument], str], ...] = (
@@ -176,6 +183,23 @@ def from_store_error(exc: errors.BlobStoreError, field: str) -> RpcError:
     if isinstance(exc, RemoteError):
         data["grpc_code"] = exc.code.name
     return RpcError(SERVICE_ERROR, "Blob service error", data)
+
+
+def http_error(exc: errors.BlobStoreError) -> tuple[int, str, bool]:
+    """(HTTP status, reason, retryable) of a store error, from the same rows, for REST.
+
+    An InvalidArgument (a malformed id or value) is 400 with the reason the
+    JSON-RPC side gives it; errors no row knows are 502 SERVICE_ERROR.
+    """
+    if isinstance(exc, errors.InvalidArgument):
+        reason = next(
+            (r for cls, r in _INVALID_REASONS if isinstance(exc, cls)), "INVALID_ARGUMENT"
+        )
+        return 400, reason, False
+    for row in SERVICE_ERRORS:
+        if isinstance(exc, row.error):
+            return row.http_status, row.reason, row.retryable
+    return 502, "SERVICE_ERROR", False
 
 
 def clip(text: str, limit: int = 100) -> str:

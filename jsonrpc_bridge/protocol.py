@@ -82,23 +82,7 @@ class JsonRpcCore:
             return encode_error(None, errors.internal_error())
 
     async def _decode(self, body: bytes) -> object:
-        """decode(body); bodies of many values are refused or decoded in the worker process.
-
-        Parsing holds the GIL (and so this event loop) for the whole body, and costs
-        memory per value: a cap refuses bodies of too many values before they are
-        parsed, and those with many values are parsed away from the event loop.
-        """
-        if len(body) < INLINE_BODY_BYTES:
-            return decode(body)
-        values = await offload(len(body), estimate_values, body)
-        limit = self._max_json_values
-        if limit and values > limit:
-            values = await offload_to_process(count_values, body)
-            if values > limit:
-                raise TooManyValues(values, limit)
-        if values <= INLINE_VALUES:
-            return decode(body)
-        return await offload_to_process(decode_forwarding, body)
+        return await decode_body(body, self._max_json_values)
 
     async def _batch(self, messages: list[object]) -> bytes | None:
         if not messages:
@@ -171,6 +155,26 @@ class JsonRpcCore:
         except Exception:
             log.exception("method %s failed", method_name)
             raise errors.internal_error() from None
+
+
+async def decode_body(body: bytes, max_json_values: int) -> object:
+    """decode(body); bodies of many values are refused or decoded in the worker process.
+
+    Parsing holds the GIL (and so this event loop) for the whole body, and costs
+    memory per value: a cap refuses bodies of too many values before they are
+    parsed (TooManyValues), and those with many values are parsed away from the
+    event loop. Also used by the REST routes (rest_routes.py) for their JSON bodies.
+    """
+    if len(body) < INLINE_BODY_BYTES:
+        return decode(body)
+    values = await offload(len(body), estimate_values, body)
+    if max_json_values and values > max_json_values:
+        values = await offload_to_process(count_values, body)
+        if values > max_json_values:
+            raise TooManyValues(values, max_json_values)
+    if values <= INLINE_VALUES:
+        return decode(body)
+    return await offload_to_process(decode_forwarding, body)
 
 
 def encode_error(request_id: object, error: RpcError) -> bytes:

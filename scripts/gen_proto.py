@@ -22,8 +22,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
 OUTPUT = ROOT / "server" / "blobstore" / "api"
-# protoc writes absolute imports ("from blobstore.v1 import ..."); our generated tree
-# lives inside the `blobstore` package, so those imports are rewritten to point there.
+# protoc writes absolute imports ("from blobstore.v1 import ...", "from stepflow.v1
+# import ..."); our generated tree lives inside the `blobstore` package, so imports of
+# every top-level proto package under proto/ are rewritten to point there.
 PACKAGE_PREFIX = "blobstore.api"
 
 
@@ -43,11 +44,12 @@ def _generate(into: Path) -> None:
     bindir = Path(sys.executable).parent
     env_path = f"{bindir}:{_os_path()}"
     subprocess.run(cmd, check=True, cwd=PROTO_ROOT, env={"PATH": env_path})
+    packages = "|".join(sorted(d.name for d in PROTO_ROOT.iterdir() if d.is_dir()))
     for path in into.rglob("*.py*"):
         text = path.read_text()
         text = re.sub(
-            r"^(from|import) blobstore\.",
-            lambda m: f"{m.group(1)} {PACKAGE_PREFIX}.blobstore.",
+            rf"^(from|import) ({packages})\.",
+            lambda m: f"{m.group(1)} {PACKAGE_PREFIX}.{m.group(2)}.",
             text,
             flags=re.MULTILINE,
         )

@@ -25,8 +25,10 @@ import grpc
 import orjson
 from bench_procs import cpu_seconds
 from bench_stats import Trial
+from google.protobuf import json_format, struct_pb2
 
 from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
+from blobstore.api.stepflow.v1 import blobs_pb2 as stepflow_pb
 from blobstore.canonical_json import canonicalize_text
 from blobstore.client import CHANNEL_OPTIONS
 
@@ -34,6 +36,8 @@ KIB = 1024
 MIB = 1024 * KIB
 CHUNK = MIB
 _SERVICE = "/blobstore.v1.BlobService/"
+_STEPFLOW_SERVICE = "/stepflow.v1.BlobService/"
+_SEQ_SLOT = b"@" * 12  # where a document's 12-digit sequence number goes
 _JSON_HEADERS = {"Content-Type": "application/json"}
 
 Op = Callable[[int], Awaitable[object]]
@@ -79,12 +83,21 @@ class Documents:
         doc["note"] = "n" * pad
         text = _json_dumps_default(doc)
         self._prefix, self._suffix = text.split(b"@SEQ@")
+        # The same document as a Stepflow worker sends it: a PutBlobRequest whose
+        # json_data is a google.protobuf.Value, serialised once with a 12-byte slot.
+        value = json_format.Parse(text.replace(b"@SEQ@", _SEQ_SLOT), struct_pb2.Value())
+        blob = stepflow_pb.PutBlobRequest(json_data=value, blob_type="data").SerializeToString()
+        self._blob_prefix, self._blob_suffix = blob.split(_SEQ_SLOT)
 
     def text(self, seq: int) -> bytes:
         return self._prefix + b"%012d" % seq + self._suffix
 
     def put_request(self, seq: int) -> bytes:
         return pb.PutRequest(blob_type=pb.BLOB_TYPE_JSON, data=self.text(seq)).SerializeToString()
+
+    def put_blob_request(self, seq: int) -> bytes:
+        """stepflow.v1 PutBlobRequest of the document `text(seq)` holds."""
+        return self._blob_prefix + b"%012d" % seq + self._blob_suffix
 
     def bridge_put_body(self, seq: int) -> bytes:
         return (
@@ -102,6 +115,11 @@ def _json_dumps_default(value: object) -> bytes:
 
 def get_request(blob_id: str) -> bytes:
     return pb.GetRequest(id=blob_id).SerializeToString()
+
+
+def get_blob_request(blob_id: str) -> bytes:
+    """stepflow.v1 GetBlobRequest: the bare hex id."""
+    return stepflow_pb.GetBlobRequest(blob_id=blob_id.removeprefix("sha256:")).SerializeToString()
 
 
 def bridge_get_body(seq: int, blob_id: str) -> bytes:
@@ -157,7 +175,7 @@ def endless_blob(size: int, unique: bytes, chunk: int = CHUNK) -> Iterator[bytes
 
 
 class GrpcCaller:
-    """Raw-bytes callables for the four BlobService methods on one channel."""
+    """Raw-bytes callables for BlobService's methods (and Stepflow's PutBlob/GetBlob)."""
 
     def __init__(self, target: str) -> None:
         self.channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
@@ -165,6 +183,8 @@ class GrpcCaller:
         self.get = self.channel.unary_unary(_SERVICE + "Get", None, None)
         self.put_stream = self.channel.stream_unary(_SERVICE + "PutStream", None, None)
         self.get_stream = self.channel.unary_stream(_SERVICE + "GetStream", None, None)
+        self.put_blob = self.channel.unary_unary(_STEPFLOW_SERVICE + "PutBlob", None, None)
+        self.get_blob = self.channel.unary_unary(_STEPFLOW_SERVICE + "GetBlob", None, None)
 
     async def close(self) -> None:
         await self.channel.close(None)
@@ -177,6 +197,12 @@ class GrpcCaller:
 
     async def call_get(self, request: bytes) -> bytes:
         return cast(bytes, await self.get(request))
+
+    async def call_put_blob(self, request: bytes) -> bytes:
+        return cast(bytes, await self.put_blob(request))
+
+    async def call_get_blob(self, request: bytes) -> bytes:
+        return cast(bytes, await self.get_blob(request))
 
     async def stream_put(self, messages: Iterator[bytes] | list[bytes]) -> bytes:
         return cast(bytes, await self.put_stream(iter(messages)))

@@ -14,6 +14,9 @@ service and its ceilings alike:
   large size); SHA-256 speed;
 - our service over gRPC: put_small, get_small, put_dedup (16 callers),
   put_large and get_large (binary, streamed, each rep a new blob);
+- stepflow.v1 on the same port: stepflow_put (PutBlob of the same 1 KiB
+  documents as json_data, as Stepflow workers send them) and stepflow_get
+  (GetBlob, JSON back as a protobuf Value), as ratios to put_small/get_small;
 - the JSON-RPC bridge over HTTP: blobs/put and blobs/get (16 callers); a
   bridge that does not start fails the run;
 - the server's peak RSS growth during a 1 GiB streamed put and get.
@@ -28,7 +31,7 @@ figure and its ratio to its ceiling, target and PASS/MISS, and writes JSON
 example a `git worktree` of an older commit), interleaved with ours, and
 prints ours/baseline for put_small, get_small, put_large and get_large.
 
-Why one script of ~800 lines: every row is measured in the same interleaved trial
+Why one script of ~860 lines: every row is measured in the same interleaved trial
 loop against its ceiling; the servers, ceilings and CPU split it drives live in the
 bench_* modules beside it.
 """
@@ -68,6 +71,7 @@ from bench_load import (
     bridge_get_body,
     closed_loop,
     endless_blob,
+    get_blob_request,
     get_request,
     one_shot,
     random_picker,
@@ -85,8 +89,10 @@ from bench_procs import (
     start_echo_server,
 )
 from bench_stats import Summary, Trial
+from google.protobuf import json_format
 
 from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
+from blobstore.api.stepflow.v1 import blobs_pb2 as stepflow_pb
 from blobstore.canonical_json import canonicalize_text
 from blobstore.client import AsyncBlobClient
 from blobstore.errors import BlobStoreError
@@ -152,8 +158,19 @@ TARGETS = [
     Target("get_large", "mb_per_s", ("sha256", "echo_get_stream"), 0.80),
     Target("bridge_put", "ops_per_s", ("put_small",), 0.50),
     Target("bridge_get", "ops_per_s", ("get_small",), 0.50),
+    # stepflow.v1 over the same store: the second API should cost nothing extra.
+    Target("stepflow_put", "ops_per_s", ("put_small",), 0.90),
+    Target("stepflow_get", "ops_per_s", ("get_small",), 0.90),
 ]
-SMALL_WORKLOADS = ["put_small", "get_small", "put_dedup", "bridge_put", "bridge_get"]
+SMALL_WORKLOADS = [
+    "put_small",
+    "get_small",
+    "put_dedup",
+    "stepflow_put",
+    "stepflow_get",
+    "bridge_put",
+    "bridge_get",
+]
 MAX_TAIL_RATIO = 4.0
 MAX_RSS_GROWTH = 100 * MIB
 
@@ -245,6 +262,7 @@ class Bench:
         docs = self.docs
         gets = [get_request(i) for i in self.pool_ids]
         pick_get = random_picker(gets)
+        pick_get_blob = random_picker([get_blob_request(i) for i in self.pool_ids])
         dedup = [docs.put_request(n) for n in range(len(self.pool_ids))]
         pick_dedup = random_picker(dedup)
         pick_id = random_picker([i.encode() for i in self.pool_ids])
@@ -256,6 +274,12 @@ class Bench:
             "put_dedup": (lambda n: self.ours_c.call_put(pick_dedup()), KIB, ours),
             "echo_get": (lambda n: self.echo_c.call_get(echo_get), KIB, echo),
             "get_small": (lambda n: self.ours_c.call_get(pick_get()), KIB, ours),
+            "stepflow_put": (
+                lambda n: self.ours_c.call_put_blob(docs.put_blob_request(n)),
+                KIB,
+                ours,
+            ),
+            "stepflow_get": (lambda n: self.ours_c.call_get_blob(pick_get_blob()), KIB, ours),
         }
         if self.base_c is not None and self.baseline is not None:
             base_c, base = self.base_c, [self.baseline.pid]
@@ -300,8 +324,27 @@ class Bench:
             raise LoadError(
                 f"service stored the test document as {put.info.blob_id}, not {expected}"
             )
+        await self._preflight_stepflow()
         if self.http is not None:
             await self._preflight_bridge()
+
+    async def _preflight_stepflow(self) -> None:
+        """stepflow.v1 stores the document under the same id and returns the same value."""
+        seq = next(self._seq)
+        text = self.docs.text(seq)
+        expected = hashlib.sha256(canonicalize_text(text)).hexdigest()
+        put = stepflow_pb.PutBlobResponse.FromString(
+            await self.ours_c.call_put_blob(self.docs.put_blob_request(seq))
+        )
+        got = stepflow_pb.GetBlobResponse.FromString(
+            await self.ours_c.call_get_blob(get_blob_request(expected))
+        )
+        if put.blob_id != expected or got.blob_type != "data":
+            raise LoadError(
+                f"stepflow.v1 stored the test document as {put.blob_id}, not {expected}"
+            )
+        if json_format.MessageToDict(got.json_data) != json.loads(text):
+            raise LoadError("stepflow.v1 GetBlob returned other data than was put")
 
     async def _preflight_bridge(self) -> None:
         http = self.http
@@ -600,6 +643,7 @@ ORDER = [
         ],
     ),
     ("service over gRPC", ["put_small", "get_small", "put_dedup", "put_large", "get_large"]),
+    ("stepflow.v1 over gRPC", ["stepflow_put", "stepflow_get"]),
     ("bridge over HTTP", ["bridge_put", "bridge_get"]),
     (
         "baseline tree over gRPC",

@@ -9,7 +9,7 @@ fail with a transient status are retried as server/blobstore/retry.py says: ever
 is idempotent (a put of the same content stores the same blob), and a
 streamed put or get that fails half way starts again from the beginning.
 
-Why one module of ~460 lines: BlobClient and AsyncBlobClient mirror each other method
+Why one module of ~560 lines: BlobClient and AsyncBlobClient mirror each other method
 for method over shared request building and reply decoding; side by side they stay
 in step.
 """
@@ -22,7 +22,15 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
@@ -447,6 +455,100 @@ class AsyncBlobClient:
         request = pb.FindMissingRequest(ids=[parse_blob_id(i) for i in blob_ids])
         reply = await self._call(lambda t: self._stub.FindMissing(request, timeout=t))
         return list(reply.missing_ids)
+
+    async def put_chunks(
+        self,
+        chunks: AsyncIterable[bytes],
+        blob_type: BlobType = BlobType.BINARY,
+        *,
+        total_size: int | None = None,
+        meta: BlobMeta = NO_META,
+    ) -> PutResult:
+        """Stores a blob given as chunks as they come (PutStream), in bounded memory.
+
+        Made once, never retried: the chunks are consumed as they are sent. Used by
+        the bridge to pass an HTTP body through without holding it whole.
+        """
+
+        async def requests() -> AsyncIterator[pb.PutStreamRequest]:
+            head = pb.PutStreamRequest(blob_type=_TO_PB[blob_type], **meta_to_pb(meta))
+            if total_size is not None:
+                head.total_size = total_size
+            yield head
+            async for chunk in chunks:
+                if chunk:
+                    yield pb.PutStreamRequest(chunk=chunk)
+
+        with _translated():
+            return _put_result(await self._stub.PutStream(requests(), timeout=self.timeout))
+
+    async def open_reader(self, blob_id: str, chunk_size: int = CHUNK_SIZE) -> BlobReader:
+        """Opens a blob for reading chunk by chunk (GetStream); its info is known at once.
+
+        Opening is retried like any call; the chunks are not (the caller has used
+        those before). The reader must be closed (`aclose`, or `async with`).
+        """
+        parsed = parse_blob_id(blob_id)
+
+        async def attempt(limit: float | None) -> BlobReader:
+            call = self._stub.GetStream(
+                pb.GetStreamRequest(id=parsed, chunk_size=chunk_size), timeout=limit
+            )
+            replies: AsyncIterator[pb.GetStreamResponse] = aiter(call)
+            try:
+                first = await anext(replies, None)
+            except BaseException:
+                call.cancel()
+                raise
+            if first is None or not first.HasField("info"):
+                call.cancel()
+                raise DataLoss(parsed, "the service's stream did not start with the blob's info")
+            return BlobReader(call, replies, _blob_info(first.info), first.chunk)
+
+        return await self._call(attempt)
+
+
+class BlobReader:
+    """A blob being read chunk by chunk: `info`, then `async for chunk in reader`.
+
+    The chunks are hashed as they pass: if they do not add up to the blob's id,
+    the last iteration raises DataLoss (the service checks too, and would never
+    send such a blob; this guards the path between). Errors are the store's own.
+    """
+
+    def __init__(
+        self,
+        call: Any,
+        replies: AsyncIterator[pb.GetStreamResponse],
+        info: BlobInfo,
+        first_chunk: bytes,
+    ) -> None:
+        self._call = call
+        self._replies = replies
+        self.info = info
+        self._first = first_chunk
+        self._hasher = hashlib.sha256()
+
+    async def __aenter__(self) -> BlobReader:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        self._call.cancel()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        with _translated():
+            if self._first:
+                self._hasher.update(self._first)
+                yield self._first
+            async for reply in self._replies:
+                if reply.chunk:
+                    self._hasher.update(reply.chunk)
+                    yield reply.chunk
+        if self._hasher.hexdigest() != hex_digest(self.info.blob_id):
+            raise DataLoss(self.info.blob_id, "the received content does not match its id")
 
 
 @contextlib.contextmanager

@@ -81,3 +81,19 @@ def _reason(text: str, digest: str) -> str:
     if _ANY_CASE_HEX.fullmatch(digest):
         return "hex digits must be lowercase"
     return "the digest must be hex digits 0-9 a-f"
+
+
+def parse_bare_id(text: str) -> BlobId:
+    """A Stepflow id (stepflow.v1, its REST routes): exactly 64 hex digits, either case.
+
+    Returns the canonical form; raises InvalidBlobId for anything else, the
+    "sha256:" prefix included (Stepflow's ids are bare, and its SDK only
+    recognises bare ones). See docs/stepflow.md.
+    """
+    if _ANY_CASE_HEX.fullmatch(text) is None:
+        shown = repr(text) if len(text) <= 80 else repr(text[:76]) + "..."
+        reason = "it is empty" if not text else f"{shown} is not 64 hex digits"
+        if text.startswith(PREFIX):
+            reason += f" (Stepflow ids have no {PREFIX!r} prefix)"
+        raise InvalidBlobId(f"invalid blob_id: {reason}")
+    return BlobId(PREFIX + text.lower())

@@ -28,6 +28,7 @@ CEILINGS = {
     "sha256",
 }
 SERVICE = {"put_small", "get_small", "put_dedup", "put_large", "get_large"}
+STEPFLOW = {"stepflow_put", "stepflow_get"}
 BRIDGE = {"bridge_put", "bridge_get"}
 
 
@@ -46,7 +47,7 @@ def test_quick_benchmark_measures_every_workload(tmp_path: Path) -> None:
     )
     assert run.returncode == 0, f"stdout:\n{run.stdout}\nstderr:\n{run.stderr}"
     results = json.loads(results_path.read_text())
-    expected = CEILINGS | SERVICE | BRIDGE
+    expected = CEILINGS | SERVICE | STEPFLOW | BRIDGE
 
     workloads = results["workloads"]
     assert set(workloads) == expected
@@ -61,14 +62,14 @@ def test_quick_benchmark_measures_every_workload(tmp_path: Path) -> None:
         assert _positive(workloads[name]["server_cpu_cores"]), (name, workloads[name])
 
     ratios = {c["workload"]: c for c in results["checks"] if c["kind"] == "ratio"}
-    assert set(ratios) == SERVICE | BRIDGE
+    assert set(ratios) == SERVICE | STEPFLOW | BRIDGE
     for check in ratios.values():
         assert _positive(check["ratio"]), check
         assert check["ceiling"] in workloads, check
         assert check["ratio"] == check["value"] / check["ceiling_value"]
         assert isinstance(check["pass"], bool)
     tails = {c["workload"] for c in results["checks"] if c["kind"] == "tail"}
-    assert tails == {"put_small", "get_small", "put_dedup"} | BRIDGE
+    assert tails == {"put_small", "get_small", "put_dedup"} | STEPFLOW | BRIDGE
 
     assert set(results["rss"]) == {"rss_put_stream", "rss_get_stream"}
     for figures in results["rss"].values():

@@ -378,3 +378,25 @@ def test_server_survives_garbage_and_keeps_data(client: BlobClient, server: Serv
                     assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert client.get(kept).data == b"keep me"
     assert client.put_bytes(b"more", BlobType.BINARY).created
+
+
+def test_a_put_stream_refused_half_way_is_read_to_its_end_first(server: ServerProcess) -> None:
+    """The refusal of a stream with more to come (garbage, a lie) is the status, never UNKNOWN.
+
+    The guard reads the rest of a refused PutStream before the status goes out
+    (_DrainFirst); what it reads may itself be garbage.
+    """
+    garbage = b"\xff\xff\xff"
+    with grpc.insecure_channel(server.target) as channel:
+        put_stream = channel.stream_unary("/blobstore.v1.BlobService/PutStream", None, None)
+        for messages in (
+            [garbage, garbage, garbage],
+            [pb.PutStreamRequest(blob_type=pb.BLOB_TYPE_BINARY).SerializeToString(), garbage],
+            [
+                pb.PutStreamRequest(chunk=b"x", offset=5).SerializeToString(),
+                *[pb.PutStreamRequest(chunk=b"y" * 1000).SerializeToString()] * 50,
+            ],
+        ):
+            failure = rpc_failure(lambda m=messages: put_stream(iter(m), timeout=30))  # type: ignore[misc]
+            assert_status(failure, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT")
+    assert_still_serving(server.target)

@@ -3,7 +3,7 @@
 The ```sh block of the README's grpcurl section is the script: each command runs through
 bash with only the address changed to the test server's, and what it prints must equal
 the output the README shows in the comment lines right below it. On top of that the
-test checks what an operator relies on: the three services are listed, the README's
+test checks what an operator relies on: the four services are listed, the README's
 literal blob id is the content id of its example document, the document comes back as
 JSON, and both health checks answer SERVING.
 """
@@ -33,6 +33,7 @@ SERVICES = {
     "blobstore.v1.BlobService",
     "grpc.health.v1.Health",
     "grpc.reflection.v1alpha.ServerReflection",
+    "stepflow.v1.BlobService",
 }
 
 

@@ -1,5 +1,6 @@
-"""Fixtures for the tests with the real Stepflow SDKs: their venvs, a gRPC server, and a
-stand-in runtime per SDK (0.7 over stdio, 0.9 over Streamable HTTP) with a real bridge."""
+"""Fixtures for the tests with the real Stepflow: the SDKs' venvs, a gRPC server, a
+stand-in runtime per JSON-RPC-era SDK (0.7 over stdio, 0.9 over Streamable HTTP) with a
+real bridge, and Stepflow 0.13 (`stepflow`: today's SDK and the real stepflow-server)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from tests.bridge_processes import BridgeProcess
 from tests.processes import ServerProcess
 from tests.stepflow.runtime import REPO, HttpRuntime, Runtime, SdkProcess, StdioRuntime
+from tests.stepflow_venv import StepflowVenv, stepflow_venv
 
 SDKS = ["0.7-stdio", "0.9-http"]
 RuntimeFactory = Callable[..., Runtime]
@@ -65,3 +67,9 @@ def start_runtime(
 def runtime(request: pytest.FixtureRequest, start_runtime: RuntimeFactory) -> Runtime:
     """One initialized runtime per SDK, shared by a module's tests."""
     return start_runtime(request.param)
+
+
+@pytest.fixture(scope="session")
+def stepflow() -> StepflowVenv:
+    """Stepflow 0.13 (stepflow-py and stepflow-orchestrator's stepflow-server), made once."""
+    return stepflow_venv()

@@ -1,8 +1,9 @@
-"""The gate in front of BlobService: admission control, unparseable messages, draining.
+"""The gate in front of the blob services: admission control, unparseable messages, draining.
 
-A gRPC server interceptor, so every BlobService call passes one place before
-the servicer sees it (health and reflection are not gated: operators must be
-able to probe a busy server). It
+A gRPC server interceptor, so every call of blobstore.v1.BlobService and of
+stepflow.v1.BlobService (the same store) passes one place before the servicer
+sees it (health and reflection are not gated: operators must be able to probe a
+busy server). It
 
 * admits or refuses each call with server/blobstore/service/admission.py. The call is counted
   when it arrives, before its request is read, so a refused call costs no
@@ -15,6 +16,9 @@ able to probe a busy server). It
   gathers whole) - and refused the same way if that does not fit.
 * turns request bytes that are not a valid protobuf message into
   INVALID_ARGUMENT, where grpc itself would answer UNKNOWN or INTERNAL.
+* reads the rest of a PutStream that the servicer refused half way (a
+  declared size over the limit...) before its status goes out (up to
+  DRAIN_LIMIT), so that a client still writing receives that status.
 * when the server stops, refuses new calls with UNAVAILABLE while those in
   progress finish (drain()), then ends those still running with UNAVAILABLE
   too (cut_off()).
@@ -47,13 +51,18 @@ from grpc._cython.cygrpc import ExecuteBatchError  # type: ignore[import-not-fou
 
 from blobstore import errors
 from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
+from blobstore.api.stepflow.v1 import blobs_pb2 as stepflow_pb
 from blobstore.limits import DEFAULT_CHUNK, clamp_chunk_size
-from blobstore.proto_names import SERVICE, SERVICE_NAME
+from blobstore.proto_names import SERVICE
 from blobstore.service.admission import Admission, Ticket
 from blobstore.status import to_status
 
 log = logging.getLogger(__name__)
-_PREFIX = f"/{SERVICE_NAME}/"
+# The gated services, by the "/package.Service/" prefix of their method paths.
+_SERVICES = {
+    f"/{service.full_name}/": service
+    for service in (SERVICE, stepflow_pb.DESCRIPTOR.services_by_name["BlobService"])
+}
 # Reserved for each PutStream for its chunk in flight: what our client sends. Larger
 # chunks grow the reservation, which may be refused mid-stream when the budget is spent.
 STREAM_ALLOWANCE = 1024 * 1024 + 1024
@@ -63,7 +72,7 @@ DRAIN_LIMIT = 64 * 1024 * 1024
 # stream measured with 1 MiB chunks (120 unread streams, one channel); rounded up.
 GET_STREAM_BUFFERED_CHUNKS = 4
 # Methods whose handler takes a third argument, `reserve(nbytes)`, to size its reply.
-_RESERVING = frozenset({"Get"})
+_RESERVING = frozenset({"Get", "GetBlob"})
 _Handler = Any  # grpc's RpcMethodHandler named tuple; grpc-stubs does not type its fields
 _Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -71,14 +80,19 @@ _Context = grpc.aio.ServicerContext[Any, Any]
 class Malformed:
     """Stands in for a request message that could not be parsed."""
 
-    __slots__ = ("message",)
+    __slots__ = ("message", "size")
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, size: int) -> None:
         self.message = message
+        self.size = size
+
+    def ByteSize(self) -> int:
+        """The size of the bytes that did not parse (what a drain counts)."""
+        return self.size
 
 
 class Guard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Wraps each BlobService call's handler; see the module docstring."""
+    """Wraps each blob service call's handler; see the module docstring."""
 
     def __init__(
         self,
@@ -126,9 +140,11 @@ class Guard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         name: str = handler_call_details.method
         method = self._methods.get(name)
         if method is None or method.inner is not handler:
-            if handler is None or not name.startswith(_PREFIX):
+            prefix, _, method_name = name.rpartition("/")
+            service = _SERVICES.get(prefix + "/")
+            if handler is None or service is None:
                 return handler
-            method = self._methods[name] = _Method(self, name.removeprefix(_PREFIX), handler)
+            method = self._methods[name] = _Method(self, service, method_name, handler)
         drain = self.stream_idle if method.inner.request_streaming else None
         if self._closing is not None:
             return _refusal(self._closing, drain)
@@ -140,14 +156,14 @@ class Guard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
 
 class _Method:
-    """One BlobService method as the guard runs it; built once, bound to a ticket per call."""
+    """One blob service method as the guard runs it; built once, bound to a ticket per call."""
 
     __slots__ = ("_behavior", "_fields", "_handler_type", "_slot", "initial", "inner")
 
-    def __init__(self, guard: Guard, name: str, inner: _Handler) -> None:
+    def __init__(self, guard: Guard, service: Any, name: str, inner: _Handler) -> None:
         self.inner = inner
         self._handler_type = type(inner)
-        type_name = SERVICE.methods_by_name[name].input_type.full_name
+        type_name = service.methods_by_name[name].input_type.full_name
         fields = list(inner)
         fields[inner._fields.index("request_deserializer")] = _tolerant(
             inner.request_deserializer, type_name
@@ -244,13 +260,42 @@ async def _stream_unary(
 ) -> Any:
     task = _enter(guard)
     try:
-        return await inner(_metered(requests, ticket, guard.stream_idle), context)
+        metered = _metered(requests, ticket, guard.stream_idle)
+        return await inner(metered, _DrainFirst(context, requests, guard.stream_idle))
     except asyncio.CancelledError:
         if (error := _cut_off(guard, task)) is None:
             raise
         await _abort(context, error)
     finally:
         _leave(guard, task, ticket)
+
+
+class _DrainFirst:
+    """A PutStream's context whose abort() first reads the rest of the client's stream.
+
+    The servicer refuses a stream half way (a declared total_size over the limit, a
+    bad first message...) by aborting, which sends the status at once: a client still
+    writing may then lose it (see _drain). Reading the rest first (nothing if it was
+    all read) lets the status arrive. Everything else is the call's own context.
+    """
+
+    __slots__ = ("_context", "_idle", "_requests")
+
+    def __init__(self, context: _Context, requests: AsyncIterator[Any], idle: float) -> None:
+        self._context = context
+        self._requests = requests
+        self._idle = idle
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+    async def abort(
+        self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()
+    ) -> NoReturn:
+        with contextlib.suppress(Exception):  # best effort: the status goes out regardless
+            await _drain(self._requests, self._idle)
+        await self._context.abort(code, details, trailing_metadata)
+        raise AssertionError("unreachable: abort raises")
 
 
 def _cancel_idle(task: asyncio.Task[Any] | None) -> None:
@@ -372,7 +417,7 @@ def _tolerant(deserialize: Callable[[bytes], Any], type_name: str) -> Callable[[
         try:
             return deserialize(data)
         except Exception as exc:  # any parse failure is the sender's fault
-            return Malformed(f"malformed request, not a {type_name} message: {exc}")
+            return Malformed(f"malformed request, not a {type_name} message: {exc}", len(data))
 
     return parse
 

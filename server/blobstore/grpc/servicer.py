@@ -82,6 +82,10 @@ def _translate_errors(handler: _Handler) -> _Handler:
     return unary_wrapper  # type: ignore[return-value]
 
 
+translate_errors = _translate_errors
+"""The same translation for the other adapters over the store (stepflow_servicer.py)."""
+
+
 class BlobServicer(pb_grpc.BlobServiceServicer):
     """Implements blobstore.v1.BlobService over a BlobStore."""
 

@@ -13,6 +13,8 @@ from grpc_reflection.v1alpha import reflection
 
 from blobstore.grpc.guard import Guard
 from blobstore.grpc.servicer import BlobServicer
+from blobstore.grpc.stepflow_servicer import SERVICE_NAME as STEPFLOW_SERVICE_NAME
+from blobstore.grpc.stepflow_servicer import StepflowBlobServicer
 from blobstore.limits import MAX_CHUNK
 from blobstore.offload import shutdown_process_pool
 from blobstore.proto_names import SERVICE_NAME
@@ -77,10 +79,12 @@ async def _serve_store(
         ],
     )
     BlobServicer(store).add_to_server(server)
+    StepflowBlobServicer(store).add_to_server(server)  # Stepflow's API, same store and guard
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        [SERVICE_NAME, STEPFLOW_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME],
+        server,
     )
     _check_bindable(config.address)
     try:
@@ -90,7 +94,8 @@ async def _serve_store(
     host = config.address.rsplit(":", 1)[0]
     warn_if_exposed(log, host, "the gRPC server")
     await server.start()
-    await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    for name in (SERVICE_NAME, STEPFLOW_SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     malloc.log()
     log.info("at most %d connections (open-file limit and --max-connections)", max_connections)
     # The "listening" line comes last: scripts and tests take it as the sign of readiness.
