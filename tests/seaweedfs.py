@@ -39,8 +39,6 @@ _PORT_FLAGS = (
     "filer.port.grpc",
     "s3.port",
     "s3.port.grpc",
-    "admin.port",
-    "admin.port.grpc",
 )
 
 
@@ -48,6 +46,22 @@ def weed_binary() -> str | None:
     """The `weed` of the project's environment (next to this Python), else one on PATH."""
     beside = Path(sys.executable).parent / "weed"
     return str(beside) if beside.is_file() else shutil.which("weed")
+
+
+def free_port_pair(offset: int = 10_000) -> tuple[int, int]:
+    """A free port p with p + offset free too: `weed mini`'s maintenance worker dials the
+    admin server at its HTTP port + 10000 whatever -admin.port.grpc says."""
+    for _ in range(100):
+        (port,) = free_ports(1)
+        if port + offset > 65535:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + offset))
+            except OSError:
+                continue
+        return port, port + offset
+    raise RuntimeError("no free pair of ports")
 
 
 def free_ports(count: int) -> list[int]:
@@ -101,6 +115,7 @@ class SeaweedFS:
         config.write_text(json.dumps({"identities": [identity]}))
         if not self.ports:  # a restart keeps its ports, so clients find it again
             self.ports = dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS)), strict=True))
+            self.ports["admin.port"], self.ports["admin.port.grpc"] = free_port_pair()
         args = [
             binary,
             "mini",

@@ -67,7 +67,9 @@ class ServerConfig:
 HELP = {
     "address": "host:port to listen on for gRPC (port 0 picks a free port)",
     "data_dir": "folder where blobs are stored (created if missing)",
-    "storage": "where blobs are stored, as file://PATH or a plain folder path; empty = --data-dir",
+    "storage": "where blobs are stored: file://PATH, a plain folder path, or "
+    "s3://BUCKET/PREFIX?endpoint=URL&region=R (credentials from AWS_* variables); "
+    "empty = --data-dir",
     "max_blob_bytes": "largest blob accepted, in bytes",
     "max_json_bytes": "largest Json blob accepted, in bytes (JSON is parsed whole)",
     "max_unary_bytes": "largest blob unary Get returns; larger ones need GetStream (gRPC "
