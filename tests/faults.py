@@ -91,11 +91,21 @@ def stored_files(data_dir: Path) -> list[Path]:
     return sorted(p for p in (data_dir / "blobs").glob("??/*") if p.is_file())
 
 
+def flip_byte(path: Path, offset: int) -> None:
+    """Flips the lowest bit of the byte at `offset` of a file (a disk's silent damage)."""
+    with open(path, "r+b") as file:
+        file.seek(offset)
+        (byte,) = file.read(1)
+        file.seek(offset)
+        file.write(bytes([byte ^ 0x01]))
+
+
 def check_blob_file(path: Path) -> bytes:
     """Returns a stored blob's content after checking its header, size and hash."""
     raw = path.read_bytes()
-    _, size = decode_header(raw[:HEADER_SIZE])
-    content = raw[HEADER_SIZE:]
+    header = decode_header(raw[:HEADER_SIZE])
+    size = header.size
+    content = raw[HEADER_SIZE : len(raw) - header.meta_size]  # the metadata block follows
     assert len(content) == size, f"{path}: {len(content)} bytes, header says {size}"
     assert hashlib.sha256(content).hexdigest() == path.name, f"{path}: content is not its id"
     return content

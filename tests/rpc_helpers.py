@@ -68,10 +68,11 @@ def blob_file_problem(path: Path) -> str | None:
     """Checks a stored blob file independently of the server: header, length and hash."""
     raw = path.read_bytes()
     try:
-        _, size = decode_header(raw[:HEADER_SIZE])
+        header = decode_header(raw[:HEADER_SIZE])
     except CorruptHeader as exc:
         return f"{path.name}: {exc}"
-    content = raw[HEADER_SIZE:]
+    size = header.size
+    content = raw[HEADER_SIZE : len(raw) - header.meta_size]
     if len(content) != size:
         return f"{path.name}: {len(content)} content bytes, header says {size}"
     if hashlib.sha256(content).hexdigest() != path.name:

@@ -13,9 +13,11 @@ from pathlib import Path
 
 from blobstore.client import DEFAULT_TARGET, BlobClient
 from blobstore.errors import BlobNotFound, BlobStoreError
-from blobstore.model import BlobInfo, BlobType
+from blobstore.model import BlobInfo, BlobMeta, BlobType
 from blobstore.service import config as server_config
 
+_TYPES = {"binary": BlobType.BINARY, "json": BlobType.JSON, "flow": BlobType.FLOW}
+"""--type's names."""
 EXIT_NOT_FOUND = 3
 EXIT_CORRUPT = 4
 EXIT_ERROR = 1
@@ -77,16 +79,29 @@ def _parser() -> argparse.ArgumentParser:
     put = client_command("put", "store a file (or - for stdin); prints the blob id")
     put.add_argument("path", help="file to store, or - for standard input")
     put.add_argument(
-        "--type", choices=["json", "binary"], default="binary", help="blob type (default binary)"
+        "--type",
+        choices=list(_TYPES),
+        default="binary",
+        help="blob type (default binary); json and flow are canonicalised",
+    )
+    put.add_argument("--filename", help="file name to keep with the blob (if this put stores it)")
+    put.add_argument(
+        "--content-type", help="media type to keep with the blob, e.g. application/pdf"
     )
     put.set_defaults(run=_put)
 
-    get = client_command("get", "write a blob to a file (or stdout); exit 3 if absent")
+    get = client_command(
+        "get",
+        "write a blob to a file (or stdout); with -o, print its type, size and metadata "
+        "as JSON; exit 3 if absent",
+    )
     get.add_argument("blob_id")
     get.add_argument("-o", "--output", help="file to write (default: standard output)")
     get.set_defaults(run=_get)
 
-    stat = client_command("stat", "print a blob's type and size as JSON; exit 3 if absent")
+    stat = client_command(
+        "stat", "print a blob's type, size and metadata as JSON; exit 3 if absent"
+    )
     stat.add_argument("blob_id")
     stat.set_defaults(run=_stat)
 
@@ -143,18 +158,20 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _put(client: BlobClient, args: argparse.Namespace) -> int:
-    blob_type = BlobType.JSON if args.type == "json" else BlobType.BINARY
+    blob_type = _TYPES[args.type]
+    meta = BlobMeta(args.filename, args.content_type)
     if args.path == "-":
-        result = client.put_bytes(sys.stdin.buffer.read(), blob_type)
+        result = client.put_bytes(sys.stdin.buffer.read(), blob_type, meta=meta)
     else:
-        result = client.put_file(args.path, blob_type)
+        result = client.put_file(args.path, blob_type, meta=meta)
     print(result.info.blob_id)
     return 0
 
 
 def _get(client: BlobClient, args: argparse.Namespace) -> int:
     if args.output:
-        client.get_to_file(args.blob_id, args.output)
+        # Standard output is free when the content goes to a file: say what was written.
+        print(json.dumps(_info_json(client.get_to_file(args.blob_id, args.output))))
     else:
         sys.stdout.buffer.write(client.get(args.blob_id).data)
         sys.stdout.buffer.flush()
@@ -177,12 +194,17 @@ def _find_missing(client: BlobClient, args: argparse.Namespace) -> int:
 
 
 def _info_json(info: BlobInfo) -> dict[str, object]:
-    return {
+    shown: dict[str, object] = {
         "blob_id": info.blob_id,
         "exists": True,
         "blob_type": info.blob_type.value,
         "size": info.size,
     }
+    if info.meta.filename is not None:
+        shown["filename"] = info.meta.filename
+    if info.meta.content_type is not None:
+        shown["content_type"] = info.meta.content_type
+    return shown
 
 
 if __name__ == "__main__":

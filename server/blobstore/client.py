@@ -34,8 +34,8 @@ from blobstore.api.blobstore.v1 import blobstore_pb2_grpc as pb_grpc
 from blobstore.canonical_json import canonicalize_value
 from blobstore.errors import BlobTooLarge, DataLoss
 from blobstore.ids import BlobId, hex_digest, parse_blob_id
-from blobstore.model import Blob, BlobInfo, BlobType, PutResult
-from blobstore.proto_names import BLOB_TYPE_FROM_PB, BLOB_TYPE_TO_PB
+from blobstore.model import NO_META, Blob, BlobInfo, BlobMeta, BlobType, PutResult
+from blobstore.proto_names import BLOB_TYPE_FROM_PB, BLOB_TYPE_TO_PB, meta_from_pb, meta_to_pb
 from blobstore.retry import RetryPolicy
 from blobstore.status import from_rpc_error
 
@@ -67,19 +67,27 @@ def decode_json(data: bytes) -> Any:
 # -- messages shared by both clients ---------------------------------------------
 
 
+_Info = pb.PutResponse | pb.GetResponse | pb.StatResponse | pb.BlobInfo
+
+
+def _blob_info(reply: _Info) -> BlobInfo:
+    return BlobInfo(BlobId(reply.id), _FROM_PB[reply.blob_type], reply.size, meta_from_pb(reply))
+
+
 def _put_result(reply: pb.PutResponse) -> PutResult:
-    info = BlobInfo(BlobId(reply.id), _FROM_PB[reply.blob_type], reply.size)
-    return PutResult(info, reply.created)
+    return PutResult(_blob_info(reply), reply.created)
 
 
-def _json_request(value: object) -> pb.PutRequest:
-    return pb.PutRequest(blob_type=pb.BLOB_TYPE_JSON, data=canonicalize_value(value))
+def _json_request(value: object, blob_type: BlobType, meta: BlobMeta) -> pb.PutRequest:
+    return pb.PutRequest(
+        blob_type=_TO_PB[blob_type], data=canonicalize_value(value), **meta_to_pb(meta)
+    )
 
 
 def _stream_requests(
-    blob_type: BlobType, chunks: Iterable[bytes], total_size: int | None
+    blob_type: BlobType, chunks: Iterable[bytes], total_size: int | None, meta: BlobMeta
 ) -> Iterator[pb.PutStreamRequest]:
-    first = pb.PutStreamRequest(blob_type=_TO_PB[blob_type])
+    first = pb.PutStreamRequest(blob_type=_TO_PB[blob_type], **meta_to_pb(meta))
     if total_size is not None:
         first.total_size = total_size
     yield first
@@ -101,7 +109,7 @@ def _memory_chunks(data: bytes) -> Iterator[bytes]:
 def _stat_result(reply: pb.StatResponse) -> BlobInfo | None:
     if not reply.exists:
         return None
-    return BlobInfo(BlobId(reply.id), _FROM_PB[reply.blob_type], reply.size)
+    return _blob_info(reply)
 
 
 class _FileReceiver:
@@ -118,9 +126,7 @@ class _FileReceiver:
 
     def take(self, reply: pb.GetStreamResponse) -> None:
         if reply.HasField("info"):
-            self.info = BlobInfo(
-                BlobId(reply.info.id), _FROM_PB[reply.info.blob_type], reply.info.size
-            )
+            self.info = _blob_info(reply.info)
         if reply.chunk:
             self._hasher.update(reply.chunk)
             self._file.write(reply.chunk)
@@ -149,9 +155,7 @@ class _Gatherer:
 
     def take(self, reply: pb.GetStreamResponse) -> None:
         if reply.HasField("info"):
-            self._info = BlobInfo(
-                BlobId(reply.info.id), _FROM_PB[reply.info.blob_type], reply.info.size
-            )
+            self._info = _blob_info(reply.info)
             _check_max_size(self._info, self._max_size)
         self._parts.append(reply.chunk)
 
@@ -208,37 +212,50 @@ class BlobClient:
         with _translated():
             return retry.call(self.retry, self.timeout, attempt)
 
-    def put_json(self, value: object) -> PutResult:
-        """Stores a JSON value (dict, list, str, int, float, bool, None)."""
-        request = _json_request(value)
+    def put_json(
+        self, value: object, blob_type: BlobType = BlobType.JSON, *, meta: BlobMeta = NO_META
+    ) -> PutResult:
+        """Stores a JSON value (dict, list, str, int, float, bool, None) as Json or Flow.
+
+        `meta` (a filename, a content type) is kept if this put stores the blob.
+        """
+        request = _json_request(value, blob_type, meta)
         return _put_result(self._call(lambda t: self._stub.Put(request, timeout=t)))
 
-    def put_json_text(self, text: bytes | str) -> PutResult:
+    def put_json_text(
+        self, text: bytes | str, blob_type: BlobType = BlobType.JSON, *, meta: BlobMeta = NO_META
+    ) -> PutResult:
         """Stores JSON given as text; the server canonicalises it."""
         data = text.encode() if isinstance(text, str) else text
-        return self.put_bytes(data, BlobType.JSON)
+        return self.put_bytes(data, blob_type, meta=meta)
 
-    def put_bytes(self, data: bytes, blob_type: BlobType = BlobType.BINARY) -> PutResult:
-        """Stores bytes (Binary, or JSON text for Json); large ones are streamed."""
+    def put_bytes(
+        self, data: bytes, blob_type: BlobType = BlobType.BINARY, *, meta: BlobMeta = NO_META
+    ) -> PutResult:
+        """Stores bytes (Binary, or JSON text for Json and Flow); large ones are streamed."""
         if len(data) <= UNARY_LIMIT:
-            request = pb.PutRequest(blob_type=_TO_PB[blob_type], data=data)
+            request = pb.PutRequest(blob_type=_TO_PB[blob_type], data=data, **meta_to_pb(meta))
             return _put_result(self._call(lambda t: self._stub.Put(request, timeout=t)))
 
         def attempt(timeout: float | None) -> pb.PutResponse:
-            requests = _stream_requests(blob_type, _memory_chunks(data), len(data))
+            requests = _stream_requests(blob_type, _memory_chunks(data), len(data), meta)
             return self._stub.PutStream(requests, timeout=timeout)
 
         return _put_result(self._call(attempt))
 
     def put_file(
-        self, path: str | os.PathLike[str], blob_type: BlobType = BlobType.BINARY
+        self,
+        path: str | os.PathLike[str],
+        blob_type: BlobType = BlobType.BINARY,
+        *,
+        meta: BlobMeta = NO_META,
     ) -> PutResult:
         """Streams a file of any size to the store; a retry starts again from the top."""
 
         def attempt(timeout: float | None) -> pb.PutResponse:
             with open(path, "rb") as stream:
                 size = os.fstat(stream.fileno()).st_size
-                requests = _stream_requests(blob_type, _read_chunks(stream), size)
+                requests = _stream_requests(blob_type, _read_chunks(stream), size, meta)
                 return self._stub.PutStream(requests, timeout=timeout)
 
         return _put_result(self._call(attempt))
@@ -257,8 +274,7 @@ class BlobClient:
                 if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
                     raise
                 return self._get_streamed(parsed, timeout, max_size)
-            info = BlobInfo(BlobId(reply.id), _FROM_PB[reply.blob_type], reply.size)
-            return Blob(_check_max_size(info, max_size), reply.data)
+            return Blob(_check_max_size(_blob_info(reply), max_size), reply.data)
 
         return self._call(attempt)
 
@@ -332,34 +348,46 @@ class AsyncBlobClient:
         with _translated():
             return await retry.call_async(self.retry, self.timeout, attempt)
 
-    async def put_json(self, value: object) -> PutResult:
-        request = _json_request(value)
+    async def put_json(
+        self, value: object, blob_type: BlobType = BlobType.JSON, *, meta: BlobMeta = NO_META
+    ) -> PutResult:
+        request = _json_request(value, blob_type, meta)
         return _put_result(await self._call(lambda t: self._stub.Put(request, timeout=t)))
 
-    async def put_json_text(self, text: bytes | str) -> PutResult:
+    async def put_json_text(
+        self, text: bytes | str, blob_type: BlobType = BlobType.JSON, *, meta: BlobMeta = NO_META
+    ) -> PutResult:
         data = text.encode() if isinstance(text, str) else text
-        return await self.put_bytes(data, BlobType.JSON)
+        return await self.put_bytes(data, blob_type, meta=meta)
 
-    async def put_bytes(self, data: bytes, blob_type: BlobType = BlobType.BINARY) -> PutResult:
+    async def put_bytes(
+        self, data: bytes, blob_type: BlobType = BlobType.BINARY, *, meta: BlobMeta = NO_META
+    ) -> PutResult:
         if len(data) <= UNARY_LIMIT:
-            request = pb.PutRequest(blob_type=_TO_PB[blob_type], data=data)
+            request = pb.PutRequest(blob_type=_TO_PB[blob_type], data=data, **meta_to_pb(meta))
             return _put_result(await self._call(lambda t: self._stub.Put(request, timeout=t)))
 
         async def attempt(limit: float | None) -> pb.PutResponse:
-            requests = _stream_requests(blob_type, _memory_chunks(data), len(data))
+            requests = _stream_requests(blob_type, _memory_chunks(data), len(data), meta)
             return await self._stub.PutStream(requests, timeout=limit)
 
         return _put_result(await self._call(attempt))
 
     async def put_file(
-        self, path: str | os.PathLike[str], blob_type: BlobType = BlobType.BINARY
+        self,
+        path: str | os.PathLike[str],
+        blob_type: BlobType = BlobType.BINARY,
+        *,
+        meta: BlobMeta = NO_META,
     ) -> PutResult:
         async def attempt(limit: float | None) -> pb.PutResponse:
             with open(path, "rb") as stream:  # noqa: ASYNC230 - reads go via to_thread
                 size = os.fstat(stream.fileno()).st_size
 
                 async def requests() -> AsyncIterator[pb.PutStreamRequest]:
-                    head = pb.PutStreamRequest(blob_type=_TO_PB[blob_type], total_size=size)
+                    head = pb.PutStreamRequest(
+                        blob_type=_TO_PB[blob_type], total_size=size, **meta_to_pb(meta)
+                    )
                     yield head
                     while chunk := await asyncio.to_thread(stream.read, CHUNK_SIZE):
                         yield pb.PutStreamRequest(chunk=chunk)
@@ -378,8 +406,7 @@ class AsyncBlobClient:
                 if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
                     raise
                 return await self._get_streamed(parsed, limit, max_size)
-            info = BlobInfo(BlobId(reply.id), _FROM_PB[reply.blob_type], reply.size)
-            return Blob(_check_max_size(info, max_size), reply.data)
+            return Blob(_check_max_size(_blob_info(reply), max_size), reply.data)
 
         return await self._call(attempt)
 

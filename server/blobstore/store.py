@@ -1,8 +1,9 @@
 """The blob store: turns content into ids and enforces the rules, over any BlobBackend.
 
 It owns everything that is the same whatever the medium: JSON
-canonicalisation, hashing, size limits, streamed-put bookkeeping. Backends
-only keep bytes; transports (gRPC, the bridge) only translate.
+canonicalisation (of Json and Flow blobs alike), hashing, size limits, the
+rules of metadata (check_meta), streamed-put bookkeeping. Backends only keep
+bytes; transports (gRPC, the bridge) only translate.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from blobstore.errors import (
     UseStreaming,
 )
 from blobstore.ids import BlobId, blob_id_from_digest
-from blobstore.model import Blob, BlobInfo, BlobType, PutResult
+from blobstore.model import NO_META, Blob, BlobInfo, BlobMeta, BlobType, PutResult
 from blobstore.offload import offload, offload_to_process, sha256_hex
 from blobstore.storage.base import BlobBackend, BlobStream, OverLimit, ReadLimit
 
@@ -35,6 +36,45 @@ TEXT_CACHE_MAX_TEXT = 256 * 1024
 PROCESS_MIN_VALUES = 200_000
 """JSON texts with more values than this are canonicalised in the worker process: parsing
 them holds the GIL for tens of milliseconds or more."""
+MAX_FILENAME_BYTES = 1024
+"""Longest filename kept with a blob, in UTF-8 bytes (a path, not a document)."""
+MAX_CONTENT_TYPE_CHARS = 255
+"""Longest content type: RFC 6838 caps type and subtype at 127 characters each."""
+
+
+def check_meta(meta: BlobMeta) -> BlobMeta:
+    """The metadata as stored: empty fields become None; InvalidArgument if a field is unfit.
+
+    A filename is any text without control characters, up to MAX_FILENAME_BYTES;
+    a content type is printable ASCII (a media type, perhaps with parameters).
+    Both travel in HTTP headers and terminals elsewhere, hence no control characters.
+    """
+    filename = meta.filename or None
+    content_type = meta.content_type or None
+    if filename is not None:
+        try:
+            size = len(filename.encode())
+        except UnicodeEncodeError:
+            raise InvalidArgument("filename is not valid Unicode (a lone surrogate)") from None
+        if size > MAX_FILENAME_BYTES:
+            raise InvalidArgument(
+                f"filename is {size} UTF-8 bytes, over the limit of {MAX_FILENAME_BYTES}"
+            )
+        if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in filename):
+            raise InvalidArgument("filename must not contain control characters")
+    if content_type is not None:
+        if len(content_type) > MAX_CONTENT_TYPE_CHARS:
+            raise InvalidArgument(
+                f"content_type is {len(content_type)} characters, over the limit of "
+                f"{MAX_CONTENT_TYPE_CHARS}"
+            )
+        if not all(0x20 <= ord(c) < 0x7F for c in content_type):
+            raise InvalidArgument(
+                "content_type must be printable ASCII, a media type such as application/pdf"
+            )
+    if filename is meta.filename and content_type is meta.content_type:
+        return meta
+    return BlobMeta(filename, content_type)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,12 +102,20 @@ class BlobStore:
         self._text_ids: OrderedDict[bytes, BlobId] = OrderedDict()
 
     async def put(
-        self, blob_type: BlobType, data: bytes, expected_id: BlobId | None = None
+        self,
+        blob_type: BlobType,
+        data: bytes,
+        expected_id: BlobId | None = None,
+        meta: BlobMeta = NO_META,
     ) -> PutResult:
-        """Stores `data` (raw bytes, or JSON text for Json) and returns its id."""
+        """Stores `data` (raw bytes, or JSON text for Json and Flow) and returns its id.
+
+        `meta` is kept if this put stores the blob (first writer wins, like the type).
+        """
+        meta = check_meta(meta)
         self._check_size(blob_type, len(data))
-        if blob_type is not BlobType.JSON:
-            return await self._put_content(blob_type, data, expected_id)
+        if not blob_type.is_json:
+            return await self._put_content(blob_type, data, expected_id, meta)
         key = None
         if len(data) <= TEXT_CACHE_MAX_TEXT:
             key = hashlib.sha256(data).digest()
@@ -76,7 +124,7 @@ class BlobStore:
                 return known
         content = await self._canonical_text(data)
         self._check_size(blob_type, len(content))
-        result = await self._put_content(blob_type, content, expected_id)
+        result = await self._put_content(blob_type, content, expected_id, meta)
         if key is not None:
             self._text_ids[key] = result.info.blob_id
             if len(self._text_ids) > TEXT_CACHE_ENTRIES:
@@ -124,24 +172,34 @@ class BlobStore:
         return PutResult(info, created=False)
 
     async def put_json_value(
-        self, value: object, expected_id: BlobId | None = None, *, size_hint: int = 0
+        self,
+        value: object,
+        expected_id: BlobId | None = None,
+        *,
+        size_hint: int = 0,
+        blob_type: BlobType = BlobType.JSON,
+        meta: BlobMeta = NO_META,
     ) -> PutResult:
-        """Stores a JSON value given as Python objects (dict, list, str, float...).
+        """Stores a JSON value given as Python objects (dict, list, str, float...) as a
+        Json or Flow blob.
 
         `size_hint`, roughly the size of the value's encoding, decides whether
         canonicalising it is worth a thread.
         """
+        if not blob_type.is_json:
+            raise InvalidArgument(f"a JSON value cannot be stored as a {blob_type.value} blob")
+        meta = check_meta(meta)
         content = await offload(size_hint, canonicalize_value, value)
-        self._check_size(BlobType.JSON, len(content))
-        return await self._put_content(BlobType.JSON, content, expected_id)
+        self._check_size(blob_type, len(content))
+        return await self._put_content(blob_type, content, expected_id, meta)
 
     async def _put_content(
-        self, blob_type: BlobType, content: bytes, expected_id: BlobId | None
+        self, blob_type: BlobType, content: bytes, expected_id: BlobId | None, meta: BlobMeta
     ) -> PutResult:
         digest = await offload(len(content), sha256_hex, content)
         blob_id = blob_id_from_digest(digest)
         _check_expected(blob_id, expected_id)
-        return await self.backend.put(blob_id, blob_type, content)
+        return await self.backend.put(blob_id, blob_type, content, meta)
 
     async def put_stream(
         self,
@@ -150,11 +208,13 @@ class BlobStore:
         *,
         total_size: int | None = None,
         expected_id: BlobId | None = None,
+        meta: BlobMeta = NO_META,
     ) -> PutResult:
         """Stores a blob given as chunks, in bounded memory for Binary blobs.
 
-        Json blobs are gathered (up to max_json_bytes) and canonicalised whole.
+        Json and Flow blobs are gathered (up to max_json_bytes) and canonicalised whole.
         """
+        meta = check_meta(meta)
         if total_size is not None:
             self._check_size(blob_type, total_size)
         if expected_id is not None:
@@ -164,35 +224,37 @@ class BlobStore:
                 existing = None  # quarantined by the read; this put stores a sound copy
             if existing is not None:
                 return PutResult(existing, created=False)
-        if blob_type is BlobType.JSON:
-            return await self._put_json_stream(chunks, total_size, expected_id)
-        return await self._put_binary_stream(chunks, total_size, expected_id)
+        if blob_type.is_json:
+            return await self._put_json_stream(blob_type, chunks, total_size, expected_id, meta)
+        return await self._put_binary_stream(chunks, total_size, expected_id, meta)
 
     async def _put_json_stream(
         self,
+        blob_type: BlobType,
         chunks: AsyncIterable[bytes | memoryview],
         total_size: int | None,
         expected_id: BlobId | None,
+        meta: BlobMeta,
     ) -> PutResult:
         parts: list[bytes | memoryview] = []
         size = 0
         async for chunk in chunks:
             size += len(chunk)
-            self._check_size(BlobType.JSON, size)
+            self._check_size(blob_type, size)
             _check_total(size, total_size, final=False)
             parts.append(chunk)
         _check_total(size, total_size, final=True)
         data = b"".join(parts)
         parts.clear()
         content = await self._canonical_text(data)
-        self._check_size(BlobType.JSON, len(content))
+        self._check_size(blob_type, len(content))
         blob_id = blob_id_from_digest(await offload(len(content), sha256_hex, content))
         _check_expected(blob_id, expected_id)
         # Through a writer, as Binary streams, so that a cancelled call stores nothing.
         writer = await self.backend.open_writer()
         try:
             await writer.write(content)
-            return await writer.commit(blob_id, BlobType.JSON)
+            return await writer.commit(blob_id, blob_type, meta)
         finally:
             await writer.abort()
 
@@ -201,6 +263,7 @@ class BlobStore:
         chunks: AsyncIterable[bytes | memoryview],
         total_size: int | None,
         expected_id: BlobId | None,
+        meta: BlobMeta,
     ) -> PutResult:
         hasher = hashlib.sha256()
         writer = await self.backend.open_writer()
@@ -221,7 +284,7 @@ class BlobStore:
             _check_total(size, total_size, final=True)
             blob_id = blob_id_from_digest(hasher.hexdigest())
             _check_expected(blob_id, expected_id)
-            return await writer.commit(blob_id, BlobType.BINARY)
+            return await writer.commit(blob_id, BlobType.BINARY, meta)
         finally:
             if pending is not None:
                 if not pending.done():
@@ -260,7 +323,7 @@ class BlobStore:
 
     def _check_size(self, blob_type: BlobType, size: int) -> None:
         limit = self.limits.max_blob_bytes
-        if blob_type is BlobType.JSON:
+        if blob_type.is_json:
             limit = min(limit, self.limits.max_json_bytes)
         if size > limit:
             raise BlobTooLarge(

@@ -27,6 +27,7 @@ from blobstore.model import BlobType
 from blobstore.retry import RetryPolicy
 from blobstore.storage.filesystem import FileSystemBackend
 from blobstore.storage.filesystem.blob_file import HEADER_SIZE
+from tests.faults import flip_byte
 from tests.processes import ServerProcess
 from tests.rpc_helpers import (
     MiB,
@@ -55,14 +56,6 @@ def quarantined(data_dir: Path, blob_id: str = "") -> list[Path]:
     """The quarantined copies (of one blob, if `blob_id` is given)."""
     prefix = blob_id.removeprefix("sha256:")
     return sorted(p for p in (data_dir / "quarantine").iterdir() if p.name.startswith(prefix))
-
-
-def flip_byte(path: Path, offset: int) -> None:
-    with open(path, "r+b") as file:
-        file.seek(offset)
-        (byte,) = file.read(1)
-        file.seek(offset)
-        file.write(bytes([byte ^ 0x01]))
 
 
 def stream_requests(data: bytes, chunk: int = 256 * 1024) -> Iterator[pb.PutStreamRequest]:

@@ -291,7 +291,7 @@ async def _metered(requests: AsyncIterator[Any], ticket: Ticket, idle: float) ->
         if isinstance(message, Malformed):
             raise errors.InvalidArgument(message.message)
         if gathers is None:
-            gathers = message.blob_type == pb.BLOB_TYPE_JSON
+            gathers = message.blob_type in (pb.BLOB_TYPE_JSON, pb.BLOB_TYPE_FLOW)
             if gathers and message.HasField("total_size"):
                 allowance = max(allowance, message.total_size + message.ByteSize())
         size = message.ByteSize()

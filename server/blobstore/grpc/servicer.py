@@ -25,9 +25,15 @@ from blobstore.api.blobstore.v1 import blobstore_pb2_grpc as pb_grpc
 from blobstore.grpc import wire
 from blobstore.ids import BlobId, parse_blob_id
 from blobstore.limits import clamp_chunk_size
-from blobstore.model import Blob, BlobInfo, BlobType
+from blobstore.model import Blob, BlobInfo, BlobType, PutResult
 from blobstore.offload import offload
-from blobstore.proto_names import BLOB_TYPE_FROM_PB, BLOB_TYPE_TO_PB, SERVICE_NAME
+from blobstore.proto_names import (
+    BLOB_TYPE_FROM_PB,
+    BLOB_TYPE_TO_PB,
+    SERVICE_NAME,
+    meta_from_pb,
+    meta_to_pb,
+)
 from blobstore.status import to_status
 from blobstore.store import BlobStore
 
@@ -124,22 +130,23 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
     @_translate_errors
     async def Put(self, request: pb.PutRequest, context: Any) -> pb.PutResponse:
         expected = _optional_id(request.expected_id, "expected_id")
+        meta = meta_from_pb(request)
         content = request.WhichOneof("content")
         if content == "json":
-            if request.blob_type not in (pb.BLOB_TYPE_UNSPECIFIED, pb.BLOB_TYPE_JSON):
-                raise errors.InvalidArgument("a `json` value can only be stored as BLOB_TYPE_JSON")
+            blob_type = _blob_type(request.blob_type, default=BlobType.JSON)
+            if not blob_type.is_json:
+                raise errors.InvalidArgument(
+                    "a `json` value can only be stored as BLOB_TYPE_JSON or BLOB_TYPE_FLOW"
+                )
             size = request.json.ByteSize()
             value = await offload(size, _value_to_python, request.json)
-            result = await self._store.put_json_value(value, expected, size_hint=size)
+            result = await self._store.put_json_value(
+                value, expected, size_hint=size, blob_type=blob_type, meta=meta
+            )
         else:
             blob_type = _blob_type(request.blob_type, default=BlobType.BINARY)
-            result = await self._store.put(blob_type, request.data, expected)
-        return pb.PutResponse(
-            id=result.info.blob_id,
-            blob_type=_TO_PB[result.info.blob_type],
-            size=result.info.size,
-            created=result.created,
-        )
+            result = await self._store.put(blob_type, request.data, expected, meta)
+        return _put_response(result)
 
     @_translate_errors
     async def Get(
@@ -151,13 +158,22 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
         """`reserve(size)`, from the guard, is called before the blob's content is read."""
         blob = await self._store.get(_required_id(request.id), reserve)
         info = blob.info
-        if request.as_json_value and info.blob_type is BlobType.JSON:
+        fields = meta_to_pb(info.meta)
+        if request.as_json_value and info.blob_type.is_json:
             value = await offload(len(blob.data), _python_to_value, blob)
             return pb.GetResponse(
-                id=info.blob_id, blob_type=_TO_PB[info.blob_type], size=info.size, json=value
+                id=info.blob_id,
+                blob_type=_TO_PB[info.blob_type],
+                size=info.size,
+                json=value,
+                **fields,
             )
         return pb.GetResponse(
-            id=info.blob_id, blob_type=_TO_PB[info.blob_type], size=info.size, data=blob.data
+            id=info.blob_id,
+            blob_type=_TO_PB[info.blob_type],
+            size=info.size,
+            data=blob.data,
+            **fields,
         )
 
     @_translate_errors
@@ -167,7 +183,11 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
         if info is None:
             return pb.StatResponse(id=blob_id, exists=False)
         return pb.StatResponse(
-            id=blob_id, exists=True, blob_type=_TO_PB[info.blob_type], size=info.size
+            id=blob_id,
+            exists=True,
+            blob_type=_TO_PB[info.blob_type],
+            size=info.size,
+            **meta_to_pb(info.meta),
         )
 
     @_translate_errors
@@ -193,13 +213,9 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
             _chunks(first, request_iterator),
             total_size=total,
             expected_id=expected,
+            meta=meta_from_pb(first),
         )
-        return pb.PutResponse(
-            id=result.info.blob_id,
-            blob_type=_TO_PB[result.info.blob_type],
-            size=result.info.size,
-            created=result.created,
-        )
+        return _put_response(result)
 
     @_translate_errors
     async def GetStream(  # type: ignore[override]  # replies come encoded (add_to_server)
@@ -227,11 +243,15 @@ async def _chunks(
     index = 0
     while True:
         if index > 0 and (
-            message.blob_type or message.HasField("total_size") or message.expected_id
+            message.blob_type
+            or message.HasField("total_size")
+            or message.expected_id
+            or message.HasField("filename")
+            or message.HasField("content_type")
         ):
             raise errors.InvalidArgument(
-                f"message {index}: blob_type, total_size and expected_id belong in the first "
-                "message only"
+                f"message {index}: blob_type, total_size, expected_id, filename and "
+                "content_type belong in the first message only"
             )
         if message.HasField("offset") and message.offset != received:
             raise errors.InvalidArgument(
@@ -270,7 +290,20 @@ def _python_to_value(blob: Blob) -> struct_pb2.Value:
 
 
 def _info(info: BlobInfo) -> pb.BlobInfo:
-    return pb.BlobInfo(id=info.blob_id, blob_type=_TO_PB[info.blob_type], size=info.size)
+    return pb.BlobInfo(
+        id=info.blob_id, blob_type=_TO_PB[info.blob_type], size=info.size, **meta_to_pb(info.meta)
+    )
+
+
+def _put_response(result: PutResult) -> pb.PutResponse:
+    info = result.info
+    return pb.PutResponse(
+        id=info.blob_id,
+        blob_type=_TO_PB[info.blob_type],
+        size=info.size,
+        created=result.created,
+        **meta_to_pb(info.meta),
+    )
 
 
 def _blob_type(value: int, *, default: BlobType) -> BlobType:
@@ -280,7 +313,7 @@ def _blob_type(value: int, *, default: BlobType) -> BlobType:
         return _FROM_PB[value]  # type: ignore[index]
     except KeyError:
         raise errors.InvalidArgument(
-            f"unknown blob_type {value}; use BLOB_TYPE_JSON or BLOB_TYPE_BINARY"
+            f"unknown blob_type {value}; use BLOB_TYPE_JSON, BLOB_TYPE_FLOW or BLOB_TYPE_BINARY"
         ) from None
 
 

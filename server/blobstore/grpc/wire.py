@@ -61,6 +61,8 @@ class ChunkMessage:
     blob_type = pb.BLOB_TYPE_UNSPECIFIED
     total_size = 0
     expected_id = ""
+    filename = ""
+    content_type = ""
 
     def __init__(self, chunk: memoryview, offset: int | None, size: int) -> None:
         self.chunk = chunk

@@ -1,8 +1,10 @@
 """The storage backend interface: bytes at rest, keyed by an id computed above it.
 
-A backend stores and returns bytes with their type; it does not hash, parse or
-validate content (the BlobStore does), so a new medium (S3, memory) or a
-wrapper (verification, metrics, caching, eviction) implements just this.
+A backend stores and returns bytes with their type and metadata (BlobMeta: a
+filename and a content type, kept from the put that stored the blob, like the
+type); it does not hash, parse or validate content or metadata (the BlobStore
+does), so a new medium (S3, memory) or a wrapper (verification, metrics,
+caching, eviction) implements just this.
 Every method is async so that network backends fit without threads.
 
 A backend raises DataLoss when what it holds is visibly broken (a bad header,
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from blobstore.ids import BlobId
-from blobstore.model import Blob, BlobInfo, BlobType, PutResult
+from blobstore.model import NO_META, Blob, BlobInfo, BlobMeta, BlobType, PutResult
 
 
 class OverLimit(Exception):
@@ -71,11 +73,14 @@ class BlobWriter(Protocol):
         """
         ...
 
-    async def commit(self, blob_id: BlobId, blob_type: BlobType) -> PutResult:
-        """Publishes what was written under `blob_id`, durably and atomically.
+    async def commit(
+        self, blob_id: BlobId, blob_type: BlobType, meta: BlobMeta = NO_META
+    ) -> PutResult:
+        """Publishes what was written under `blob_id` with its type and metadata, durably
+        and atomically.
 
         If the id is already stored the written bytes are dropped and the
-        existing blob (with its first type) is reported with created=False.
+        existing blob (with its first type and metadata) is reported with created=False.
         """
         ...
 
@@ -108,8 +113,11 @@ class BlobStream(Protocol):
 class BlobBackend(Protocol):
     """Durable storage of blobs by id. Reads are not verified at this level."""
 
-    async def put(self, blob_id: BlobId, blob_type: BlobType, data: bytes) -> PutResult:
-        """Stores `data` under `blob_id` durably, unless that id is already stored."""
+    async def put(
+        self, blob_id: BlobId, blob_type: BlobType, data: bytes, meta: BlobMeta = NO_META
+    ) -> PutResult:
+        """Stores `data` with its type and metadata under `blob_id` durably, unless that id
+        is already stored (then the stored blob is reported, its first metadata unchanged)."""
         ...
 
     async def open_writer(self) -> BlobWriter:
@@ -129,7 +137,7 @@ class BlobBackend(Protocol):
         ...
 
     async def stat(self, blob_id: BlobId) -> BlobInfo | None:
-        """Returns the blob's metadata, or None if it is not stored."""
+        """Returns the blob's type, size and metadata, or None if it is not stored."""
         ...
 
     async def find_missing(self, blob_ids: Sequence[BlobId]) -> list[BlobId]:

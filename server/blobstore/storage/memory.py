@@ -1,7 +1,7 @@
 """A BlobBackend in process memory: the whole Protocol, nothing durable.
 
 For unit tests of the store rules (dedup, first type wins, quarantine on a
-bad copy, streamed put commit/abort, limits) without processes or disks, and
+bad copy, streamed put commit/abort, limits, metadata) without processes or disks, and
 as the reference of what a backend must do. It keeps the quarantined copies
 (`quarantined`) so a test can see what was moved aside, and lets a test
 damage a stored copy (`corrupt`) to play the disk that flips bits.
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from blobstore.errors import BlobNotFound
 from blobstore.ids import BlobId
-from blobstore.model import Blob, BlobInfo, BlobType, PutResult
+from blobstore.model import NO_META, Blob, BlobInfo, BlobMeta, BlobType, PutResult
 from blobstore.storage.base import NO_LIMIT, ChunkHook, OverLimit, ReadLimit
 
 
@@ -22,6 +22,7 @@ from blobstore.storage.base import NO_LIMIT, ChunkHook, OverLimit, ReadLimit
 class _Stored:
     blob_type: BlobType
     data: bytes
+    meta: BlobMeta
 
 
 class MemoryBackend:
@@ -39,17 +40,21 @@ class MemoryBackend:
         self._blobs[blob_id].data = data
 
     def _info(self, blob_id: BlobId, stored: _Stored) -> BlobInfo:
-        return BlobInfo(blob_id, stored.blob_type, len(stored.data))
+        return BlobInfo(blob_id, stored.blob_type, len(stored.data), stored.meta)
 
-    def _store(self, blob_id: BlobId, blob_type: BlobType, data: bytes) -> PutResult:
+    def _store(
+        self, blob_id: BlobId, blob_type: BlobType, data: bytes, meta: BlobMeta
+    ) -> PutResult:
         stored = self._blobs.get(blob_id)
         if stored is not None:
             return PutResult(self._info(blob_id, stored), created=False)
-        self._blobs[blob_id] = _Stored(blob_type, bytes(data))
-        return PutResult(BlobInfo(blob_id, blob_type, len(data)), created=True)
+        stored = self._blobs[blob_id] = _Stored(blob_type, bytes(data), meta)
+        return PutResult(self._info(blob_id, stored), created=True)
 
-    async def put(self, blob_id: BlobId, blob_type: BlobType, data: bytes) -> PutResult:
-        return self._store(blob_id, blob_type, data)
+    async def put(
+        self, blob_id: BlobId, blob_type: BlobType, data: bytes, meta: BlobMeta = NO_META
+    ) -> PutResult:
+        return self._store(blob_id, blob_type, data, meta)
 
     async def open_writer(self) -> MemoryWriter:
         self.open_writers += 1
@@ -98,12 +103,14 @@ class MemoryWriter:
             before(chunk)
         self._parts.append(bytes(chunk))
 
-    async def commit(self, blob_id: BlobId, blob_type: BlobType) -> PutResult:
+    async def commit(
+        self, blob_id: BlobId, blob_type: BlobType, meta: BlobMeta = NO_META
+    ) -> PutResult:
         if self._done:
             raise ValueError("commit after commit or abort")
         data = b"".join(self._parts)
         await self.abort()
-        return self._backend._store(blob_id, blob_type, data)
+        return self._backend._store(blob_id, blob_type, data, meta)
 
     async def abort(self) -> None:
         if not self._done:

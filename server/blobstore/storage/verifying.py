@@ -16,7 +16,7 @@ from typing import NoReturn
 
 from blobstore.errors import DataLoss
 from blobstore.ids import BlobId, hex_digest
-from blobstore.model import Blob, BlobInfo, BlobType, PutResult
+from blobstore.model import NO_META, Blob, BlobInfo, BlobMeta, BlobType, PutResult
 from blobstore.offload import INLINE_LIMIT, offload, sha256_hex
 from blobstore.storage.base import NO_LIMIT, BlobBackend, BlobStream, BlobWriter, ReadLimit
 
@@ -29,8 +29,10 @@ class VerifyingBackend:
     def __init__(self, inner: BlobBackend) -> None:
         self._inner = inner
 
-    async def put(self, blob_id: BlobId, blob_type: BlobType, data: bytes) -> PutResult:
-        return await self._inner.put(blob_id, blob_type, data)
+    async def put(
+        self, blob_id: BlobId, blob_type: BlobType, data: bytes, meta: BlobMeta = NO_META
+    ) -> PutResult:
+        return await self._inner.put(blob_id, blob_type, data, meta)
 
     async def open_writer(self) -> BlobWriter:
         return await self._inner.open_writer()

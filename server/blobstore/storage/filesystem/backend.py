@@ -40,7 +40,7 @@ from typing import TypeVar
 
 from blobstore.errors import DataLoss
 from blobstore.ids import BlobId
-from blobstore.model import Blob, BlobInfo, BlobType, PutResult
+from blobstore.model import NO_META, Blob, BlobInfo, BlobMeta, BlobType, PutResult
 from blobstore.storage.base import NO_LIMIT, ReadLimit
 from blobstore.storage.filesystem.group_commit import GroupCommitter
 from blobstore.storage.filesystem.journal import SEGMENT_BYTES, Journal
@@ -148,7 +148,9 @@ class FileSystemBackend:
 
     # -- writes -----------------------------------------------------------------------------
 
-    async def put(self, blob_id: BlobId, blob_type: BlobType, data: bytes) -> PutResult:
+    async def put(
+        self, blob_id: BlobId, blob_type: BlobType, data: bytes, meta: BlobMeta = NO_META
+    ) -> PutResult:
         # Most often answered here, without a thread: the blob exists (its header is
         # cached) or its file is missing. A broken copy is left to the pool's check,
         # which quarantines it so that this put stores a sound one.
@@ -161,13 +163,15 @@ class FileSystemBackend:
                 return PutResult(existing, created=False)
             check = False  # a writer that gets there first is caught by link(2) in publish
         if self._committer is not None and len(data) <= self._journal_max_blob:
-            return await self._committer.put(blob_id, blob_type, data)
+            return await self._committer.put(blob_id, blob_type, data, meta)
         publisher = self._publisher
-        return await self._run(lambda: publisher.store(blob_id, blob_type, data, check=check))
+        return await self._run(lambda: publisher.store(blob_id, blob_type, data, meta, check=check))
 
-    def _file_blob(self, blob_id: BlobId, blob_type: BlobType, data: bytes) -> PutResult:
+    def _file_blob(
+        self, blob_id: BlobId, blob_type: BlobType, data: bytes, meta: BlobMeta
+    ) -> PutResult:
         """Publishes a blob whose journal record is durable: no fsync of its own."""
-        return self._publisher.store(blob_id, blob_type, data, check=False, durable=False)
+        return self._publisher.store(blob_id, blob_type, data, meta, check=False, durable=False)
 
     async def open_writer(self) -> FileWriter:
         fd, path = await self._run(self._publisher.create_temp)

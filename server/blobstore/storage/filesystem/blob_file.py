@@ -1,17 +1,32 @@
-"""The on-disk format of one stored blob: a small self-checking header, then the content.
+"""The on-disk format of one stored blob: a small self-checking header, the content, and
+(in version 2) the blob's metadata after the content.
 
     offset  size  field
-    0       4     magic b"CAB1"
-    4       1     type: b"J" (Json) or b"B" (Binary)
-    5       3     reserved, zero
-    8       8     content length, big-endian
+    0       4     magic b"CAB1" (no metadata) or b"CAB2" (metadata after the content)
+    4       1     type: b"J" (Json), b"F" (Flow) or b"B" (Binary)
+    5       1     reserved, zero
+    6       2     CAB2: length m of the metadata block, big-endian; CAB1: zero
+    8       8     content length n, big-endian
     16      4     CRC-32 of bytes 0..15, big-endian
     20      n     content (canonical JSON text, or the raw bytes)
+    20+n    m     CAB2 only: the metadata block
 
-The content is covered by the blob's id (its SHA-256); the header by its CRC,
-so a flipped bit anywhere in the file is detected on read. This module is the
-one decoder of that header: every reader (get, stat, replay, scrub, the
-journal) goes through decode_header, and the file readers through blob_info.
+The metadata block (BlobMeta), each string UTF-8 with a big-endian length:
+
+    2 + f   filename (f = 0: none)
+    2 + c   content type (c = 0: none)
+    4       CRC-32 of the block's bytes before it, big-endian
+
+A blob without metadata is written as CAB1, byte for byte the format of
+releases before metadata existed, so those files and these stay readable by
+either. The content is covered by the blob's id (its SHA-256); the header and
+the metadata by their CRCs, so a flipped bit anywhere in the file is detected
+on read. The content always starts at HEADER_SIZE, whatever the version.
+
+This module is the one decoder of that format: every reader (get, stat,
+replay, scrub, the journal, whose records hold a blob file's bytes) goes
+through decode_header and decode_meta, and the file readers through
+blob_info / read_info.
 """
 
 from __future__ import annotations
@@ -21,80 +36,170 @@ import os
 import struct
 import zlib
 from pathlib import Path
+from typing import NamedTuple
 
 from blobstore.errors import DataLoss
 from blobstore.ids import BlobId, hex_digest
-from blobstore.model import BlobInfo, BlobType
+from blobstore.model import NO_META, BlobInfo, BlobMeta, BlobType
 
 MAGIC = b"CAB1"
+MAGIC_WITH_META = b"CAB2"
 HEADER_SIZE = 20
-_LAYOUT = struct.Struct(">4sc3xQ")
+_LAYOUT = struct.Struct(">4scxHQ")
 _CRC = struct.Struct(">I")
-_TYPE_CODES = {BlobType.JSON: b"J", BlobType.BINARY: b"B"}
+_LENGTH = struct.Struct(">H")
+_TYPE_CODES = {BlobType.JSON: b"J", BlobType.BINARY: b"B", BlobType.FLOW: b"F"}
 _TYPES_BY_CODE = {code: blob_type for blob_type, code in _TYPE_CODES.items()}
 _CHECK_CHUNK = 1024 * 1024
 
 
 class CorruptHeader(Exception):
-    """The header is not a valid blob header."""
+    """The header (or the metadata block) is not valid."""
 
 
-def encode_header(blob_type: BlobType, size: int) -> bytes:
-    head = _LAYOUT.pack(MAGIC, _TYPE_CODES[blob_type], size)
+class Header(NamedTuple):
+    """What a blob file's header says."""
+
+    blob_type: BlobType
+    size: int
+    """Content bytes, from HEADER_SIZE."""
+    meta_size: int
+    """Bytes of the metadata block after the content (0: none, a CAB1 file)."""
+
+    @property
+    def file_size(self) -> int:
+        return HEADER_SIZE + self.size + self.meta_size
+
+
+def encode_meta(meta: BlobMeta) -> bytes:
+    """The metadata block of `meta`; empty for no metadata."""
+    if not meta:
+        return b""
+    parts = []
+    for text in (meta.filename, meta.content_type):
+        raw = (text or "").encode()
+        parts += [_LENGTH.pack(len(raw)), raw]
+    block = b"".join(parts)
+    return block + _CRC.pack(zlib.crc32(block))
+
+
+def encode_header(blob_type: BlobType, size: int, meta_block: bytes = b"") -> bytes:
+    """The header of a file of `size` content bytes followed by `meta_block` (encode_meta)."""
+    magic = MAGIC_WITH_META if meta_block else MAGIC
+    head = _LAYOUT.pack(magic, _TYPE_CODES[blob_type], len(meta_block), size)
     return head + _CRC.pack(zlib.crc32(head))
 
 
-def decode_header(header: bytes) -> tuple[BlobType, int]:
-    """Returns (type, content length); raises CorruptHeader."""
+def decode_header(header: bytes) -> Header:
+    """What the header says; raises CorruptHeader."""
     if len(header) < HEADER_SIZE:
         raise CorruptHeader(f"file is {len(header)} bytes, shorter than its header")
     head, (crc,) = header[:16], _CRC.unpack_from(header, 16)
     if zlib.crc32(head) != crc:
         raise CorruptHeader("header checksum mismatch")
-    magic, code, size = _LAYOUT.unpack(head)
-    if magic != MAGIC or code not in _TYPES_BY_CODE:
+    magic, code, meta_size, size = _LAYOUT.unpack(head)
+    if code not in _TYPES_BY_CODE or magic not in (MAGIC, MAGIC_WITH_META):
         raise CorruptHeader("not a blob file")
-    return _TYPES_BY_CODE[code], size
+    if (magic == MAGIC) != (meta_size == 0):
+        raise CorruptHeader(f"a {magic.decode()} header with {meta_size} bytes of metadata")
+    return Header(_TYPES_BY_CODE[code], size, meta_size)
 
 
-def decode_file_header(header: bytes, file_size: int) -> tuple[BlobType, int]:
-    """decode_header, and the length checked against the file's size; raises CorruptHeader."""
-    blob_type, size = decode_header(header)
-    if file_size - HEADER_SIZE != size:
+def decode_meta(block: bytes | memoryview) -> BlobMeta:
+    """The metadata of a block written by encode_meta; raises CorruptHeader."""
+    if not block:
+        return NO_META
+    block = bytes(block)
+    if len(block) < 8 or zlib.crc32(block[:-4]) != _CRC.unpack_from(block, len(block) - 4)[0]:
+        raise CorruptHeader("metadata checksum mismatch")
+    fields: list[str | None] = []
+    pos = 0
+    for _ in range(2):
+        if pos + 2 > len(block) - 4:
+            raise CorruptHeader("metadata block cut short")
+        (length,) = _LENGTH.unpack_from(block, pos)
+        end = pos + 2 + length
+        if end > len(block) - 4:
+            raise CorruptHeader("metadata block cut short")
+        try:
+            fields.append(block[pos + 2 : end].decode() or None)
+        except UnicodeDecodeError:
+            raise CorruptHeader("metadata is not UTF-8") from None
+        pos = end
+    if pos != len(block) - 4:
+        raise CorruptHeader("metadata block has bytes after its fields")
+    return BlobMeta(fields[0], fields[1])
+
+
+def decode_file_header(header: bytes, file_size: int) -> Header:
+    """decode_header, and the lengths checked against the file's size; raises CorruptHeader."""
+    decoded = decode_header(header)
+    if file_size != decoded.file_size:
         raise CorruptHeader(
-            f"file holds {file_size - HEADER_SIZE} content bytes, its header says {size}"
+            f"file holds {file_size - HEADER_SIZE - decoded.meta_size} content bytes, "
+            f"its header says {decoded.size}"
         )
-    return blob_type, size
+    return decoded
 
 
-def blob_info(blob_id: BlobId, header: bytes, file_size: int) -> BlobInfo:
-    """The metadata of a blob file of `file_size` bytes; DataLoss if its header is broken."""
+def file_header(blob_id: BlobId, header: bytes, file_size: int) -> Header:
+    """decode_file_header for a reader: DataLoss if the header is broken."""
     try:
-        blob_type, size = decode_file_header(header, file_size)
+        return decode_file_header(header, file_size)
     except CorruptHeader as exc:
         raise DataLoss(blob_id, str(exc)) from None
-    return BlobInfo(blob_id, blob_type, size)
+
+
+def blob_info(blob_id: BlobId, header: Header, meta_block: bytes | memoryview) -> BlobInfo:
+    """The metadata of a blob file whose header says `header` and whose last
+    header.meta_size bytes are `meta_block`; DataLoss if the block is broken."""
+    try:
+        if len(meta_block) != header.meta_size:
+            raise CorruptHeader(
+                f"metadata block is {len(meta_block)} bytes, its header says {header.meta_size}"
+            )
+        meta = decode_meta(meta_block)
+    except CorruptHeader as exc:
+        raise DataLoss(blob_id, str(exc)) from None
+    return BlobInfo(blob_id, header.blob_type, header.size, meta)
+
+
+def _read_file(fd: int) -> tuple[Header, BlobMeta]:
+    """The checked header and metadata of an open blob file (blocking reads); raises
+    CorruptHeader or OSError."""
+    decoded = decode_file_header(os.pread(fd, HEADER_SIZE, 0), os.fstat(fd).st_size)
+    if not decoded.meta_size:
+        return decoded, NO_META
+    block = os.pread(fd, decoded.meta_size, HEADER_SIZE + decoded.size)
+    if len(block) != decoded.meta_size:
+        raise CorruptHeader("metadata block cut short")
+    return decoded, decode_meta(block)
 
 
 def read_info(fd: int, blob_id: BlobId) -> BlobInfo:
     """The metadata of an open blob file (blocking reads); DataLoss if it is broken."""
-    return blob_info(blob_id, os.pread(fd, HEADER_SIZE, 0), os.fstat(fd).st_size)
+    try:
+        decoded, meta = _read_file(fd)
+    except CorruptHeader as exc:
+        raise DataLoss(blob_id, str(exc)) from None
+    return BlobInfo(blob_id, decoded.blob_type, decoded.size, meta)
 
 
 def check_file(path: Path, blob_id: BlobId) -> str | None:
-    """Returns what is wrong with the blob file at `path` (header, length, hash), or None."""
+    """Returns what is wrong with the blob file at `path` (header, length, metadata, hash),
+    or None."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         return f"cannot open: {exc.strerror}"
     try:
         try:
-            decode_file_header(os.pread(fd, HEADER_SIZE, 0), os.fstat(fd).st_size)
+            decoded, _ = _read_file(fd)
         except CorruptHeader as exc:
             return str(exc)
         hasher = hashlib.sha256()
-        offset = HEADER_SIZE
-        while chunk := os.pread(fd, _CHECK_CHUNK, offset):
+        offset, end = HEADER_SIZE, HEADER_SIZE + decoded.size
+        while offset < end and (chunk := os.pread(fd, min(_CHECK_CHUNK, end - offset), offset)):
             hasher.update(chunk)
             offset += len(chunk)
         if hasher.hexdigest() != hex_digest(blob_id):

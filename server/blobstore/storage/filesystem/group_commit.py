@@ -28,7 +28,7 @@ from pathlib import Path
 
 from blobstore.errors import Unavailable
 from blobstore.ids import BlobId, hex_digest
-from blobstore.model import BlobType, PutResult
+from blobstore.model import NO_META, BlobMeta, BlobType, PutResult
 from blobstore.storage.filesystem.journal import Journal, encode_record
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 MAX_BATCH_BYTES = 8 * 1024 * 1024
 """Most content appended by one batch (one write, one fdatasync)."""
 
-FileBlob = Callable[[BlobId, BlobType, bytes], PutResult]
+FileBlob = Callable[[BlobId, BlobType, bytes, BlobMeta], PutResult]
 """Files a blob whose journal record is durable: writes and links it, without fsync."""
 TranslateError = Callable[[OSError, str], Exception]
 """Turns an OSError into the store error a caller sees (StorageFull, Unavailable)."""
@@ -47,6 +47,7 @@ class _Put:
     blob_id: BlobId
     blob_type: BlobType
     data: bytes
+    meta: BlobMeta
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[PutResult] = field(repr=False)
 
@@ -106,12 +107,14 @@ class GroupCommitter:
         for segment in self._journal.close():
             self._checkpoint(segment)
 
-    async def put(self, blob_id: BlobId, blob_type: BlobType, data: bytes) -> PutResult:
+    async def put(
+        self, blob_id: BlobId, blob_type: BlobType, data: bytes, meta: BlobMeta = NO_META
+    ) -> PutResult:
         """Stores the blob durably; returns once its journal record is synced and it is filed."""
         if self._stopped:
             raise Unavailable("server is shutting down; retry shortly")
         loop = asyncio.get_running_loop()
-        item = _Put(blob_id, blob_type, data, loop, loop.create_future())
+        item = _Put(blob_id, blob_type, data, meta, loop, loop.create_future())
         self._queue.put(item)
         # A cancelled caller leaves the put to finish (its future is then done and
         # skipped): that is harmless, and the next put of the same content finds it.
@@ -173,7 +176,7 @@ class GroupCommitter:
         parts: list[bytes] = []
         for item in puts:
             digest = bytes.fromhex(hex_digest(item.blob_id))
-            parts += encode_record(digest, item.blob_type, item.data)
+            parts += encode_record(digest, item.blob_type, item.data, item.meta)
         outcomes: dict[BlobId, PutResult | Exception] = {}
         try:
             self._journal.append(parts)
@@ -184,7 +187,7 @@ class GroupCommitter:
             for item in puts:
                 try:
                     outcomes[item.blob_id] = self._file_blob(
-                        item.blob_id, item.blob_type, item.data
+                        item.blob_id, item.blob_type, item.data, item.meta
                     )
                 except Exception as exc:
                     outcomes[item.blob_id] = exc

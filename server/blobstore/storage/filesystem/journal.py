@@ -16,9 +16,12 @@ A record:
     offset  size  field
     0       4     magic b"CAJ1"
     4       32    SHA-256 digest of the content (the blob's id)
-    36      20    the blob file header (blob_file.py): type, length, CRC
+    36      20    the blob file header (blob_file.py): type, lengths, CRC
     56      n     content
-    56+n    4     CRC-32 of bytes 0..56+n, big-endian
+    56+n    m     the metadata block (blob_file.py; m from the header, often 0)
+    56+n+m  4     CRC-32 of bytes 0..56+n+m, big-endian
+
+Bytes 36..56+n+m are the blob file itself, as blob_file.py writes it.
 
 A record that is cut short or fails its CRC ends the segment: at the tail
 that is a batch whose write the crash interrupted (never acknowledged).
@@ -34,12 +37,14 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from blobstore.model import BlobType
+from blobstore.model import NO_META, BlobMeta, BlobType
 from blobstore.storage.filesystem.blob_file import (
     HEADER_SIZE,
     CorruptHeader,
     decode_header,
+    decode_meta,
     encode_header,
+    encode_meta,
 )
 from blobstore.storage.filesystem.os_calls import fsync_dir, write_all
 
@@ -57,13 +62,17 @@ class JournalRecord:
     digest: bytes
     blob_type: BlobType
     data: bytes
+    meta: BlobMeta = NO_META
 
 
-def encode_record(digest: bytes, blob_type: BlobType, data: bytes) -> list[bytes]:
+def encode_record(
+    digest: bytes, blob_type: BlobType, data: bytes, meta: BlobMeta = NO_META
+) -> list[bytes]:
     """The record as parts for one writev: the content is not copied."""
-    head = MAGIC + digest + encode_header(blob_type, len(data))
-    crc = zlib.crc32(data, zlib.crc32(head))
-    return [head, data, _CRC.pack(crc)]
+    meta_block = encode_meta(meta)
+    head = MAGIC + digest + encode_header(blob_type, len(data), meta_block)
+    crc = zlib.crc32(meta_block, zlib.crc32(data, zlib.crc32(head)))
+    return [head, data, meta_block + _CRC.pack(crc)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,17 +95,23 @@ def read_segment(path: Path) -> SegmentContents:
         if data[offset : offset + 4] != MAGIC:
             break
         try:
-            blob_type, size = decode_header(data[offset + 36 : offset + _PREFIX])
+            header = decode_header(data[offset + 36 : offset + _PREFIX])
         except CorruptHeader:
             break
-        end = offset + _PREFIX + size
+        content_end = offset + _PREFIX + header.size
+        end = content_end + header.meta_size
         if end + _CRC.size > len(data):
             break
         (crc,) = _CRC.unpack_from(data, end)
         if zlib.crc32(data[offset:end]) != crc:
             break
+        try:
+            meta = decode_meta(data[content_end:end])
+        except CorruptHeader:
+            break
+        content = data[offset + _PREFIX : content_end]
         records.append(
-            JournalRecord(data[offset + 4 : offset + 36], blob_type, data[offset + _PREFIX : end])
+            JournalRecord(data[offset + 4 : offset + 36], header.blob_type, content, meta)
         )
         offset = end + _CRC.size
     return SegmentContents(records, offset, len(data))

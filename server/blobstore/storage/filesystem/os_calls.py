@@ -111,8 +111,8 @@ def pread_all(fd: int, size: int, offset: int) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def pread_cached(fd: int, size: int, expected: int) -> bytes | None:
-    """Up to `size` bytes from offset 0 if all of them are in the page cache, else None.
+def pread_cached(fd: int, size: int, expected: int, offset: int = 0) -> bytes | None:
+    """Up to `size` bytes from `offset` if all of them are in the page cache, else None.
 
     None also when fewer than `expected` bytes came back (only part was
     cached) or the system cannot say (no RWF_NOWAIT): the caller then reads
@@ -122,7 +122,7 @@ def pread_cached(fd: int, size: int, expected: int) -> bytes | None:
         return None
     buffer = bytearray(size)
     try:
-        got = os.preadv(fd, [buffer], 0, _RWF_NOWAIT)
+        got = os.preadv(fd, [buffer], offset, _RWF_NOWAIT)
     except BlockingIOError:
         return None
     except OSError as exc:

@@ -17,8 +17,8 @@ import secrets
 
 from blobstore.errors import DataLoss, Unavailable
 from blobstore.ids import BlobId
-from blobstore.model import BlobInfo, BlobType, PutResult
-from blobstore.storage.filesystem.blob_file import encode_header
+from blobstore.model import NO_META, BlobInfo, BlobMeta, BlobType, PutResult
+from blobstore.storage.filesystem.blob_file import encode_header, encode_meta
 from blobstore.storage.filesystem.layout import FileSystemLayout
 from blobstore.storage.filesystem.os_calls import fsync_dir, io_error, unlink_quietly, write_all
 from blobstore.storage.filesystem.read import BlobReader
@@ -47,6 +47,7 @@ class Publisher:
         blob_id: BlobId,
         blob_type: BlobType,
         data: bytes,
+        meta: BlobMeta = NO_META,
         *,
         check: bool = True,
         durable: bool = True,
@@ -56,8 +57,9 @@ class Publisher:
             existing = self.existing(blob_id)
             if existing is not None:
                 return PutResult(existing, created=False)
-        info = BlobInfo(blob_id, blob_type, len(data))
-        parts = [encode_header(blob_type, len(data)), data]
+        info = BlobInfo(blob_id, blob_type, len(data), meta)
+        meta_block = encode_meta(meta)
+        parts = [encode_header(blob_type, len(data), meta_block), data, meta_block]
         if self._anonymous_temp:
             fd = self._create_anonymous()
             if fd is not None:

@@ -6,7 +6,8 @@ is not in the page cache, and only then go to the pool - a thread round trip
 costs ten times such a read. open() and fstat() of a file whose directory
 entry is not cached can still wait for the disk briefly on the loop; large
 reads never run there. Every open checks the header (CRC, and length against
-the file's size), so a broken or truncated file is DataLoss at once.
+the file's size) and the metadata block after the content (blob_file.py), so a
+broken or truncated file is DataLoss at once.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from blobstore.errors import BlobNotFound
 from blobstore.ids import BlobId
 from blobstore.model import Blob, BlobInfo
 from blobstore.storage.base import OverLimit, ReadLimit
-from blobstore.storage.filesystem.blob_file import HEADER_SIZE, blob_info, read_info
+from blobstore.storage.filesystem.blob_file import HEADER_SIZE, blob_info, file_header, read_info
 from blobstore.storage.filesystem.fd_guard import FdGuard
 from blobstore.storage.filesystem.layout import FileSystemLayout
 from blobstore.storage.filesystem.os_calls import io_error, pread_all, pread_cached
@@ -63,6 +64,7 @@ class BlobReader:
         fd = self.open_blob(blob_id)
         try:
             file_size = os.fstat(fd).st_size
+            # The metadata block, if any, is counted too: a few bytes more than the content.
             whole = limit.admit(max(0, file_size - HEADER_SIZE))
         except BaseException as exc:
             os.close(fd)
@@ -147,33 +149,47 @@ def _read_blob(fd: int, blob_id: BlobId, file_size: int, whole: bool, *, wait: b
             raw = pread_cached(fd, want, min(want, file_size))
             if raw is None:
                 return None
-            info = blob_info(blob_id, raw[:HEADER_SIZE], file_size)
-            data = raw[HEADER_SIZE:]
+            header, rest = raw[:HEADER_SIZE], raw[HEADER_SIZE:]
         else:
-            info = blob_info(blob_id, os.pread(fd, HEADER_SIZE, 0), file_size)
-            data = b""
-            if whole:
-                data = pread_all(fd, info.size + 1, HEADER_SIZE)
+            header = os.pread(fd, HEADER_SIZE, 0)
+            rest = pread_all(fd, file_size - HEADER_SIZE + 1, HEADER_SIZE) if whole else b""
     except OSError as exc:
         raise io_error(exc, "read the blob") from None
+    decoded = file_header(blob_id, header, file_size)
     if not whole:
-        raise OverLimit(info)
-    return Blob(info, data)
+        # The caller of an over-limit read wants only the size: metadata is not read.
+        raise OverLimit(BlobInfo(blob_id, decoded.blob_type, decoded.size))
+    # The metadata block is the file's tail: a file that grew shifts it (its length or CRC
+    # tells), and without one the extra byte makes the content too long (VerifyingBackend).
+    split = max(0, len(rest) - decoded.meta_size)
+    return Blob(blob_info(blob_id, decoded, rest[split:]), rest[:split])
 
 
 def _read_info(fd: int, blob_id: BlobId, *, wait: bool) -> BlobInfo | None:
+    """The header, then the metadata block if the header says there is one."""
     try:
         file_size = os.fstat(fd).st_size
-        if wait:
-            header = os.pread(fd, HEADER_SIZE, 0)
-        else:
-            cached = pread_cached(fd, HEADER_SIZE, min(HEADER_SIZE, file_size))
-            if cached is None:
-                return None
-            header = cached
+        header = _pread(fd, HEADER_SIZE, 0, file_size, wait=wait)
+        if header is None:
+            return None
+        decoded = file_header(blob_id, header, file_size)
+        meta_block: bytes | None = b""
+        if decoded.meta_size:
+            offset = HEADER_SIZE + decoded.size
+            meta_block = _pread(fd, decoded.meta_size, offset, file_size, wait=wait)
+        if meta_block is None:
+            return None
     except OSError as exc:
         raise io_error(exc, "read the blob's header") from None
-    return blob_info(blob_id, header, file_size)
+    return blob_info(blob_id, decoded, meta_block)
+
+
+def _pread(fd: int, size: int, offset: int, file_size: int, *, wait: bool) -> bytes | None:
+    """`size` bytes at `offset` (fewer at the end of the file); if not `wait`, None unless
+    they are all in the page cache."""
+    if wait:
+        return os.pread(fd, size, offset)
+    return pread_cached(fd, size, max(0, min(size, file_size - offset)), offset)
 
 
 class FileStream:
@@ -183,6 +199,10 @@ class FileStream:
         self.info = info
         self._guard = FdGuard(pool, fd)
         self._offset = HEADER_SIZE
+        # The content ends where the metadata block starts; one byte past it is asked for
+        # with the last read, so content that is longer than the header says is noticed
+        # (VerifyingBackend) in a file without metadata, as before metadata existed.
+        self._end = HEADER_SIZE + info.size + (0 if info.meta else 1)
         self._chunk_size = chunk_size
 
     def __aiter__(self) -> FileStream:
@@ -191,7 +211,10 @@ class FileStream:
     async def __anext__(self) -> bytes:
         if self._guard.closed:
             raise StopAsyncIteration
-        offset, size = self._offset, self._chunk_size
+        offset, size = self._offset, min(self._chunk_size, self._end - self._offset)
+        if size <= 0:
+            await self.aclose()
+            raise StopAsyncIteration
         try:
             chunk = await self._guard.run(lambda fd: os.pread(fd, size, offset))
         except OSError as exc:

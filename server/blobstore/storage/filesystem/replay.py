@@ -75,5 +75,5 @@ def _restore(layout: FileSystemLayout, publisher: Publisher, record: JournalReco
         if problem is None:
             return 0
         layout.quarantine(blob_id, f"found by journal replay: {problem}")
-    publisher.store(blob_id, record.blob_type, record.data, check=False)
+    publisher.store(blob_id, record.blob_type, record.data, record.meta, check=False)
     return 1

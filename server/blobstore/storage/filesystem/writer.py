@@ -1,8 +1,9 @@
 """A streamed put into one named temp file, published by publish.py at commit.
 
 Content is written after room for the header, which is written at commit once
-the type and size are known. Every WRITEBACK_EVERY bytes the kernel is asked
-to start writing the file out, so the fsync at commit is short.
+the type and size are known, with the metadata block (if any) after the content.
+Every WRITEBACK_EVERY bytes the kernel is asked to start writing the file out,
+so the fsync at commit is short.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 from blobstore.ids import BlobId
-from blobstore.model import BlobInfo, BlobType, PutResult
+from blobstore.model import NO_META, BlobInfo, BlobMeta, BlobType, PutResult
 from blobstore.storage.base import ChunkHook
-from blobstore.storage.filesystem.blob_file import HEADER_SIZE, encode_header
+from blobstore.storage.filesystem.blob_file import HEADER_SIZE, encode_header, encode_meta
 from blobstore.storage.filesystem.fd_guard import FdGuard
 from blobstore.storage.filesystem.os_calls import (
     io_error,
@@ -58,8 +59,11 @@ class FileWriter:
             await self.abort()
             raise io_error(exc, "store the blob") from None
 
-    async def commit(self, blob_id: BlobId, blob_type: BlobType) -> PutResult:
-        info = BlobInfo(blob_id, blob_type, self._size)
+    async def commit(
+        self, blob_id: BlobId, blob_type: BlobType, meta: BlobMeta = NO_META
+    ) -> PutResult:
+        info = BlobInfo(blob_id, blob_type, self._size, meta)
+        meta_block = encode_meta(meta)
         publisher, path = self._publisher, self._path
 
         def make_durable(fd: int) -> PutResult | None:
@@ -67,7 +71,9 @@ class FileWriter:
             if existing is not None:
                 return PutResult(existing, created=False)
             try:
-                write_all(fd, [encode_header(blob_type, info.size)], 0)
+                if meta_block:
+                    write_all(fd, [meta_block], HEADER_SIZE + info.size)
+                write_all(fd, [encode_header(blob_type, info.size, meta_block)], 0)
                 os.fsync(fd)
             except OSError as exc:
                 raise io_error(exc, "store the blob") from None

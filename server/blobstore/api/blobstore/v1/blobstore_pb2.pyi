@@ -4,10 +4,14 @@ isort:skip_file
 Content-addressed blob storage.
 
 A blob's id is "sha256:" followed by the 64 lowercase hex digits of the
-SHA-256 of its content. Json blobs are hashed (and stored) in their
-canonical form (RFC 8785, JCS), so equal JSON values always get equal ids
-whatever key order, white space or number spelling the sender used.
+SHA-256 of its content. Json and Flow blobs are hashed (and stored) in
+their canonical form (RFC 8785, JCS), so equal JSON values always get equal
+ids whatever key order, white space or number spelling the sender used.
 Binary blobs are hashed as raw bytes. See docs/blob-ids.md.
+
+A blob may carry a filename and a content type (metadata, not content: they
+do not change its id). Like the type, they are kept from the first put that
+stored the blob; later puts of the same content do not change them.
 
 Wherever a request takes a blob id it accepts "sha256:<64 hex>" or the bare
 64-hex form; responses always use the "sha256:" form. Any other id is
@@ -46,9 +50,15 @@ class _BlobTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BlobType.Val
     it means BLOB_TYPE_JSON.
     """
     BLOB_TYPE_JSON: _BlobType.ValueType  # 1
-    """A JSON value, stored as its RFC 8785 canonical UTF-8 encoding."""
+    """A JSON value, stored as its RFC 8785 canonical UTF-8 encoding (Stepflow's
+    "data" blobs).
+    """
     BLOB_TYPE_BINARY: _BlobType.ValueType  # 2
     """Opaque bytes, stored as they are."""
+    BLOB_TYPE_FLOW: _BlobType.ValueType  # 3
+    """A workflow definition (Stepflow's "flow" blobs): JSON, stored and hashed
+    exactly as BLOB_TYPE_JSON, but a type of its own.
+    """
 
 class BlobType(_BlobType, metaclass=_BlobTypeEnumTypeWrapper):
     """The kind of content a blob holds. Stored with the blob; content that is
@@ -60,9 +70,15 @@ BLOB_TYPE_UNSPECIFIED: BlobType.ValueType  # 0
 it means BLOB_TYPE_JSON.
 """
 BLOB_TYPE_JSON: BlobType.ValueType  # 1
-"""A JSON value, stored as its RFC 8785 canonical UTF-8 encoding."""
+"""A JSON value, stored as its RFC 8785 canonical UTF-8 encoding (Stepflow's
+"data" blobs).
+"""
 BLOB_TYPE_BINARY: BlobType.ValueType  # 2
 """Opaque bytes, stored as they are."""
+BLOB_TYPE_FLOW: BlobType.ValueType  # 3
+"""A workflow definition (Stepflow's "flow" blobs): JSON, stored and hashed
+exactly as BLOB_TYPE_JSON, but a type of its own.
+"""
 Global___BlobType: _TypeAlias = BlobType  # noqa: Y015
 
 @_typing.final
@@ -73,10 +89,13 @@ class PutRequest(_message.Message):
     DATA_FIELD_NUMBER: _builtins.int
     JSON_FIELD_NUMBER: _builtins.int
     EXPECTED_ID_FIELD_NUMBER: _builtins.int
+    FILENAME_FIELD_NUMBER: _builtins.int
+    CONTENT_TYPE_FIELD_NUMBER: _builtins.int
     blob_type: Global___BlobType.ValueType
-    """The type of the blob. With `data`, BLOB_TYPE_JSON means `data` is UTF-8
-    JSON text to be canonicalised; BLOB_TYPE_BINARY (or unspecified) means
-    raw bytes. With `json`, it must be BLOB_TYPE_JSON or unspecified.
+    """The type of the blob. With `data`, BLOB_TYPE_JSON or BLOB_TYPE_FLOW means
+    `data` is UTF-8 JSON text to be canonicalised; BLOB_TYPE_BINARY (or
+    unspecified) means raw bytes. With `json`, it must be BLOB_TYPE_JSON,
+    BLOB_TYPE_FLOW or unspecified (JSON).
     """
     data: _builtins.bytes
     """Raw bytes: the blob itself (Binary) or UTF-8 JSON text (Json). The fast
@@ -86,6 +105,13 @@ class PutRequest(_message.Message):
     """Optional. If set, the server checks that the content hashes to this id
     and fails with INVALID_ARGUMENT ("digest mismatch") if it does not.
     """
+    filename: _builtins.str
+    """Optional metadata kept with the blob if this put stores it (see the top
+    of this file): a file name (at most 1024 UTF-8 bytes, no control
+    characters) and a media type such as "application/pdf" (at most 255
+    printable ASCII characters). Empty means not given.
+    """
+    content_type: _builtins.str
     @_builtins.property
     def json(self) -> _struct_pb2.Value:
         """A JSON value written as JSON itself, for tools such as grpcurl. Numbers
@@ -100,13 +126,24 @@ class PutRequest(_message.Message):
         data: _builtins.bytes = ...,
         json: _struct_pb2.Value | None = ...,
         expected_id: _builtins.str = ...,
+        filename: _builtins.str | None = ...,
+        content_type: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "data", b"data", "json", b"json"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_content_type", b"_content_type", "_filename", b"_filename", "content", b"content", "content_type", b"content_type", "data", b"data", "filename", b"filename", "json", b"json"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_type", b"blob_type", "content", b"content", "data", b"data", "expected_id", b"expected_id", "json", b"json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_content_type", b"_content_type", "_filename", b"_filename", "blob_type", b"blob_type", "content", b"content", "content_type", b"content_type", "data", b"data", "expected_id", b"expected_id", "filename", b"filename", "json", b"json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__content_type: _TypeAlias = _typing.Literal["content_type"]  # noqa: Y015
+    _WhichOneofArgType__content_type: _TypeAlias = _typing.Literal["_content_type", b"_content_type"]  # noqa: Y015
+    _WhichOneofReturnType__filename: _TypeAlias = _typing.Literal["filename"]  # noqa: Y015
+    _WhichOneofArgType__filename: _TypeAlias = _typing.Literal["_filename", b"_filename"]  # noqa: Y015
     _WhichOneofReturnType_content: _TypeAlias = _typing.Literal["data", "json"]  # noqa: Y015
     _WhichOneofArgType_content: _TypeAlias = _typing.Literal["content", b"content"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__content_type) -> _WhichOneofReturnType__content_type | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__filename) -> _WhichOneofReturnType__filename | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType_content) -> _WhichOneofReturnType_content | None: ...
 
 Global___PutRequest: _TypeAlias = PutRequest  # noqa: Y015
@@ -119,6 +156,8 @@ class PutResponse(_message.Message):
     BLOB_TYPE_FIELD_NUMBER: _builtins.int
     SIZE_FIELD_NUMBER: _builtins.int
     CREATED_FIELD_NUMBER: _builtins.int
+    FILENAME_FIELD_NUMBER: _builtins.int
+    CONTENT_TYPE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The blob's id, "sha256:<64 lowercase hex>"."""
     blob_type: Global___BlobType.ValueType
@@ -127,6 +166,9 @@ class PutResponse(_message.Message):
     """Size in bytes of the stored content (canonical JSON for Json blobs)."""
     created: _builtins.bool
     """True if this call stored the blob, false if it was already stored."""
+    filename: _builtins.str
+    """The metadata stored with the blob (from the put that stored it); unset if none."""
+    content_type: _builtins.str
     def __init__(
         self,
         *,
@@ -134,12 +176,21 @@ class PutResponse(_message.Message):
         blob_type: Global___BlobType.ValueType = ...,
         size: _builtins.int = ...,
         created: _builtins.bool = ...,
+        filename: _builtins.str | None = ...,
+        content_type: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_content_type", b"_content_type", "_filename", b"_filename", "content_type", b"content_type", "filename", b"filename"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_type", b"blob_type", "created", b"created", "id", b"id", "size", b"size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_content_type", b"_content_type", "_filename", b"_filename", "blob_type", b"blob_type", "content_type", b"content_type", "created", b"created", "filename", b"filename", "id", b"id", "size", b"size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__content_type: _TypeAlias = _typing.Literal["content_type"]  # noqa: Y015
+    _WhichOneofArgType__content_type: _TypeAlias = _typing.Literal["_content_type", b"_content_type"]  # noqa: Y015
+    _WhichOneofReturnType__filename: _TypeAlias = _typing.Literal["filename"]  # noqa: Y015
+    _WhichOneofArgType__filename: _TypeAlias = _typing.Literal["_filename", b"_filename"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__content_type) -> _WhichOneofReturnType__content_type | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__filename) -> _WhichOneofReturnType__filename | None: ...
 
 Global___PutResponse: _TypeAlias = PutResponse  # noqa: Y015
 
@@ -152,8 +203,8 @@ class GetRequest(_message.Message):
     id: _builtins.str
     """The blob's id, "sha256:<64 hex>" or bare 64 hex."""
     as_json_value: _builtins.bool
-    """For Json blobs: return the content in `json` (readable JSON in grpcurl)
-    instead of `data`. Numbers become doubles. Ignored for Binary blobs.
+    """For Json and Flow blobs: return the content in `json` (readable JSON in
+    grpcurl) instead of `data`. Numbers become doubles. Ignored for Binary blobs.
     """
     def __init__(
         self,
@@ -178,6 +229,8 @@ class GetResponse(_message.Message):
     SIZE_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
     JSON_FIELD_NUMBER: _builtins.int
+    FILENAME_FIELD_NUMBER: _builtins.int
+    CONTENT_TYPE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The blob's id, "sha256:<64 lowercase hex>"."""
     blob_type: Global___BlobType.ValueType
@@ -185,9 +238,12 @@ class GetResponse(_message.Message):
     """Size in bytes of the stored content."""
     data: _builtins.bytes
     """The stored bytes: the raw blob, or canonical UTF-8 JSON text."""
+    filename: _builtins.str
+    """The metadata stored with the blob (from the put that stored it); unset if none."""
+    content_type: _builtins.str
     @_builtins.property
     def json(self) -> _struct_pb2.Value:
-        """The JSON value, when `as_json_value` was asked for a Json blob."""
+        """The JSON value, when `as_json_value` was asked for a Json or Flow blob."""
 
     def __init__(
         self,
@@ -197,13 +253,24 @@ class GetResponse(_message.Message):
         size: _builtins.int = ...,
         data: _builtins.bytes = ...,
         json: _struct_pb2.Value | None = ...,
+        filename: _builtins.str | None = ...,
+        content_type: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "data", b"data", "json", b"json"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_content_type", b"_content_type", "_filename", b"_filename", "content", b"content", "content_type", b"content_type", "data", b"data", "filename", b"filename", "json", b"json"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_type", b"blob_type", "content", b"content", "data", b"data", "id", b"id", "json", b"json", "size", b"size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_content_type", b"_content_type", "_filename", b"_filename", "blob_type", b"blob_type", "content", b"content", "content_type", b"content_type", "data", b"data", "filename", b"filename", "id", b"id", "json", b"json", "size", b"size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__content_type: _TypeAlias = _typing.Literal["content_type"]  # noqa: Y015
+    _WhichOneofArgType__content_type: _TypeAlias = _typing.Literal["_content_type", b"_content_type"]  # noqa: Y015
+    _WhichOneofReturnType__filename: _TypeAlias = _typing.Literal["filename"]  # noqa: Y015
+    _WhichOneofArgType__filename: _TypeAlias = _typing.Literal["_filename", b"_filename"]  # noqa: Y015
     _WhichOneofReturnType_content: _TypeAlias = _typing.Literal["data", "json"]  # noqa: Y015
     _WhichOneofArgType_content: _TypeAlias = _typing.Literal["content", b"content"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__content_type) -> _WhichOneofReturnType__content_type | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__filename) -> _WhichOneofReturnType__filename | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType_content) -> _WhichOneofReturnType_content | None: ...
 
 Global___GetResponse: _TypeAlias = GetResponse  # noqa: Y015
@@ -236,6 +303,8 @@ class StatResponse(_message.Message):
     EXISTS_FIELD_NUMBER: _builtins.int
     BLOB_TYPE_FIELD_NUMBER: _builtins.int
     SIZE_FIELD_NUMBER: _builtins.int
+    FILENAME_FIELD_NUMBER: _builtins.int
+    CONTENT_TYPE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The blob's id, "sha256:<64 lowercase hex>"."""
     exists: _builtins.bool
@@ -243,6 +312,9 @@ class StatResponse(_message.Message):
     blob_type: Global___BlobType.ValueType
     size: _builtins.int
     """Size in bytes of the stored content."""
+    filename: _builtins.str
+    """The metadata stored with the blob (from the put that stored it); unset if none."""
+    content_type: _builtins.str
     def __init__(
         self,
         *,
@@ -250,12 +322,21 @@ class StatResponse(_message.Message):
         exists: _builtins.bool = ...,
         blob_type: Global___BlobType.ValueType = ...,
         size: _builtins.int = ...,
+        filename: _builtins.str | None = ...,
+        content_type: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_content_type", b"_content_type", "_filename", b"_filename", "content_type", b"content_type", "filename", b"filename"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_type", b"blob_type", "exists", b"exists", "id", b"id", "size", b"size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_content_type", b"_content_type", "_filename", b"_filename", "blob_type", b"blob_type", "content_type", b"content_type", "exists", b"exists", "filename", b"filename", "id", b"id", "size", b"size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__content_type: _TypeAlias = _typing.Literal["content_type"]  # noqa: Y015
+    _WhichOneofArgType__content_type: _TypeAlias = _typing.Literal["_content_type", b"_content_type"]  # noqa: Y015
+    _WhichOneofReturnType__filename: _TypeAlias = _typing.Literal["filename"]  # noqa: Y015
+    _WhichOneofArgType__filename: _TypeAlias = _typing.Literal["_filename", b"_filename"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__content_type) -> _WhichOneofReturnType__content_type | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__filename) -> _WhichOneofReturnType__filename | None: ...
 
 Global___StatResponse: _TypeAlias = StatResponse  # noqa: Y015
 
@@ -314,9 +395,12 @@ class PutStreamRequest(_message.Message):
     EXPECTED_ID_FIELD_NUMBER: _builtins.int
     OFFSET_FIELD_NUMBER: _builtins.int
     CHUNK_FIELD_NUMBER: _builtins.int
+    FILENAME_FIELD_NUMBER: _builtins.int
+    CONTENT_TYPE_FIELD_NUMBER: _builtins.int
     blob_type: Global___BlobType.ValueType
-    """First message only: the blob's type. BLOB_TYPE_JSON means the chunks
-    are UTF-8 JSON text (whole documents up to the server's JSON limit).
+    """First message only: the blob's type. BLOB_TYPE_JSON or BLOB_TYPE_FLOW
+    means the chunks are UTF-8 JSON text (whole documents up to the server's
+    JSON limit).
     """
     total_size: _builtins.int
     """First message only, optional: the total size in bytes the chunks add up
@@ -335,6 +419,9 @@ class PutStreamRequest(_message.Message):
     """The next piece of the blob; any size up to the message limit (1 MiB
     pieces work well). May be empty.
     """
+    filename: _builtins.str
+    """First message only, optional: metadata as in PutRequest."""
+    content_type: _builtins.str
     def __init__(
         self,
         *,
@@ -343,15 +430,25 @@ class PutStreamRequest(_message.Message):
         expected_id: _builtins.str = ...,
         offset: _builtins.int | None = ...,
         chunk: _builtins.bytes = ...,
+        filename: _builtins.str | None = ...,
+        content_type: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_offset", b"_offset", "_total_size", b"_total_size", "offset", b"offset", "total_size", b"total_size"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_content_type", b"_content_type", "_filename", b"_filename", "_offset", b"_offset", "_total_size", b"_total_size", "content_type", b"content_type", "filename", b"filename", "offset", b"offset", "total_size", b"total_size"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_offset", b"_offset", "_total_size", b"_total_size", "blob_type", b"blob_type", "chunk", b"chunk", "expected_id", b"expected_id", "offset", b"offset", "total_size", b"total_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_content_type", b"_content_type", "_filename", b"_filename", "_offset", b"_offset", "_total_size", b"_total_size", "blob_type", b"blob_type", "chunk", b"chunk", "content_type", b"content_type", "expected_id", b"expected_id", "filename", b"filename", "offset", b"offset", "total_size", b"total_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__content_type: _TypeAlias = _typing.Literal["content_type"]  # noqa: Y015
+    _WhichOneofArgType__content_type: _TypeAlias = _typing.Literal["_content_type", b"_content_type"]  # noqa: Y015
+    _WhichOneofReturnType__filename: _TypeAlias = _typing.Literal["filename"]  # noqa: Y015
+    _WhichOneofArgType__filename: _TypeAlias = _typing.Literal["_filename", b"_filename"]  # noqa: Y015
     _WhichOneofReturnType__offset: _TypeAlias = _typing.Literal["offset"]  # noqa: Y015
     _WhichOneofArgType__offset: _TypeAlias = _typing.Literal["_offset", b"_offset"]  # noqa: Y015
     _WhichOneofReturnType__total_size: _TypeAlias = _typing.Literal["total_size"]  # noqa: Y015
     _WhichOneofArgType__total_size: _TypeAlias = _typing.Literal["_total_size", b"_total_size"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__content_type) -> _WhichOneofReturnType__content_type | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__filename) -> _WhichOneofReturnType__filename | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__offset) -> _WhichOneofReturnType__offset | None: ...
     @_typing.overload
@@ -398,7 +495,7 @@ class GetStreamResponse(_message.Message):
     """The next piece of the blob."""
     @_builtins.property
     def info(self) -> Global___BlobInfo:
-        """First message only: the blob's id, type and size."""
+        """First message only: the blob's id, type, size and metadata."""
 
     def __init__(
         self,
@@ -424,22 +521,36 @@ class BlobInfo(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     BLOB_TYPE_FIELD_NUMBER: _builtins.int
     SIZE_FIELD_NUMBER: _builtins.int
+    FILENAME_FIELD_NUMBER: _builtins.int
+    CONTENT_TYPE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The blob's id, "sha256:<64 lowercase hex>"."""
     blob_type: Global___BlobType.ValueType
     size: _builtins.int
     """Size in bytes of the stored content."""
+    filename: _builtins.str
+    """The metadata stored with the blob (from the put that stored it); unset if none."""
+    content_type: _builtins.str
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
         blob_type: Global___BlobType.ValueType = ...,
         size: _builtins.int = ...,
+        filename: _builtins.str | None = ...,
+        content_type: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_content_type", b"_content_type", "_filename", b"_filename", "content_type", b"content_type", "filename", b"filename"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_type", b"blob_type", "id", b"id", "size", b"size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_content_type", b"_content_type", "_filename", b"_filename", "blob_type", b"blob_type", "content_type", b"content_type", "filename", b"filename", "id", b"id", "size", b"size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__content_type: _TypeAlias = _typing.Literal["content_type"]  # noqa: Y015
+    _WhichOneofArgType__content_type: _TypeAlias = _typing.Literal["_content_type", b"_content_type"]  # noqa: Y015
+    _WhichOneofReturnType__filename: _TypeAlias = _typing.Literal["filename"]  # noqa: Y015
+    _WhichOneofArgType__filename: _TypeAlias = _typing.Literal["_filename", b"_filename"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__content_type) -> _WhichOneofReturnType__content_type | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__filename) -> _WhichOneofReturnType__filename | None: ...
 
 Global___BlobInfo: _TypeAlias = BlobInfo  # noqa: Y015

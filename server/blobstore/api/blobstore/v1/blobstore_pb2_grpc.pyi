@@ -4,10 +4,14 @@ isort:skip_file
 Content-addressed blob storage.
 
 A blob's id is "sha256:" followed by the 64 lowercase hex digits of the
-SHA-256 of its content. Json blobs are hashed (and stored) in their
-canonical form (RFC 8785, JCS), so equal JSON values always get equal ids
-whatever key order, white space or number spelling the sender used.
+SHA-256 of its content. Json and Flow blobs are hashed (and stored) in
+their canonical form (RFC 8785, JCS), so equal JSON values always get equal
+ids whatever key order, white space or number spelling the sender used.
 Binary blobs are hashed as raw bytes. See docs/blob-ids.md.
+
+A blob may carry a filename and a content type (metadata, not content: they
+do not change its id). Like the type, they are kept from the first put that
+stored the blob; later puts of the same content do not change them.
 
 Wherever a request takes a blob id it accepts "sha256:<64 hex>" or the bare
 64-hex form; responses always use the "sha256:" form. Any other id is
