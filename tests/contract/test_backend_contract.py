@@ -4,7 +4,9 @@ What the server relies on from any medium: write-once (the first writer and its
 type win, also under a race), streamed puts of any size that store nothing until
 commit, reads bounded by a ReadLimit before any content is read, chunks of at most
 the asked size, and — behind VerifyingBackend, as the server always runs them —
-a damaged copy never served but reported DataLoss and moved out of service.
+a damaged copy never served but reported DataLoss and moved out of service. Each
+blob keeps the type, filename and content type of its first writer, whichever road
+(unary, streamed small, streamed large) stored it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import pytest
 
 from blobstore.errors import BlobNotFound, DataLoss
 from blobstore.ids import BlobId, blob_id_from_digest
-from blobstore.model import BlobType
+from blobstore.model import NO_META, BlobMeta, BlobType, PutResult
 from blobstore.storage.base import OverLimit, ReadLimit
 from blobstore.storage.verifying import VerifyingBackend
 from tests.contract.conftest import Kit
@@ -27,14 +29,16 @@ def id_of(data: bytes) -> BlobId:
     return blob_id_from_digest(hashlib.sha256(data).hexdigest())
 
 
-async def stream_put(kit: Kit, data: bytes, blob_type: BlobType, chunk: int = 1 << 20) -> object:
+async def stream_put(
+    kit: Kit, data: bytes, blob_type: BlobType, meta: BlobMeta = NO_META, chunk: int = 1 << 20
+) -> PutResult:
     writer = await kit.backend.open_writer()
     hasher = hashlib.sha256()
     try:
         for start in range(0, len(data), chunk):
             await writer.write(memoryview(data)[start : start + chunk], hasher.update)
         assert hasher.hexdigest() == id_of(data).removeprefix("sha256:")
-        return await writer.commit(id_of(data), blob_type)
+        return await writer.commit(id_of(data), blob_type, meta)
     finally:
         await writer.abort()
 
@@ -101,7 +105,7 @@ async def test_a_read_limit_refuses_before_reading(kit: Kit) -> None:
 async def test_streamed_put_and_chunked_read(kit: Kit, path: str) -> None:
     data = os.urandom(100_000 if path == "small" else kit.large)
     result = await stream_put(kit, data, BlobType.BINARY)
-    assert result.created and result.info.size == len(data)  # type: ignore[attr-defined]
+    assert result.created and result.info.size == len(data)
     chunks = await read_stream(kit, id_of(data), 64 * 1024)
     assert b"".join(chunks) == data
     assert max(len(chunk) for chunk in chunks) <= 64 * 1024
@@ -112,7 +116,7 @@ async def test_streamed_put_of_a_stored_id_keeps_the_first(kit: Kit) -> None:
     data = os.urandom(10_000)
     await kit.backend.put(id_of(data), BlobType.JSON, data)
     again = await stream_put(kit, data, BlobType.BINARY)
-    assert not again.created and again.info.blob_type is BlobType.JSON  # type: ignore[attr-defined]
+    assert not again.created and again.info.blob_type is BlobType.JSON
 
 
 async def test_an_aborted_stream_stores_nothing_and_leaves_nothing(kit: Kit) -> None:
@@ -163,3 +167,30 @@ async def test_a_damaged_copy_is_never_served_and_is_moved_aside(kit: Kit, read:
     # The id can be stored again, soundly.
     assert (await kit.backend.put(blob_id, BlobType.BINARY, data)).created
     assert (await verifying.get(blob_id)).data == data
+
+
+META = BlobMeta(filename="résumé 2026 (final).pdf", content_type="application/pdf; q=0.5")
+
+
+@pytest.mark.parametrize("road", ["unary", "stream-small", "stream-large"])
+async def test_type_and_metadata_are_kept_by_every_road(kit: Kit, road: str) -> None:
+    data = os.urandom(kit.large if road == "stream-large" else 5000)
+    if road == "unary":
+        result = await kit.backend.put(id_of(data), BlobType.FLOW, data, META)
+    else:
+        result = await stream_put(kit, data, BlobType.FLOW, META)
+    assert result.created and result.info.meta == META and result.info.blob_type is BlobType.FLOW
+    verifying = VerifyingBackend(kit.backend)
+    for info in (
+        await kit.backend.stat(id_of(data)),
+        (await verifying.get(id_of(data))).info,
+        (await verifying.get_stream(id_of(data), 1 << 20)).info,
+    ):
+        assert info is not None
+        assert (info.blob_type, info.size, info.meta) == (BlobType.FLOW, len(data), META)
+    # The first writer's metadata wins; a blob stored without metadata has none.
+    again = await kit.backend.put(id_of(data), BlobType.BINARY, data, BlobMeta(filename="other"))
+    assert not again.created and again.info.meta == META
+    plain = os.urandom(100)
+    assert (await kit.backend.put(id_of(plain), BlobType.BINARY, plain)).info.meta == NO_META
+    assert (await kit.backend.stat(id_of(plain))).meta == NO_META  # type: ignore[union-attr]

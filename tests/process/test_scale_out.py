@@ -20,7 +20,7 @@ import pytest
 
 from blobstore.client import BlobClient
 from blobstore.errors import BlobNotFound, DataLoss, Unavailable
-from blobstore.model import BlobType
+from blobstore.model import BlobMeta, BlobType
 from blobstore.retry import RetryPolicy
 from tests.processes import ServerProcess
 from tests.rpc_helpers import sha256_id
@@ -79,6 +79,11 @@ def test_a_put_on_one_replica_reads_on_the_others_at_once(
         assert out.read_bytes() == big.read_bytes()
         json_doc = clients[1].put_json({"b": [1, 2], "a": "x"})
         assert clients[2].get(json_doc.info.blob_id).info.blob_type is BlobType.JSON
+        # Type and metadata travel with the object, whichever replica stored it.
+        meta = BlobMeta(filename="plan für 2026.json", content_type="application/json")
+        flow = clients[2].put_bytes(b'{"steps":[]}', BlobType.FLOW, meta=meta)
+        seen = clients[0].stat(flow.info.blob_id)
+        assert seen is not None and (seen.blob_type, seen.meta) == (BlobType.FLOW, meta)
         assert clients[0].find_missing([json_doc.info.blob_id, sha256_id(b"nope")]) == [
             sha256_id(b"nope")
         ]

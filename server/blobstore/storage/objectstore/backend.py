@@ -27,7 +27,7 @@ from obstore.exceptions import AlreadyExistsError
 
 from blobstore.errors import Unavailable
 from blobstore.ids import BlobId
-from blobstore.model import Blob, BlobInfo, BlobType, PutResult
+from blobstore.model import NO_META, Blob, BlobInfo, BlobMeta, BlobType, PutResult
 from blobstore.storage.base import NO_LIMIT, OverLimit, ReadLimit
 from blobstore.storage.objectstore import keys, metadata
 from blobstore.storage.objectstore.errors import NOT_FOUND, summary, translated
@@ -110,12 +110,13 @@ class ObjectStoreBackend:
 
     # -- writes --------------------------------------------------------------------------
 
-    async def put(self, blob_id: BlobId, blob_type: BlobType, data: bytes) -> PutResult:
-        attributes = metadata.encode(blob_type, len(data))
-        return await self.put_object(blob_id, blob_type, data, attributes)
+    async def put(
+        self, blob_id: BlobId, blob_type: BlobType, data: bytes, meta: BlobMeta = NO_META
+    ) -> PutResult:
+        return await self.put_object(blob_id, data, metadata.encode(blob_type, len(data), meta))
 
     async def put_object(
-        self, blob_id: BlobId, blob_type: BlobType, data: bytes, attributes: dict[str, str]
+        self, blob_id: BlobId, data: bytes, attributes: dict[str, str]
     ) -> PutResult:
         """One conditional put of a whole blob under its key."""
         with translated(blob_id):

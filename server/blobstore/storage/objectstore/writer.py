@@ -27,7 +27,7 @@ import obstore
 from obstore.exceptions import AlreadyExistsError
 
 from blobstore.ids import BlobId
-from blobstore.model import BlobType, PutResult
+from blobstore.model import NO_META, BlobMeta, BlobType, PutResult
 from blobstore.offload import offload
 from blobstore.storage.base import ChunkHook
 from blobstore.storage.objectstore import keys, metadata
@@ -113,15 +113,17 @@ class ObjectWriter:
                 self._upload.result()  # raises the upload's failure
             raise RuntimeError("the upload ended before its last chunk")
 
-    async def commit(self, blob_id: BlobId, blob_type: BlobType) -> PutResult:
+    async def commit(
+        self, blob_id: BlobId, blob_type: BlobType, meta: BlobMeta = NO_META
+    ) -> PutResult:
         if self._done:
             raise ValueError("commit after commit or abort")
-        attributes = metadata.encode(blob_type, self._size)
+        attributes = metadata.encode(blob_type, self._size, meta)
         try:
             if self._upload is None:
                 data = b"".join(self._buffer)
                 self._buffer = []
-                return await self._backend.put_object(blob_id, blob_type, data, attributes)
+                return await self._backend.put_object(blob_id, data, attributes)
             await self._put(None)
             with translated():
                 await self._upload
