@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -152,3 +154,34 @@ def test_an_object_overwritten_behind_our_back_is_never_served(
         # A sound copy can be stored again.
         assert client.put_bytes(data).created
         assert client.get(blob_id).data == data
+
+
+def test_verify_checks_every_object_of_a_url(seaweedfs: SeaweedFS, replicas: Replicas) -> None:
+    prefix = f"scale-out/{uuid.uuid4().hex}"
+    (server,) = replicas(seaweedfs, 1, prefix)
+    raw = seaweedfs.store(prefix)
+    with BlobClient(server.target, timeout=60) as client:
+        ids = [client.put_bytes(os.urandom(50_000 + i)).info.blob_id for i in range(3)]
+    bad = ids[1].removeprefix("sha256:")
+    attributes = obstore.get(raw, bad, options={"head": True}).attributes
+    obstore.put(raw, bad, os.urandom(50_001), attributes=attributes)
+
+    def verify(*flags: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "blobstore.cli", "verify", "--storage"]
+        return subprocess.run(
+            [*command, seaweedfs.url(prefix), *flags],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, **seaweedfs.env},
+        )
+
+    report_only = verify("--no-quarantine")
+    assert report_only.returncode == 4, report_only.stderr
+    assert f"BAD {ids[1]}" in report_only.stdout and "left in place" in report_only.stdout
+    assert obstore.list(raw, prefix="quarantine/").collect() == []
+    moved = verify()
+    assert moved.returncode == 4 and "moved to quarantine/" in moved.stdout, moved.stdout
+    again = verify()
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "checked 2 blob(s), 100002 bytes: 0 bad" in again.stdout

@@ -195,13 +195,17 @@ class ObjectStoreBackend:
     # -- corruption ----------------------------------------------------------------------
 
     async def quarantine(self, blob_id: BlobId, reason: str) -> None:
-        """Copies the object under quarantine/ and deletes it (another replica may have
-        done it first: then there is nothing left to move)."""
+        await self.quarantine_to(blob_id, reason)
+
+    async def quarantine_to(self, blob_id: BlobId, reason: str) -> str | None:
+        """Copies the object under quarantine/ and deletes it; returns the copy's key, or
+        None if another replica moved it first (then there is nothing left to move)."""
         key, aside = keys.blob_key(blob_id), keys.quarantine_key(blob_id)
         with translated():
             try:
                 await obstore.copy_async(self.store, key, aside)
             except NOT_FOUND:
-                return
+                return None
             await obstore.delete_async(self.store, key)
         log.warning("quarantined blob %s as %s: %s", blob_id, aside, reason)
+        return aside
