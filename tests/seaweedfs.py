@@ -4,7 +4,9 @@ Every component `weed mini` runs (master, volume, filer, S3, admin) gets a free
 loopback port of its own, set explicitly (SeaweedFS otherwise derives gRPC
 ports as HTTP port + 10000, which may be taken), telemetry is off, and the S3
 gateway only accepts the one identity of `s3.json`: an unconfigured SeaweedFS
-lets anyone read and write.
+lets anyone read and write. The bucket is configured as a deployment should be
+for durable acknowledgements (`fs.configure -fsync`: SeaweedFS does not fsync
+writes by default; docs/scale-out.md).
 """
 
 from __future__ import annotations
@@ -113,7 +115,8 @@ class SeaweedFS:
             "actions": ["Admin", "Read", "Write", "List", "Tagging"],
         }
         config.write_text(json.dumps({"identities": [identity]}))
-        if not self.ports:  # a restart keeps its ports, so clients find it again
+        restart = bool(self.ports)
+        if not restart:  # a restart keeps its ports, so clients find it again
             self.ports = dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS)), strict=True))
             self.ports["admin.port"], self.ports["admin.port.grpc"] = free_port_pair()
         args = [
@@ -136,7 +139,25 @@ class SeaweedFS:
         self._log = open(self.root / "weed.log", "ab")  # noqa: SIM115 - closed in _reap()
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT)
         self._wait_ready(timeout)
+        if not restart:
+            self.shell(f"fs.configure -locationPrefix=/buckets/{BUCKET}/ -fsync -apply")
         return self
+
+    def shell(self, commands: str) -> str:
+        """Runs `weed shell` commands against this cluster; returns their output."""
+        master = f"127.0.0.1:{self.ports['master.port']}.{self.ports['master.port.grpc']}"
+        filer = f"127.0.0.1:{self.ports['filer.port']}.{self.ports['filer.port.grpc']}"
+        binary = weed_binary()
+        assert binary is not None
+        done = subprocess.run(
+            [binary, "shell", f"-master={master}", f"-filer={filer}"],
+            input=commands + "\n",
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return done.stdout
 
     def _wait_ready(self, timeout: float) -> None:
         """Waits until the S3 gateway answers and the bucket exists (anonymous HEAD → 403)."""
@@ -158,11 +179,15 @@ class SeaweedFS:
         raise RuntimeError(f"weed did not start in {timeout} s:\n{self.log()}")
 
     def _bucket_ready(self) -> bool:
+        """The bucket answers a listing and a write and read back (after a restart, reads
+        fail with 500 until the volume server has reported its volumes to the master)."""
+        store = self.store()
         try:
-            obstore.list(self.store(), prefix="readiness-probe/").collect()
+            obstore.list(store, prefix="readiness-probe/").collect()
+            obstore.put(store, "readiness-probe/probe", b"ready")
+            return bytes(obstore.get(store, "readiness-probe/probe").bytes()) == b"ready"
         except Exception:
             return False
-        return True
 
     def store(self, prefix: str = "") -> S3Store:
         """An obstore S3Store on the bucket (for tests that go behind the service's back)."""
