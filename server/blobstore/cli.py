@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BlobStoreError as exc:
         print(f"blobstore: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: a --target that is not host:port
         print(f"blobstore: {exc}", file=sys.stderr)
         return EXIT_ERROR
 
@@ -77,7 +77,8 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--target",
             default=os.environ.get("BLOBSTORE_TARGET", DEFAULT_TARGET),
-            help="server address (env BLOBSTORE_TARGET; default %(default)s)",
+            help="server address, or several replicas as host1:port1,host2:port2 or "
+            "dns:///name:port, balanced round_robin (env BLOBSTORE_TARGET; default %(default)s)",
         )
         sub.add_argument("--timeout", type=float, default=600.0, help="seconds per call")
         return sub
