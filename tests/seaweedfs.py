@@ -11,6 +11,7 @@ writes by default; docs/scale-out.md).
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import signal
@@ -201,6 +202,24 @@ class SeaweedFS:
             client_options={"allow_http": True},
             retry_config={"max_retries": 0},
         )
+
+    def incomplete_uploads(self, prefix: str) -> list[str]:
+        """Keys under `prefix` with a multipart upload neither completed nor aborted.
+
+        S3 can list them, obstore cannot; SeaweedFS keeps each under the bucket's
+        `.uploads/` folder, which its filer lists (the key is in the entry, base64).
+        """
+        url = f"http://127.0.0.1:{self.ports['filer.port']}/buckets/{BUCKET}/.uploads/"
+        request = urllib.request.Request(url, headers={"Accept": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as reply:
+                entries = json.loads(reply.read()).get("Entries") or []
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:  # no upload was ever started in the bucket
+                return []
+            raise
+        keys = [base64.b64decode(e.get("Extended", {}).get("key", "")).decode() for e in entries]
+        return [key for key in keys if key.startswith(prefix)]
 
     def log(self) -> str:
         path = self.root / "weed.log"

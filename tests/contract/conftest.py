@@ -3,7 +3,8 @@
 Every backend the server can be built with is here: a new one joins the suite by
 adding a parameter. `corrupt` damages a stored copy behind the backend's back
 (the flipped bit on disk, the object overwritten in the bucket), `leftovers`
-lists what a streamed put may leave behind (temporary files or objects).
+lists what a streamed put may leave behind (temporary files or objects, and
+multipart uploads neither completed nor aborted).
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ async def kit(
             obstore.put(raw, key, b"x" * size, attributes=attributes)  # same size, same metadata
 
         def temporaries() -> list[str]:
-            return [meta["path"] for meta in obstore.list(raw, prefix="tmp/").collect()]
+            objects = [meta["path"] for meta in obstore.list(raw, prefix="tmp/").collect()]
+            return objects + weed.incomplete_uploads(prefix)
 
         yield Kit("objectstore", objects, overwrite_object, temporaries, 20 << 20)
         objects.close()
