@@ -22,6 +22,7 @@ from blobstore.storage.base import BlobBackend
 from blobstore.storage.filesystem import FileSystemBackend
 from blobstore.storage.memory import MemoryBackend
 from blobstore.storage.objectstore import ObjectStoreBackend, parse
+from blobstore.storage.read_cache import ReadCache
 from tests.rpc_helpers import blob_path
 from tests.seaweedfs import SeaweedFS
 
@@ -38,7 +39,7 @@ class Kit:
     """A streamed size that takes the backend's large-blob path."""
 
 
-@pytest.fixture(params=["memory", "filesystem", "objectstore"])
+@pytest.fixture(params=["memory", "filesystem", "objectstore", "read-cache"])
 async def kit(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Kit]:
@@ -49,6 +50,15 @@ async def kit(
             memory.corrupt(blob_id, b"not the content")
 
         yield Kit("memory", memory, corrupt_memory, lambda: [], 1 << 20)
+    elif request.param == "read-cache":
+        behind = MemoryBackend()
+        cache = ReadCache(behind, tmp_path / "cache", max_bytes=4 << 20, max_blob_bytes=1 << 20)
+        cache.open()
+
+        def corrupt_behind(blob_id: BlobId) -> None:
+            behind.corrupt(blob_id, b"not the content")
+
+        yield Kit("read-cache", cache, corrupt_behind, lambda: [], 1 << 20)
     elif request.param == "filesystem":
         folder = tmp_path / "data"
         files = FileSystemBackend(folder, io_threads=4)

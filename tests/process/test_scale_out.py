@@ -2,7 +2,8 @@
 
 - three replicas on the same URL serve the same blobs: a put on one reads on the others at once;
 - the store stopped: calls fail fast with UNAVAILABLE, nothing is acknowledged, and service
-  resumes by itself when the store is back (same ports, same data);
+  resumes by itself when the store is back (same ports, same data); a replica with a
+  read cache (--cache-dir) meanwhile still serves the blobs it has cached;
 - an object overwritten behind our back is never served: DATA_LOSS, and it is moved under
   quarantine/.
 """
@@ -36,7 +37,9 @@ def replicas(tmp_path: Path) -> Iterator[Replicas]:
     """Starts `count` servers on one s3:// URL (a fresh prefix per test); kills them at the end."""
     started: list[ServerProcess] = []
 
-    def start(weed: SeaweedFS, count: int, prefix: str | None = None) -> list[ServerProcess]:
+    def start(
+        weed: SeaweedFS, count: int, prefix: str | None = None, *extra: str
+    ) -> list[ServerProcess]:
         url = weed.url(prefix or f"scale-out/{uuid.uuid4().hex}")
         for _ in range(count):
             n = len(started)
@@ -45,6 +48,7 @@ def replicas(tmp_path: Path) -> Iterator[Replicas]:
                 tmp_path / f"replica-{n}.log",
                 "--storage",
                 url,
+                *extra,
                 env=weed.env,
             )
             started.append(server)
@@ -99,10 +103,21 @@ def test_store_unreachable_fails_fast_then_resumes(
 ) -> None:
     weed = SeaweedFS(tmp_path_factory.mktemp("seaweedfs-outage")).start()
     try:
-        (server,) = replicas(weed, 1)
-        with BlobClient(server.target, timeout=60, retry=RetryPolicy.off()) as client:
+        prefix = f"scale-out/{uuid.uuid4().hex}"
+        (server,) = replicas(weed, 1, prefix)
+        cache_dir = str(tmp_path_factory.mktemp("read-cache"))
+        (cached,) = replicas(weed, 1, prefix, "--cache-dir", cache_dir)
+        with (
+            BlobClient(server.target, timeout=60, retry=RetryPolicy.off()) as client,
+            BlobClient(cached.target, timeout=60, retry=RetryPolicy.off()) as cached_client,
+        ):
             before = client.put_bytes(b"stored before the outage")
+            hot = cached_client.get(before.info.blob_id).data  # now in its read cache
             weed.stop()
+            # The replica with a read cache still serves what it has read (verified).
+            assert cached_client.get(before.info.blob_id).data == hot
+            with pytest.raises(Unavailable):
+                cached_client.get(sha256_id(b"never read there"))
             refused: list[bytes] = []
             for i in range(3):
                 data = b"during the outage %d" % i

@@ -6,6 +6,7 @@ a setting names and which decorators wrap it. Today the chain is
     VerifyingBackend(FileSystemBackend(path))
 
     VerifyingBackend(ObjectStoreBackend(s3://bucket/prefix?endpoint=...))
+    VerifyingBackend(ReadCache(...)) with --cache-dir (read_cache.py)
 
 and the storage setting is a URL-ish string: `file://PATH` or a plain PATH, or
 `s3://BUCKET/PREFIX?endpoint=...&region=...` (storage/objectstore/). New
@@ -21,6 +22,7 @@ from pathlib import Path
 from blobstore.storage import objectstore
 from blobstore.storage.base import BlobBackend
 from blobstore.storage.filesystem import JOURNAL_MAX_BLOB_BYTES, FileSystemBackend
+from blobstore.storage.read_cache import ReadCache
 from blobstore.storage.verifying import VerifyingBackend
 
 FILE_SCHEME = "file://"
@@ -37,6 +39,9 @@ class StorageSettings:
     url: str
     io_threads: int = 32
     journal_max_blob_bytes: int = JOURNAL_MAX_BLOB_BYTES
+    cache_dir: str = ""
+    cache_max_bytes: int = 1 << 30
+    cache_max_blob_bytes: int = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,25 @@ def local_path(url: str) -> Path | None:
 
 def open_storage(settings: StorageSettings) -> Storage:
     """Builds and opens the chain; raises UnknownStorage, DataFolderLocked or OSError."""
+    storage = _open_medium(settings)
+    if not settings.cache_dir:
+        return storage
+    assert isinstance(storage.backend, VerifyingBackend)
+    cache = ReadCache(
+        storage.backend.inner,
+        Path(settings.cache_dir).resolve(),
+        max_bytes=settings.cache_max_bytes,
+        max_blob_bytes=settings.cache_max_blob_bytes,
+    )
+    cache.open()
+    return Storage(
+        VerifyingBackend(cache),
+        f"{storage.description}, read cache in {settings.cache_dir}",
+        storage.close,
+    )
+
+
+def _open_medium(settings: StorageSettings) -> Storage:
     if objectstore.is_object_store(settings.url):
         return _open_object_store(settings.url)
     path = local_path(settings.url)
