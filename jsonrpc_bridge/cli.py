@@ -85,7 +85,9 @@ async def _run(
     retry = RetryPolicy(attempts=cfg.retry_attempts, retry_overloaded=True)
     service = BlobService(cfg.grpc_target, cfg.deadline_seconds, retry)
     core = JsonRpcCore(
-        BlobMethods(service.client, max_get_bytes=cfg.max_get_bytes).table(),
+        BlobMethods(
+            service.client, max_get_bytes=cfg.max_get_bytes, type_names=cfg.blob_type_names
+        ).table(),
         max_batch_concurrency=cfg.max_batch_concurrency,
         max_json_values=cfg.max_json_values,
     )

@@ -30,6 +30,7 @@ class BridgeConfig:
     body_timeout_seconds: float = 60.0
     grace_seconds: float = 10.0
     log_level: str = "INFO"
+    blob_type_names: str = "schema"
 
 
 HELP = {
@@ -55,6 +56,8 @@ HELP = {
     "and their connection is closed",
     "grace_seconds": "on SIGTERM/SIGINT, how long in-flight calls may take to finish",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "blob_type_names": "how blobs/get names blob types: schema (data, flow, binary: what the "
+    "Stepflow SDKs decode) or page (Json, Binary: the protocol page's examples)",
 }
 
 
@@ -81,6 +84,16 @@ def positive(convert: Callable[[str], float]) -> Callable[[str], float]:
     return parse
 
 
+def one_of(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in choices:
+            raise argparse.ArgumentTypeError(f"expected {' or '.join(choices)}, not {text!r}")
+        return value
+
+    return parse
+
+
 _PARSERS: dict[str, Callable[[str], object]] = {
     "grpc_target": str,
     "http": str,
@@ -96,6 +109,7 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "body_timeout_seconds": positive(float),
     "grace_seconds": float,
     "log_level": str,
+    "blob_type_names": one_of("schema", "page"),
 }
 
 

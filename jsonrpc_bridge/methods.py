@@ -7,9 +7,16 @@ and hashes exactly as for a gRPC caller, so both give equal data one id.
 Stored Json comes back as its canonical bytes and is embedded in the
 response unparsed (an orjson Fragment).
 
-Params may be named ({"data": ..., "blob_type": ...}) or positional
-([data, blob_type] and [blob_id]); unknown named params are ignored, so
-newer clients sending extra fields keep working.
+Params may be named ({"data": ..., "blob_type": ..., "filename": ...}) or
+positional ([data, blob_type] and [blob_id]); unknown named params are ignored,
+so newer clients sending extra fields keep working.
+
+Blob type names: blobs/get answers in the names of the protocol's schema
+(`protocol.json`, `$defs/GetBlobResult`), "data", "flow" and "binary", because
+every Stepflow SDK decodes exactly those and drops a reply with any other name
+(the component then waits forever). The protocol page's examples write "Json"
+and "Binary"; `--blob-type-names page` answers so for clients written from
+them. blobs/put takes every spelling, in any case.
 """
 
 from __future__ import annotations
@@ -21,9 +28,10 @@ from typing import Any
 import orjson
 
 from blobstore.client import AsyncBlobClient
-from blobstore.errors import BlobStoreError, InvalidBlobId
+from blobstore.errors import BlobStoreError, InvalidArgument, InvalidBlobId
 from blobstore.ids import parse_blob_id
-from blobstore.model import BlobType
+from blobstore.metadata import check_meta
+from blobstore.model import BlobMeta, BlobType
 from jsonrpc_bridge import errors
 from jsonrpc_bridge.json_codec import Encoded, Invalid, InvalidValue, describe, encode_value
 from jsonrpc_bridge.protocol import Method, Params
@@ -31,30 +39,45 @@ from jsonrpc_bridge.protocol import Method, Params
 PUT = "blobs/put"
 GET = "blobs/get"
 
-# Keys are case-folded; "data" and "flow" are the Stepflow SDK's names for JSON blobs.
+# Keys are case-folded: the schema's names and the page's example spellings.
 BLOB_TYPES: dict[str, BlobType] = {
-    "json": BlobType.JSON,
-    "binary": BlobType.BINARY,
     "data": BlobType.JSON,
-    "flow": BlobType.JSON,
+    "flow": BlobType.FLOW,
+    "binary": BlobType.BINARY,
+    "json": BlobType.JSON,
 }
-_TYPE_NAMES = "Json or Binary (any case; also data, flow)"
+_TYPE_NAMES = "data, flow or binary (any case; also Json)"
 _MISSING = object()
+
+TYPE_NAMES: dict[str, dict[BlobType, str]] = {
+    # The schema's enum: what every Stepflow SDK decodes.
+    "schema": {BlobType.JSON: "data", BlobType.FLOW: "flow", BlobType.BINARY: "binary"},
+    # The page's examples. They have no name for a flow, which is JSON: "Json".
+    "page": {BlobType.JSON: "Json", BlobType.FLOW: "Json", BlobType.BINARY: "Binary"},
+}
+"""How blobs/get names a blob's type, by the setting --blob-type-names."""
 
 
 class BlobMethods:
     """blobs/put and blobs/get over one AsyncBlobClient."""
 
-    def __init__(self, client: AsyncBlobClient, *, max_get_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        client: AsyncBlobClient,
+        *,
+        max_get_bytes: int | None = None,
+        type_names: str = "schema",
+    ) -> None:
         self._client = client
         # blobs/get answers hold the whole blob in memory: cap it.
         self._max_get_bytes = max_get_bytes
+        self._type_names = TYPE_NAMES[type_names]
 
     def table(self) -> dict[str, Method]:
         return {PUT: self.put, GET: self.get}
 
     async def put(self, params: Params) -> dict[str, object]:
-        data, blob_type = _put_params(params)
+        data, blob_type, meta = _put_params(params)
         if blob_type is BlobType.BINARY:
             content = _base64_content(data)
         else:
@@ -66,10 +89,10 @@ class BlobMethods:
             except InvalidValue as exc:
                 raise errors.invalid_params(exc.path, exc.reason, "INVALID_JSON") from None
         try:
-            result = await self._client.put_bytes(content, blob_type)
+            result = await self._client.put_bytes(content, blob_type, meta=meta)
         except BlobStoreError as exc:
             raise errors.from_store_error(exc, "params.data") from None
-        return {"blob_id": result.info.blob_id}
+        return _with_filename({"blob_id": result.info.blob_id}, result.info.meta)
 
     async def get(self, params: Params) -> dict[str, object]:
         text = _get_params(params)
@@ -81,14 +104,25 @@ class BlobMethods:
             blob = await self._client.get(blob_id, max_size=self._max_get_bytes)
         except BlobStoreError as exc:
             raise errors.from_store_error(exc, "params.blob_id") from None
-        if blob.info.blob_type is BlobType.JSON:
+        if blob.info.blob_type.is_json:
             data = orjson.Fragment(blob.data)
         else:
             data = orjson.Fragment(b'"' + base64.b64encode(blob.data) + b'"')
-        return {"data": data, "blob_type": blob.info.blob_type.value}
+        result: dict[str, object] = {
+            "data": data,
+            "blob_type": self._type_names[blob.info.blob_type],
+        }
+        return _with_filename(result, blob.info.meta)
 
 
-def _put_params(params: Params) -> tuple[Any, BlobType]:
+def _with_filename(result: dict[str, object], meta: BlobMeta) -> dict[str, object]:
+    """The result, with the blob's stored filename if it has one (as Stepflow answers)."""
+    if meta.filename is not None:
+        result["filename"] = meta.filename
+    return result
+
+
+def _put_params(params: Params) -> tuple[Any, BlobType, BlobMeta]:
     if isinstance(params, list):
         if not 1 <= len(params) <= 2:
             raise errors.invalid_params(
@@ -96,14 +130,24 @@ def _put_params(params: Params) -> tuple[Any, BlobType]:
             )
         data, blob_type = params[0], params[1] if len(params) == 2 else None
         type_field = "params[1]"
+        filename = None
     else:
-        named = _named(params, '{"data": ..., "blob_type": "Json"}')
+        named = _named(params, '{"data": ..., "blob_type": "data"}')
         data = named.get("data", _MISSING)
         if data is _MISSING:
             raise errors.invalid_params("params.data", "missing; it holds the value to store")
         blob_type = named.get("blob_type")
         type_field = "params.blob_type"
-    return data, _blob_type(blob_type, type_field)
+        filename = named.get("filename")
+        if filename is not None and not isinstance(filename, str):
+            raise errors.invalid_params(
+                "params.filename", f"must be a string or null, not {describe(filename)}"
+            )
+    try:  # the service checks it too; checked here, the error names the param
+        meta = check_meta(BlobMeta(filename))
+    except InvalidArgument as exc:
+        raise errors.invalid_params("params.filename", str(exc)) from None
+    return data, _blob_type(blob_type, type_field), meta
 
 
 def _get_params(params: Params) -> str:

@@ -36,9 +36,11 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import contextvars
 import hashlib
 import itertools
 import json
+import logging
 import random
 import re
 import statistics
@@ -46,11 +48,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import psutil
@@ -63,7 +65,6 @@ import soak_hostile  # noqa: E402
 from blobstore.canonical_json import canonicalize_value  # noqa: E402
 from blobstore.client import AsyncBlobClient  # noqa: E402
 from blobstore.errors import BlobStoreError  # noqa: E402
-from blobstore.model import BlobType  # noqa: E402
 from blobstore.retry import RetryPolicy  # noqa: E402
 
 MiB = 1024 * 1024
@@ -166,9 +167,14 @@ class Stats:
     latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     examples: list[str] = field(default_factory=list)
+    retries: Counter[str] = field(default_factory=Counter)
+    """Client retries by operation and cause (see RetryCounter)."""
+    parts: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    """Latencies of the calls inside an operation (the probe's FindMissing and Stat)."""
 
     async def timed(self, name: str, operation: Awaitable[None]) -> None:
         started = time.perf_counter()
+        token = _CURRENT.set((self, name))
         try:
             await operation
         except (BlobStoreError, AssertionError, aiohttp.ClientError, OSError) as exc:
@@ -176,7 +182,44 @@ class Stats:
             if len(self.examples) < 20:
                 self.examples.append(f"{name}: {type(exc).__name__}: {exc}")
             return
+        finally:
+            _CURRENT.reset(token)
         self.latencies[name].append(time.perf_counter() - started)
+
+    @staticmethod
+    async def part(name: str, call: Awaitable[_T]) -> _T:
+        """Awaits one call of the running operation, recording its own latency."""
+        started = time.perf_counter()
+        try:
+            return await call
+        finally:
+            current = _CURRENT.get()
+            if current is not None:
+                current[0].parts[f"{current[1]}: {name}"].append(time.perf_counter() - started)
+
+
+_CURRENT: contextvars.ContextVar[tuple[Stats, str] | None] = contextvars.ContextVar(
+    "soak_operation", default=None
+)
+_T = TypeVar("_T")
+_LIMIT = re.compile(r"\(--[a-z-]+\)")
+
+
+class RetryCounter(logging.Handler):
+    """Counts the client's retries (blobstore.retry logs each) by operation and cause.
+
+    The cause is the status code and, for OVERLOADED, the limit the server named, so a
+    latency tail made of backoff pauses shows which cap refused the calls.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        current = _CURRENT.get()
+        if current is None or not isinstance(record.args, tuple) or len(record.args) < 3:
+            return
+        code, details = str(record.args[1]), str(record.args[2])
+        limit = _LIMIT.search(details)
+        cause = f"{code} {limit.group(0)}" if limit else f"{code} {details[:60]}"
+        current[0].retries[f"{current[1]}: {cause}"] += 1
 
 
 class Workload:
@@ -235,9 +278,9 @@ async def get(client: AsyncBlobClient, blob_id: str) -> None:
 
 
 async def probe(client: AsyncBlobClient, ids: list[str]) -> None:
-    assert await client.find_missing(ids) == []
+    assert await Stats.part("find_missing", client.find_missing(ids)) == []
     if ids:
-        assert await client.stat(ids[0]) is not None
+        assert await Stats.part("stat", client.stat(ids[0])) is not None
 
 
 async def grpc_client(
@@ -295,7 +338,7 @@ class BridgeCaller:
 
     async def get(self, blob_id: str) -> None:
         result = await self.call("blobs/get", {"blob_id": blob_id})
-        if result["blob_type"] == BlobType.BINARY.value:
+        if result["blob_type"] == "binary":
             content = base64.b64decode(result["data"])
         else:  # Json comes back parsed; its canonical form is what was hashed
             content = canonicalize_value(result["data"])
@@ -379,6 +422,10 @@ def _normal_traffic(
 
 async def soak(args: argparse.Namespace, target: str, pids: dict[str, int], url: str | None) -> int:
     stats = Stats()
+    retry_log = logging.getLogger("blobstore.retry")
+    retry_log.setLevel(logging.INFO)
+    retry_log.propagate = False
+    retry_log.addHandler(RetryCounter())
     work = Workload(args.large_mib * MiB, args.seed)
     started = time.monotonic()
     until = started + args.duration
@@ -413,6 +460,10 @@ async def soak(args: argparse.Namespace, target: str, pids: dict[str, int], url:
         hostile = await _hostile_verdict(target, work, quiet, stats, found, samples)
         for name, count in quiet.errors.items():
             stats.errors[f"{name} (quiet)"] += count
+        hostile["quiet_retries"] = dict(quiet.retries)
+        hostile["quiet_latency_of_parts"] = {
+            name: percentiles(v) for name, v in quiet.parts.items() if v
+        }
     else:
         await asyncio.gather(*_normal_traffic(args, target, url, work, stats, until, None))
     await memory_task
@@ -428,6 +479,8 @@ async def soak(args: argparse.Namespace, target: str, pids: dict[str, int], url:
         "errors_by_operation": dict(stats.errors),
         "error_examples": stats.examples,
         "latency": {name: percentiles(v) for name, v in stats.latencies.items() if v},
+        "latency_of_parts": {name: percentiles(v) for name, v in stats.parts.items() if v},
+        "retries": dict(stats.retries),
         "operations_by_name": operations,
         "memory": memory,
     }
@@ -503,6 +556,10 @@ def print_report(report: dict[str, Any]) -> None:
             f"{name:<26}{count:>8}{p['p50_ms']:>10.1f}{p['p95_ms']:>10.1f}"
             f"{p['p99_ms']:>10.1f}{p['max_ms']:>10.1f}"
         )
+    for name, p in sorted(report["latency_of_parts"].items()):
+        print(f"  {name}: p50 {p['p50_ms']:.1f} p99 {p['p99_ms']:.1f} max {p['max_ms']:.1f} ms")
+    for name, count in sorted(report["retries"].items()):
+        print(f"  retried {count}x: {name}")
     for name, memory in report["memory"].items():
         verdict = "flat" if memory["flat"] else "NOT FLAT"
         print(

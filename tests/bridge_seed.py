@@ -75,6 +75,11 @@ GET_RESPONSE = """\
 """
 
 
+GET_RESPONSE_SCHEMA_NAMES = GET_RESPONSE.replace('"blob_type": "Json"', '"blob_type": "data"')
+"""The seed's get example as the bridge answers by default: with the schema's type name
+("data"), which the Stepflow SDKs decode, not the page's "Json" (docs/bridge.md says why)."""
+
+
 def json_id(value: Any) -> str:
     """The id a Json blob of `value` must get: sha256 of its RFC 8785 form."""
     return "sha256:" + hashlib.sha256(rfc8785.dumps(value)).hexdigest()

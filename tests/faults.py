@@ -7,6 +7,8 @@ import contextlib
 import hashlib
 import resource
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -155,3 +157,18 @@ def read_until_closed(sock: socket.socket, timeout: float = 60.0) -> bytes:
         if not data:
             return received
         received += data
+
+
+EXIT_CORRUPT = 4
+"""`blobstore verify`'s exit status when it found problems."""
+
+
+def verify_cli(data_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """Runs `blobstore verify` on a data folder as an operator would."""
+    return subprocess.run(
+        [sys.executable, "-m", "blobstore.cli", "verify", "--data-dir", str(data_dir), *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )

@@ -5,7 +5,8 @@
 
 Starts the echo server (scripts/bench/bench_echo.py) and our server pinned like
 bench.py does, stores 1000 documents, then runs, trial after trial and in
-a shuffled order, echo Get, get_small, echo Put and put_dedup (16 callers,
+a shuffled order, echo Get, get_small, echo Put, put_dedup (JSON text put again)
+and put_dedup_binary (1 KiB Binary put again: the stored copy is compared) (16 callers,
 the load generator of bench.py) and prints per workload the median ops/s and the
 median server CPU per call in microseconds (from /proc schedstat), with the
 range over the trials. CPU per call moves less with other work on the
@@ -74,6 +75,18 @@ async def workloads(
             lambda n, c=caller, p=pick: c.call_put(p()),  # type: ignore[misc]
             servers[name].pid,
         )
+    binary = [
+        pb.PutRequest(blob_type=pb.BLOB_TYPE_BINARY, data=docs.text(n)).SerializeToString()
+        for n in range(POOL)
+    ]
+    for name, caller in callers.items():
+        for request in binary:
+            await caller.call_put(request)
+        pick = random_picker(binary)
+        ops[f"put_dedup_binary[{name}]"] = (
+            lambda n, c=caller, p=pick: c.call_put(p()),  # type: ignore[misc]
+            servers[name].pid,
+        )
     return ops
 
 
@@ -112,7 +125,11 @@ def report(results: dict[str, list[Trial]]) -> str:
     lines.append("ratios to echo per trial (ops/s), median (min-max):")
     for name, trials in results.items():
         kind = name.split("[")[0]
-        echo = {"get_small": "echo_get", "put_dedup": "echo_put"}.get(kind)
+        echo = {
+            "get_small": "echo_get",
+            "put_dedup": "echo_put",
+            "put_dedup_binary": "echo_put",
+        }.get(kind)
         if echo is None:
             continue
         ratios = [t.ops_per_s / e.ops_per_s for t, e in zip(trials, results[echo], strict=True)]

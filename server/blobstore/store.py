@@ -2,7 +2,7 @@
 
 It owns everything that is the same whatever the medium: JSON
 canonicalisation (of Json and Flow blobs alike), hashing, size limits, the
-rules of metadata (check_meta), streamed-put bookkeeping. Backends only keep
+rules of metadata (metadata.py), streamed-put bookkeeping. Backends only keep
 bytes; transports (gRPC, the bridge) only translate.
 """
 
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from blobstore import json_values
 from blobstore.canonical_json import canonicalize_text, canonicalize_value
 from blobstore.errors import (
+    BlobNotFound,
     BlobTooLarge,
     DataLoss,
     DigestMismatch,
@@ -24,6 +25,7 @@ from blobstore.errors import (
     UseStreaming,
 )
 from blobstore.ids import BlobId, blob_id_from_digest
+from blobstore.metadata import check_meta
 from blobstore.model import NO_META, Blob, BlobInfo, BlobMeta, BlobType, PutResult
 from blobstore.offload import offload, offload_to_process, sha256_hex
 from blobstore.storage.base import BlobBackend, BlobStream, OverLimit, ReadLimit
@@ -31,50 +33,13 @@ from blobstore.storage.base import BlobBackend, BlobStream, OverLimit, ReadLimit
 MiB = 1024 * 1024
 TEXT_CACHE_ENTRIES = 4096
 """JSON texts whose id put_dedup remembers (about 200 bytes each)."""
+CHECK_CHUNK = 256 * 1024
+"""A stored copy read to answer a put without its content is read in chunks of this size."""
 TEXT_CACHE_MAX_TEXT = 256 * 1024
 """Longer texts are not remembered: their canonicalisation runs in a thread anyway."""
 PROCESS_MIN_VALUES = 200_000
 """JSON texts with more values than this are canonicalised in the worker process: parsing
 them holds the GIL for tens of milliseconds or more."""
-MAX_FILENAME_BYTES = 1024
-"""Longest filename kept with a blob, in UTF-8 bytes (a path, not a document)."""
-MAX_CONTENT_TYPE_CHARS = 255
-"""Longest content type: RFC 6838 caps type and subtype at 127 characters each."""
-
-
-def check_meta(meta: BlobMeta) -> BlobMeta:
-    """The metadata as stored: empty fields become None; InvalidArgument if a field is unfit.
-
-    A filename is any text without control characters, up to MAX_FILENAME_BYTES;
-    a content type is printable ASCII (a media type, perhaps with parameters).
-    Both travel in HTTP headers and terminals elsewhere, hence no control characters.
-    """
-    filename = meta.filename or None
-    content_type = meta.content_type or None
-    if filename is not None:
-        try:
-            size = len(filename.encode())
-        except UnicodeEncodeError:
-            raise InvalidArgument("filename is not valid Unicode (a lone surrogate)") from None
-        if size > MAX_FILENAME_BYTES:
-            raise InvalidArgument(
-                f"filename is {size} UTF-8 bytes, over the limit of {MAX_FILENAME_BYTES}"
-            )
-        if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in filename):
-            raise InvalidArgument("filename must not contain control characters")
-    if content_type is not None:
-        if len(content_type) > MAX_CONTENT_TYPE_CHARS:
-            raise InvalidArgument(
-                f"content_type is {len(content_type)} characters, over the limit of "
-                f"{MAX_CONTENT_TYPE_CHARS}"
-            )
-        if not all(0x20 <= ord(c) < 0x7F for c in content_type):
-            raise InvalidArgument(
-                "content_type must be printable ASCII, a media type such as application/pdf"
-            )
-    if filename is meta.filename and content_type is meta.content_type:
-        return meta
-    return BlobMeta(filename, content_type)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,14 +127,40 @@ class BlobStore:
         if blob_id is None:
             return None
         _check_expected(blob_id, expected_id)
-        try:
-            info = await self.backend.stat(blob_id)
-        except DataLoss:
-            info = None  # quarantined by the read; the full put stores a sound copy
+        info = await self._sound_copy(blob_id)
         if info is None:
             return None
         self._text_ids.move_to_end(key)
         return PutResult(info, created=False)
+
+    async def _sound_copy(self, blob_id: BlobId) -> BlobInfo | None:
+        """The stored blob's metadata once its whole copy has been read and found to match
+        its id; None if it is not stored, or its copy does not match.
+
+        What a put answers from when it has not got the content in hand (JSON text
+        it remembers, a stream that names its expected_id): never from a copy that
+        does not match. The backend's reads are verified (VerifyingBackend), so a bad
+        copy is quarantined by the read, and the put then stores a sound one. Small
+        blobs are read whole (on the event loop when cached), larger ones streamed.
+        """
+        try:
+            return (await self.backend.get(blob_id, ReadLimit(max_size=CHECK_CHUNK))).info
+        except (BlobNotFound, DataLoss):
+            return None
+        except OverLimit:
+            pass
+        try:
+            stream = await self.backend.get_stream(blob_id, CHECK_CHUNK)
+        except (BlobNotFound, DataLoss):
+            return None
+        try:
+            async for _ in stream:
+                pass
+        except DataLoss:
+            return None
+        finally:
+            await stream.aclose()
+        return stream.info
 
     async def put_json_value(
         self,
@@ -218,10 +209,8 @@ class BlobStore:
         if total_size is not None:
             self._check_size(blob_type, total_size)
         if expected_id is not None:
-            try:
-                existing = await self.backend.stat(expected_id)
-            except DataLoss:
-                existing = None  # quarantined by the read; this put stores a sound copy
+            # Answered before the data is sent, but only from a copy read and found sound.
+            existing = await self._sound_copy(expected_id)
             if existing is not None:
                 return PutResult(existing, created=False)
         if blob_type.is_json:

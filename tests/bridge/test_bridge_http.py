@@ -11,6 +11,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from tests.bridge_processes import BridgeProcess, HttpRpc, Stack
 from tests.bridge_seed import (
     GET_REQUEST,
     GET_RESPONSE,
+    GET_RESPONSE_SCHEMA_NAMES,
     PLACEHOLDER_ID,
     PUT_REQUEST,
     PUT_RESPONSE,
@@ -52,11 +54,34 @@ def test_seed_put_example_verbatim(rpc: HttpRpc, grpc_client: BlobClient) -> Non
     assert grpc_client.put_json(SEED_DATA).info.blob_id == SEED_ID
 
 
-def test_seed_get_example_verbatim(rpc: HttpRpc) -> None:
+def test_seed_get_example_answers_with_the_schemas_type_name(rpc: HttpRpc) -> None:
     rpc.post(PUT_REQUEST.encode())
     reply = rpc.post(with_real_id(GET_REQUEST).encode())
     assert reply.status == 200
-    assert reply.json() == orjson.loads(GET_RESPONSE)
+    assert reply.json() == orjson.loads(GET_RESPONSE_SCHEMA_NAMES)
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_seed_get_example_verbatim_with_the_pages_type_names(
+    bridge_stack: Stack, tmp_path: Path, how: str
+) -> None:
+    """--blob-type-names page (or its variable) answers as the page's examples: "Json"."""
+    args = ("--blob-type-names", "page") if how == "flag" else ()
+    env = {**os.environ, "BLOBSTORE_BRIDGE_BLOB_TYPE_NAMES": "Page"} if how == "env" else None
+    bridge = BridgeProcess(bridge_stack.server.target, tmp_path / "page.log", *args, env=env)
+    bridge.start()
+    page = HttpRpc(bridge.url)
+    try:
+        page.post(PUT_REQUEST.encode())
+        reply = page.post(with_real_id(GET_REQUEST).encode())
+        assert reply.json() == orjson.loads(GET_RESPONSE)
+        binary = page.result(PUT, {"data": "aGk=", "blob_type": "binary"})["blob_id"]
+        assert page.result(GET, [binary]) == {"data": "aGk=", "blob_type": "Binary"}
+        flow = page.result(PUT, {"data": {"steps": [1]}, "blob_type": "flow"})["blob_id"]
+        assert page.result(GET, [flow]) == {"data": {"steps": [1]}, "blob_type": "Json"}
+    finally:
+        page.close()
+        bridge.kill()
 
 
 def test_get_of_the_placeholder_id_is_blob_not_found(rpc: HttpRpc) -> None:
@@ -156,13 +181,36 @@ def _equal_json(received: Any, sent: Any) -> bool:
 def test_stepflow_sdk_shaped_requests(rpc: HttpRpc) -> None:
     data = {"user_id": "12345", "preferences": {"theme": "dark", "notifications": True}}
     expected = json_id(data)
-    for spelling in ["data", "flow", "Json", "json", "JSON", "Data", None]:
+    for spelling in ["data", "Json", "json", "JSON", "Data", None]:
         params: dict[str, object] = {"data": data}
         if spelling is not None:
             params["blob_type"] = spelling
         assert rpc.result(PUT, params)["blob_id"] == expected
     bare_hex = expected.removeprefix("sha256:")
-    assert rpc.result(GET, {"blob_id": bare_hex}) == {"data": data, "blob_type": "Json"}
+    assert rpc.result(GET, {"blob_id": bare_hex}) == {"data": data, "blob_type": "data"}
+
+
+def test_a_flow_keeps_its_type_and_its_filename(rpc: HttpRpc, grpc_client: BlobClient) -> None:
+    flow = {"name": "f", "steps": [{"id": "s1", "component": "/python/x"}], "n": 2.0}
+    for spelling in ["flow", "FLOW", "Flow"]:
+        put = rpc.result(PUT, {"data": flow, "blob_type": spelling, "filename": "f.yaml"})
+        assert put == {"blob_id": json_id(flow), "filename": "f.yaml"}
+    got = rpc.result(GET, {"blob_id": json_id(flow)})
+    assert got == {"data": flow, "blob_type": "flow", "filename": "f.yaml"}
+    stored = grpc_client.get(json_id(flow))
+    assert (stored.info.blob_type, stored.info.meta.filename) == (BlobType.FLOW, "f.yaml")
+    # The same value as data later: the first type and filename stay.
+    again = rpc.result(PUT, {"data": flow, "blob_type": "data", "filename": "other.json"})
+    assert again == {"blob_id": json_id(flow), "filename": "f.yaml"}
+
+
+def test_filename_errors_name_the_param(rpc: HttpRpc) -> None:
+    for filename, words in [(7, "must be a string or null"), ("a\nb", "control characters")]:
+        error = rpc.error(PUT, {"data": 1, "filename": filename})
+        assert error["code"] == -32602
+        assert error["data"]["field"] == "params.filename", error
+        assert words in error["message"], error
+    assert rpc.result(PUT, {"data": 1, "filename": None}) == {"blob_id": json_id(1)}
 
 
 def test_binary_round_trip(rpc: HttpRpc, grpc_client: BlobClient) -> None:
@@ -172,14 +220,14 @@ def test_binary_round_trip(rpc: HttpRpc, grpc_client: BlobClient) -> None:
     assert result["blob_id"] == "sha256:" + hashlib.sha256(content).hexdigest()
     assert rpc.result(GET, {"blob_id": result["blob_id"]}) == {
         "data": encoded,
-        "blob_type": "Binary",
+        "blob_type": "binary",
     }
     stored = grpc_client.get(result["blob_id"])
     assert stored.data == content and stored.info.blob_type is BlobType.BINARY
     # Any case, and the empty blob.
     empty = rpc.result(PUT, {"data": "", "blob_type": "bInArY"})["blob_id"]
     assert empty == "sha256:" + hashlib.sha256(b"").hexdigest()
-    assert rpc.result(GET, [empty]) == {"data": "", "blob_type": "Binary"}
+    assert rpc.result(GET, [empty]) == {"data": "", "blob_type": "binary"}
 
 
 def test_blob_stored_over_grpc_is_read_over_the_bridge(

@@ -32,7 +32,7 @@ def test_blobs_get_over_the_cap_is_a_clear_error_on_both_read_paths(
                 ids.append(client.put_file(path).info.blob_id)
         for blob_id, data in zip(ids[:2], (small, streamed), strict=True):
             got = rpc.rpc("blobs/get", {"blob_id": blob_id})
-            assert got["result"] == {"data": base64.b64encode(data).decode(), "blob_type": "Binary"}
+            assert got["result"] == {"data": base64.b64encode(data).decode(), "blob_type": "binary"}
         refused = rpc.rpc("blobs/get", {"blob_id": ids[2]})
         assert refused["error"]["code"] == -32002, refused
         assert refused["error"]["data"]["reason"] == "BLOB_TOO_LARGE"

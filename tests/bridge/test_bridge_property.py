@@ -61,7 +61,9 @@ json_values = st.recursive(
 )
 ids = st.one_of(st.text(max_size=8), st.integers(), st.floats(), st.none(), json_values)
 base64_texts = st.binary(max_size=64).map(lambda b: base64.b64encode(b).decode())
-blob_types = st.sampled_from(["Json", "Binary", "json", "BINARY", "data", "flow", "xml", 1, None])
+blob_types = st.sampled_from(
+    ["Json", "Binary", "json", "BINARY", "data", "flow", "Flow", "xml", 1, None]
+)
 blob_ids = st.sampled_from([SEED_ID, SEED_ID[7:], "sha256:" + "0" * 64, "", "sha256:xyz"]) | (
     st.text(max_size=70)
 )
@@ -160,7 +162,7 @@ def check_response(response: Any, candidates: list[dict[str, Any]]) -> None:
     else:
         assert "blobs/get" in methods, (response, candidates)
         assert set(result) == {"data", "blob_type"}, result
-        assert result["blob_type"] in {"Json", "Binary"}, result
+        assert result["blob_type"] in {"data", "flow", "binary"}, result
 
 
 def answered_with(response: Any, messages: list[object]) -> list[dict[str, Any]]:

@@ -71,7 +71,7 @@ def test_service_killed_and_restarted_under_the_bridge(
             time.sleep(0.2)
         assert response.get("result") == {"blob_id": json_id(during)}, response
         got = rpc.rpc("blobs/get", {"blob_id": json_id(before)})
-        assert got["result"] == {"data": before, "blob_type": "Json"}
+        assert got["result"] == {"data": before, "blob_type": "data"}
         assert rpc.request("GET", "/healthz").status == 200
     finally:
         rpc.close()

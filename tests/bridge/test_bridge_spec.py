@@ -58,7 +58,7 @@ def test_call_with_positional_parameters(rpc: HttpRpc) -> None:
     response = post(rpc, get % json_id([23, 42]))
     assert response == {
         "jsonrpc": "2.0",
-        "result": {"data": [23, 42], "blob_type": "Json"},
+        "result": {"data": [23, 42], "blob_type": "data"},
         "id": 3,
     }
 
@@ -196,7 +196,7 @@ def test_batch(rpc: HttpRpc, grpc_client: BlobClient) -> None:
     assert error_of(by_id["5"]) == METHOD_NOT_FOUND
     assert by_id["9"] == {
         "jsonrpc": "2.0",
-        "result": {"data": ["hello", 5], "blob_type": "Json"},
+        "result": {"data": ["hello", 5], "blob_type": "data"},
         "id": "9",
     }
     # The notification in the batch was carried out too.
@@ -305,7 +305,7 @@ def test_spec_examples_over_stdio(bridge_stack: Stack, tmp_path: Path) -> None:
         bridge.send(BATCH.replace("\n", " ").encode() % json_id(7).encode())
         by_id = {item["id"]: item for item in bridge.read_message()}
         assert set(by_id) == {"1", "2", None, "5", "9"}
-        assert by_id["9"]["result"] == {"data": 7, "blob_type": "Json"}
+        assert by_id["9"]["result"] == {"data": 7, "blob_type": "data"}
         bridge.close_stdin()
         assert bridge.read_line() == b""  # notifications were never answered
         assert bridge.wait() == 0

@@ -22,6 +22,7 @@ from tests.bridge_processes import BridgeProcess
 from tests.bridge_seed import (
     GET_REQUEST,
     GET_RESPONSE,
+    GET_RESPONSE_SCHEMA_NAMES,
     PUT_REQUEST,
     PUT_RESPONSE,
     one_line,
@@ -68,10 +69,15 @@ def test_seed_examples_over_stdio(
     bridge.send(one_line(PUT_REQUEST))
     assert bridge.read_message() == json.loads(with_real_id(PUT_RESPONSE))
     bridge.send(one_line(with_real_id(GET_REQUEST)))
-    assert bridge.read_message() == json.loads(GET_RESPONSE)
-    bridge.close_stdin()
-    assert bridge.read_line() == b""
-    assert bridge.wait() == 0
+    assert bridge.read_message() == json.loads(GET_RESPONSE_SCHEMA_NAMES)
+    # The page's names, as its examples show them, when asked for.
+    page = start(spawn, grpc_server.target, tmp_path / "page.log", "--blob-type-names", "page")
+    page.send(one_line(with_real_id(GET_REQUEST)))
+    assert page.read_message() == json.loads(GET_RESPONSE)
+    for done in (bridge, page):
+        done.close_stdin()
+        assert done.read_line() == b""
+        assert done.wait() == 0
 
 
 def test_stepflow_sdk_shape_and_binary_over_stdio(
@@ -93,7 +99,7 @@ def test_stepflow_sdk_shape_and_binary_over_stdio(
     bridge.send(
         {"jsonrpc": "2.0", "id": 2, "method": "blobs/get", "params": {"blob_id": blob_id[7:]}}
     )
-    assert bridge.read_message()["result"] == {"data": encoded, "blob_type": "Binary"}
+    assert bridge.read_message()["result"] == {"data": encoded, "blob_type": "binary"}
     bridge.send(
         {
             "jsonrpc": "2.0",

@@ -73,3 +73,30 @@ def test_a_text_of_millions_of_values_is_refused_unparsed(
         bridge.kill()
     assert "Traceback" not in bridge.log()
     assert "Traceback" not in server.log()
+
+
+def test_the_json_workers_end_when_their_server_and_bridge_are_killed(
+    start_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """kill -9 of the server and of the bridge: their JSON worker processes end too.
+
+    A worker waits on a pipe whose write end it holds itself, so it never noticed its
+    parent's death and lived on, holding whatever it had parsed; it now asks the kernel
+    for SIGKILL when its parent dies (and polls its parent where it cannot).
+    """
+    server = start_server()
+    with BlobClient(server.target, timeout=120) as client:
+        client.put_json_text(_lists(300_000))  # parsed in the server's worker
+    bridge = BridgeProcess(server.target, tmp_path / "bridge.log").start()
+    try:
+        rpc = HttpRpc(bridge.url)
+        body = b'{"jsonrpc":"2.0","id":1,"method":"blobs/put","params":{"data":'
+        assert "result" in rpc.call(body + _lists(300_001) + b"}}")  # the bridge's worker
+        rpc.close()
+        workers = psutil.Process(server.pid).children() + psutil.Process(bridge.pid).children()
+        assert len(workers) >= 2, workers
+    finally:
+        bridge.kill()
+        server.kill()
+    _, alive = psutil.wait_procs(workers, timeout=10)
+    assert alive == [], [(p.pid, p.cmdline()) for p in alive]

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
-import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -20,21 +18,9 @@ import pytest
 from blobstore.client import BlobClient
 from blobstore.errors import BlobNotFound
 from blobstore.storage.filesystem.scrub import NotADataFolder, verify_store
-from tests.faults import stored_files
+from tests.faults import EXIT_CORRUPT, stored_files, verify_cli
 from tests.processes import ServerProcess
 from tests.rpc_helpers import MiB
-
-EXIT_CORRUPT = 4
-
-
-def _verify_cli(data_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "blobstore.cli", "verify", "--data-dir", str(data_dir), *extra],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def _damage(path: Path, how: str) -> None:
@@ -85,7 +71,7 @@ def test_verify_finds_and_quarantines_damage_while_the_server_runs(
 
     writer = _Writer(server.target)
     try:
-        done = _verify_cli(server.data_dir)
+        done = verify_cli(server.data_dir)
     finally:
         writer.stop.set()
         writer.join(60)
@@ -111,7 +97,7 @@ def test_verify_finds_and_quarantines_damage_while_the_server_runs(
     # Putting the lost content again heals the store; a second run finds nothing.
     for data in originals[:4]:
         assert client.put_bytes(data).created
-    again = _verify_cli(server.data_dir)
+    again = verify_cli(server.data_dir)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "0 bad" in again.stdout
 
@@ -121,7 +107,7 @@ def test_no_quarantine_only_reports(server: ServerProcess, client: BlobClient) -
     path = stored_files(server.data_dir)[0]
     _damage(path, "flip")
     before = path.read_bytes()
-    done = _verify_cli(server.data_dir, "--no-quarantine")
+    done = verify_cli(server.data_dir, "--no-quarantine")
     assert done.returncode == EXIT_CORRUPT
     assert f"BAD {blob_id}: content does not match its SHA-256 id (left in place)" in done.stdout
     assert path.read_bytes() == before
@@ -150,6 +136,6 @@ def test_library_call_needs_no_server(
 
     with pytest.raises(NotADataFolder):
         verify_store(tmp_path / "nowhere")
-    done = _verify_cli(tmp_path / "nowhere")
+    done = verify_cli(tmp_path / "nowhere")
     assert done.returncode == 1
     assert "not a blobstore data folder" in done.stderr

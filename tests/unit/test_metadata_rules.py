@@ -14,6 +14,7 @@ import pytest
 
 from blobstore.errors import InvalidArgument
 from blobstore.ids import BlobId, blob_id_from_digest
+from blobstore.metadata import MAX_FILENAME_BYTES
 from blobstore.model import NO_META, BlobMeta, BlobType
 from blobstore.storage.filesystem.blob_file import (
     HEADER_SIZE,
@@ -25,7 +26,7 @@ from blobstore.storage.filesystem.blob_file import (
 )
 from blobstore.storage.memory import MemoryBackend
 from blobstore.storage.verifying import VerifyingBackend
-from blobstore.store import MAX_FILENAME_BYTES, BlobStore
+from blobstore.store import BlobStore
 
 REPORT = BlobMeta("report.json", "application/json")
 

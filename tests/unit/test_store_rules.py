@@ -78,6 +78,51 @@ async def test_a_copy_that_does_not_match_its_id_is_quarantined_and_never_served
     assert (await store.get(blob_id)).data == b"precious"
 
 
+@pytest.mark.parametrize("road", ["unary", "stream", "stream_expected_id", "json_text_again"])
+async def test_a_reput_over_a_copy_that_does_not_match_stores_a_sound_one(
+    store: BlobStore, memory: MemoryBackend, road: str
+) -> None:
+    """Never answered from a bad copy, whichever road the put takes (issue 10, point 1)."""
+    text = b'{"a": [1, 2]}'
+    if road == "json_text_again":
+        blob_id = (await store.put(BlobType.JSON, text)).info.blob_id
+        content = b'{"a":[1,2]}'
+    else:
+        content = b"precious content"
+        blob_id = (await store.put(BlobType.BINARY, content)).info.blob_id
+    memory.corrupt(blob_id, content[:-1] + b"X")
+
+    if road == "unary":
+        again = await store.put(BlobType.BINARY, content)
+    elif road == "stream":
+        again = await store.put_stream(BlobType.BINARY, chunks_of(content))
+    elif road == "stream_expected_id":
+        again = await store.put_stream(
+            BlobType.BINARY, chunks_of(content), total_size=len(content), expected_id=blob_id
+        )
+    else:
+        again = await store.put(BlobType.JSON, text)  # remembered by the store: not parsed
+
+    assert again.info.blob_id == blob_id
+    assert (await store.get(blob_id)).data == content
+    assert [(entry[0], entry[1]) for entry in memory.quarantined] == [
+        (blob_id, content[:-1] + b"X")
+    ]
+
+
+async def test_a_reput_of_a_sound_copy_is_answered_from_it(
+    store: BlobStore, memory: MemoryBackend
+) -> None:
+    content = b"x" * 3000  # over the unary limit of 1000: the expected_id check streams it
+    blob_id = (await store.put_stream(BlobType.BINARY, chunks_of(content))).info.blob_id
+    for again in (
+        await store.put_stream(BlobType.BINARY, chunks_of(content)),
+        await store.put_stream(BlobType.BINARY, chunks_of(), expected_id=blob_id),
+    ):
+        assert (again.info.blob_id, again.created) == (blob_id, False)
+    assert memory.quarantined == []
+
+
 async def test_a_stream_of_a_bad_copy_never_hands_out_its_last_chunk(
     store: BlobStore, memory: MemoryBackend
 ) -> None:

@@ -33,6 +33,7 @@ class ServerConfig:
     max_concurrent_rpcs: int = _ADMISSION.max_calls
     max_inflight_bytes: int = _ADMISSION.max_bytes
     max_connections: int = 4096
+    max_streams_per_connection: int = 100
     connection_idle_seconds: float = 300.0
     handshake_timeout_seconds: float = 10.0
     keepalive_seconds: float = 60.0
@@ -90,6 +91,9 @@ HELP = {
     "past it calls get RESOURCE_EXHAUSTED (OVERLOADED) at once; 0 = no cap",
     "max_connections": "most open client connections; more are closed at once (always kept "
     "below the open-file limit, whose soft value is raised to the hard one at start)",
+    "max_streams_per_connection": "most calls in progress on one client connection (HTTP/2 "
+    "MAX_CONCURRENT_STREAMS); a client queues more until one ends, so a burst on one "
+    "connection cannot make the calls of others wait behind it; 0 = no cap",
     "connection_idle_seconds": "a connection without calls for this long is closed (GOAWAY)",
     "handshake_timeout_seconds": "a connection that has not sent its HTTP/2 preface and "
     "settings within this time is closed (slow or silent clients)",

@@ -79,8 +79,10 @@ class BlobWriter(Protocol):
         """Publishes what was written under `blob_id` with its type and metadata, durably
         and atomically.
 
-        If the id is already stored the written bytes are dropped and the
-        existing blob (with its first type and metadata) is reported with created=False.
+        If a copy that holds exactly the written bytes is already stored, they
+        are dropped and the existing blob (with its first type and metadata) is
+        reported with created=False; a stored copy that does not (so does not match
+        its id) is quarantined and the written bytes are published in its place.
         """
         ...
 
@@ -116,8 +118,10 @@ class BlobBackend(Protocol):
     async def put(
         self, blob_id: BlobId, blob_type: BlobType, data: bytes, meta: BlobMeta = NO_META
     ) -> PutResult:
-        """Stores `data` with its type and metadata under `blob_id` durably, unless that id
-        is already stored (then the stored blob is reported, its first metadata unchanged)."""
+        """Stores `data` with its type and metadata under `blob_id` durably, unless a copy
+        holding exactly `data` is already stored (then created=False, with the first type
+        and metadata). A put is never answered from a copy that does not match: that one
+        is quarantined and `data` stored."""
         ...
 
     async def open_writer(self) -> BlobWriter:

@@ -45,9 +45,14 @@ class MemoryBackend:
     def _store(
         self, blob_id: BlobId, blob_type: BlobType, data: bytes, meta: BlobMeta
     ) -> PutResult:
+        # The store's rule for every backend: a put is answered from a stored copy only
+        # if that copy holds exactly `data` (which hashes to the id); one that does not
+        # is quarantined and `data` stored in its place.
         stored = self._blobs.get(blob_id)
-        if stored is not None:
+        if stored is not None and stored.data == data:
             return PutResult(self._info(blob_id, stored), created=False)
+        if stored is not None:
+            self._quarantine(blob_id, "content differs from a put of the same id")
         stored = self._blobs[blob_id] = _Stored(blob_type, bytes(data), meta)
         return PutResult(self._info(blob_id, stored), created=True)
 
@@ -83,6 +88,9 @@ class MemoryBackend:
         return [blob_id for blob_id in blob_ids if blob_id not in self._blobs]
 
     async def quarantine(self, blob_id: BlobId, reason: str) -> None:
+        self._quarantine(blob_id, reason)
+
+    def _quarantine(self, blob_id: BlobId, reason: str) -> None:
         stored = self._blobs.pop(blob_id, None)
         if stored is not None:
             self.quarantined.append((blob_id, stored.data, reason))

@@ -38,7 +38,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from blobstore.errors import DataLoss
 from blobstore.ids import BlobId
 from blobstore.model import NO_META, Blob, BlobInfo, BlobMeta, BlobType, PutResult
 from blobstore.storage.base import NO_LIMIT, ReadLimit
@@ -53,7 +52,7 @@ from blobstore.storage.filesystem.os_calls import (
     unlink_quietly,
 )
 from blobstore.storage.filesystem.publish import Publisher
-from blobstore.storage.filesystem.read import BlobReader, FileStream
+from blobstore.storage.filesystem.read import BlobReader, Copy, FileStream
 from blobstore.storage.filesystem.replay import replay
 from blobstore.storage.filesystem.writer import FileWriter
 
@@ -120,7 +119,7 @@ class FileSystemBackend:
             removed += 1
         if removed:
             log.info("removed %d unfinished temporary file(s) from %s", removed, self.layout.tmp)
-        journal = Journal(self.layout.journal, self._journal_segment)
+        journal = Journal(self.layout.journal, self._journal_segment, self.layout)
         replay(journal, self.layout, self._publisher, self._sync_all)
         if self._journal_max_blob > 0 and syncfs_available():
             self._committer = GroupCommitter(journal, self._file_blob, self._sync_all, io_error)
@@ -151,21 +150,21 @@ class FileSystemBackend:
     async def put(
         self, blob_id: BlobId, blob_type: BlobType, data: bytes, meta: BlobMeta = NO_META
     ) -> PutResult:
-        # Most often answered here, without a thread: the blob exists (its header is
-        # cached) or its file is missing. A broken copy is left to the pool's check,
-        # which quarantines it so that this put stores a sound one.
-        try:
-            existing = await self._reader.stat(blob_id)
-        except DataLoss:
-            check = True
-        else:
-            if existing is not None:
-                return PutResult(existing, created=False)
-            check = False  # a writer that gets there first is caught by link(2) in publish
-        if self._committer is not None and len(data) <= self._journal_max_blob:
+        # A re-put is answered only from a stored copy that holds exactly `data` (which
+        # hashes to the id): most often found right here, without a thread (remembered,
+        # or small and cached), or its file is missing. Any other copy is compared on
+        # the pool, which quarantines it if it does not match so that this put stores
+        # a sound one.
+        found = self._reader.match_now(blob_id, data)
+        if isinstance(found, BlobInfo):
+            return PutResult(found, created=False)
+        absent = found is Copy.ABSENT  # a writer that gets there first meets link(2)
+        if absent and self._committer is not None and len(data) <= self._journal_max_blob:
             return await self._committer.put(blob_id, blob_type, data, meta)
         publisher = self._publisher
-        return await self._run(lambda: publisher.store(blob_id, blob_type, data, meta, check=check))
+        return await self._run(
+            lambda: publisher.store(blob_id, blob_type, data, meta, check=not absent)
+        )
 
     def _file_blob(
         self, blob_id: BlobId, blob_type: BlobType, data: bytes, meta: BlobMeta

@@ -41,10 +41,13 @@ from typing import NamedTuple
 from blobstore.errors import DataLoss
 from blobstore.ids import BlobId, hex_digest
 from blobstore.model import NO_META, BlobInfo, BlobMeta, BlobType
+from blobstore.storage.filesystem.os_calls import NotRegularFile, open_regular
 
 MAGIC = b"CAB1"
 MAGIC_WITH_META = b"CAB2"
 HEADER_SIZE = 20
+MAX_META_SIZE = 0xFFFF
+"""The metadata block's length is a 16-bit field of the header."""
 _LAYOUT = struct.Struct(">4scxHQ")
 _CRC = struct.Struct(">I")
 _LENGTH = struct.Struct(">H")
@@ -189,7 +192,9 @@ def check_file(path: Path, blob_id: BlobId) -> str | None:
     """Returns what is wrong with the blob file at `path` (header, length, metadata, hash),
     or None."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd, _ = open_regular(path)
+    except NotRegularFile as exc:
+        return str(exc)
     except OSError as exc:
         return f"cannot open: {exc.strerror}"
     try:
@@ -209,3 +214,33 @@ def check_file(path: Path, blob_id: BlobId) -> str | None:
         return f"cannot read: {exc.strerror}"
     finally:
         os.close(fd)
+
+
+def same_content(fd: int, size: int, content: bytes | int) -> bool:
+    """True if the blob file open as `fd`, of `size` content bytes (its header says so),
+    holds exactly `content`: bytes, or the content of another blob file open as a
+    descriptor (a streamed put's temp file, whose header may not be written yet)."""
+    if isinstance(content, bytes):
+        expected = memoryview(content)
+
+        def wanted(offset: int, length: int) -> bytes | memoryview:
+            return expected[offset : offset + length]
+
+        if len(content) != size:
+            return False
+    else:
+        other = content
+
+        def wanted(offset: int, length: int) -> bytes | memoryview:
+            return os.pread(other, length, HEADER_SIZE + offset)
+
+        # An empty temp file without its header is 0 bytes long, not HEADER_SIZE.
+        if max(os.fstat(other).st_size, HEADER_SIZE) != HEADER_SIZE + size:
+            return False
+    offset = 0
+    while offset < size:
+        length = min(_CHECK_CHUNK, size - offset)
+        if os.pread(fd, length, HEADER_SIZE + offset) != wanted(offset, length):
+            return False
+        offset += length
+    return True

@@ -181,8 +181,10 @@ class GroupCommitter:
         try:
             self._journal.append(parts)
         except OSError as exc:
+            # Translated (and so logged) once for the batch; each caller gets its own copy.
+            error = self._translate(exc, "store the blob")
             for item in puts:
-                outcomes[item.blob_id] = self._translate(exc, "store the blob")
+                outcomes[item.blob_id] = type(error)(*error.args)
         else:
             for item in puts:
                 try:

@@ -36,6 +36,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from blobstore.model import NO_META, BlobMeta, BlobType
 from blobstore.storage.filesystem.blob_file import (
@@ -47,6 +48,9 @@ from blobstore.storage.filesystem.blob_file import (
     encode_meta,
 )
 from blobstore.storage.filesystem.os_calls import fsync_dir, write_all
+
+if TYPE_CHECKING:
+    from blobstore.storage.filesystem.layout import FileSystemLayout
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +127,15 @@ class Journal:
     Not thread-safe: one committer thread appends, and it alone rotates.
     """
 
-    def __init__(self, directory: Path, segment_bytes: int = SEGMENT_BYTES) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        segment_bytes: int = SEGMENT_BYTES,
+        layout: FileSystemLayout | None = None,
+    ) -> None:
+        """`layout`, if given, makes the folder again if it is deleted while appending."""
         self.directory = directory
+        self._layout = layout
         self.segment_bytes = segment_bytes
         self._fd: int | None = None
         self._path: Path | None = None
@@ -140,7 +151,11 @@ class Journal:
 
     def open(self) -> None:
         """Creates the folder if needed; the first append starts a new segment."""
-        if not self.directory.is_dir():
+        if self.directory.is_dir():
+            pass
+        elif self._layout is not None:  # also moves a plain file in its place aside
+            self._layout.make_folder(self.directory, quietly=True)
+        else:
             self.directory.mkdir()
             fsync_dir(self.directory.parent)
         existing = self.segments()
@@ -187,7 +202,11 @@ class Journal:
     def _start_segment(self) -> None:
         path = self.directory / f"{self._next_seq:016d}.log"
         self._next_seq += 1
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
+        if self._layout is None:
+            fd = os.open(path, flags, 0o644)
+        else:
+            fd = self._layout.in_folder(self.directory, lambda: os.open(path, flags, 0o644))
         try:
             fsync_dir(self.directory)  # fdatasync of the file does not cover its name
         except OSError:

@@ -7,6 +7,12 @@
     journal/        the group-commit journal of small puts (journal.py)
 
 Shared by the backend and the offline scrub (scrub.py); synchronous.
+
+A folder of the layout deleted while the server runs (`rm -r data/tmp`, a
+shard), or replaced by a plain file, is made again by the next call that needs
+it (in_folder, make_folder); whatever was in its place is moved to quarantine/
+first, kept for analysis. Blobs that were in a deleted shard are gone (NOT_FOUND
+until put again), as they would be if their files had been deleted.
 """
 
 from __future__ import annotations
@@ -15,13 +21,17 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from blobstore.ids import PREFIX, BlobId
 from blobstore.storage.filesystem.blob_file import check_file
-from blobstore.storage.filesystem.os_calls import fsync_dir
+from blobstore.storage.filesystem.os_calls import fsync_dir, is_folder
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 _HEX = "0123456789abcdef"
 _ID_PREFIX = len(PREFIX)
@@ -40,20 +50,51 @@ class FileSystemLayout:
 
     def create(self) -> None:
         """Creates the sub-folders and all 256 shards, durably, if they are missing."""
-        new = [d for d in (self.blobs, self.tmp, self.quarantine_dir) if not d.is_dir()]
-        for directory in new:
-            directory.mkdir(exist_ok=True)
+        for folder in (self.quarantine_dir, self.blobs, self.tmp):
+            if not is_folder(folder):
+                self.make_folder(folder, quietly=True)
         created = False
         for a in _HEX:
             for b in _HEX:
                 shard = self.blobs / (a + b)
-                if not shard.is_dir():
-                    shard.mkdir(exist_ok=True)
+                if not is_folder(shard):
+                    self.make_folder(shard, quietly=True, sync=False)
                     created = True
         if created:
             fsync_dir(self.blobs)
-        if new:
-            fsync_dir(self.root)
+
+    def make_folder(self, folder: Path, *, quietly: bool = False, sync: bool = True) -> Path | None:
+        """Makes a folder of the layout that is missing, durably; whatever else is in its
+        place (a plain file, a symlink) is moved to quarantine/ first: returns where."""
+        moved = None
+        try:
+            os.mkdir(folder)
+        except FileExistsError:
+            if is_folder(folder):
+                return None  # made meanwhile by another call
+            # quarantine/ itself is moved aside next to where it was.
+            aside = self.root if folder == self.quarantine_dir else None
+            moved = self.move_aside(folder, label=f"not-a-folder-{folder.parent.name}-", to=aside)
+            log.warning("%s was not a folder: moved it to %s", folder, moved)
+            os.mkdir(folder)
+        else:
+            if not quietly:
+                log.warning("%s was missing (deleted while the server ran): made it again", folder)
+        if sync:
+            fsync_dir(folder.parent)
+        return moved
+
+    def in_folder(self, folder: Path | str, act: Callable[[], _T]) -> _T:
+        """act(), which makes an entry in `folder`; if that fails because the folder is
+        gone (deleted, or replaced by a file), the folder is made again and act() run
+        once more. Any other failure, or a second one, is raised."""
+        try:
+            return act()
+        except (FileNotFoundError, NotADirectoryError):
+            if is_folder(folder):
+                raise  # the folder is there: something else is missing
+        self.make_folder(Path(folder))
+        return act()
 
     def blob_path(self, blob_id: BlobId) -> str:
         """Where the blob's file lives, as a plain string: pathlib costs microseconds per call,
@@ -65,18 +106,27 @@ class FileSystemLayout:
         return Path(self.blob_path(blob_id))
 
     def all_blob_paths(self) -> list[Path]:
-        return sorted(p for p in self.blobs.glob("??/*") if p.is_file())
+        """Everything in the shards: blob files, and whatever else was put there."""
+        return sorted(self.blobs.glob("??/*"))
 
-    def move_aside(self, path: Path | str, label: str = "") -> Path | None:
-        """Moves a file into quarantine/ (durably); returns where it went, None if it was gone."""
+    def stray_shards(self) -> list[Path]:
+        """Things in blobs/ named like a shard that are not folders (a plain file, a link)."""
+        return sorted(p for p in self.blobs.glob("??") if not is_folder(p))
+
+    def move_aside(self, path: Path | str, label: str = "", to: Path | None = None) -> Path | None:
+        """Moves a file (or anything else) into quarantine/ - or `to` - durably; returns
+        where it went, None if it was gone. A deleted quarantine/ is made again."""
         path = Path(path)
-        target = self.quarantine_dir / f"{label}{path.name}.{time.time_ns()}"
+        folder = self.quarantine_dir if to is None else to
+        target = folder / f"{label}{path.name}.{time.time_ns()}"
         try:
-            os.rename(path, target)
+            self.in_folder(folder, lambda: os.rename(path, target))
         except FileNotFoundError:
+            if os.path.lexists(path):
+                raise
             return None
         fsync_dir(path.parent)
-        fsync_dir(self.quarantine_dir)
+        fsync_dir(folder)
         return target
 
     def quarantine(self, blob_id: BlobId, reason: str) -> Path | None:

@@ -1,14 +1,18 @@
 """File-system calls the os module lacks or spells out at length: folder fsync,
 syncfs(2) and sync_file_range(2) (Linux, through ctypes; None elsewhere), the
-one write loop, whole and cache-only reads, and the one translation of an
-OSError into the error a caller of the store sees."""
+one write loop (split at IOV_MAX), the one way a blob file is opened for reading
+(open_regular: never through a symlink, never waiting on a FIFO), whole and
+cache-only reads, and the one translation of an OSError into the error a caller
+of the store sees (logged, with its errno, when it is not a full disk)."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
 import errno
+import logging
 import os
+import stat
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,15 +20,86 @@ from typing import Any
 
 from blobstore.errors import StorageFull, Unavailable
 
+log = logging.getLogger(__name__)
+
 _SPACE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
 
 
 def io_error(exc: OSError, action: str) -> Exception:
-    """Translates an OSError from the disk into the store's error for the caller."""
+    """Translates an OSError from the disk into the store's error for the caller.
+
+    A full disk is expected (STORAGE_FULL tells the client); anything else is
+    not, and is logged here, once per translation, with its errno name and
+    number. They are part of the message's text, not its arguments, so that the
+    throttled logging (service/hardening.py) counts repeats of one error but
+    never folds a different one into it.
+    """
     if exc.errno in _SPACE_ERRORS:
         return StorageFull(f"no space left to {action}: {os.strerror(exc.errno or 0)}")
+    code = exc.errno or 0
+    name = errno.errorcode.get(code, "?")
+    log.error(f"I/O error {name} (errno {code}) while trying to {action}: %s", exc.strerror or exc)
     return Unavailable(f"I/O error while trying to {action}: {exc.strerror or exc}")
+
+
+class NotRegularFile(Exception):
+    """Something other than a regular file (folder, FIFO, socket, symlink) is at the path."""
+
+
+_OPEN_READ = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+_KINDS = {
+    stat.S_IFDIR: "a folder",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
+
+
+def open_regular(path: str | Path) -> tuple[int, os.stat_result]:
+    """Opens a regular file for reading; returns its descriptor and fstat.
+
+    O_NOFOLLOW: a symlink is refused, never followed out of the data folder;
+    O_NONBLOCK: a FIFO opens at once instead of waiting for a writer, which
+    would hang the caller (on a regular file the flag does nothing). Raises
+    FileNotFoundError or NotADirectoryError if nothing can be there,
+    NotRegularFile if something else is.
+    """
+    try:
+        fd = os.open(path, _OPEN_READ)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise NotRegularFile("a symbolic link is where a blob file belongs") from None
+        if exc.errno == errno.ENXIO:  # a socket (or a device without a driver)
+            raise NotRegularFile("a socket is where a blob file belongs") from None
+        raise
+    try:
+        info = os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        kind = _KINDS.get(stat.S_IFMT(info.st_mode), "something that is not a regular file")
+        raise NotRegularFile(f"{kind} is where a blob file belongs")
+    return fd, info
+
+
+def is_regular(path: str | Path) -> bool:
+    """True if a regular file (not a symlink to one) is at the path."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+
+
+def is_folder(path: str | Path) -> bool:
+    """True if a folder (not a symlink to one) is at the path."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
 
 
 def fsync_dir(path: Path | str) -> None:
@@ -81,12 +156,33 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
         _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)  # errors: harmless
 
 
+def _iov_max() -> int:
+    try:
+        value = os.sysconf("SC_IOV_MAX")
+    except (ValueError, OSError):
+        value = -1
+    return value if value > 0 else 1024  # POSIX leaves it unset where there is no limit
+
+
+IOV_MAX = _iov_max()
+"""Most pieces one writev(2) takes: more fail the whole call with EINVAL (1024 on Linux)."""
+
+
 def write_all(fd: int, parts: Sequence[bytes | memoryview], offset: int | None = None) -> int:
     """Writes the parts in order, at `offset` (None: the file position); returns the bytes written.
 
-    One system call (writev/pwritev) whatever the number of parts; more only
-    when the kernel writes less (a signal, or the disk filling up mid-write).
+    One system call (writev/pwritev) per IOV_MAX parts - a group commit of 342
+    small puts is 1026 parts; more calls only when the kernel writes less (a
+    signal, or the disk filling up mid-write).
     """
+    total = 0
+    for start in range(0, len(parts), IOV_MAX):
+        batch = parts[start : start + IOV_MAX]
+        total += _write_batch(fd, batch, None if offset is None else offset + total)
+    return total
+
+
+def _write_batch(fd: int, parts: Sequence[bytes | memoryview], offset: int | None) -> int:
     total = sum(len(part) for part in parts)
     written = os.writev(fd, parts) if offset is None else os.pwritev(fd, parts, offset)
     if written < total:

@@ -2,10 +2,13 @@
 
 link(2) is atomic and never replaces, so the first writer of an id wins and
 readers only ever see complete files; a crash leaves at most debris in tmp/,
-removed at the next start. A broken copy in the way is quarantined so that
-the put stores a sound one. Both the unary put (store) and the streamed put
-(writer.py) end in publish(); `durable=False` is the group-commit road, where
-a journal record already covers the blob and a checkpoint syncs it later.
+removed at the next start. A put is answered from a copy already in place
+only if that copy holds exactly the put's content (read.matching_copy); one that
+is broken, differs, or is not a regular file is quarantined, and the put stores
+its own. Both the unary put (store) and the streamed put (writer.py) end in
+publish(); `durable=False` is the group-commit road, where a journal record
+already covers the blob and a checkpoint syncs it later. A tmp/ or shard folder
+deleted (or replaced by a file) under the server is made again (layout.in_folder).
 """
 
 from __future__ import annotations
@@ -20,7 +23,12 @@ from blobstore.ids import BlobId
 from blobstore.model import NO_META, BlobInfo, BlobMeta, BlobType, PutResult
 from blobstore.storage.filesystem.blob_file import encode_header, encode_meta
 from blobstore.storage.filesystem.layout import FileSystemLayout
-from blobstore.storage.filesystem.os_calls import fsync_dir, io_error, unlink_quietly, write_all
+from blobstore.storage.filesystem.os_calls import (
+    fsync_dir,
+    io_error,
+    unlink_quietly,
+    write_all,
+)
 from blobstore.storage.filesystem.read import BlobReader
 
 _ANONYMOUS_TEMP = hasattr(os, "O_TMPFILE")
@@ -52,9 +60,9 @@ class Publisher:
         check: bool = True,
         durable: bool = True,
     ) -> PutResult:
-        """Writes and publishes a whole blob; `check`: look for a stored copy first."""
+        """Writes and publishes a whole blob; `check`: look for a matching stored copy first."""
         if check:
-            existing = self.existing(blob_id)
+            existing = self.existing(blob_id, data)
             if existing is not None:
                 return PutResult(existing, created=False)
         info = BlobInfo(blob_id, blob_type, len(data), meta)
@@ -66,7 +74,7 @@ class Publisher:
                 try:
                     self._write(fd, parts, durable)
                     return self.publish(
-                        f"/proc/self/fd/{fd}", info, anonymous=True, durable=durable
+                        f"/proc/self/fd/{fd}", info, data, anonymous=True, durable=durable
                     )
                 finally:
                     os.close(fd)  # an anonymous file not linked by now vanishes with it
@@ -79,7 +87,7 @@ class Publisher:
         except BaseException:
             unlink_quietly(tmp_path)
             raise
-        return self.publish(tmp_path, info, durable=durable)
+        return self.publish(tmp_path, info, data, durable=durable)
 
     @staticmethod
     def _write(fd: int, parts: list[bytes], durable: bool) -> None:
@@ -96,8 +104,9 @@ class Publisher:
         It needs no name, no unlink afterwards, and leaves no debris after a
         crash: two directory updates fewer per put than a named temp file.
         """
+        tmp, flags = self._layout.tmp, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC
         try:
-            return os.open(self._layout.tmp, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o644)
+            return self._layout.in_folder(tmp, lambda: os.open(tmp, flags, 0o644))
         except OSError as exc:
             if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
                 self._anonymous_temp = False
@@ -105,20 +114,24 @@ class Publisher:
             raise io_error(exc, "create a temporary file") from None
 
     def create_temp(self) -> tuple[int, str]:
-        """A new named file in tmp/, open for writing."""
+        """A new named file in tmp/, open for writing (and reading: a put of an id already
+        stored compares the stored copy with it)."""
         # Unique within this server's run (O_EXCL catches any clash); debris of earlier
         # runs is removed at start-up.
         path = f"{self._temp_prefix}{next(self._temp_seq)}.tmp"
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            fd = self._layout.in_folder(self._layout.tmp, lambda: os.open(path, flags, 0o644))
         except OSError as exc:
             raise io_error(exc, "create a temporary file") from None
         return fd, path
 
-    def existing(self, blob_id: BlobId) -> BlobInfo | None:
-        """The stored blob's metadata; a visibly broken copy is quarantined so a put heals it."""
+    def existing(self, blob_id: BlobId, content: bytes | int) -> BlobInfo | None:
+        """The stored blob's metadata if its copy holds exactly `content` (bytes, or the
+        content of an open temp file); a copy that does not is quarantined so that the
+        put stores a sound one, and None returned."""
         try:
-            return self._reader.stat_sync(blob_id)
+            return self._reader.matching_copy(blob_id, content)
         except DataLoss as exc:
             reason = str(exc)
         try:
@@ -128,10 +141,18 @@ class Publisher:
         return None
 
     def publish(
-        self, tmp_path: str, info: BlobInfo, *, anonymous: bool = False, durable: bool = True
+        self,
+        tmp_path: str,
+        info: BlobInfo,
+        content: bytes | int,
+        *,
+        anonymous: bool = False,
+        durable: bool = True,
     ) -> PutResult:
         """Links the fsynced temp file into place; the first writer of an id wins.
 
+        `content`: the blob's content (bytes, or the temp file's descriptor), to
+        compare with a copy already in place.
         `anonymous`: tmp_path is /proc/self/fd/N of an O_TMPFILE file, linked
         with linkat(AT_SYMLINK_FOLLOW) - os.link uses that only when given a
         folder descriptor (ignored, as both paths are absolute).
@@ -139,23 +160,28 @@ class Publisher:
         """
         blob_id = info.blob_id
         final = self._layout.blob_path(blob_id)
+        shard = os.path.dirname(final)
         root_fd = self._root_fd if anonymous else None
+
+        def link() -> None:
+            if root_fd is None:
+                os.link(tmp_path, final)
+            else:
+                os.link(tmp_path, final, src_dir_fd=root_fd, dst_dir_fd=root_fd)
+
         try:
-            # More than one round only if a broken copy was in the way and got quarantined.
+            # More than one round only if a copy in the way that did not match got quarantined.
             for _ in range(3):
                 try:
-                    if root_fd is None:
-                        os.link(tmp_path, final)
-                    else:
-                        os.link(tmp_path, final, src_dir_fd=root_fd, dst_dir_fd=root_fd)
+                    self._layout.in_folder(shard, link)
                 except FileExistsError:
-                    existing = self.existing(blob_id)
+                    existing = self.existing(blob_id, content)
                     if existing is not None:
                         return PutResult(existing, created=False)
                     continue
                 try:
                     if durable:
-                        fsync_dir(os.path.dirname(final))
+                        fsync_dir(shard)
                 except OSError:
                     # Not durable, so not acknowledged: take it back so a retry writes it again.
                     unlink_quietly(final)

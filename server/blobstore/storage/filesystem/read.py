@@ -7,30 +7,91 @@ costs ten times such a read. open() and fstat() of a file whose directory
 entry is not cached can still wait for the disk briefly on the loop; large
 reads never run there. Every open checks the header (CRC, and length against
 the file's size) and the metadata block after the content (blob_file.py), so a
-broken or truncated file is DataLoss at once.
+broken or truncated file is DataLoss at once, and so is anything at a blob's path
+that is not a regular file (os_calls.open_regular).
+
+A put of an id already stored asks matching_copy (or match_now, on the event
+loop) whether the stored copy holds exactly the content it has in hand: only
+then may it answer from that copy. A positive answer is remembered for the
+file as it was (device, inode, size, mtime and ctime), so that repeated puts of
+the same content compare it once; any change to the file forgets it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from blobstore.errors import BlobNotFound
+from blobstore.errors import BlobNotFound, DataLoss
 from blobstore.ids import BlobId
 from blobstore.model import Blob, BlobInfo
 from blobstore.storage.base import OverLimit, ReadLimit
-from blobstore.storage.filesystem.blob_file import HEADER_SIZE, blob_info, file_header, read_info
+from blobstore.storage.filesystem.blob_file import (
+    HEADER_SIZE,
+    MAX_META_SIZE,
+    blob_info,
+    file_header,
+    read_info,
+    same_content,
+)
 from blobstore.storage.filesystem.fd_guard import FdGuard
 from blobstore.storage.filesystem.layout import FileSystemLayout
-from blobstore.storage.filesystem.os_calls import io_error, pread_all, pread_cached
+from blobstore.storage.filesystem.os_calls import (
+    NotRegularFile,
+    io_error,
+    is_regular,
+    open_regular,
+    pread_all,
+    pread_cached,
+)
 
 _T = TypeVar("_T")
-_OPEN_READ = os.O_RDONLY | os.O_CLOEXEC
 INLINE_READ_LIMIT = 256 * 1024
 """Largest blob read on the event loop (when cached): about 30 us of copying at most."""
+MATCH_CACHE_ENTRIES = 4096
+"""Stored copies remembered as matching a put's content (about 300 bytes each)."""
+
+
+class Copy(enum.Enum):
+    """What match_now found, when it is not a matching copy."""
+
+    ABSENT = "no copy is stored"
+    UNKNOWN = "a copy to compare, or to move aside, on the pool"
+
+
+def _identity(stat: os.stat_result) -> tuple[int, int, int, int, int]:
+    return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+
+
+class _Matches:
+    """Stored copies found to hold exactly the content of a put of their id, by the
+    identity of their file; thread-safe (the event loop and the pool both use it)."""
+
+    def __init__(self, entries: int = MATCH_CACHE_ENTRIES) -> None:
+        self._entries: OrderedDict[BlobId, tuple[tuple[int, ...], BlobInfo]] = OrderedDict()
+        self._max = entries
+        self._lock = threading.Lock()
+
+    def get(self, blob_id: BlobId, stat: os.stat_result) -> BlobInfo | None:
+        with self._lock:
+            hit = self._entries.get(blob_id)
+            if hit is None or hit[0] != _identity(stat):
+                return None
+            self._entries.move_to_end(blob_id)
+            return hit[1]
+
+    def remember(self, blob_id: BlobId, stat: os.stat_result, info: BlobInfo) -> None:
+        with self._lock:
+            self._entries[blob_id] = (_identity(stat), info)
+            self._entries.move_to_end(blob_id)
+            if len(self._entries) > self._max:
+                self._entries.popitem(last=False)
 
 
 class BlobReader:
@@ -39,17 +100,86 @@ class BlobReader:
     def __init__(self, layout: FileSystemLayout, pool: ThreadPoolExecutor) -> None:
         self._layout = layout
         self._pool = pool
+        self._matches = _Matches()
 
     async def _run(self, func: Callable[[], _T]) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, func)
 
-    def open_blob(self, blob_id: BlobId) -> int:
+    def open_blob(self, blob_id: BlobId) -> tuple[int, os.stat_result]:
+        """The descriptor and fstat of the blob's file; DataLoss if something else is there.
+
+        A missing shard folder, or a plain file in its place, holds no blob: BlobNotFound
+        (a put makes the folder again).
+        """
         try:
-            return os.open(self._layout.blob_path(blob_id), _OPEN_READ)
-        except FileNotFoundError:
+            return open_regular(self._layout.blob_path(blob_id))
+        except (FileNotFoundError, NotADirectoryError):
             raise BlobNotFound(blob_id) from None
+        except NotRegularFile as exc:
+            raise DataLoss(blob_id, str(exc)) from None
         except OSError as exc:
             raise io_error(exc, "open the blob") from None
+
+    def match_now(self, blob_id: BlobId, data: bytes) -> BlobInfo | Copy:
+        """On the event loop, never waiting for the disk: the stored copy's metadata if it
+        holds exactly `data` (remembered, or small and in the page cache); else ABSENT or
+        UNKNOWN (matching_copy decides on the pool)."""
+        try:
+            fd, stat = self.open_blob(blob_id)
+        except BlobNotFound:
+            return Copy.ABSENT
+        except DataLoss:
+            return Copy.UNKNOWN
+        try:
+            known = self._matches.get(blob_id, stat)
+            if known is not None:
+                return known
+            file_size = stat.st_size
+            meta_size = file_size - HEADER_SIZE - len(data)
+            if not 0 <= meta_size <= MAX_META_SIZE or len(data) > INLINE_READ_LIMIT:
+                return Copy.UNKNOWN
+            raw = pread_cached(fd, file_size + 1, file_size)  # a byte more: a file that grew
+            if raw is None:
+                return Copy.UNKNOWN
+            decoded = file_header(blob_id, raw[:HEADER_SIZE], len(raw))
+            content_end = HEADER_SIZE + decoded.size
+            if memoryview(raw)[HEADER_SIZE:content_end] != data:
+                return Copy.UNKNOWN
+            info = blob_info(blob_id, decoded, raw[content_end:])
+        except (DataLoss, OSError):
+            return Copy.UNKNOWN
+        finally:
+            os.close(fd)
+        self._matches.remember(blob_id, stat, info)
+        return info
+
+    def matching_copy(self, blob_id: BlobId, content: bytes | int) -> BlobInfo | None:
+        """The stored copy's metadata if it holds exactly `content` (bytes, or the content
+        of a streamed put's temp file open as a descriptor); None if no copy is stored.
+
+        `content` hashes to `blob_id`, so a copy that is broken or differs does not
+        match its id: DataLoss, for the caller to quarantine it and store `content`.
+        Blocking: runs on the pool.
+        """
+        try:
+            fd, stat = self.open_blob(blob_id)
+        except BlobNotFound:
+            return None
+        try:
+            known = self._matches.get(blob_id, stat)
+            if known is not None:
+                return known
+            info = read_info(fd, blob_id)
+            if not same_content(fd, info.size, content):
+                raise DataLoss(
+                    blob_id, "content differs from a put of the same id: it does not match its id"
+                )
+        except OSError as exc:
+            raise io_error(exc, "read the stored copy") from None
+        finally:
+            os.close(fd)
+        self._matches.remember(blob_id, stat, info)
+        return info
 
     async def get(self, blob_id: BlobId, limit: ReadLimit) -> Blob:
         """The whole blob; OverLimit (before any content is read) if `limit` refuses it.
@@ -61,15 +191,13 @@ class BlobReader:
         when the read would wait for the disk does it go to the thread pool,
         whose round trip costs ten times that.
         """
-        fd = self.open_blob(blob_id)
+        fd, stat = self.open_blob(blob_id)
+        file_size = stat.st_size
         try:
-            file_size = os.fstat(fd).st_size
             # The metadata block, if any, is counted too: a few bytes more than the content.
             whole = limit.admit(max(0, file_size - HEADER_SIZE))
-        except BaseException as exc:
+        except BaseException:
             os.close(fd)
-            if isinstance(exc, OSError):
-                raise io_error(exc, "read the blob") from None
             raise
         blob = await self._read_and_close(
             fd, lambda wait: _read_blob(fd, blob_id, file_size, whole, wait=wait)
@@ -99,7 +227,7 @@ class BlobReader:
 
     async def get_stream(self, blob_id: BlobId, chunk_size: int) -> FileStream:
         def open_stream() -> tuple[int, BlobInfo]:
-            fd = self.open_blob(blob_id)
+            fd, _ = self.open_blob(blob_id)
             try:
                 return fd, read_info(fd, blob_id)
             except OSError as exc:
@@ -115,24 +243,17 @@ class BlobReader:
     async def stat(self, blob_id: BlobId) -> BlobInfo | None:
         """The blob's metadata; read on the event loop when its header is in the page cache."""
         try:
-            fd = self.open_blob(blob_id)
+            fd, stat = self.open_blob(blob_id)
         except BlobNotFound:
             return None
-        return await self._read_and_close(fd, lambda wait: _read_info(fd, blob_id, wait=wait))
-
-    def stat_sync(self, blob_id: BlobId) -> BlobInfo | None:
-        try:
-            fd = self.open_blob(blob_id)
-        except BlobNotFound:
-            return None
-        try:
-            return _read_info(fd, blob_id, wait=True)
-        finally:
-            os.close(fd)
+        size = stat.st_size
+        return await self._read_and_close(fd, lambda wait: _read_info(fd, blob_id, size, wait=wait))
 
     async def find_missing(self, blob_ids: Sequence[BlobId]) -> list[BlobId]:
         def missing() -> list[BlobId]:
-            return [i for i in blob_ids if not os.path.exists(self._layout.blob_path(i))]
+            # Anything but a regular file there is as good as missing: the client puts
+            # the blob, and the put moves the odd thing aside.
+            return [i for i in blob_ids if not is_regular(self._layout.blob_path(i))]
 
         return await self._run(missing)
 
@@ -165,10 +286,9 @@ def _read_blob(fd: int, blob_id: BlobId, file_size: int, whole: bool, *, wait: b
     return Blob(blob_info(blob_id, decoded, rest[split:]), rest[:split])
 
 
-def _read_info(fd: int, blob_id: BlobId, *, wait: bool) -> BlobInfo | None:
+def _read_info(fd: int, blob_id: BlobId, file_size: int, *, wait: bool) -> BlobInfo | None:
     """The header, then the metadata block if the header says there is one."""
     try:
-        file_size = os.fstat(fd).st_size
         header = _pread(fd, HEADER_SIZE, 0, file_size, wait=wait)
         if header is None:
             return None

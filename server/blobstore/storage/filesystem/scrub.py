@@ -7,11 +7,14 @@ can run while a server serves the folder. Only published files are read
 under their name, so they are never mistaken for damage. A bad file is moved
 to quarantine/ with FileSystemLayout.quarantine, which checks it again after
 the move and puts it back if a put replaced it with a sound copy meanwhile.
-Files in the shards that are not named after a blob id are moved aside too.
+Files in the shards that are not named after a blob id are moved aside too, and
+so is anything that is not a regular file (a folder, FIFO, socket or symlink), and
+anything in blobs/ named like a shard that is not a folder (the folder is made again).
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -68,6 +71,13 @@ def verify_store(
     if not layout.blobs.is_dir():
         raise NotADataFolder(f"{root} is not a blobstore data folder (it has no blobs/ folder)")
     report = VerifyReport(journal_segments=len(Journal(layout.journal).segments()))
+    for shard in layout.stray_shards():
+        stray = Problem(shard, None, "not a shard folder: no blob can be stored under it", None)
+        if quarantine:
+            stray = Problem(shard, None, stray.reason, layout.make_folder(shard))
+        report.problems.append(stray)
+        if on_problem is not None:
+            on_problem(stray)
     for path in layout.all_blob_paths():
         problem = _check(layout, path, report, quarantine=quarantine)
         if problem is not None:
@@ -90,14 +100,14 @@ def _check(
         report.checked += 1
         report.bytes_checked += max(0, _size(path) - HEADER_SIZE)
         return None
-    if not path.exists():
+    if not os.path.lexists(path):
         report.vanished += 1
         return None
     if not quarantine:
         return Problem(path, blob_id, reason, None)
     moved = layout.quarantine(blob_id, reason)
     if moved is None:
-        if path.exists():  # a put replaced the bad copy with a sound one meanwhile
+        if os.path.lexists(path):  # a put replaced the bad copy with a sound one meanwhile
             report.checked += 1
         else:
             report.vanished += 1

@@ -67,7 +67,7 @@ class FileWriter:
         publisher, path = self._publisher, self._path
 
         def make_durable(fd: int) -> PutResult | None:
-            existing = publisher.existing(blob_id)
+            existing = publisher.existing(blob_id, fd)
             if existing is not None:
                 return PutResult(existing, created=False)
             try:
@@ -87,7 +87,7 @@ class FileWriter:
             # made durable (a client that gave up mid-stream, whose request stream
             # just ends; a server stopping) gets its CancelledError here and
             # publishes nothing.
-            return await self._guard.run(lambda _: publisher.publish(path, info))
+            return await self._guard.run(lambda fd: publisher.publish(path, info, fd))
         finally:
             await self.abort()
 
