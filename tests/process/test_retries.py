@@ -91,6 +91,38 @@ def test_the_deadline_cuts_attempt_timeouts_and_stops_retries() -> None:
     assert shared.timeout() == pytest.approx(1.0)
 
 
+def test_overload_refusals_wait_for_the_deadline_not_the_attempts() -> None:
+    """A call refused OVERLOADED was not run: with a deadline, refusals are retried
+    until it (a burst past the server's cap is served later), other failures are not."""
+    clock = _Clock()
+    policy = RetryPolicy(attempts=3, initial_backoff=0.1, max_backoff=0.5, deadline=30)
+    schedule = Schedule(policy, None, clock=clock, rng=random.Random(3))
+    waited = 0.0
+    for _ in range(50):  # far more refusals than attempts
+        schedule.timeout()
+        delay = schedule.backoff(grpc.StatusCode.UNAVAILABLE, refused=True)
+        assert delay is not None and delay <= 0.5
+        clock.now += delay
+        waited += delay
+    assert waited < 30
+    for _ in range(2):  # real failures still end it after three attempts that ran
+        schedule.timeout()
+        assert schedule.backoff(grpc.StatusCode.UNAVAILABLE) is not None
+    schedule.timeout()
+    assert schedule.backoff(grpc.StatusCode.UNAVAILABLE) is None
+    # And refusals stop at the deadline.
+    fresh = Schedule(policy, None, clock=clock)
+    fresh.timeout()
+    clock.now += 30
+    assert fresh.backoff(grpc.StatusCode.UNAVAILABLE, refused=True) is None
+    # Without any deadline a refusal counts as an attempt, so retrying still ends.
+    endless = Schedule(RetryPolicy(attempts=2), None)
+    endless.timeout()
+    assert endless.backoff(grpc.StatusCode.UNAVAILABLE, refused=True) is not None
+    endless.timeout()
+    assert endless.backoff(grpc.StatusCode.UNAVAILABLE, refused=True) is None
+
+
 def test_bad_policies_are_refused() -> None:
     with pytest.raises(ValueError):
         RetryPolicy(attempts=0)
