@@ -25,6 +25,7 @@ from blobstore.service.hardening import (
     raise_open_file_limit,
     warn_if_exposed,
 )
+from blobstore.targets import channel_target
 from jsonrpc_bridge import config, stdio_transport
 from jsonrpc_bridge.methods import BlobMethods
 from jsonrpc_bridge.protocol import JsonRpcCore
@@ -45,6 +46,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         address = None if cfg.stdio else config.split_address(cfg.http)
     except ValueError as exc:
         parser.error(f"--http: {exc}")
+    try:
+        channel_target(cfg.grpc_target)
+    except (ValueError, OSError) as exc:
+        parser.error(f"--grpc-target: {exc}")
     if cfg.log_level.upper() not in logging.getLevelNamesMapping():
         parser.error(f"--log-level: unknown level {cfg.log_level!r}")
     logging.basicConfig(

@@ -34,7 +34,8 @@ class BridgeConfig:
 
 
 HELP = {
-    "grpc_target": "host:port of the gRPC BlobService",
+    "grpc_target": "host:port of the gRPC BlobService; several replicas as "
+    "host1:port1,host2:port2 or dns:///name:port (balanced round_robin)",
     "http": "host:port to serve JSON-RPC over HTTP on (port 0 picks a free port)",
     "stdio": "serve JSON-RPC on stdin/stdout (one message per line) instead of HTTP",
     "deadline_seconds": "deadline of each call to the gRPC service, retries included, in seconds",

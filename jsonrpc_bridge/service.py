@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from blobstore.client import CHANNEL_OPTIONS, AsyncBlobClient
+from blobstore.client import AsyncBlobClient, channel_args
 from blobstore.proto_names import SERVICE_NAME
 from blobstore.retry import RetryPolicy
 
@@ -36,7 +36,7 @@ class BlobService:
     def __init__(self, target: str, deadline: float, retry: RetryPolicy | None = None) -> None:
         self.target = target
         # The client's options, reconnect backoff included (capped at a second).
-        self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self._channel = grpc.aio.insecure_channel(*channel_args(target))
         self.client = AsyncBlobClient(target, timeout=deadline, channel=self._channel, retry=retry)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 

@@ -10,6 +10,7 @@ import pytest
 from blobstore.client import BlobClient
 from tests.bridge_processes import HttpRpc, Stack, stack
 from tests.processes import ServerProcess
+from tests.seaweedfs import SeaweedFS
 
 
 @pytest.fixture
@@ -62,3 +63,16 @@ def grpc_client(bridge_stack: Stack) -> Iterator[BlobClient]:
     """A direct gRPC client of the server behind `bridge_stack`."""
     with BlobClient(bridge_stack.server.target, timeout=30) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """One real SeaweedFS (`weed mini`, S3 with credentials) shared by the whole session.
+
+    Tests that use it take a prefix of their own (`seaweedfs.url(prefix)`), so they
+    never see each other's objects.
+    """
+    weed = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
+    weed.start()
+    yield weed
+    weed.stop()

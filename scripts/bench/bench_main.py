@@ -791,7 +791,17 @@ def main(argv: list[str] | None = None) -> int:
         "older commit), interleaved with ours, and print ours/baseline for put_small, "
         "get_small, put_large and get_large",
     )
+    parser.add_argument(
+        "--storage",
+        choices=["s3"],
+        help="s3: benchmark the object-store backend instead, against obstore on a SeaweedFS "
+        "this run starts (scripts/bench/bench_s3.py)",
+    )
     args = parser.parse_args(argv)
+    if args.storage == "s3":
+        import bench_s3
+
+        return bench_s3.run(args)
     if any("=" not in item for item in args.server_env):
         parser.error("--server-env takes NAME=VALUE")
     settings = Settings.from_args(args)

@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BlobStoreError as exc:
         print(f"blobstore: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: a --target that is not host:port
         print(f"blobstore: {exc}", file=sys.stderr)
         return EXIT_ERROR
 
@@ -63,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
         help="the server's data folder (env BLOBSTORE_DATA_DIR; default %(default)s)",
     )
     verify.add_argument(
+        "--storage",
+        default=os.environ.get("BLOBSTORE_STORAGE", ""),
+        help="an s3://BUCKET/PREFIX?endpoint=... URL to verify instead of --data-dir "
+        "(env BLOBSTORE_STORAGE; credentials from AWS_* variables)",
+    )
+    verify.add_argument(
         "--no-quarantine", action="store_true", help="only report bad blobs; move nothing"
     )
 
@@ -71,7 +77,8 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--target",
             default=os.environ.get("BLOBSTORE_TARGET", DEFAULT_TARGET),
-            help="server address (env BLOBSTORE_TARGET; default %(default)s)",
+            help="server address, or several replicas as host1:port1,host2:port2 or "
+            "dns:///name:port, balanced round_robin (env BLOBSTORE_TARGET; default %(default)s)",
         )
         sub.add_argument("--timeout", type=float, default=600.0, help="seconds per call")
         return sub
@@ -133,15 +140,31 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from blobstore.errors import BlobStoreError
+    from blobstore.storage import objectstore
+    from blobstore.storage.factory import local_path
     from blobstore.storage.filesystem.scrub import NotADataFolder, Problem, verify_store
+    from blobstore.storage.objectstore.scrub import verify_objects
 
     def show(problem: Problem) -> None:
         where = f"moved to {problem.quarantined_to}" if problem.quarantined_to else "left in place"
         print(f"BAD {problem.blob_id or problem.path}: {problem.reason} ({where})", flush=True)
 
     try:
-        report = verify_store(args.data_dir, quarantine=not args.no_quarantine, on_problem=show)
-    except (NotADataFolder, OSError) as exc:
+        if objectstore.is_object_store(args.storage):
+            report = asyncio.run(
+                verify_objects(
+                    objectstore.parse(args.storage),
+                    quarantine=not args.no_quarantine,
+                    on_problem=show,
+                )
+            )
+        else:
+            folder = local_path(args.storage) if args.storage else args.data_dir
+            report = verify_store(
+                folder or args.data_dir, quarantine=not args.no_quarantine, on_problem=show
+            )
+    except (NotADataFolder, OSError, BlobStoreError, ValueError) as exc:
         print(f"blobstore verify: {exc}", file=sys.stderr)
         return EXIT_ERROR
     print(

@@ -46,6 +46,7 @@ from blobstore.model import NO_META, Blob, BlobInfo, BlobMeta, BlobType, PutResu
 from blobstore.proto_names import BLOB_TYPE_FROM_PB, BLOB_TYPE_TO_PB, meta_from_pb, meta_to_pb
 from blobstore.retry import RetryPolicy
 from blobstore.status import from_rpc_error
+from blobstore.targets import channel_target
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 CHUNK_SIZE = 1024 * 1024
@@ -62,6 +63,14 @@ CHANNEL_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
 _T = TypeVar("_T")
+
+
+def channel_args(target: str) -> tuple[str, list[tuple[str, Any]]]:
+    """(target, options) of a channel to `target`: one server, several, or a DNS name
+    (targets.py), with the client's options."""
+    grpc_target, balancing = channel_target(target)
+    return grpc_target, [*CHANNEL_OPTIONS, *balancing]
+
 
 _TO_PB = BLOB_TYPE_TO_PB
 _FROM_PB = BLOB_TYPE_FROM_PB
@@ -202,7 +211,7 @@ class BlobClient:
         retry: RetryPolicy | None = None,
         channel: grpc.Channel | None = None,
     ) -> None:
-        self._channel = channel or grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self._channel = channel or grpc.insecure_channel(*channel_args(target))
         self._stub = pb_grpc.BlobServiceStub(self._channel)
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
@@ -338,7 +347,7 @@ class AsyncBlobClient:
         retry: RetryPolicy | None = None,
         channel: grpc.aio.Channel | None = None,
     ) -> None:
-        self._channel = channel or grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self._channel = channel or grpc.aio.insecure_channel(*channel_args(target))
         self._stub = pb_grpc.BlobServiceStub(self._channel)
         self.timeout = timeout
         self.retry = retry or RetryPolicy()

@@ -81,3 +81,20 @@ def test_quick_benchmark_measures_every_workload(tmp_path: Path) -> None:
     for name in expected:
         assert name in run.stdout
     assert "targets met:" in run.stdout
+
+
+def test_quick_object_store_benchmark_prints_every_row() -> None:
+    """`--storage s3 --quick`: SeaweedFS and three servers started, every row a finite ratio."""
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--storage", "s3", "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    rows = {line.split()[0]: line.split() for line in run.stdout.splitlines() if line.strip()}
+    for name in ["put_small", "get_small", "put_large", "get_large", "get_small_cached"]:
+        cells = rows[name]  # row, ours, reference, unit, ratio, target, verdict
+        ours, reference, ratio = float(cells[1]), float(cells[2]), float(cells[4])
+        assert _positive(ours) and _positive(reference) and _positive(ratio), cells

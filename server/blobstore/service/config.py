@@ -24,6 +24,9 @@ class ServerConfig:
     address: str = "127.0.0.1:50051"
     data_dir: Path = Path("data")
     storage: str = ""
+    cache_dir: str = ""
+    cache_max_bytes: int = 1 << 30
+    cache_max_blob_bytes: int = 1 << 20
     max_blob_bytes: int = _LIMITS.max_blob_bytes
     max_json_bytes: int = _LIMITS.max_json_bytes
     max_unary_bytes: int = _LIMITS.max_unary_bytes
@@ -54,6 +57,9 @@ class ServerConfig:
     def storage_settings(self) -> StorageSettings:
         return StorageSettings(
             url=self.storage or str(self.data_dir),
+            cache_dir=self.cache_dir,
+            cache_max_bytes=self.cache_max_bytes,
+            cache_max_blob_bytes=self.cache_max_blob_bytes,
             io_threads=self.io_threads,
             journal_max_blob_bytes=self.journal_max_blob_bytes,
         )
@@ -68,7 +74,13 @@ class ServerConfig:
 HELP = {
     "address": "host:port to listen on for gRPC (port 0 picks a free port)",
     "data_dir": "folder where blobs are stored (created if missing)",
-    "storage": "where blobs are stored, as file://PATH or a plain folder path; empty = --data-dir",
+    "storage": "where blobs are stored: file://PATH, a plain folder path, or "
+    "s3://BUCKET/PREFIX?endpoint=URL&region=R (credentials from AWS_* variables); "
+    "empty = --data-dir",
+    "cache_dir": "a local folder for a read cache in front of the storage (hot small blobs "
+    "served from local disk, LRU, verified; emptied at start); empty = no cache",
+    "cache_max_bytes": "most bytes the read cache keeps (least recently used out first)",
+    "cache_max_blob_bytes": "largest blob the read cache keeps",
     "max_blob_bytes": "largest blob accepted, in bytes",
     "max_json_bytes": "largest Json blob accepted, in bytes (JSON is parsed whole)",
     "max_unary_bytes": "largest blob unary Get returns; larger ones need GetStream (gRPC "

@@ -5,9 +5,12 @@ a setting names and which decorators wrap it. Today the chain is
 
     VerifyingBackend(FileSystemBackend(path))
 
-and the storage setting is a URL-ish string: `file://PATH` or a plain PATH.
-New backends (an object store) and decorators (caching, eviction, metrics)
-plug in here, each behind a scheme or a setting of its own.
+    VerifyingBackend(ObjectStoreBackend(s3://bucket/prefix?endpoint=...))
+    VerifyingBackend(ReadCache(...)) with --cache-dir (read_cache.py)
+
+and the storage setting is a URL-ish string: `file://PATH` or a plain PATH, or
+`s3://BUCKET/PREFIX?endpoint=...&region=...` (storage/objectstore/). New
+decorators (caching, eviction, metrics) plug in here, each behind a setting.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from blobstore.storage import objectstore
 from blobstore.storage.base import BlobBackend
 from blobstore.storage.filesystem import JOURNAL_MAX_BLOB_BYTES, FileSystemBackend
+from blobstore.storage.read_cache import ReadCache
 from blobstore.storage.verifying import VerifyingBackend
 
 FILE_SCHEME = "file://"
@@ -34,6 +39,9 @@ class StorageSettings:
     url: str
     io_threads: int = 32
     journal_max_blob_bytes: int = JOURNAL_MAX_BLOB_BYTES
+    cache_dir: str = ""
+    cache_max_bytes: int = 1 << 30
+    cache_max_blob_bytes: int = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -56,10 +64,32 @@ def local_path(url: str) -> Path | None:
 
 def open_storage(settings: StorageSettings) -> Storage:
     """Builds and opens the chain; raises UnknownStorage, DataFolderLocked or OSError."""
+    storage = _open_medium(settings)
+    if not settings.cache_dir:
+        return storage
+    assert isinstance(storage.backend, VerifyingBackend)
+    cache = ReadCache(
+        storage.backend.inner,
+        Path(settings.cache_dir).resolve(),
+        max_bytes=settings.cache_max_bytes,
+        max_blob_bytes=settings.cache_max_blob_bytes,
+    )
+    cache.open()
+    return Storage(
+        VerifyingBackend(cache),
+        f"{storage.description}, read cache in {settings.cache_dir}",
+        storage.close,
+    )
+
+
+def _open_medium(settings: StorageSettings) -> Storage:
+    if objectstore.is_object_store(settings.url):
+        return _open_object_store(settings.url)
     path = local_path(settings.url)
     if path is None or not str(path):
         raise UnknownStorage(
-            f"storage {settings.url!r} is not supported: give file://PATH or a folder path"
+            f"storage {settings.url!r} is not supported: give file://PATH, a folder path "
+            "or s3://BUCKET/PREFIX?endpoint=...&region=..."
         )
     folder = path.resolve()
     backend = FileSystemBackend(
@@ -69,3 +99,13 @@ def open_storage(settings: StorageSettings) -> Storage:
     )
     backend.open()
     return Storage(VerifyingBackend(backend), str(folder), backend.close)
+
+
+def _open_object_store(url: str) -> Storage:
+    try:
+        location = objectstore.parse(url)
+    except objectstore.BadStorageUrl as exc:
+        raise UnknownStorage(str(exc)) from None
+    backend = objectstore.ObjectStoreBackend(location)
+    backend.open()
+    return Storage(VerifyingBackend(backend), location.description, backend.close)

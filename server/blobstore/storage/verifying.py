@@ -29,6 +29,11 @@ class VerifyingBackend:
     def __init__(self, inner: BlobBackend) -> None:
         self._inner = inner
 
+    @property
+    def inner(self) -> BlobBackend:
+        """The backend whose reads this checks (the factory puts decorators between)."""
+        return self._inner
+
     async def put(
         self, blob_id: BlobId, blob_type: BlobType, data: bytes, meta: BlobMeta = NO_META
     ) -> PutResult:

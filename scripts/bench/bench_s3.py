@@ -1,0 +1,273 @@
+"""`scripts/bench.py --storage s3`: the object-store backend against obstore on the same store.
+
+    python scripts/bench.py --storage s3            # starts its own SeaweedFS (weed mini)
+    python scripts/bench.py --storage s3 --quick    # tiny sizes: shows it works
+
+One run starts SeaweedFS (tests/seaweedfs.py: credentials, fsync) and three of
+our servers: on `s3://` (as shipped), on `s3://` with a read cache
+(`--cache-dir`), and on a local folder. Trials interleave, so machine noise hits
+every row alike:
+
+- put_small / get_small: 1 KiB blobs, 16 concurrent callers, through our
+  service vs. the same conditional PUT / GET done directly with obstore;
+- put_large / get_large: one large blob at a time (streamed through our
+  service: PutStream, GetStream) vs. obstore's multipart put / streamed get;
+- get_small_cached: our s3 server with a read cache vs. our file-system server.
+
+Each row is ours / the reference, with its target (issue 13): ≥ 0.70 small,
+≥ 0.80 large, ≥ 0.80 cached. The server side is pinned to one core, the load
+generator (and obstore's direct calls) to the others (bench_procs.CpuSplit);
+SeaweedFS runs unpinned, shared by both sides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import obstore
+from bench_procs import ROOT, SERVER_READY, Child, CpuSplit, pin_self, python_argv, start_child
+
+from blobstore.client import AsyncBlobClient
+
+sys.path.insert(0, str(ROOT))
+from tests.seaweedfs import SeaweedFS
+
+KIB = 1024
+MIB = 1024 * KIB
+TARGETS = {"put_small": 0.70, "get_small": 0.70, "put_large": 0.80, "get_large": 0.80}
+CACHED_TARGET = 0.80
+
+Call = Callable[[], Awaitable[Any]]
+
+
+async def closed_loop(make: Callable[[int], Call], callers: int, seconds: float) -> float:
+    """Operations per second of `callers` loops each calling make(i)() until time is up."""
+    done = 0
+    end = time.monotonic() + seconds
+
+    async def caller(i: int) -> None:
+        nonlocal done
+        call = make(i)
+        while time.monotonic() < end:
+            await call()
+            done += 1
+
+    started = time.monotonic()
+    await asyncio.gather(*(caller(i) for i in range(callers)))
+    return done / (time.monotonic() - started)
+
+
+async def timed(call: Call, reps: int) -> float:
+    """Median seconds of `reps` calls, one at a time."""
+    times = []
+    for _ in range(reps):
+        started = time.monotonic()
+        await call()
+        times.append(time.monotonic() - started)
+    return statistics.median(times)
+
+
+def _server(
+    name: str, work: Path, cpus: frozenset[int] | None, *args: str, env: dict[str, str]
+) -> Child:
+    return start_child(
+        name,
+        python_argv("-m", "blobstore.cli", "serve", "--address", "127.0.0.1:0", *args),
+        cpus=cpus,
+        log_path=work / f"{name.replace(' ', '-')}.log",
+        ready=SERVER_READY,
+        env=env,
+    )
+
+
+class S3Bench:
+    def __init__(self, args: argparse.Namespace, work: Path) -> None:
+        self.quick = bool(args.quick)
+        self.trials = args.trials or (1 if self.quick else 5)
+        self.seconds = args.seconds or (0.5 if self.quick else 2.0)
+        self.large = (args.large_mib or (8 if self.quick else 64)) * MIB
+        self.reps = args.reps or (2 if self.quick else 3)
+        self.callers = args.concurrency
+        self.work = work
+        self.rates: dict[str, list[float]] = {}
+
+    def add(self, name: str, value: float) -> None:
+        self.rates.setdefault(name, []).append(value)
+
+    async def run(self) -> None:
+        split = CpuSplit.detect()
+        weed = SeaweedFS(self.work / "seaweedfs").start()
+        children: list[Child] = []
+        try:
+            env = weed.env
+            prefix = f"bench/{uuid.uuid4().hex}"
+            url = weed.url(prefix)
+            children.append(
+                _server("s3 server", self.work, split.server, "--storage", url, env=env)
+            )
+            cache = str(self.work / "cache")
+            children.append(
+                _server(
+                    "s3 cached server",
+                    self.work,
+                    split.server,
+                    "--storage",
+                    url,
+                    "--cache-dir",
+                    cache,
+                    env=env,
+                )
+            )
+            data = str(self.work / "data")
+            children.append(
+                _server("fs server", self.work, split.server, "--data-dir", data, env=env)
+            )
+            pin_self(split.load)
+            print(f"SeaweedFS at {weed.endpoint}; {split.describe()}", flush=True)
+            direct = weed.store(f"{prefix}-direct")
+            clients = [AsyncBlobClient(child.address, timeout=120) for child in children]
+            try:
+                await self._measure(direct, *clients)
+            finally:
+                for client in clients:
+                    await client.close()
+        finally:
+            for child in children:
+                child.stop()
+            weed.stop()
+
+    async def _measure(
+        self, direct: Any, ours: AsyncBlobClient, cached: AsyncBlobClient, files: AsyncBlobClient
+    ) -> None:
+        pool = [os.urandom(KIB) for _ in range(32 if self.quick else 256)]
+        keys = [uuid.uuid4().hex for _ in pool]
+        ids = [(await ours.put_bytes(blob)).info.blob_id for blob in pool]
+        for blob in pool:
+            await files.put_bytes(blob)
+        for key, blob in zip(keys, pool, strict=True):
+            await obstore.put_async(
+                direct, key, blob, mode="create", attributes={"blob-type": "Binary"}
+            )
+        for blob_id in ids:  # warm the read cache
+            await cached.get(blob_id)
+
+        def pick(i: int, items: list[Any]) -> Callable[[], Any]:
+            state = {"n": i}
+
+            def next_item() -> Any:
+                state["n"] = (state["n"] + 7) % len(items)
+                return items[state["n"]]
+
+            return next_item
+
+        small: dict[str, Callable[[int], Call]] = {
+            "put_small ours": lambda i: lambda: ours.put_bytes(os.urandom(KIB)),
+            "put_small obstore": lambda i: (
+                lambda: obstore.put_async(
+                    direct,
+                    uuid.uuid4().hex,
+                    os.urandom(KIB),
+                    mode="create",
+                    attributes={"blob-type": "Binary"},
+                )
+            ),
+            "get_small ours": lambda i: (lambda nxt: lambda: ours.get(nxt()))(pick(i, ids)),
+            "get_small obstore": lambda i: (lambda nxt: lambda: _get_all(direct, nxt()))(
+                pick(i, keys)
+            ),
+            "get_small_cached ours": lambda i: (lambda nxt: lambda: cached.get(nxt()))(
+                pick(i, ids)
+            ),
+            "get_small_cached filesystem": lambda i: (lambda nxt: lambda: files.get(nxt()))(
+                pick(i, ids)
+            ),
+        }
+        large_blob = os.urandom(self.large)
+        large_id = (await ours.put_bytes(large_blob)).info.blob_id
+        await obstore.put_async(direct, "large", large_blob)
+        chunk = 1 * MIB
+
+        async def put_large_ours() -> None:
+            await ours.put_bytes(os.urandom(16) + large_blob[16:])
+
+        async def put_large_direct() -> None:
+            content = os.urandom(16) + large_blob[16:]
+
+            async def parts() -> Any:
+                for start in range(0, len(content), chunk):
+                    yield content[start : start + chunk]
+
+            await obstore.put_async(
+                direct, uuid.uuid4().hex, parts(), chunk_size=5 * MIB, max_concurrency=2
+            )
+
+        large: dict[str, Call] = {
+            "put_large ours": put_large_ours,
+            "put_large obstore": put_large_direct,
+            "get_large ours": lambda: ours.get(large_id),
+            "get_large obstore": lambda: _get_all(direct, "large", streamed=True),
+        }
+        for trial in range(self.trials):
+            names = list(small) if trial % 2 == 0 else list(reversed(small))
+            for name in names:
+                self.add(name, await closed_loop(small[name], self.callers, self.seconds))
+            for name in large if trial % 2 == 0 else reversed(list(large)):
+                self.add(name, self.large / await timed(large[name], self.reps) / MIB)
+            print(f"trial {trial + 1}/{self.trials} done", flush=True)
+
+    def report(self) -> bool:
+        rows = [
+            ("put_small", "put_small ours", "put_small obstore", "ops/s", TARGETS["put_small"]),
+            ("get_small", "get_small ours", "get_small obstore", "ops/s", TARGETS["get_small"]),
+            ("put_large", "put_large ours", "put_large obstore", "MiB/s", TARGETS["put_large"]),
+            ("get_large", "get_large ours", "get_large obstore", "MiB/s", TARGETS["get_large"]),
+            (
+                "get_small_cached",
+                "get_small_cached ours",
+                "get_small_cached filesystem",
+                "ops/s",
+                CACHED_TARGET,
+            ),
+        ]
+        print(f"\n{'row':<18}{'ours':>10}{'reference':>11}  {'unit':<6}{'ratio':>7}{'target':>8}")
+        ok = True
+        for row, mine, reference, unit, target in rows:
+            a, b = statistics.median(self.rates[mine]), statistics.median(self.rates[reference])
+            ratio = a / b
+            verdict = "PASS" if ratio >= target else "MISS"
+            ok = ok and ratio >= target
+            print(f"{row:<18}{a:>10.1f}{b:>11.1f}  {unit:<6}{ratio:>7.2f}{target:>8.2f}  {verdict}")
+        print("reference: obstore on the same SeaweedFS (get_small_cached: our file-system server)")
+        return ok
+
+
+async def _direct_put(store: Any, key: str, blob: bytes) -> object:
+    """What our backend does for a small put: one conditional PUT with user metadata."""
+    return await obstore.put_async(
+        store, key, blob, mode="create", attributes={"blob-type": "Binary", "blob-size": "1024"}
+    )
+
+
+async def _get_all(store: Any, key: str, streamed: bool = False) -> int:
+    result = await obstore.get_async(store, key)
+    if not streamed:
+        return len(await result.bytes_async())
+    return sum([len(chunk) async for chunk in result.stream(min_chunk_size=1 * MIB)])
+
+
+def run(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="bench-s3-") as folder:
+        bench = S3Bench(args, Path(folder))
+        asyncio.run(bench.run())
+        ok = bench.report()
+    return 0 if ok or args.quick else 1

@@ -1,0 +1,119 @@
+"""Client-side balancing over stateless replicas, and kill -9 of one of them mid-storm.
+
+Three `blobstore serve` processes on one SeaweedFS bucket; one client given all three
+(`host:port,host:port,host:port`, gRPC round_robin) and 16 writer threads. One replica
+is killed with SIGKILL while they write: the writers carry on (their calls that die with
+it are retried, on a survivor), and every acknowledged blob reads back from the survivors.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+
+from blobstore.client import BlobClient
+from tests.processes import ServerProcess
+from tests.rpc_helpers import sha256_id
+from tests.seaweedfs import SeaweedFS
+
+WRITERS = 16
+
+
+def _replicas(weed: SeaweedFS, tmp_path: Path, count: int) -> list[ServerProcess]:
+    url = weed.url(f"storm/{uuid.uuid4().hex}")
+    return [
+        ServerProcess(
+            tmp_path / f"unused-{n}", tmp_path / f"replica-{n}.log", "--storage", url, env=weed.env
+        ).start()
+        for n in range(count)
+    ]
+
+
+def _connections_to(server: ServerProcess) -> int:
+    """Established client connections to the server's gRPC port (only this test connects)."""
+    return sum(
+        1
+        for conn in psutil.Process(server.pid).net_connections("tcp")
+        if conn.status == psutil.CONN_ESTABLISHED and conn.laddr.port == server.port
+    )
+
+
+def test_one_target_list_spreads_calls_over_every_replica(
+    seaweedfs: SeaweedFS, tmp_path: Path
+) -> None:
+    servers = _replicas(seaweedfs, tmp_path, 3)
+    try:
+        with BlobClient(",".join(s.target for s in servers), timeout=60) as client:
+            ids = [client.put_bytes(os.urandom(1000)).info.blob_id for _ in range(12)]
+            assert all(client.get(blob_id) for blob_id in ids)
+            assert all(_connections_to(server) >= 1 for server in servers)
+        # The CLI takes the same list.
+        targets = ",".join(s.target for s in servers)
+        cli = subprocess.run(
+            [sys.executable, "-m", "blobstore.cli", "stat", "--target", targets, ids[0]],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert cli.returncode == 0 and ids[0] in cli.stdout, cli.stderr
+    finally:
+        for server in servers:
+            server.kill()
+
+
+def test_kill_9_of_one_replica_mid_storm_loses_no_acknowledged_blob(
+    seaweedfs: SeaweedFS, tmp_path: Path
+) -> None:
+    servers = _replicas(seaweedfs, tmp_path, 3)
+    acknowledged: list[str] = []
+    failures: list[BaseException] = []
+    stop = threading.Event()
+    lock = threading.Lock()
+    try:
+        client = BlobClient(",".join(s.target for s in servers), timeout=60)
+
+        def write(seed: int) -> None:
+            rng = random.Random(seed)
+            try:
+                while not stop.is_set():
+                    size = rng.choice([100, 5_000, 60_000, 1_500_000])
+                    data = rng.randbytes(size)
+                    result = client.put_bytes(data)
+                    assert result.info.blob_id == sha256_id(data)
+                    with lock:
+                        acknowledged.append(result.info.blob_id)
+            except BaseException as exc:
+                failures.append(exc)
+
+        threads = [threading.Thread(target=write, args=(n,)) for n in range(WRITERS)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 60
+        while len(acknowledged) < 100 and time.monotonic() < deadline and not failures:
+            time.sleep(0.05)
+        before_kill = len(acknowledged)
+        servers[1].kill()
+        while len(acknowledged) < before_kill + 100 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+        assert failures == [], failures[:3]
+        assert before_kill >= 100 and len(acknowledged) >= before_kill + 100
+        client.close()
+        survivors = [servers[0], servers[2]]
+        with BlobClient(",".join(s.target for s in survivors), timeout=60) as reader:
+            for blob_id in acknowledged:
+                assert sha256_id(reader.get(blob_id).data) == blob_id
+    finally:
+        stop.set()
+        for server in servers:
+            server.kill()
