@@ -113,7 +113,15 @@ async def _frozen_burst(server: ServerProcess, mount: Path) -> list[str]:
 def test_a_group_commit_of_1500_puts_succeeds(
     freezable_fs: Path, start_server: Callable[..., ServerProcess]
 ) -> None:
-    server = start_server("--max-concurrent-rpcs", str(PUTS), data_dir=freezable_fs / "data")
+    # All PUTS calls go on one channel: the per-connection stream cap (default 100) must
+    # not hold them back on the client side, or the concurrency cap never fills.
+    server = start_server(
+        "--max-concurrent-rpcs",
+        str(PUTS),
+        "--max-streams-per-connection",
+        "0",
+        data_dir=freezable_fs / "data",
+    )
     ids = asyncio.run(_frozen_burst(server, freezable_fs))
     with BlobClient(server.target, timeout=30) as client:
         for blob_id in ids[:: PUTS // 50]:
