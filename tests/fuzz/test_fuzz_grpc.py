@@ -83,7 +83,7 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
         # error in the teardown of the module's last test): still up, nothing left behind,
         # the kept blobs intact, a clean store and no internal error in the log.
         assert server.proc is not None and server.proc.poll() is None, server.log()
-        wait_until(lambda: temp_files(server.data_dir) == [], 10, "abandoned streams' cleanup")
+        wait_until(lambda: temp_files(server.data_dir) == [], 30, "abandoned streams' cleanup")
         for blob_id, data in fuzzed.kept.items():
             assert fuzzed.stub.Get(pb.GetRequest(id=blob_id), timeout=30).data == data
         report = verify_store(server.data_dir, quarantine=False)
@@ -270,7 +270,9 @@ def test_streams_abandoned_half_way_leave_nothing_behind(
     wait_until(lambda: bool(temp_files(target.server.data_dir)) or future.done(), 10)
     future.cancel()  # type: ignore[no-untyped-call]
     release.set()
-    wait_until(lambda: temp_files(target.server.data_dir) == [], 10, "the temp file to go")
+    # Bounded, not immediate: the server learns of the abandon from gRPC and removes the
+    # file on its thread pool, which a loaded machine (the whole suite at once) delays.
+    wait_until(lambda: temp_files(target.server.data_dir) == [], 30, "the temp file to go")
 
 
 @FUZZ

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
 import shutil
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -400,3 +402,40 @@ def test_a_put_stream_refused_half_way_is_read_to_its_end_first(server: ServerPr
             failure = rpc_failure(lambda m=messages: put_stream(iter(m), timeout=30))  # type: ignore[misc]
             assert_status(failure, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT")
     assert_still_serving(server.target)
+
+
+async def test_a_streamed_put_abandoned_while_its_file_is_made_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client gives up while the I/O thread is still making the temp file (a loaded
+    machine widens that window): the file, made all the same, is removed and its
+    descriptor closed, never left for the next start-up."""
+    backend = FileSystemBackend(tmp_path / "data")
+    backend.open()
+    try:
+        publisher = backend._publisher
+        make_temp = publisher.create_temp
+        made, release = threading.Event(), threading.Event()
+
+        def slow_make_temp() -> tuple[int, str]:
+            created = make_temp()
+            made.set()
+            release.wait(10)  # the thread is still busy when the caller gives up
+            return created
+
+        monkeypatch.setattr(publisher, "create_temp", slow_make_temp)
+        descriptors = len(os.listdir("/proc/self/fd"))
+        opening = asyncio.ensure_future(backend.open_writer())
+        await asyncio.to_thread(made.wait, 10)
+        opening.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await opening
+        release.set()
+        for _ in range(200):  # the loop must run meanwhile: it removes the file
+            if not temp_files(tmp_path / "data"):
+                break
+            await asyncio.sleep(0.05)
+        assert temp_files(tmp_path / "data") == []
+        assert len(os.listdir("/proc/self/fd")) == descriptors
+    finally:
+        backend.close()

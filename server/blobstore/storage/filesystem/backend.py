@@ -41,6 +41,7 @@ from typing import TypeVar
 from blobstore.ids import BlobId
 from blobstore.model import NO_META, Blob, BlobInfo, BlobMeta, BlobType, PutResult
 from blobstore.storage.base import NO_LIMIT, ReadLimit
+from blobstore.storage.filesystem.fd_guard import open_on_pool
 from blobstore.storage.filesystem.group_commit import GroupCommitter
 from blobstore.storage.filesystem.journal import SEGMENT_BYTES, Journal
 from blobstore.storage.filesystem.layout import FileSystemLayout
@@ -173,7 +174,9 @@ class FileSystemBackend:
         return self._publisher.store(blob_id, blob_type, data, meta, check=False, durable=False)
 
     async def open_writer(self) -> FileWriter:
-        fd, path = await self._run(self._publisher.create_temp)
+        # A client that abandons its stream while the file is made must not leave it behind
+        # (nor its descriptor open) until the next start-up's clean-up.
+        fd, path = await open_on_pool(self._pool, self._publisher.create_temp, _discard_temp)
         return FileWriter(self._publisher, self._pool, fd, path)
 
     # -- reads ------------------------------------------------------------------------------
@@ -195,3 +198,10 @@ class FileSystemBackend:
             await self._run(lambda: self.layout.quarantine(blob_id, reason))
         except OSError as exc:
             raise io_error(exc, "quarantine a corrupt blob") from None
+
+
+def _discard_temp(created: tuple[int, str]) -> None:
+    """Closes and removes a temp file that nobody will write (see open_writer)."""
+    fd, path = created
+    os.close(fd)
+    unlink_quietly(path)

@@ -1,6 +1,7 @@
-"""A file descriptor used from pool threads and closed only once no thread is using it.
+"""A file descriptor used from pool threads and closed only once no thread is using it;
+and opening one on a pool thread for a caller that may give up meanwhile (open_on_pool).
 
-Shared by the streamed read (read.py) and the streamed put (writer.py).
+Shared by the streamed read (read.py) and the streamed put (writer.py, backend.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,25 @@ from typing import Any, TypeVar
 from blobstore.errors import Unavailable
 
 _T = TypeVar("_T")
+
+
+async def open_on_pool(
+    pool: ThreadPoolExecutor, open_it: Callable[[], _T], discard: Callable[[_T], None]
+) -> _T:
+    """`open_it()` on a pool thread. If the caller is cancelled while the thread is at it,
+    the thread still opens (a running thread cannot be stopped): `discard` then gets what
+    it opened, on the event loop, so no descriptor or temp file outlives the caller."""
+    opening = asyncio.get_running_loop().run_in_executor(pool, open_it)
+    try:
+        return await asyncio.shield(opening)
+    except asyncio.CancelledError:
+
+        def opened(done: asyncio.Future[_T]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                discard(done.result())
+
+        opening.add_done_callback(opened)
+        raise
 
 
 class FdGuard:

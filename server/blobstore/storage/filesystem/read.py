@@ -40,7 +40,7 @@ from blobstore.storage.filesystem.blob_file import (
     read_info,
     same_content,
 )
-from blobstore.storage.filesystem.fd_guard import FdGuard
+from blobstore.storage.filesystem.fd_guard import FdGuard, open_on_pool
 from blobstore.storage.filesystem.layout import FileSystemLayout
 from blobstore.storage.filesystem.os_calls import (
     NotRegularFile,
@@ -237,7 +237,7 @@ class BlobReader:
                 os.close(fd)
                 raise
 
-        fd, info = await self._run(open_stream)
+        fd, info = await open_on_pool(self._pool, open_stream, lambda opened: os.close(opened[0]))
         return FileStream(self._pool, fd, info, chunk_size)
 
     async def stat(self, blob_id: BlobId) -> BlobInfo | None:
