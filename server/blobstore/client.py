@@ -58,8 +58,10 @@ CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", _MESSAGE_LIMIT),
     # gRPC's own reconnect backoff grows to minutes; while it waits, calls fail at once
     # with UNAVAILABLE, so our retries would find a restarted server only much later.
+    # Not grpc.min_reconnect_backoff_ms: gRPC takes it as the least time a connection
+    # attempt is given (default 20 s); at 100 ms a server slow to send its HTTP/2
+    # settings (a busy machine) made every attempt fail with UNAVAILABLE.
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
 _T = TypeVar("_T")

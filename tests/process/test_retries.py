@@ -7,6 +7,7 @@ from the beginning. The schedule itself is checked as a plain function.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
@@ -268,3 +269,42 @@ def _partial(folder: Path, name: str) -> int:
         with contextlib.suppress(FileNotFoundError):
             total += path.stat().st_size
     return total
+
+
+async def _slow_settings_proxy(target_port: int, delay: float) -> asyncio.Server:
+    """A TCP proxy to the server that holds back the server's first bytes for `delay` s."""
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, wait: float) -> None:
+        await asyncio.sleep(wait)
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def handle(client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter) -> None:
+        server_in, server_out = await asyncio.open_connection("127.0.0.1", target_port)
+        await asyncio.gather(pipe(client_in, server_out, 0), pipe(server_in, client_out, delay))
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+async def test_a_server_slow_to_send_its_settings_is_still_reached(server: ServerProcess) -> None:
+    """The server's HTTP/2 settings arrive 0.5 s after the connection (a busy machine).
+
+    The client's channel options once set grpc.min_reconnect_backoff_ms to 100, which gRPC
+    also takes as the time a connection attempt is given: such a server was never
+    reached ("connection attempt timed out before receiving SETTINGS frame"), and a
+    test on a loaded machine failed with "tcp handshaker shutdown".
+    """
+    proxy = await _slow_settings_proxy(server.port, 0.5)
+    port = proxy.sockets[0].getsockname()[1]
+    try:
+
+        def stat() -> object:
+            with BlobClient(f"127.0.0.1:{port}", timeout=30, retry=RetryPolicy.off()) as client:
+                return client.stat("sha256:" + "0" * 64)
+
+        assert await asyncio.to_thread(stat) is None
+    finally:
+        proxy.close()

@@ -102,8 +102,8 @@ HELP = {
     "stream_idle_seconds": "a PutStream that sends no message, or a GetStream whose reader takes "
     "no chunk, for this long is ended and its temp file or reservation released",
     "max_json_values": "most values (numbers, strings, arrays, objects...) in one Json blob's "
-    "text; more are refused before parsing (RESOURCE_EXHAUSTED, BLOB_TOO_LARGE), as each costs "
-    "memory when parsed whatever the text size; 0 = no cap",
+    "text or protobuf json Value; more are refused before parsing (RESOURCE_EXHAUSTED, "
+    "BLOB_TOO_LARGE), as each costs memory when parsed whatever the text size; 0 = no cap",
     "io_threads": "threads for blocking disk I/O",
     "journal_max_blob_bytes": "unary puts up to this size are made durable in batches, by one "
     "journal write and fdatasync for all puts arriving together (group commit, Linux); "
