@@ -113,7 +113,13 @@ async def _frozen_burst(server: ServerProcess, mount: Path) -> list[str]:
 def test_a_group_commit_of_1500_puts_succeeds(
     freezable_fs: Path, start_server: Callable[..., ServerProcess]
 ) -> None:
-    server = start_server("--max-concurrent-rpcs", str(PUTS), data_dir=freezable_fs / "data")
+    server = start_server(
+        "--max-concurrent-rpcs",
+        str(PUTS),
+        "--max-streams-per-connection",
+        "0",  # all 1,500 on the test's one connection at once
+        data_dir=freezable_fs / "data",
+    )
     ids = asyncio.run(_frozen_burst(server, freezable_fs))
     with BlobClient(server.target, timeout=30) as client:
         for blob_id in ids[:: PUTS // 50]:
