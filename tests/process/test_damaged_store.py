@@ -12,18 +12,20 @@ test_group_commit_size.py.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
 from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
+from blobstore.api.blobstore.v1 import blobstore_pb2_grpc as pb_grpc
 from blobstore.canonical_json import canonicalize_text
 from blobstore.client import BlobClient
 from blobstore.errors import DataLoss
@@ -146,6 +148,40 @@ def test_reput_of_a_sound_copy_is_answered_from_it(
     assert direct.put_bytes(content).created is False
     assert _quarantined(running.server.data_dir, blob_id) == []
     assert direct.get(blob_id).data == content
+
+
+def test_concurrent_streamed_puts_with_metadata_of_one_content_all_succeed(
+    running: Stack,
+) -> None:
+    """Streams that commit together race to link(2): the losers compare their temp file
+    (header and metadata block written by then) with the winner's copy by content only,
+    and answer from it - never taking a sound copy for a bad one."""
+    content = os.urandom(2 * MiB)
+    blob_id = sha256_id(content)
+
+    async def race() -> list[pb.PutResponse]:
+        release = asyncio.Event()
+
+        async def requests() -> AsyncIterator[pb.PutStreamRequest]:
+            yield pb.PutStreamRequest(
+                blob_type=pb.BLOB_TYPE_BINARY, filename="race.bin", content_type="x/race"
+            )
+            yield pb.PutStreamRequest(chunk=content[:MiB])
+            await release.wait()
+            yield pb.PutStreamRequest(chunk=content[MiB:])
+
+        async with grpc.aio.insecure_channel(running.server.target) as channel:
+            stub = pb_grpc.BlobServiceStub(channel)
+            calls = [stub.PutStream(requests(), timeout=60) for _ in range(8)]
+            await asyncio.sleep(0.5)  # every stream has sent its first chunk
+            release.set()
+            return list(await asyncio.gather(*calls))
+
+    replies = asyncio.run(race())
+    assert [reply.id for reply in replies] == [blob_id] * 8
+    assert sum(reply.created for reply in replies) == 1
+    assert _quarantined(running.server.data_dir, blob_id) == []
+    assert "reported corrupt" not in running.server.log()
 
 
 def test_reads_of_a_corrupted_copy_still_quarantine_it(running: Stack, direct: BlobClient) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from blobstore.model import BlobType
-from blobstore.storage.filesystem.blob_file import encode_header, same_content
+from blobstore.storage.filesystem.blob_file import FileContent, encode_header, same_content
 from blobstore.storage.filesystem.journal import Journal, encode_record, read_segment
 from blobstore.storage.filesystem.os_calls import (
     IOV_MAX,
@@ -134,9 +134,9 @@ def test_open_regular_refuses_everything_else_at_once(tmp_path: Path) -> None:
 # -- same_content ---------------------------------------------------------------------------
 
 
-def blob_file(path: Path, content: bytes, header: bool = True) -> int:
+def blob_file(path: Path, content: bytes, header: bool = True, tail: bytes = b"") -> int:
     head = encode_header(BlobType.BINARY, len(content)) if header else b"\0" * 20
-    path.write_bytes(head + content)
+    path.write_bytes(head + content + tail)
     return os.open(path, os.O_RDONLY)
 
 
@@ -147,13 +147,13 @@ def test_same_content_compares_with_bytes_and_with_another_file(tmp_path: Path, 
     temp = blob_file(tmp_path / "temp", content, header=False)
     try:
         assert same_content(stored, size, content)
-        assert same_content(stored, size, temp)
+        assert same_content(stored, size, FileContent(temp, size))
         if size:
             flipped = content[:-1] + bytes([content[-1] ^ 1])
             assert not same_content(stored, size, flipped)
             other = blob_file(tmp_path / "other", flipped, header=False)
             try:
-                assert not same_content(stored, size, other)
+                assert not same_content(stored, size, FileContent(other, size))
             finally:
                 os.close(other)
         assert not same_content(stored, size, content + b"!")
@@ -162,12 +162,27 @@ def test_same_content_compares_with_bytes_and_with_another_file(tmp_path: Path, 
         os.close(temp)
 
 
+def test_same_content_of_a_temp_file_counts_its_content_only(tmp_path: Path) -> None:
+    """A streamed put's temp file with its header and a metadata block written after the
+    content still matches; one whose content is longer (the stored copy a prefix) does not."""
+    content = os.urandom(3000)
+    stored = blob_file(tmp_path / "stored", content)
+    headed = blob_file(tmp_path / "headed", content, tail=b"metadata block")
+    prefix = blob_file(tmp_path / "prefix", content[:2000])
+    try:
+        assert same_content(stored, len(content), FileContent(headed, len(content)))
+        assert not same_content(prefix, 2000, FileContent(headed, len(content)))
+    finally:
+        for fd in (stored, headed, prefix):
+            os.close(fd)
+
+
 def test_same_content_with_an_empty_temp_file_not_yet_headed(tmp_path: Path) -> None:
     stored = blob_file(tmp_path / "stored", b"")
     (tmp_path / "temp").write_bytes(b"")
     temp = os.open(tmp_path / "temp", os.O_RDONLY)
     try:
-        assert same_content(stored, 0, temp)
+        assert same_content(stored, 0, FileContent(temp, 0))
     finally:
         os.close(stored)
         os.close(temp)

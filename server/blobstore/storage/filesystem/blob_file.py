@@ -216,27 +216,34 @@ def check_file(path: Path, blob_id: BlobId) -> str | None:
         os.close(fd)
 
 
-def same_content(fd: int, size: int, content: bytes | int) -> bool:
+class FileContent(NamedTuple):
+    """The content of a blob file being written, open as `fd`: `size` bytes from
+    HEADER_SIZE (its header, and any metadata block after the content, may or may not
+    be written yet)."""
+
+    fd: int
+    size: int
+
+
+def same_content(fd: int, size: int, content: bytes | FileContent) -> bool:
     """True if the blob file open as `fd`, of `size` content bytes (its header says so),
-    holds exactly `content`: bytes, or the content of another blob file open as a
-    descriptor (a streamed put's temp file, whose header may not be written yet)."""
+    holds exactly `content`: bytes, or the content of another blob file (a streamed
+    put's temp file)."""
+    given = len(content) if isinstance(content, bytes) else content.size
+    if given != size:
+        return False
     if isinstance(content, bytes):
         expected = memoryview(content)
 
         def wanted(offset: int, length: int) -> bytes | memoryview:
             return expected[offset : offset + length]
 
-        if len(content) != size:
-            return False
     else:
-        other = content
+        other = content.fd
 
         def wanted(offset: int, length: int) -> bytes | memoryview:
             return os.pread(other, length, HEADER_SIZE + offset)
 
-        # An empty temp file without its header is 0 bytes long, not HEADER_SIZE.
-        if max(os.fstat(other).st_size, HEADER_SIZE) != HEADER_SIZE + size:
-            return False
     offset = 0
     while offset < size:
         length = min(_CHECK_CHUNK, size - offset)

@@ -21,7 +21,7 @@ import secrets
 from blobstore.errors import DataLoss, Unavailable
 from blobstore.ids import BlobId
 from blobstore.model import NO_META, BlobInfo, BlobMeta, BlobType, PutResult
-from blobstore.storage.filesystem.blob_file import encode_header, encode_meta
+from blobstore.storage.filesystem.blob_file import FileContent, encode_header, encode_meta
 from blobstore.storage.filesystem.layout import FileSystemLayout
 from blobstore.storage.filesystem.os_calls import (
     fsync_dir,
@@ -126,7 +126,7 @@ class Publisher:
             raise io_error(exc, "create a temporary file") from None
         return fd, path
 
-    def existing(self, blob_id: BlobId, content: bytes | int) -> BlobInfo | None:
+    def existing(self, blob_id: BlobId, content: bytes | FileContent) -> BlobInfo | None:
         """The stored blob's metadata if its copy holds exactly `content` (bytes, or the
         content of an open temp file); a copy that does not is quarantined so that the
         put stores a sound one, and None returned."""
@@ -144,15 +144,15 @@ class Publisher:
         self,
         tmp_path: str,
         info: BlobInfo,
-        content: bytes | int,
+        content: bytes | FileContent,
         *,
         anonymous: bool = False,
         durable: bool = True,
     ) -> PutResult:
         """Links the fsynced temp file into place; the first writer of an id wins.
 
-        `content`: the blob's content (bytes, or the temp file's descriptor), to
-        compare with a copy already in place.
+        `content`: the blob's content (bytes, or the temp file's), to compare with a
+        copy already in place.
         `anonymous`: tmp_path is /proc/self/fd/N of an O_TMPFILE file, linked
         with linkat(AT_SYMLINK_FOLLOW) - os.link uses that only when given a
         folder descriptor (ignored, as both paths are absolute).

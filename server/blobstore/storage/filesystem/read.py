@@ -35,6 +35,7 @@ from blobstore.storage.base import OverLimit, ReadLimit
 from blobstore.storage.filesystem.blob_file import (
     HEADER_SIZE,
     MAX_META_SIZE,
+    FileContent,
     blob_info,
     file_header,
     read_info,
@@ -153,9 +154,9 @@ class BlobReader:
         self._matches.remember(blob_id, stat, info)
         return info
 
-    def matching_copy(self, blob_id: BlobId, content: bytes | int) -> BlobInfo | None:
+    def matching_copy(self, blob_id: BlobId, content: bytes | FileContent) -> BlobInfo | None:
         """The stored copy's metadata if it holds exactly `content` (bytes, or the content
-        of a streamed put's temp file open as a descriptor); None if no copy is stored.
+        of a streamed put's temp file, FileContent); None if no copy is stored.
 
         `content` hashes to `blob_id`, so a copy that is broken or differs does not
         match its id: DataLoss, for the caller to quarantine it and store `content`.

@@ -14,7 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 from blobstore.ids import BlobId
 from blobstore.model import NO_META, BlobInfo, BlobMeta, BlobType, PutResult
 from blobstore.storage.base import ChunkHook
-from blobstore.storage.filesystem.blob_file import HEADER_SIZE, encode_header, encode_meta
+from blobstore.storage.filesystem.blob_file import (
+    HEADER_SIZE,
+    FileContent,
+    encode_header,
+    encode_meta,
+)
 from blobstore.storage.filesystem.fd_guard import FdGuard
 from blobstore.storage.filesystem.os_calls import (
     io_error,
@@ -67,7 +72,7 @@ class FileWriter:
         publisher, path = self._publisher, self._path
 
         def make_durable(fd: int) -> PutResult | None:
-            existing = publisher.existing(blob_id, fd)
+            existing = publisher.existing(blob_id, FileContent(fd, info.size))
             if existing is not None:
                 return PutResult(existing, created=False)
             try:
@@ -87,7 +92,10 @@ class FileWriter:
             # made durable (a client that gave up mid-stream, whose request stream
             # just ends; a server stopping) gets its CancelledError here and
             # publishes nothing.
-            return await self._guard.run(lambda fd: publisher.publish(path, info, fd))
+            # The temp file now also holds its header and metadata; its content is the same.
+            return await self._guard.run(
+                lambda fd: publisher.publish(path, info, FileContent(fd, info.size))
+            )
         finally:
             await self.abort()
 
