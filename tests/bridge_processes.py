@@ -78,9 +78,16 @@ class BridgeProcess(ChildProcess):
         return self
 
     def _pump(self, stream: IO[bytes]) -> None:
-        for line in stream:
-            self._lines.put(line)
+        with stream:
+            for line in stream:
+                self._lines.put(line)
         self._lines.put(b"")  # end of output
+
+    def kill(self) -> None:
+        super().kill()
+        if self.proc is not None and self.proc.stdin is not None:
+            with contextlib.suppress(OSError):  # a write cut short by the kill
+                self.proc.stdin.close()
 
     # -- stdio -----------------------------------------------------------------
 

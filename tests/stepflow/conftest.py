@@ -57,10 +57,10 @@ def start_runtime(
 
     yield start
     for runtime, bridge, process in started:
-        if isinstance(runtime, HttpRuntime):
-            runtime.close()
         process.kill()
         bridge.kill()
+        if isinstance(runtime, HttpRuntime):
+            runtime.close()
 
 
 @pytest.fixture(scope="module", params=SDKS)

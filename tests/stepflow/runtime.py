@@ -17,12 +17,14 @@ test can see what went over the wire.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import itertools
 import json
 import queue
 import subprocess
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +97,16 @@ class SdkProcess(ChildProcess):
         )
         return self.proc
 
+    def kill(self) -> None:
+        """Kills the SDK (if it still runs) and closes its stdin and log; its stdout is
+        closed by whoever reads it."""
+        if self.proc is not None and self.proc.poll() is not None:
+            self.wait()  # exited by itself: wait() still closes the log
+        super().kill()
+        if self.proc is not None and self.proc.stdin is not None:
+            with contextlib.suppress(OSError):  # a write cut short by the kill
+                self.proc.stdin.close()
+
 
 class Runtime:
     """What both transports share: request ids, initialize, execute, the traffic record."""
@@ -157,6 +169,10 @@ class StdioRuntime(Runtime):
             self._proc.stdin.flush()
 
     def _from_sdk(self, stdout: IO[bytes]) -> None:
+        with stdout:
+            self._read_sdk(stdout)
+
+    def _read_sdk(self, stdout: IO[bytes]) -> None:
         for raw in stdout:
             line = raw.rstrip(b"\n")
             try:
@@ -212,57 +228,64 @@ class HttpRuntime(Runtime):
         super().__init__(bridge, sdk)
         proc = sdk.start_process()
         assert proc.stdout is not None
+        self._stdout = proc.stdout
         announced = proc.stdout.readline()  # {"port": N}, printed once it listens
         assert announced, f"the SDK exited before listening; log:\n{sdk.log()}"
         self.port = int(json.loads(announced)["port"])
         self._forwarders = ThreadPoolExecutor(max_workers=32, thread_name_prefix="forward")
 
-    def _post(self, port: int, body: bytes, timeout: float) -> http.client.HTTPResponse:
+    @contextlib.contextmanager
+    def _post(self, port: int, body: bytes, timeout: float) -> Iterator[http.client.HTTPResponse]:
+        """POSTs `body` as the runtime does (JSON, accepting JSON or an event stream)."""
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-        connection.request(
-            "POST", "/", body, {"Content-Type": "application/json", "Accept": ACCEPT}
-        )
-        return connection.getresponse()
+        try:
+            connection.request(
+                "POST", "/", body, {"Content-Type": "application/json", "Accept": ACCEPT}
+            )
+            yield connection.getresponse()
+        finally:
+            connection.close()
 
     def _forward(self, exchange: Exchange) -> None:
         """One SDK request to the bridge, and the bridge's reply body back to the SDK."""
-        bridge_reply = self._post(self.bridge.port, exchange.request, 60)
-        exchange.reply = bridge_reply.read()
-        sdk_reply = self._post(self.port, exchange.reply, 60)
-        sdk_reply.read()
-        exchange.reply_status = sdk_reply.status
+        with self._post(self.bridge.port, exchange.request, 60) as bridge_reply:
+            exchange.reply = bridge_reply.read()
+        with self._post(self.port, exchange.reply, 60) as sdk_reply:
+            sdk_reply.read()
+            exchange.reply_status = sdk_reply.status
 
     def call(self, method: str, params: object, timeout: float = 60.0) -> dict[str, Any]:
         message = {"jsonrpc": "2.0", "id": self.next_id(), "method": method, "params": params}
-        reply = self._post(self.port, json.dumps(message).encode(), timeout)
-        if not reply.getheader("Content-Type", "").startswith("text/event-stream"):
-            answer: dict[str, Any] = json.loads(reply.read())
-            return answer
-        forwards = []
-        try:
-            for event in _sse_data(reply):
-                message = json.loads(event)
-                if "method" not in message:
-                    return dict(message)  # the stream's last event: the call's own answer
-                exchange = Exchange(event)
-                self.traffic.add(exchange)
-                forwards.append(self._forwarders.submit(self._forward, exchange))
-        finally:
-            for forward in forwards:
-                forward.result(timeout=timeout)
+        with self._post(self.port, json.dumps(message).encode(), timeout) as reply:
+            if not reply.getheader("Content-Type", "").startswith("text/event-stream"):
+                answer: dict[str, Any] = json.loads(reply.read())
+                return answer
+            forwards = []
+            try:
+                for event in _sse_data(reply):
+                    message = json.loads(event)
+                    if "method" not in message:
+                        return dict(message)  # the stream's last event: the call's own answer
+                    exchange = Exchange(event)
+                    self.traffic.add(exchange)
+                    forwards.append(self._forwarders.submit(self._forward, exchange))
+            finally:
+                for forward in forwards:
+                    forward.result(timeout=timeout)
         raise AssertionError(f"the SDK's stream ended without an answer; log:\n{self.sdk.log()}")
 
     def notify(self, method: str, params: object) -> None:
         body = json.dumps({"jsonrpc": "2.0", "method": method, "params": params}).encode()
-        reply = self._post(self.port, body, 30)
-        reply.read()
-        assert reply.status == 202, reply.status
+        with self._post(self.port, body, 30) as reply:
+            reply.read()
+            assert reply.status == 202, reply.status
 
     def close(self) -> None:
         self._forwarders.shutdown(wait=False, cancel_futures=True)
+        self._stdout.close()
 
 
-def _sse_data(reply: http.client.HTTPResponse) -> Any:
+def _sse_data(reply: http.client.HTTPResponse) -> Iterator[bytes]:
     """The `data` of each event of a text/event-stream, as bytes (one `data:` line each, as
     the SDK writes them)."""
     data: list[bytes] = []

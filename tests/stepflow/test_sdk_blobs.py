@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from blobstore.client import BlobClient
-from blobstore.model import BlobType
+from blobstore.model import BlobMeta, BlobType
 from tests import blob_id_vectors
 from tests.bridge_seed import SEED_DATA, SEED_ID, json_id
 from tests.processes import ServerProcess
@@ -68,6 +68,21 @@ def test_a_flow_is_stored_as_a_flow(runtime: Runtime, grpc_server: ServerProcess
     with BlobClient(grpc_server.target) as client:
         info = client.stat(output["blob_id"])
     assert info is not None and info.blob_type is BlobType.FLOW
+
+
+def test_a_filename_in_the_replies_does_not_trouble_the_sdk(
+    runtime: Runtime, grpc_server: ServerProcess
+) -> None:
+    """The bridge adds "filename" to results of blobs with one (stored here through the
+    client); the SDK's decoders ignore the field, so its calls work unchanged."""
+    value = {"named": runtime.sdk.version, "by": "another client"}
+    with BlobClient(grpc_server.target) as client:
+        client.put_json(value, meta=BlobMeta("named.json"))
+    output = runtime.execute("/put_get", {"value": value})
+
+    assert output == {"blob_id": json_id(value), "value": value}
+    assert last(runtime, "blobs/put").reply_json()["result"]["filename"] == "named.json"
+    assert last(runtime, "blobs/get").reply_json()["result"]["filename"] == "named.json"
 
 
 def test_the_same_value_with_keys_in_another_order_has_the_same_id(runtime: Runtime) -> None:
