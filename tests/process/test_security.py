@@ -10,7 +10,9 @@ from __future__ import annotations
 import base64
 import json
 import os
+import random
 import signal
+import string
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
@@ -405,3 +407,36 @@ def test_reflection_can_be_switched_off(start_server: Callable[..., ServerProces
     assert health.returncode != 0  # grpcurl needs reflection for the schema...
     with BlobClient(server.target, timeout=30) as client:  # ...the service itself still serves
         client.put_bytes(b"no reflection")
+
+
+def test_random_authorization_metadata_is_refused_cleanly(
+    start_server: Callable[..., ServerProcess], tokens_file: Path
+) -> None:
+    """200 random printable `authorization` values (and other metadata) on a real server."""
+    server = start_server("--tokens-file", str(tokens_file))
+    rng = random.Random(14)
+    alphabet = string.ascii_letters + string.digits + string.punctuation + " "
+    sent: list[str] = []
+    with grpc.insecure_channel(server.target) as channel:
+        stub = pb_grpc.BlobServiceStub(channel)
+        for index in range(200):
+            value = "".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 120)))
+            if index % 2:
+                value = "Bearer " + value
+            sent.append(value.strip())
+            metadata = (("authorization", value), ("x-noise", value))
+            try:
+                stub.Put(
+                    pb.PutRequest(blob_type=pb.BLOB_TYPE_BINARY, data=b"fuzz"),
+                    metadata=metadata,
+                    timeout=30,
+                )
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAUTHENTICATED, (value, exc)
+            else:
+                raise AssertionError(f"accepted {value!r}")
+    assert not blob_path(server.data_dir, sha256_id(b"fuzz")).exists()
+    assert server.alive()
+    log = server.log()
+    assert "Traceback" not in log
+    assert not [v for v in sent if len(v) > 12 and v in log]

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from blobstore import errors
 from blobstore.grpc.auth import (
@@ -108,3 +110,19 @@ def test_a_reload_that_fails_keeps_the_tokens(tmp_path: Path) -> None:
     auth.tokens.path.write_text(f"{token_hash('n')} new write\n")
     assert auth.tokens.reload()
     assert auth.tokens.find("w") is None and auth.tokens.find("n") is not None
+
+
+@given(st.text(max_size=200))
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_any_authorization_value_is_a_clean_decision(tmp_path: Path, header: str) -> None:
+    """Random `authorization` values: never an exception; allowed only for a known token."""
+    auth = authenticator(tmp_path)
+    put = _RULES["/blobstore.v1.BlobService/Put"]
+    decision = auth.check(put, header)
+    allowed = header[:7].lower() == "bearer " and header[7:].strip() == "w"
+    assert (decision is None) == allowed
+    assert decision is None or isinstance(
+        decision, errors.Unauthenticated | errors.PermissionDenied
+    )
