@@ -7,6 +7,7 @@ server's log. docs/security.md's refusal table points at these tests.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -24,7 +25,7 @@ import pytest
 from blobstore import errors
 from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
 from blobstore.api.blobstore.v1 import blobstore_pb2_grpc as pb_grpc
-from blobstore.client import BlobClient
+from blobstore.client import AsyncBlobClient, BlobClient
 from blobstore.credentials import channel_credentials
 from blobstore.grpc.auth import token_hash
 from blobstore.retry import RetryPolicy
@@ -191,6 +192,16 @@ def test_python_client_with_tls_and_tokens(
             reader.put_file(big)
     with client(None) as anonymous, pytest.raises(errors.Unauthenticated):
         anonymous.stat(stored)
+
+    async def with_asyncio() -> bytes:
+        creds = channel_credentials(token=READ_TOKEN, tls_ca=pki.ca)
+        async with AsyncBlobClient(tls_server.target, timeout=30, credentials=creds) as reader:
+            with pytest.raises(errors.PermissionDenied):
+                await reader.put_bytes(b"an asyncio reader writing")
+            return (await reader.get(stored)).data
+
+    assert asyncio.run(with_asyncio()) == b"python over TLS"
+    assert not blob_path(tls_server.data_dir, sha256_id(b"an asyncio reader writing")).exists()
     assert not blob_path(tls_server.data_dir, sha256_id(b"a reader writing")).exists()
     assert not blob_path(tls_server.data_dir, sha256_id(big.read_bytes())).exists()
     assert_no_secret(tls_server)
