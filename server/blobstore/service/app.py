@@ -1,4 +1,5 @@
-"""Assembles and runs the gRPC server: store, servicer, health, reflection, graceful stop."""
+"""Assembles and runs the gRPC server: store, servicer, security (service/security.py),
+health, reflection, graceful stop; SIGHUP reloads the tokens."""
 
 from __future__ import annotations
 
