@@ -313,7 +313,7 @@ def test_sighup_revokes_a_token_without_dropping_calls(
     try:
         # The stream is past the authenticator once its first chunk is in a temp file.
         tmp = server.data_dir / "tmp"
-        assert wait_until(lambda: any(f.stat().st_size for f in tmp.iterdir()), 30)
+        assert wait_until(lambda: _has_data(tmp), 30)
         write_tokens(tokens_file, (WRITE_TOKEN, "writer", "read,write"))  # OTHER_TOKEN revoked
         server.signal(signal.SIGHUP)
         assert wait_until(lambda: "tokens reloaded" in server.log(), 30), server.log()
@@ -343,6 +343,17 @@ def test_sighup_revokes_a_token_without_dropping_calls(
         assert c.stat(sha256_id(b"a token still in force")) is not None
     assert server.alive()
     assert_no_secret(server)
+
+
+def _has_data(folder: Path) -> bool:
+    """True once a non-empty file is in `folder` (files may vanish while it looks)."""
+    for path in folder.iterdir():
+        try:
+            if path.stat().st_size:
+                return True
+        except FileNotFoundError:
+            continue
+    return False
 
 
 def serve_and_wait(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
