@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from blobstore.client import DEFAULT_TARGET, BlobClient
+from blobstore.credentials import channel_credentials
 from blobstore.errors import BlobNotFound, BlobStoreError
 from blobstore.model import BlobInfo, BlobMeta, BlobType
 from blobstore.service import config as server_config
@@ -31,7 +32,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "verify":
         return _exit_past_native_runtimes(_verify(args))
     try:
-        with BlobClient(args.target, timeout=args.timeout) as client:
+        credentials = channel_credentials(
+            token=args.token or None,
+            tls_ca=args.tls_ca,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+        )
+        with BlobClient(args.target, timeout=args.timeout, credentials=credentials) as client:
             return int(args.run(client, args))
     except BlobNotFound as exc:
         print(f"blobstore: {exc}", file=sys.stderr)
@@ -97,6 +104,17 @@ def _parser() -> argparse.ArgumentParser:
             "dns:///name:port, balanced round_robin (env BLOBSTORE_TARGET; default %(default)s)",
         )
         sub.add_argument("--timeout", type=float, default=600.0, help="seconds per call")
+        sub.add_argument(
+            "--token",
+            default=os.environ.get("BLOBSTORE_TOKEN", ""),
+            help="bearer token (env BLOBSTORE_TOKEN, preferred: a flag shows in ps); sent "
+            "over TLS, or in plaintext only to a loopback server",
+        )
+        sub.add_argument(
+            "--tls-ca", help="PEM CA certificate to trust for the server (turns TLS on)"
+        )
+        sub.add_argument("--tls-cert", help="PEM client certificate for mTLS (turns TLS on)")
+        sub.add_argument("--tls-key", help="PEM private key of --tls-cert")
         return sub
 
     put = client_command("put", "store a file (or - for stdin); prints the blob id")
@@ -137,6 +155,7 @@ def _parser() -> argparse.ArgumentParser:
 def _serve(args: argparse.Namespace) -> int:
     from blobstore.service.app import ListenError, serve
     from blobstore.service.hardening import install_throttle
+    from blobstore.service.security import SecurityConfigError
     from blobstore.storage.factory import UnknownStorage
     from blobstore.storage.filesystem import DataFolderLocked
 
@@ -149,7 +168,7 @@ def _serve(args: argparse.Namespace) -> int:
     install_throttle()
     try:
         asyncio.run(serve(cfg))
-    except (ListenError, DataFolderLocked, UnknownStorage, OSError) as exc:
+    except (ListenError, DataFolderLocked, UnknownStorage, SecurityConfigError, OSError) as exc:
         logging.getLogger("blobstore").error("%s", exc)
         return EXIT_ERROR
     return 0

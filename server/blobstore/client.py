@@ -212,8 +212,14 @@ class BlobClient:
         timeout: float | None = 60.0,
         retry: RetryPolicy | None = None,
         channel: grpc.Channel | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
-        self._channel = channel or grpc.insecure_channel(*channel_args(target))
+        """`credentials`: TLS and/or a token (blobstore.credentials.channel_credentials)."""
+        self._channel = channel or (
+            grpc.secure_channel(channel_args(target)[0], credentials, channel_args(target)[1])
+            if credentials is not None
+            else grpc.insecure_channel(*channel_args(target))
+        )
         self._stub = pb_grpc.BlobServiceStub(self._channel)
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
@@ -348,8 +354,14 @@ class AsyncBlobClient:
         timeout: float | None = 60.0,
         retry: RetryPolicy | None = None,
         channel: grpc.aio.Channel | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
-        self._channel = channel or grpc.aio.insecure_channel(*channel_args(target))
+        """`credentials`: TLS and/or a token (blobstore.credentials.channel_credentials)."""
+        self._channel = channel or (
+            grpc.aio.secure_channel(channel_args(target)[0], credentials, channel_args(target)[1])
+            if credentials is not None
+            else grpc.aio.insecure_channel(*channel_args(target))
+        )
         self._stub = pb_grpc.BlobServiceStub(self._channel)
         self.timeout = timeout
         self.retry = retry or RetryPolicy()

@@ -80,3 +80,11 @@ class Overloaded(BlobStoreError):
 
 class UseStreaming(BlobStoreError):
     """The blob is too large for a single-message reply; the streaming call is needed."""
+
+
+class Unauthenticated(BlobStoreError):
+    """The call has no valid credentials (no token, an unknown or revoked one)."""
+
+
+class PermissionDenied(BlobStoreError):
+    """The caller is known but its scopes do not include what the call needs."""

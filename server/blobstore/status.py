@@ -34,6 +34,8 @@ TABLE: list[tuple[type[errors.BlobStoreError], grpc.StatusCode, str]] = [
     (errors.UseStreaming, grpc.StatusCode.FAILED_PRECONDITION, "USE_STREAMING"),
     (errors.DataLoss, grpc.StatusCode.DATA_LOSS, "DATA_LOSS"),
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE, "UNAVAILABLE"),
+    (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED"),
+    (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED"),
 ]
 
 _BY_REASON = {reason: cls for cls, _, reason in TABLE}
@@ -46,6 +48,8 @@ _BY_CODE: dict[grpc.StatusCode, type[errors.BlobStoreError]] = {
     grpc.StatusCode.DATA_LOSS: errors.DataLoss,
     grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: errors.Unavailable,
+    grpc.StatusCode.UNAUTHENTICATED: errors.Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
 }
 
 

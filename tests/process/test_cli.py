@@ -266,9 +266,12 @@ def test_serve_is_configured_by_environment(
     proc, log = spawn_serve(BLOBSTORE_ADDRESS=f"127.0.0.1:{port}", BLOBSTORE_DATA_DIR=str(data_dir))
     text = wait_for_log(proc, log, "listening")
     lines = text.strip().splitlines()
-    assert len(lines) == 3, f"expected the malloc, connection-cap and start-up lines:\n{text}"
-    match = _START_LINE.search(lines[2])
-    assert match, lines[1]
+    assert len(lines) == 4, (
+        f"expected the malloc, connection-cap, security and start-up lines:\n{text}"
+    )
+    assert "security: TLS off; no bearer tokens" in lines[2]
+    match = _START_LINE.search(lines[3])
+    assert match, lines[3]
     assert match.groups() == ("127.0.0.1", str(port), str(data_dir.resolve()))
 
     put = blobstore("put", "-", stdin=b"env configured", target=f"127.0.0.1:{port}")
@@ -313,10 +316,11 @@ def test_serve_with_bad_setting_in_environment_is_a_usage_error(tmp_path: Path) 
 
 def test_start_up_lines_say_where_and_how_malloc_was_tuned(server: ServerProcess) -> None:
     lines = server.log().strip().splitlines()
-    assert len(lines) == 3, server.log()
+    assert len(lines) == 4, server.log()
     assert re.search(r"INFO blobstore\.service\.malloc_tuning: malloc tuning: \S", lines[0]), lines
     assert re.search(r"INFO blobstore: at most \d+ connections", lines[1]), lines
-    match = _START_LINE.search(lines[2])
+    assert re.search(r"INFO blobstore: security: TLS off; no bearer tokens", lines[2]), lines
+    match = _START_LINE.search(lines[3])
     assert match
     assert match.groups() == ("127.0.0.1", str(server.port), str(server.data_dir.resolve()))
 

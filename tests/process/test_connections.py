@@ -170,10 +170,14 @@ def test_a_burst_on_one_connection_does_not_hold_up_the_calls_of_another(
 def test_a_server_beyond_loopback_warns_that_it_has_no_authentication(
     start_server: Callable[..., ServerProcess], tmp_path: Path
 ) -> None:
+    """Allowed explicitly (--allow-unauthenticated), it warns once; without it, it refuses
+    to start (tests/process/test_security.py::test_no_open_door_by_accident)."""
     quiet = start_server()
-    exposed = start_server("--address", "0.0.0.0:0", data_dir=tmp_path / "exposed")
+    exposed = start_server(
+        "--address", "0.0.0.0:0", "--allow-unauthenticated", data_dir=tmp_path / "exposed"
+    )
     with BlobClient(exposed.target, timeout=30, retry=RetryPolicy.off()) as client:
         assert client.stat(ABSENT) is None
-    assert "no authentication and no TLS" in exposed.log()
+    assert exposed.log().count("no authentication and no TLS") == 1
     assert "0.0.0.0" in exposed.log()
     assert "no authentication" not in quiet.log()

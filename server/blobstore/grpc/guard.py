@@ -147,11 +147,11 @@ class Guard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             method = self._methods[name] = _Method(self, service, method_name, handler)
         drain = self.stream_idle if method.inner.request_streaming else None
         if self._closing is not None:
-            return _refusal(self._closing, drain)
+            return refusal(self._closing, drain)
         try:
             ticket = self.admission.admit(method.initial)
         except errors.Overloaded as exc:
-            return _refusal(exc, drain)
+            return refusal(exc, drain)
         return method.bind(ticket)
 
 
@@ -396,7 +396,7 @@ async def _drain(requests: AsyncIterator[Any], idle: float) -> None:
             drained += len(message) if isinstance(message, bytes) else message.ByteSize()
 
 
-def _refusal(error: errors.BlobStoreError, drain: float | None) -> _Handler:
+def refusal(error: errors.BlobStoreError, drain: float | None) -> _Handler:
     """A handler that answers at once, without parsing the request.
 
     `drain` (the idle timeout; None for unary methods): a client stream is read to its

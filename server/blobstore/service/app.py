@@ -1,4 +1,5 @@
-"""Assembles and runs the gRPC server: store, servicer, health, reflection, graceful stop."""
+"""Assembles and runs the gRPC server: store, servicer, security (service/security.py),
+health, reflection, graceful stop; SIGHUP reloads the tokens."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from blobstore.grpc.auth import Authenticator
 from blobstore.grpc.guard import Guard
 from blobstore.grpc.servicer import BlobServicer
 from blobstore.grpc.stepflow_servicer import SERVICE_NAME as STEPFLOW_SERVICE_NAME
@@ -20,8 +22,13 @@ from blobstore.offload import shutdown_process_pool
 from blobstore.proto_names import SERVICE_NAME
 from blobstore.service.admission import Admission
 from blobstore.service.config import ServerConfig
-from blobstore.service.hardening import connection_cap, raise_open_file_limit, warn_if_exposed
+from blobstore.service.hardening import connection_cap, raise_open_file_limit
 from blobstore.service.malloc_tuning import MallocTrimmer, MallocTuning, tune_malloc
+from blobstore.service.security import (
+    authenticator,
+    check_exposure,
+    server_credentials,
+)
 from blobstore.storage.factory import open_storage
 from blobstore.store import BlobStore
 
@@ -44,11 +51,15 @@ class ListenError(Exception):
 
 async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None:
     """Runs the server until SIGTERM/SIGINT (or `stop` is set), then stops gracefully."""
+    # Security settings are checked before anything is opened: a refusal leaves no trace.
+    check_exposure(config, config.address.rsplit(":", 1)[0], log)
+    auth = authenticator(config)
+    credentials = server_credentials(config)
     malloc = tune_malloc()
     storage = open_storage(config.storage_settings)
     try:
         store = BlobStore(storage.backend, config.limits)
-        await _serve_store(config, store, storage.description, stop, malloc)
+        await _serve_store(config, store, storage.description, stop, malloc, auth, credentials)
     finally:
         shutdown_process_pool()
         storage.close()
@@ -60,6 +71,8 @@ async def _serve_store(
     where: str,
     stop: asyncio.Event | None,
     malloc: MallocTuning,
+    auth: Authenticator | None,
+    credentials: grpc.ServerCredentials | None,
 ) -> None:
     # Streamed chunks (up to MAX_CHUNK) must fit whatever the unary limit is.
     message_limit = max(config.max_unary_bytes, MAX_CHUNK) + _MESSAGE_OVERHEAD
@@ -70,7 +83,8 @@ async def _serve_store(
     )
     max_connections = connection_cap(config.max_connections, raise_open_file_limit())
     server = grpc.aio.server(
-        interceptors=[guard],
+        # The authenticator first: a refused call takes no admission ticket.
+        interceptors=[auth, guard] if auth is not None else [guard],
         options=[
             ("grpc.max_receive_message_length", message_limit),
             ("grpc.max_send_message_length", message_limit),
@@ -82,22 +96,34 @@ async def _serve_store(
     StepflowBlobServicer(store).add_to_server(server)  # Stepflow's API, same store and guard
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        [SERVICE_NAME, STEPFLOW_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME],
-        server,
-    )
+    if not config.no_reflection:
+        reflection.enable_server_reflection(
+            [SERVICE_NAME, STEPFLOW_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME],
+            server,
+        )
     _check_bindable(config.address)
     try:
-        port = server.add_insecure_port(config.address)
+        if credentials is None:
+            port = server.add_insecure_port(config.address)
+        else:
+            port = server.add_secure_port(config.address, credentials)
     except RuntimeError as exc:
         raise ListenError(f"cannot listen on {config.address}: {exc}") from None
     host = config.address.rsplit(":", 1)[0]
-    warn_if_exposed(log, host, "the gRPC server")
     await server.start()
     for name in (SERVICE_NAME, STEPFLOW_SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     malloc.log()
     log.info("at most %d connections (open-file limit and --max-connections)", max_connections)
+    log.info(
+        "security: TLS %s; %s",
+        ("on, client certificates required" if config.tls_client_ca else "on")
+        if credentials is not None
+        else "off",
+        f"{len(auth.tokens)} bearer token(s); without a token: {auth.describe_anonymous()}"
+        if auth is not None
+        else "no bearer tokens",
+    )
     # The "listening" line comes last: scripts and tests take it as the sign of readiness.
     log.info(
         "blobstore gRPC listening on %s:%d; data in %s",
@@ -110,6 +136,8 @@ async def _serve_store(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    # SIGHUP reloads the tokens (calls in progress go on); without tokens it is ignored.
+    loop.add_signal_handler(signal.SIGHUP, _reload, auth)
     await stop.wait()
     log.info("stopping: finishing in-flight calls (up to %.0f s)", config.grace_seconds)
     await health_servicer.enter_graceful_shutdown()
@@ -119,6 +147,13 @@ async def _serve_store(
     await server.stop(_CUT_OFF_SECONDS)
     await _settle(_SETTLE_SECONDS)
     log.info("stopped")
+
+
+def _reload(auth: Authenticator | None) -> None:
+    if auth is None:
+        log.info("SIGHUP: no --tokens-file, nothing to reload")
+        return
+    auth.tokens.reload()
 
 
 def connection_options(config: ServerConfig, max_connections: int) -> list[tuple[str, int]]:

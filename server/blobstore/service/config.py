@@ -43,6 +43,13 @@ class ServerConfig:
     journal_max_blob_bytes: int = JOURNAL_MAX_BLOB_BYTES
     grace_seconds: float = 10.0
     log_level: str = "INFO"
+    tokens_file: str = ""
+    anonymous: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    allow_unauthenticated: bool = False
+    no_reflection: bool = False
 
     @property
     def limits(self) -> Limits:
@@ -110,6 +117,18 @@ HELP = {
     "0 = every put fsyncs its own file and folder",
     "grace_seconds": "on SIGTERM/SIGINT, how long in-flight calls may take to finish",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "tokens_file": "file of bearer tokens, one 'sha256:<hex of the token's SHA-256> NAME "
+    "SCOPE[,SCOPE...]' a line (scopes read, write, admin); turns authentication on; "
+    "reloaded on SIGHUP; empty = no tokens (see docs/security.md)",
+    "anonymous": "scopes of callers without a token, per API, e.g. 'stepflow.v1=read,write' "
+    "(several separated by ';'); only with --tokens-file; default none",
+    "tls_cert": "PEM certificate (chain) of the gRPC port; with --tls-key turns TLS on",
+    "tls_key": "PEM private key of --tls-cert",
+    "tls_client_ca": "PEM CA certificate(s): clients must present a certificate it signed "
+    "(mTLS); needs --tls-cert",
+    "allow_unauthenticated": "allow listening beyond loopback without authentication "
+    "(no --tokens-file and no --tls-client-ca); without it such a server refuses to start",
+    "no_reflection": "do not serve gRPC reflection (the API's description)",
 }
 
 
@@ -124,6 +143,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         # argparse converts a string default (the variable's text) only for the command
         # being run, and reports a bad one as a usage error instead of a traceback.
         default = os.environ.get(env_name(field.name), getattr(defaults, field.name))
+        if field.type in ("bool", bool):  # a switch; its variable is on when 1/true/yes
+            parser.add_argument(
+                "--" + field.name.replace("_", "-"),
+                dest=field.name,
+                action="store_true",
+                default=str(default).lower() in ("1", "true", "yes", "on"),
+                help=f"{HELP[field.name]} (env {env_name(field.name)}=1)",
+            )
+            continue
         parser.add_argument(
             "--" + field.name.replace("_", "-"),
             dest=field.name,

@@ -1,7 +1,9 @@
 """Process-level protections shared by the gRPC server and the bridge.
 
 * `warn_if_exposed`: a listener on anything but loopback is reachable by other
-  machines, and neither process has authentication or TLS: say so loudly at start.
+  machines, and the bridge has no authentication or TLS yet: say so loudly at start.
+  (The gRPC server refuses such a listener without authentication instead:
+  service/security.py.)
 * `raise_open_file_limit`: every connection costs a file descriptor; the soft
   RLIMIT_NOFILE (often 1024) is raised to the hard limit at start, and the
   connection caps are set below what is left of it.
