@@ -119,17 +119,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from blobstore import logs
     from blobstore.service.app import ListenError, serve
     from blobstore.service.hardening import install_throttle
     from blobstore.storage.factory import UnknownStorage
     from blobstore.storage.filesystem import DataFolderLocked
 
     cfg = server_config.from_arguments(args)
-    logging.basicConfig(
-        level=cfg.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(cfg.log_level, cfg.log_format)
     install_throttle()
     try:
         asyncio.run(serve(cfg))

@@ -6,12 +6,14 @@ import asyncio
 import logging
 import signal
 import socket
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from blobstore.grpc.guard import Guard
+from blobstore.grpc.metrics import CallObserver
 from blobstore.grpc.servicer import BlobServicer
 from blobstore.grpc.stepflow_servicer import SERVICE_NAME as STEPFLOW_SERVICE_NAME
 from blobstore.grpc.stepflow_servicer import StepflowBlobServicer
@@ -22,6 +24,7 @@ from blobstore.service.admission import Admission
 from blobstore.service.config import ServerConfig
 from blobstore.service.hardening import connection_cap, raise_open_file_limit, warn_if_exposed
 from blobstore.service.malloc_tuning import MallocTrimmer, MallocTuning, tune_malloc
+from blobstore.service.metrics import ServerMetrics, serve_metrics
 from blobstore.storage.factory import open_storage
 from blobstore.store import BlobStore
 
@@ -45,10 +48,11 @@ class ListenError(Exception):
 async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None:
     """Runs the server until SIGTERM/SIGINT (or `stop` is set), then stops gracefully."""
     malloc = tune_malloc()
-    storage = open_storage(config.storage_settings)
+    metrics = ServerMetrics.create() if config.metrics_port else None
+    storage = open_storage(config.storage_settings, metrics.storage if metrics else None)
     try:
         store = BlobStore(storage.backend, config.limits)
-        await _serve_store(config, store, storage.description, stop, malloc)
+        await _serve_store(config, store, storage.description, stop, malloc, metrics)
     finally:
         shutdown_process_pool()
         storage.close()
@@ -60,17 +64,19 @@ async def _serve_store(
     where: str,
     stop: asyncio.Event | None,
     malloc: MallocTuning,
+    metrics: ServerMetrics | None = None,
 ) -> None:
     # Streamed chunks (up to MAX_CHUNK) must fit whatever the unary limit is.
     message_limit = max(config.max_unary_bytes, MAX_CHUNK) + _MESSAGE_OVERHEAD
     guard = Guard(
-        Admission(config.admission),
+        metrics.admission(config.admission) if metrics else Admission(config.admission),
         stream_idle=config.stream_idle_seconds,
         on_release=MallocTrimmer().released,
     )
     max_connections = connection_cap(config.max_connections, raise_open_file_limit())
     server = grpc.aio.server(
-        interceptors=[guard],
+        # The observer sees calls as callers do, the guard's refusals included.
+        interceptors=[CallObserver(metrics.rpc if metrics else None, config.access_log), guard],
         options=[
             ("grpc.max_receive_message_length", message_limit),
             ("grpc.max_send_message_length", message_limit),
@@ -97,6 +103,7 @@ async def _serve_store(
     for name in (SERVICE_NAME, STEPFLOW_SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     malloc.log()
+    metrics_server = _start_metrics(config) if metrics else None
     log.info("at most %d connections (open-file limit and --max-connections)", max_connections)
     # The "listening" line comes last: scripts and tests take it as the sign of readiness.
     log.info(
@@ -118,7 +125,22 @@ async def _serve_store(
         guard.cut_off()
     await server.stop(_CUT_OFF_SECONDS)
     await _settle(_SETTLE_SECONDS)
+    if metrics_server is not None:
+        metrics_server.shutdown()
     log.info("stopped")
+
+
+def _start_metrics(config: ServerConfig) -> Any:
+    """Serves /metrics (service/metrics.py); raises ListenError if its port is taken."""
+    try:
+        server = serve_metrics(config.metrics_host, config.metrics_port)
+    except OSError as exc:
+        raise ListenError(
+            f"cannot serve metrics on {config.metrics_host}:{config.metrics_port}: {exc}"
+        ) from None
+    warn_if_exposed(log, config.metrics_host, "the metrics endpoint")
+    log.info("metrics on http://%s:%d/metrics", config.metrics_host, config.metrics_port)
+    return server
 
 
 def connection_options(config: ServerConfig, max_connections: int) -> list[tuple[str, int]]:

@@ -43,6 +43,10 @@ class ServerConfig:
     journal_max_blob_bytes: int = JOURNAL_MAX_BLOB_BYTES
     grace_seconds: float = 10.0
     log_level: str = "INFO"
+    log_format: str = "text"
+    access_log: bool = False
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
 
     @property
     def limits(self) -> Limits:
@@ -110,6 +114,12 @@ HELP = {
     "0 = every put fsyncs its own file and folder",
     "grace_seconds": "on SIGTERM/SIGINT, how long in-flight calls may take to finish",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "log_format": "text (one line per record) or json (one JSON object per line: time, level, "
+    "logger, message, request_id)",
+    "access_log": "log one INFO line per blob service call (method, code, duration, peer, "
+    "request id)",
+    "metrics_port": "serve Prometheus metrics at http://METRICS_HOST:PORT/metrics; 0 = off",
+    "metrics_host": "address the metrics endpoint listens on (when --metrics-port is set)",
 }
 
 
@@ -153,4 +163,15 @@ def _converter(type_name: Any, env: str) -> Any:
 
 def _parser_for(type_name: Any) -> Any:
     name = type_name if isinstance(type_name, str) else type_name.__name__
-    return {"int": int, "float": float, "Path": Path, "str": str}[name]
+    return {"int": int, "float": float, "Path": Path, "str": str, "bool": _bool}[name]
+
+
+def _bool(text: str | bool) -> bool:
+    if isinstance(text, bool):
+        return text
+    value = text.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"", "0", "false", "no", "off"}:
+        return False
+    raise ValueError(text)
