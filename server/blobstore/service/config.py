@@ -134,12 +134,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         # argparse converts a string default (the variable's text) only for the command
         # being run, and reports a bad one as a usage error instead of a traceback.
         default = os.environ.get(env_name(field.name), getattr(defaults, field.name))
+        # A switch (bool) may be given alone: `--access-log` is `--access-log true`.
+        switch = {"nargs": "?", "const": True} if field.type in ("bool", bool) else {}
         parser.add_argument(
             "--" + field.name.replace("_", "-"),
             dest=field.name,
             type=_converter(field.type, env_name(field.name)),
             default=default,
             help=f"{HELP[field.name]} (env {env_name(field.name)}; default %(default)s)",
+            **switch,  # type: ignore[arg-type]
         )
 
 
