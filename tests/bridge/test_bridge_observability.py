@@ -75,8 +75,8 @@ def test_a_request_id_joins_the_bridge_and_server_logs(observed: _Observed) -> N
     def logged(path: Path) -> list[dict[str, object]]:
         return [entry for entry in _json_lines(path) if entry.get("request_id") == rid]
 
-    wait_until(lambda: logged(observed.server.log_path), 10, "the server's access line")
-    wait_until(lambda: logged(observed.bridge.log_path), 10, "the bridge's access line")
+    wait_until(lambda: bool(logged(observed.server.log_path)), 10, "the server's access line")
+    wait_until(lambda: bool(logged(observed.bridge.log_path)), 10, "the bridge's access line")
     (server_line,) = logged(observed.server.log_path)
     assert server_line["method"] == "/blobstore.v1.BlobService/Put"
     assert server_line["code"] == "OK"
