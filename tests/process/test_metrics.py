@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import cast
 
 import grpc
 import psutil
@@ -21,7 +22,7 @@ from blobstore.api.blobstore.v1 import blobstore_pb2_grpc as pb_grpc
 from tests.faults import HeldPut, held_admitted, status_of
 from tests.metrics_scrape import free_port, scrape, value
 from tests.processes import ServerProcess
-from tests.rpc_helpers import blob_path, sha256_id
+from tests.rpc_helpers import blob_path, error_info, raw_stub, sha256_id
 
 SERVICE = "blobstore.v1.BlobService"
 ABSENT = "sha256:" + "0" * 64
@@ -132,3 +133,21 @@ def test_no_metrics_port_when_off(server: ServerProcess) -> None:
     }
     assert listening == {server.port}
     assert "metrics on" not in server.log()
+
+
+def test_request_ids_come_back_in_trailing_metadata(server: ServerProcess) -> None:
+    """The caller's id is returned (also with an error's details); without one, one is made."""
+    with raw_stub(server.target) as stub:
+        _, call = stub.Stat.with_call(
+            pb.StatRequest(id=ABSENT), metadata=(("x-request-id", "caller-id-1"),), timeout=30
+        )
+        assert ("x-request-id", "caller-id-1") in call.trailing_metadata()
+        _, call = stub.Stat.with_call(pb.StatRequest(id=ABSENT), timeout=30)
+        made = dict(call.trailing_metadata())["x-request-id"]
+        assert len(made) == 32 and int(made, 16) >= 0
+        with pytest.raises(grpc.RpcError) as absent:
+            stub.Get(pb.GetRequest(id=ABSENT), metadata=(("x-request-id", "caller-id-2"),))
+        error = absent.value
+        trailers = dict(cast(Sequence[tuple[str, str]], error.trailing_metadata()))
+        assert trailers["x-request-id"] == "caller-id-2"
+        assert error_info(error).reason == "BLOB_NOT_FOUND"  # the details are still there

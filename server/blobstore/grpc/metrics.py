@@ -6,7 +6,8 @@ OVERLOADED refusal is a RESOURCE_EXHAUSTED call here). For each call it
 
 * takes the request id from the `x-request-id` metadata (or makes one), sets it in
   blobstore.logs.request_id for the call's log lines and returns it in the trailing
-  metadata (also on errors, next to the error details);
+  metadata (on errors status.to_status adds it next to the error details, as abort()
+  replaces the trailing metadata);
 * with metrics on, counts the call by service, method and status code, observes its
   duration, and counts the request and reply bytes as the (de)serializers see them;
 * with the access log on, logs one line: method, code, duration, peer.
@@ -221,9 +222,7 @@ async def _observed(method: _Method, inner: Any, rid: str, request: Any, context
     try:
         return await inner(request, context)
     except grpc.aio.AbortError:
-        # abort() replaced the trailing metadata with the error's details: add the id back.
-        context.set_trailing_metadata((*context.trailing_metadata(), (logs.REQUEST_ID_KEY, rid)))
-        raise
+        raise  # its code is the context's; status.to_status put the id in its trailers
     except BaseException as exc:
         code = _code_of(exc)
         raise
