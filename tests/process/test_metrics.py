@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import cast
 
 import grpc
@@ -151,3 +153,17 @@ def test_request_ids_come_back_in_trailing_metadata(server: ServerProcess) -> No
         trailers = dict(cast(Sequence[tuple[str, str]], error.trailing_metadata()))
         assert trailers["x-request-id"] == "caller-id-2"
         assert error_info(error).reason == "BLOB_NOT_FOUND"  # the details are still there
+
+
+def test_a_metrics_port_in_use_is_a_clear_start_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = ServerProcess(
+            tmp_path / "data", tmp_path / "server.log", "--metrics-port", str(port)
+        )
+        with pytest.raises(RuntimeError, match="exited with 1"):
+            server.start()
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in server.log()
+    assert "Traceback" not in server.log()

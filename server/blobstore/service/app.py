@@ -99,11 +99,12 @@ async def _serve_store(
         raise ListenError(f"cannot listen on {config.address}: {exc}") from None
     host = config.address.rsplit(":", 1)[0]
     warn_if_exposed(log, host, "the gRPC server")
+    # Before the gRPC server starts, so a metrics port in use stops the start cleanly.
+    metrics_server = _start_metrics(config) if metrics else None
     await server.start()
     for name in (SERVICE_NAME, STEPFLOW_SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     malloc.log()
-    metrics_server = _start_metrics(config) if metrics else None
     log.info("at most %d connections (open-file limit and --max-connections)", max_connections)
     # The "listening" line comes last: scripts and tests take it as the sign of readiness.
     log.info(
