@@ -32,6 +32,7 @@ from blobstore.errors import BlobStoreError, InvalidArgument, InvalidBlobId
 from blobstore.ids import parse_blob_id
 from blobstore.metadata import check_meta
 from blobstore.model import BlobMeta, BlobType
+from blobstore.stepflow_names import type_name
 from jsonrpc_bridge import errors
 from jsonrpc_bridge.json_codec import Encoded, Invalid, InvalidValue, describe, encode_value
 from jsonrpc_bridge.protocol import Method, Params
@@ -39,11 +40,10 @@ from jsonrpc_bridge.protocol import Method, Params
 PUT = "blobs/put"
 GET = "blobs/get"
 
-# Keys are case-folded: the schema's names and the page's example spellings.
+# Keys are case-folded: the schema's names (Stepflow's, shared with stepflow.v1 and REST)
+# and the page's example spellings.
 BLOB_TYPES: dict[str, BlobType] = {
-    "data": BlobType.JSON,
-    "flow": BlobType.FLOW,
-    "binary": BlobType.BINARY,
+    **{type_name(blob_type): blob_type for blob_type in BlobType},
     "json": BlobType.JSON,
 }
 _TYPE_NAMES = "data, flow or binary (any case; also Json)"
@@ -51,7 +51,7 @@ _MISSING = object()
 
 TYPE_NAMES: dict[str, dict[BlobType, str]] = {
     # The schema's enum: what every Stepflow SDK decodes.
-    "schema": {BlobType.JSON: "data", BlobType.FLOW: "flow", BlobType.BINARY: "binary"},
+    "schema": {blob_type: type_name(blob_type) for blob_type in BlobType},
     # The page's examples. They have no name for a flow, which is JSON: "Json".
     "page": {BlobType.JSON: "Json", BlobType.FLOW: "Json", BlobType.BINARY: "Binary"},
 }

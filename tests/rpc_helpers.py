@@ -16,6 +16,7 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from blobstore.api.blobstore.v1 import blobstore_pb2_grpc as pb_grpc
+from blobstore.ids import BlobId, blob_id_from_digest
 from blobstore.storage.filesystem.blob_file import HEADER_SIZE, CorruptHeader, decode_header
 from tests.processes import ServerProcess
 
@@ -26,9 +27,9 @@ _OPTIONS = [
 ]
 
 
-def sha256_id(data: bytes) -> str:
+def sha256_id(data: bytes) -> BlobId:
     """The blob id of `data` stored as is (Binary, or JSON already canonical)."""
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+    return blob_id_from_digest(hashlib.sha256(data).hexdigest())
 
 
 def blob_path(data_dir: Path, blob_id: str) -> Path:

@@ -18,15 +18,12 @@ import os
 import pytest
 
 from blobstore.errors import BlobNotFound, DataLoss
-from blobstore.ids import BlobId, blob_id_from_digest
+from blobstore.ids import BlobId
 from blobstore.model import NO_META, BlobMeta, BlobType, PutResult
 from blobstore.storage.base import OverLimit, ReadLimit
 from blobstore.storage.verifying import VerifyingBackend
 from tests.contract.conftest import Kit
-
-
-def id_of(data: bytes) -> BlobId:
-    return blob_id_from_digest(hashlib.sha256(data).hexdigest())
+from tests.rpc_helpers import sha256_id
 
 
 async def stream_put(
@@ -37,8 +34,8 @@ async def stream_put(
     try:
         for start in range(0, len(data), chunk):
             await writer.write(memoryview(data)[start : start + chunk], hasher.update)
-        assert hasher.hexdigest() == id_of(data).removeprefix("sha256:")
-        return await writer.commit(id_of(data), blob_type, meta)
+        assert hasher.hexdigest() == sha256_id(data).removeprefix("sha256:")
+        return await writer.commit(sha256_id(data), blob_type, meta)
     finally:
         await writer.abort()
 
@@ -53,7 +50,7 @@ async def read_stream(kit: Kit, blob_id: BlobId, chunk_size: int) -> list[bytes]
 
 async def test_put_get_stat_find_missing(kit: Kit) -> None:
     data = os.urandom(1000)
-    blob_id, absent = id_of(data), id_of(b"never stored " + os.urandom(8))
+    blob_id, absent = sha256_id(data), sha256_id(b"never stored " + os.urandom(8))
     result = await kit.backend.put(blob_id, BlobType.BINARY, data)
     assert result.created and result.info.size == 1000
     blob = await VerifyingBackend(kit.backend).get(blob_id)
@@ -66,7 +63,7 @@ async def test_put_get_stat_find_missing(kit: Kit) -> None:
 
 async def test_the_first_writer_and_its_type_win(kit: Kit) -> None:
     data = b'{"a":1}' + os.urandom(4).hex().encode()
-    blob_id = id_of(data)
+    blob_id = sha256_id(data)
     first = await kit.backend.put(blob_id, BlobType.JSON, data)
     again = await kit.backend.put(blob_id, BlobType.BINARY, data)
     assert first.created and not again.created
@@ -76,14 +73,14 @@ async def test_the_first_writer_and_its_type_win(kit: Kit) -> None:
 async def test_racing_writers_of_one_id_store_it_once(kit: Kit) -> None:
     data = os.urandom(5000)
     results = await asyncio.gather(
-        *(kit.backend.put(id_of(data), BlobType.BINARY, data) for _ in range(8))
+        *(kit.backend.put(sha256_id(data), BlobType.BINARY, data) for _ in range(8))
     )
     assert sum(result.created for result in results) == 1
-    assert (await VerifyingBackend(kit.backend).get(id_of(data))).data == data
+    assert (await VerifyingBackend(kit.backend).get(sha256_id(data))).data == data
 
 
 async def test_missing_blobs(kit: Kit) -> None:
-    absent = id_of(os.urandom(16))
+    absent = sha256_id(os.urandom(16))
     with pytest.raises(BlobNotFound):
         await kit.backend.get(absent)
     with pytest.raises(BlobNotFound):
@@ -92,12 +89,12 @@ async def test_missing_blobs(kit: Kit) -> None:
 
 async def test_a_read_limit_refuses_before_reading(kit: Kit) -> None:
     data = os.urandom(3000)
-    await kit.backend.put(id_of(data), BlobType.BINARY, data)
+    await kit.backend.put(sha256_id(data), BlobType.BINARY, data)
     reserved: list[int] = []
     with pytest.raises(OverLimit) as refused:
-        await kit.backend.get(id_of(data), ReadLimit(max_size=2999, reserve=reserved.append))
+        await kit.backend.get(sha256_id(data), ReadLimit(max_size=2999, reserve=reserved.append))
     assert refused.value.info.size == 3000 and reserved == []
-    blob = await kit.backend.get(id_of(data), ReadLimit(max_size=3000, reserve=reserved.append))
+    blob = await kit.backend.get(sha256_id(data), ReadLimit(max_size=3000, reserve=reserved.append))
     assert blob.data == data and reserved == [3000]
 
 
@@ -106,7 +103,7 @@ async def test_streamed_put_and_chunked_read(kit: Kit, path: str) -> None:
     data = os.urandom(100_000 if path == "small" else kit.large)
     result = await stream_put(kit, data, BlobType.BINARY)
     assert result.created and result.info.size == len(data)
-    chunks = await read_stream(kit, id_of(data), 64 * 1024)
+    chunks = await read_stream(kit, sha256_id(data), 64 * 1024)
     assert b"".join(chunks) == data
     assert max(len(chunk) for chunk in chunks) <= 64 * 1024
     assert kit.leftovers() == []
@@ -114,7 +111,7 @@ async def test_streamed_put_and_chunked_read(kit: Kit, path: str) -> None:
 
 async def test_streamed_put_of_a_stored_id_keeps_the_first(kit: Kit) -> None:
     data = os.urandom(10_000)
-    await kit.backend.put(id_of(data), BlobType.JSON, data)
+    await kit.backend.put(sha256_id(data), BlobType.JSON, data)
     again = await stream_put(kit, data, BlobType.BINARY)
     assert not again.created and again.info.blob_type is BlobType.JSON
 
@@ -126,7 +123,7 @@ async def test_an_aborted_stream_stores_nothing_and_leaves_nothing(kit: Kit) -> 
         await writer.write(data[start : start + (1 << 20)])
     await writer.abort()
     await writer.abort()
-    assert await kit.backend.find_missing([id_of(data)]) == [id_of(data)]
+    assert await kit.backend.find_missing([sha256_id(data)]) == [sha256_id(data)]
     assert kit.leftovers() == []
 
 
@@ -147,14 +144,14 @@ async def test_a_cancelled_stream_stores_nothing(kit: Kit) -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert await kit.backend.find_missing([id_of(data)]) == [id_of(data)]
+    assert await kit.backend.find_missing([sha256_id(data)]) == [sha256_id(data)]
     assert kit.leftovers() == []
 
 
 @pytest.mark.parametrize("read", ["get", "get_stream"])
 async def test_a_damaged_copy_is_never_served_and_is_moved_aside(kit: Kit, read: str) -> None:
     data = os.urandom(200_000)
-    blob_id = id_of(data)
+    blob_id = sha256_id(data)
     await kit.backend.put(blob_id, BlobType.BINARY, data)
     kit.corrupt(blob_id)
     verifying = VerifyingBackend(kit.backend)
@@ -176,21 +173,23 @@ META = BlobMeta(filename="résumé 2026 (final).pdf", content_type="application/
 async def test_type_and_metadata_are_kept_by_every_road(kit: Kit, road: str) -> None:
     data = os.urandom(kit.large if road == "stream-large" else 5000)
     if road == "unary":
-        result = await kit.backend.put(id_of(data), BlobType.FLOW, data, META)
+        result = await kit.backend.put(sha256_id(data), BlobType.FLOW, data, META)
     else:
         result = await stream_put(kit, data, BlobType.FLOW, META)
     assert result.created and result.info.meta == META and result.info.blob_type is BlobType.FLOW
     verifying = VerifyingBackend(kit.backend)
     for info in (
-        await kit.backend.stat(id_of(data)),
-        (await verifying.get(id_of(data))).info,
-        (await verifying.get_stream(id_of(data), 1 << 20)).info,
+        await kit.backend.stat(sha256_id(data)),
+        (await verifying.get(sha256_id(data))).info,
+        (await verifying.get_stream(sha256_id(data), 1 << 20)).info,
     ):
         assert info is not None
         assert (info.blob_type, info.size, info.meta) == (BlobType.FLOW, len(data), META)
     # The first writer's metadata wins; a blob stored without metadata has none.
-    again = await kit.backend.put(id_of(data), BlobType.BINARY, data, BlobMeta(filename="other"))
+    again = await kit.backend.put(
+        sha256_id(data), BlobType.BINARY, data, BlobMeta(filename="other")
+    )
     assert not again.created and again.info.meta == META
     plain = os.urandom(100)
-    assert (await kit.backend.put(id_of(plain), BlobType.BINARY, plain)).info.meta == NO_META
-    assert (await kit.backend.stat(id_of(plain))).meta == NO_META  # type: ignore[union-attr]
+    assert (await kit.backend.put(sha256_id(plain), BlobType.BINARY, plain)).info.meta == NO_META
+    assert (await kit.backend.stat(sha256_id(plain))).meta == NO_META  # type: ignore[union-attr]

@@ -9,10 +9,8 @@ it are retried, on a survivor), and every acknowledged blob reads back from the 
 from __future__ import annotations
 
 import os
-import random
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -23,6 +21,7 @@ from blobstore.client import BlobClient
 from tests.processes import ServerProcess
 from tests.rpc_helpers import sha256_id
 from tests.seaweedfs import SeaweedFS
+from tests.storm import WriteStorm
 
 WRITERS = 16
 
@@ -73,47 +72,20 @@ def test_kill_9_of_one_replica_mid_storm_loses_no_acknowledged_blob(
     seaweedfs: SeaweedFS, tmp_path: Path
 ) -> None:
     servers = _replicas(seaweedfs, tmp_path, 3)
-    acknowledged: list[str] = []
-    failures: list[BaseException] = []
-    stop = threading.Event()
-    lock = threading.Lock()
     try:
         client = BlobClient(",".join(s.target for s in servers), timeout=60)
-
-        def write(seed: int) -> None:
-            rng = random.Random(seed)
-            try:
-                while not stop.is_set():
-                    size = rng.choice([100, 5_000, 60_000, 1_500_000])
-                    data = rng.randbytes(size)
-                    result = client.put_bytes(data)
-                    assert result.info.blob_id == sha256_id(data)
-                    with lock:
-                        acknowledged.append(result.info.blob_id)
-            except BaseException as exc:
-                failures.append(exc)
-
-        threads = [threading.Thread(target=write, args=(n,)) for n in range(WRITERS)]
-        for thread in threads:
-            thread.start()
         deadline = time.monotonic() + 60
-        while len(acknowledged) < 100 and time.monotonic() < deadline and not failures:
-            time.sleep(0.05)
-        before_kill = len(acknowledged)
-        servers[1].kill()
-        while len(acknowledged) < before_kill + 100 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        stop.set()
-        for thread in threads:
-            thread.join(60)
-        assert failures == [], failures[:3]
-        assert before_kill >= 100 and len(acknowledged) >= before_kill + 100
+        with WriteStorm(client, WRITERS, [100, 5_000, 60_000, 1_500_000]) as storm:
+            before_kill = storm.wait_for(100, deadline)
+            servers[1].kill()
+            storm.wait_for(before_kill + 100, deadline)
+        assert storm.crashed == [], storm.crashed[:3]
+        assert before_kill >= 100 and len(storm.acknowledged) >= before_kill + 100
         client.close()
         survivors = [servers[0], servers[2]]
         with BlobClient(",".join(s.target for s in survivors), timeout=60) as reader:
-            for blob_id in acknowledged:
+            for blob_id in storm.acknowledged:
                 assert sha256_id(reader.get(blob_id).data) == blob_id
     finally:
-        stop.set()
         for server in servers:
             server.kill()

@@ -9,8 +9,6 @@ lost: each object was on two volume servers when the store answered.
 
 from __future__ import annotations
 
-import random
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from blobstore.client import BlobClient
-from blobstore.errors import BlobStoreError
 from tests.processes import ServerProcess
 from tests.rpc_helpers import sha256_id
 from tests.seaweedfs_cluster import SeaweedCluster
+from tests.storm import WriteStorm
 
 WRITERS = 8
 
@@ -43,53 +41,23 @@ def test_kill_9_of_a_volume_server_mid_storm_loses_no_acknowledged_blob(
     server = ServerProcess(
         tmp_path / "unused", tmp_path / "replica.log", "--storage", url, env=cluster.env
     ).start()
-    acknowledged: list[str] = []
-    refused: list[BlobStoreError] = []
-    crashed: list[BaseException] = []
-    stop = threading.Event()
-    lock = threading.Lock()
     try:
         client = BlobClient(server.target, timeout=60)
-
-        def write(seed: int) -> None:
-            rng = random.Random(seed)
-            try:
-                while not stop.is_set():
-                    data = rng.randbytes(rng.choice([200, 20_000, 300_000, 9_000_000]))
-                    try:
-                        result = client.put_bytes(data)
-                    except BlobStoreError as exc:  # refused: not acknowledged, fine
-                        refused.append(exc)
-                        continue
-                    assert result.info.blob_id == sha256_id(data)
-                    with lock:
-                        acknowledged.append(result.info.blob_id)
-            except BaseException as exc:
-                crashed.append(exc)
-
-        threads = [threading.Thread(target=write, args=(n,)) for n in range(WRITERS)]
-        for thread in threads:
-            thread.start()
         deadline = time.monotonic() + 90
-        while len(acknowledged) < 60 and time.monotonic() < deadline and not crashed:
-            time.sleep(0.05)
-        before_kill = len(acknowledged)
-        cluster.kill_volume(1)
-        while len(acknowledged) < before_kill + 60 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        stop.set()
-        for thread in threads:
-            thread.join(120)
-        assert crashed == [], crashed[:3]
-        assert before_kill >= 60 and len(acknowledged) >= before_kill + 60, (
+        sizes = [200, 20_000, 300_000, 9_000_000]
+        with WriteStorm(client, WRITERS, sizes, tolerate_refusals=True) as storm:
+            before_kill = storm.wait_for(60, deadline)
+            cluster.kill_volume(1)
+            storm.wait_for(before_kill + 60, deadline)
+        assert storm.crashed == [], storm.crashed[:3]
+        assert before_kill >= 60 and len(storm.acknowledged) >= before_kill + 60, (
             before_kill,
-            len(acknowledged),
-            refused[:3],
+            len(storm.acknowledged),
+            storm.refused[:3],
         )
         client.close()
         with BlobClient(server.target, timeout=60) as reader:
-            for blob_id in acknowledged:
+            for blob_id in storm.acknowledged:
                 assert sha256_id(reader.get(blob_id).data) == blob_id
     finally:
-        stop.set()
         server.kill()

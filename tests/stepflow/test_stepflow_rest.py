@@ -358,18 +358,26 @@ def test_a_streamed_body_over_the_services_limit_is_413(small_stack: Stack) -> N
     assert not blob_files(small_stack.server.data_dir)
 
 
-def test_a_stalled_body_is_408_and_stores_nothing(small_stack: Stack) -> None:
-    host, port = small_stack.bridge.url.removeprefix("http://").rstrip("/").split(":")
+def _raw_post(stack: Stack, head_and_body: bytes, until: bytes) -> bytes:
+    """Sends a hand-made POST on a raw socket; what came back once `until` arrived (or the
+    connection closed)."""
+    host, port = stack.bridge.url.removeprefix("http://").rstrip("/").split(":")
     with socket.create_connection((host, int(port)), timeout=30) as sock:
-        sock.sendall(
-            b"POST /api/v1/blobs HTTP/1.1\r\nHost: x\r\n"
-            b"Content-Type: application/octet-stream\r\nContent-Length: 1000\r\n\r\n"
-            b"only part of the body"
-        )
+        sock.sendall(b"POST /api/v1/blobs HTTP/1.1\r\nHost: x\r\n" + head_and_body)
         answer = b""
-        # The answer comes at once; the close only after aiohttp's lingering time.
-        while b"BODY_TIMEOUT" not in answer and (chunk := sock.recv(65536)):
+        while until not in answer and (chunk := sock.recv(65536)):
             answer += chunk
+    return answer
+
+
+def test_a_stalled_body_is_408_and_stores_nothing(small_stack: Stack) -> None:
+    # The answer comes at once; the close only after aiohttp's lingering time.
+    answer = _raw_post(
+        small_stack,
+        b"Content-Type: application/octet-stream\r\nContent-Length: 1000\r\n\r\n"
+        b"only part of the body",
+        until=b"BODY_TIMEOUT",
+    )
     assert answer.startswith(b"HTTP/1.1 408"), answer
     assert b"BODY_TIMEOUT" in answer
     assert small_stack.server.alive() and small_stack.bridge.alive()
@@ -377,16 +385,12 @@ def test_a_stalled_body_is_408_and_stores_nothing(small_stack: Stack) -> None:
 
 
 def test_a_broken_chunked_body_is_an_error_and_stores_nothing(small_stack: Stack) -> None:
-    host, port = small_stack.bridge.url.removeprefix("http://").rstrip("/").split(":")
-    with socket.create_connection((host, int(port)), timeout=30) as sock:
-        sock.sendall(
-            b"POST /api/v1/blobs HTTP/1.1\r\nHost: x\r\n"
-            b"Content-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
-            b"5\r\nhello\r\nnot-a-chunk-size\r\n"
-        )
-        answer = b""
-        while b"\r\n\r\n" not in answer and (chunk := sock.recv(65536)):
-            answer += chunk
+    answer = _raw_post(
+        small_stack,
+        b"Content-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\nnot-a-chunk-size\r\n",
+        until=b"\r\n\r\n",
+    )
     # aiohttp's parser answers this one itself (the handler's read fails too, as 400).
     assert answer.split(b"\r\n", 1)[0].endswith(b" 400 Bad Request"), answer
     assert b"Traceback" not in answer

@@ -6,14 +6,12 @@ what it encodes, reads files without one, and notices damage."""
 
 from __future__ import annotations
 
-import hashlib
 import zlib
 from collections.abc import AsyncIterator
 
 import pytest
 
 from blobstore.errors import InvalidArgument
-from blobstore.ids import BlobId, blob_id_from_digest
 from blobstore.metadata import MAX_FILENAME_BYTES
 from blobstore.model import NO_META, BlobMeta, BlobType
 from blobstore.storage.filesystem.blob_file import (
@@ -27,17 +25,9 @@ from blobstore.storage.filesystem.blob_file import (
 from blobstore.storage.memory import MemoryBackend
 from blobstore.storage.verifying import VerifyingBackend
 from blobstore.store import BlobStore
+from tests.rpc_helpers import sha256_id
 
 REPORT = BlobMeta("report.json", "application/json")
-
-
-def id_of(data: bytes) -> BlobId:
-    return blob_id_from_digest(hashlib.sha256(data).hexdigest())
-
-
-@pytest.fixture
-def memory() -> MemoryBackend:
-    return MemoryBackend()
 
 
 @pytest.fixture
@@ -54,7 +44,7 @@ async def test_a_flow_is_canonical_json_of_its_own_type(store: BlobStore) -> Non
     flow = await store.put(BlobType.FLOW, b'{"steps": [], "name": "f", "n": 1.0}')
     canonical = b'{"n":1,"name":"f","steps":[]}'
 
-    assert flow.info.blob_id == id_of(canonical)
+    assert flow.info.blob_id == sha256_id(canonical)
     assert flow.info.blob_type is BlobType.FLOW
     blob = await store.get(flow.info.blob_id)
     assert (blob.data, blob.info.blob_type) == (canonical, BlobType.FLOW)
@@ -149,7 +139,7 @@ async def test_unfit_metadata_is_refused_and_nothing_is_stored(
     ):
         with pytest.raises(InvalidArgument, match=words):
             await put
-    assert await memory.find_missing([id_of(b"never stored")]) == [id_of(b"never stored")]
+    assert await memory.find_missing([sha256_id(b"never stored")]) == [sha256_id(b"never stored")]
 
 
 async def test_a_unicode_filename_at_the_limit_is_kept(store: BlobStore) -> None:

@@ -3,23 +3,19 @@ damaged cached copy never served (dropped, read again from the backend)."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import pytest
 
 from blobstore.errors import DataLoss
-from blobstore.ids import BlobId, blob_id_from_digest, hex_digest
+from blobstore.ids import BlobId, hex_digest
 from blobstore.model import NO_META, BlobMeta, BlobType
 from blobstore.storage.base import OverLimit, ReadLimit
 from blobstore.storage.memory import MemoryBackend
 from blobstore.storage.read_cache import ReadCache
 from blobstore.storage.verifying import VerifyingBackend
-
-
-def id_of(data: bytes) -> BlobId:
-    return blob_id_from_digest(hashlib.sha256(data).hexdigest())
+from tests.rpc_helpers import sha256_id
 
 
 @pytest.fixture
@@ -38,8 +34,8 @@ def cache(behind: MemoryBackend, tmp_path: Path) -> ReadCache:
 
 
 async def put(cache: ReadCache, data: bytes, meta: BlobMeta = NO_META) -> BlobId:
-    await cache.put(id_of(data), BlobType.BINARY, data, meta)
-    return id_of(data)
+    await cache.put(sha256_id(data), BlobType.BINARY, data, meta)
+    return sha256_id(data)
 
 
 async def test_a_read_blob_is_served_from_the_cache_after(

@@ -4,26 +4,16 @@ it commits, and a read over the unary limit is refused before any content is ret
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import AsyncIterator
 
 import pytest
 
 from blobstore.errors import BlobNotFound, DataLoss, DigestMismatch, Overloaded, UseStreaming
-from blobstore.ids import BlobId, blob_id_from_digest
 from blobstore.model import BlobType
 from blobstore.storage.memory import MemoryBackend
 from blobstore.storage.verifying import VerifyingBackend
 from blobstore.store import BlobStore, Limits
-
-
-def id_of(data: bytes) -> BlobId:
-    return blob_id_from_digest(hashlib.sha256(data).hexdigest())
-
-
-@pytest.fixture
-def memory() -> MemoryBackend:
-    return MemoryBackend()
+from tests.rpc_helpers import sha256_id
 
 
 @pytest.fixture
@@ -42,7 +32,9 @@ async def test_the_same_content_is_stored_once(store: BlobStore, memory: MemoryB
 
     assert first.created and not again.created
     assert first.info == again.info
-    assert await memory.find_missing([first.info.blob_id, id_of(b"other")]) == [id_of(b"other")]
+    assert await memory.find_missing([first.info.blob_id, sha256_id(b"other")]) == [
+        sha256_id(b"other")
+    ]
 
 
 async def test_json_is_stored_canonical_and_the_same_value_dedups(store: BlobStore) -> None:
@@ -144,7 +136,7 @@ async def test_a_streamed_put_commits_what_was_sent(
 ) -> None:
     result = await store.put_stream(BlobType.BINARY, chunks_of(b"ab", b"cd", b""), total_size=4)
 
-    assert result.created and result.info.blob_id == id_of(b"abcd")
+    assert result.created and result.info.blob_id == sha256_id(b"abcd")
     assert (await store.get(result.info.blob_id)).data == b"abcd"
     assert memory.open_writers == 0
 
@@ -154,10 +146,10 @@ async def test_a_failed_streamed_put_stores_nothing(
 ) -> None:
     with pytest.raises(DigestMismatch):
         await store.put_stream(
-            BlobType.BINARY, chunks_of(b"ab", b"cd"), expected_id=id_of(b"something else")
+            BlobType.BINARY, chunks_of(b"ab", b"cd"), expected_id=sha256_id(b"something else")
         )
 
-    assert await memory.stat(id_of(b"abcd")) is None
+    assert await memory.stat(sha256_id(b"abcd")) is None
     assert memory.open_writers == 0  # the writer was aborted
 
 
@@ -171,7 +163,7 @@ async def test_a_stream_cut_off_by_its_sender_stores_nothing(
     with pytest.raises(ConnectionError):
         await store.put_stream(BlobType.BINARY, broken())
 
-    assert await memory.stat(id_of(b"partial")) is None
+    assert await memory.stat(sha256_id(b"partial")) is None
     assert memory.open_writers == 0
 
 
