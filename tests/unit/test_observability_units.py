@@ -4,7 +4,6 @@ operations made, in a registry of the test's own)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 
@@ -13,15 +12,11 @@ from prometheus_client import CollectorRegistry
 
 from blobstore import logs
 from blobstore.errors import BlobNotFound, DataLoss
-from blobstore.ids import BlobId, blob_id_from_digest
 from blobstore.model import BlobType
 from blobstore.storage.memory import MemoryBackend
 from blobstore.storage.metrics import MetricsBackend, StorageMetrics
 from blobstore.storage.verifying import VerifyingBackend
-
-
-def id_of(data: bytes) -> BlobId:
-    return blob_id_from_digest(hashlib.sha256(data).hexdigest())
+from tests.rpc_helpers import sha256_id
 
 
 def _record(message: str, *args: object) -> logging.LogRecord:
@@ -62,9 +57,8 @@ def test_a_long_caller_id_is_cut() -> None:
     assert logs.accept_request_id("x" * 1000) == "x" * logs.MAX_REQUEST_ID
 
 
-async def test_metrics_backend_counts_each_operation() -> None:
+async def test_metrics_backend_counts_each_operation(memory: MemoryBackend) -> None:
     registry = CollectorRegistry()
-    memory = MemoryBackend()
     backend = VerifyingBackend(MetricsBackend(memory, "memory", StorageMetrics(registry)))
 
     def sample(name: str, **labels: str) -> float:
@@ -72,22 +66,22 @@ async def test_metrics_backend_counts_each_operation() -> None:
         return found or 0.0
 
     data = b"x" * 1000
-    await backend.put(id_of(data), BlobType.BINARY, data)
-    await backend.put(id_of(data), BlobType.BINARY, data)
-    assert (await backend.get(id_of(data))).data == data
+    await backend.put(sha256_id(data), BlobType.BINARY, data)
+    await backend.put(sha256_id(data), BlobType.BINARY, data)
+    assert (await backend.get(sha256_id(data))).data == data
     with pytest.raises(BlobNotFound):
-        await backend.get(id_of(b"absent"))
+        await backend.get(sha256_id(b"absent"))
     writer = await backend.open_writer()
     await writer.write(b"ab")
     await writer.write(b"cd")
-    await writer.commit(id_of(b"abcd"), BlobType.BINARY)
-    stream = await backend.get_stream(id_of(b"abcd"), 3)
+    await writer.commit(sha256_id(b"abcd"), BlobType.BINARY)
+    stream = await backend.get_stream(sha256_id(b"abcd"), 3)
     assert b"".join([chunk async for chunk in stream]) == b"abcd"
     await stream.aclose()
     # Content stored under another's id: the verifier quarantines it through the decorator.
-    await memory.put(id_of(b"claimed"), BlobType.BINARY, b"actual")
+    await memory.put(sha256_id(b"claimed"), BlobType.BINARY, b"actual")
     with pytest.raises(DataLoss):
-        await backend.get(id_of(b"claimed"))
+        await backend.get(sha256_id(b"claimed"))
 
     assert sample("blobstore_storage_puts_total", result="created") == 2
     assert sample("blobstore_storage_puts_total", result="deduplicated") == 1
