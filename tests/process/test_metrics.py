@@ -21,7 +21,7 @@ import pytest
 
 from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
 from blobstore.api.blobstore.v1 import blobstore_pb2_grpc as pb_grpc
-from tests.faults import HeldPut, held_admitted, status_of
+from tests.faults import HeldPut, flip_byte, held_admitted, status_of
 from tests.metrics_scrape import free_port, scrape, value
 from tests.processes import ServerProcess
 from tests.rpc_helpers import blob_path, error_info, raw_stub, sha256_id
@@ -32,14 +32,6 @@ ABSENT = "sha256:" + "0" * 64
 
 def _calls(samples: dict, method: str, code: str) -> float:  # type: ignore[type-arg]
     return value(samples, "blobstore_rpc_calls_total", service=SERVICE, method=method, code=code)
-
-
-def _flip_last_byte(path: os.PathLike[str]) -> None:
-    with open(path, "r+b") as stored:
-        stored.seek(-1, os.SEEK_END)
-        last = stored.read(1)
-        stored.seek(-1, os.SEEK_END)
-        stored.write(bytes([last[0] ^ 0x01]))
 
 
 async def test_counters_match_the_calls_made(start_server: Callable[..., ServerProcess]) -> None:
@@ -67,7 +59,8 @@ async def test_counters_match_the_calls_made(start_server: Callable[..., ServerP
         good = await stub.Get(pb.GetRequest(id=replies[1].id), timeout=30)
         assert good.data == blobs[1]
 
-        _flip_last_byte(blob_path(server.data_dir, replies[2].id))
+        stored_file = blob_path(server.data_dir, replies[2].id)
+        flip_byte(stored_file, stored_file.stat().st_size - 1)  # content; header intact
         with pytest.raises(grpc.RpcError) as lost:
             await stub.Get(pb.GetRequest(id=replies[2].id), timeout=30)
         assert lost.value.code() == grpc.StatusCode.DATA_LOSS
