@@ -62,7 +62,7 @@ class RpcMetrics:
         )
         self.duration = Histogram(
             "blobstore_rpc_duration_seconds",
-            "Time from a call's arrival to its status, by service and method",
+            "Time from the start of a call's handler to its status, by service and method",
             labels,
             buckets=LATENCY_BUCKETS,
             registry=registry,
