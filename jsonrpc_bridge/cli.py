@@ -132,9 +132,7 @@ async def _serve_http(
         body_timeout=cfg.body_timeout_seconds,
     )
     if metrics is not None or cfg.access_log or cfg.log_format == "json":
-        app.middlewares.append(observe.middleware(metrics, cfg.access_log))
-    if metrics is not None:
-        observe.add_metrics_route(app, metrics)
+        observe.install(app, metrics, cfg.access_log)
     # Stepflow's REST blob routes, on the same port, limits and client (docs/stepflow.md).
     RestRoutes(
         service.client,

@@ -34,6 +34,7 @@ from jsonrpc_bridge.errors import RpcError
 log = logging.getLogger("jsonrpc_bridge.access")
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _Method = Callable[[Any], Awaitable[object]]
+_RID = "blobstore_request_id"  # the request-scoped key of its id
 
 
 class BridgeMetrics:
@@ -75,13 +76,13 @@ def middleware(metrics: BridgeMetrics | None, access_log: bool) -> Any:
     @web.middleware
     async def observe(request: web.Request, handler: _Handler) -> web.StreamResponse:
         rid = logs.accept_request_id(request.headers.get(logs.REQUEST_ID_KEY))
+        request[_RID] = rid  # for _add_request_id, as the response's headers go out
         token = logs.request_id.set(rid)
         started = time.perf_counter()
         status = 500
         try:
             response = await handler(request)
             status = response.status
-            response.headers[logs.REQUEST_ID_KEY] = rid
             return response
         except web.HTTPException as exc:
             status = exc.status
@@ -116,7 +117,23 @@ def middleware(metrics: BridgeMetrics | None, access_log: bool) -> Any:
     return observe
 
 
-def add_metrics_route(app: web.Application, metrics: BridgeMetrics) -> None:
+async def _add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    # Run as the headers go out: a streamed reply (REST GET) sends them before its
+    # handler returns to the middleware.
+    rid = request.get(_RID)
+    if rid is not None:
+        response.headers[logs.REQUEST_ID_KEY] = rid
+
+
+def install(app: web.Application, metrics: BridgeMetrics | None, access_log: bool) -> None:
+    """Request ids and the access log on every route; with `metrics`, counts and /metrics."""
+    app.middlewares.append(middleware(metrics, access_log))
+    app.on_response_prepare.append(_add_request_id)
+    if metrics is not None:
+        _add_metrics_route(app, metrics)
+
+
+def _add_metrics_route(app: web.Application, metrics: BridgeMetrics) -> None:
     """GET /metrics: the Prometheus text format."""
 
     async def scrape(request: web.Request) -> web.Response:

@@ -118,3 +118,20 @@ def test_bridge_metrics_count_calls_by_method_and_outcome(observed: _Observed) -
     upstream = "blobstore_bridge_upstream_duration_seconds_count"
     assert moved(upstream, method="Get", code="OK") == 2
     assert moved(upstream, method="Get", code="NOT_FOUND") == 1
+
+
+def test_streamed_rest_replies_return_the_request_id(observed: _Observed) -> None:
+    """A REST GET streams its body: the id still goes out with its headers."""
+    content = bytes(range(256)) * 400
+    stored = observed.http.request(
+        "POST", "/api/v1/blobs", content, {"Content-Type": "application/octet-stream"}
+    )
+    assert stored.status == 200, stored.body
+    blob_id = stored.json()["blobId"]
+    headers = {"Accept": "application/octet-stream", "X-Request-Id": "rest-get-7"}
+    fetched = observed.http.request("GET", f"/api/v1/blobs/{blob_id}", None, headers)
+    assert fetched.status == 200 and fetched.body == content
+    assert fetched.headers["X-Request-Id"] == "rest-get-7"
+    scraped = scrape(f"{observed.bridge.url}metrics")
+    route = "/api/v1/blobs/{blob_id}"
+    assert value(scraped, "blobstore_bridge_http_requests_total", route=route, status="200") >= 1
