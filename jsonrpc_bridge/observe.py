@@ -2,7 +2,8 @@
 
 * An aiohttp middleware gives each HTTP request its request id (the caller's
   `X-Request-Id` if usable, else a new one; blobstore/logs.py), sets it for the
-  request's log lines, returns it in the `X-Request-Id` response header, and counts
+  request's log lines, returns it in the `X-Request-Id` response header (added as the
+  headers go out, so streamed replies have it too), and counts
   the request by route and status (with --metrics) and logs it (with --access-log).
 * A gRPC client interceptor on the bridge's channel sends that id to the service as
   `x-request-id` metadata, so the server's log lines of the call carry the same id,
