@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 from typing import BinaryIO
 
+from blobstore import logs
 from blobstore.offload import shutdown_process_pool
 from blobstore.retry import RetryPolicy
 from blobstore.service.hardening import (
@@ -26,7 +27,7 @@ from blobstore.service.hardening import (
     warn_if_exposed,
 )
 from blobstore.targets import channel_target
-from jsonrpc_bridge import config, stdio_transport
+from jsonrpc_bridge import config, observe, stdio_transport
 from jsonrpc_bridge.methods import BlobMethods
 from jsonrpc_bridge.protocol import JsonRpcCore
 from jsonrpc_bridge.service import BlobService
@@ -52,11 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--grpc-target: {exc}")
     if cfg.log_level.upper() not in logging.getLevelNamesMapping():
         parser.error(f"--log-level: unknown level {cfg.log_level!r}")
-    logging.basicConfig(
-        level=cfg.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(cfg.log_level, cfg.log_format)
     install_throttle()
     stdout: BinaryIO | None = None
     if cfg.stdio:
@@ -83,11 +80,17 @@ async def _run(
     # Overload is retried too: a refused call did nothing, and the component server on
     # the other side would otherwise see -32005 for a burst the service absorbs in a moment.
     retry = RetryPolicy(attempts=cfg.retry_attempts, retry_overloaded=True)
-    service = BlobService(cfg.grpc_target, cfg.deadline_seconds, retry)
+    metrics = observe.BridgeMetrics() if cfg.metrics else None
+    # Request ids go upstream when something shows them (JSON logs, the access log) or
+    # with metrics; otherwise the channel has no interceptors, which cost each call.
+    observed = metrics is not None or cfg.access_log or cfg.log_format == "json"
+    interceptors = observe.client_interceptors(metrics) if observed else []
+    service = BlobService(cfg.grpc_target, cfg.deadline_seconds, retry, interceptors)
+    methods = BlobMethods(
+        service.client, max_get_bytes=cfg.max_get_bytes, type_names=cfg.blob_type_names
+    ).table()
     core = JsonRpcCore(
-        BlobMethods(
-            service.client, max_get_bytes=cfg.max_get_bytes, type_names=cfg.blob_type_names
-        ).table(),
+        observe.observed_methods(methods, metrics) if metrics else methods,
         max_batch_concurrency=cfg.max_batch_concurrency,
         max_json_values=cfg.max_json_values,
     )
@@ -103,7 +106,7 @@ async def _run(
                 stdout=stdout,
             )
         else:
-            await _serve_http(cfg, core, service, address, stop)
+            await _serve_http(cfg, core, service, address, stop, metrics)
     finally:
         await service.close()
         shutdown_process_pool()
@@ -116,6 +119,7 @@ async def _serve_http(
     service: BlobService,
     address: tuple[str, int],
     stop: asyncio.Event,
+    metrics: observe.BridgeMetrics | None = None,
 ) -> None:
     # Imported here: aiohttp takes a second to import, which a stdio bridge need not pay.
     from jsonrpc_bridge import http_transport
@@ -127,6 +131,8 @@ async def _serve_http(
         probe=service.probe,
         body_timeout=cfg.body_timeout_seconds,
     )
+    if metrics is not None or cfg.access_log or cfg.log_format == "json":
+        observe.install(app, metrics, cfg.access_log)
     # Stepflow's REST blob routes, on the same port, limits and client (docs/stepflow.md).
     RestRoutes(
         service.client,

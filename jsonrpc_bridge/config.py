@@ -31,6 +31,9 @@ class BridgeConfig:
     grace_seconds: float = 10.0
     log_level: str = "INFO"
     blob_type_names: str = "schema"
+    log_format: str = "text"
+    access_log: bool = False
+    metrics: bool = False
 
 
 HELP = {
@@ -58,6 +61,11 @@ HELP = {
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "blob_type_names": "how blobs/get names blob types: schema (data, flow, binary: what the "
     "Stepflow SDKs decode) or page (Json, Binary: the protocol page's examples)",
+    "log_format": "text or json (one JSON object per line: time, level, logger, message, "
+    "request_id)",
+    "access_log": "log one INFO line per HTTP request (method, route, status, duration, peer, "
+    "request id)",
+    "metrics": "serve Prometheus metrics at GET /metrics on the HTTP port",
 }
 
 
@@ -110,6 +118,9 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "grace_seconds": float,
     "log_level": str,
     "blob_type_names": one_of("schema", "page"),
+    "log_format": one_of("text", "json"),
+    "access_log": parse_bool,
+    "metrics": parse_bool,
 }
 
 

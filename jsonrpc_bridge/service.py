@@ -9,7 +9,9 @@ gRPC's default two minutes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -33,10 +35,19 @@ class Health:
 class BlobService:
     """Owns the channel; create inside the running event loop, close when done."""
 
-    def __init__(self, target: str, deadline: float, retry: RetryPolicy | None = None) -> None:
+    def __init__(
+        self,
+        target: str,
+        deadline: float,
+        retry: RetryPolicy | None = None,
+        interceptors: Sequence[Any] = (),
+    ) -> None:
         self.target = target
-        # The client's options, reconnect backoff included (capped at a second).
-        self._channel = grpc.aio.insecure_channel(*channel_args(target))
+        # The client's options, reconnect backoff included (capped at a second);
+        # `interceptors` (observe.py) pass request ids on and time calls.
+        self._channel = grpc.aio.insecure_channel(
+            *channel_args(target), interceptors=list(interceptors) or None
+        )
         self.client = AsyncBlobClient(target, timeout=deadline, channel=self._channel, retry=retry)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 

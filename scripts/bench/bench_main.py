@@ -46,6 +46,7 @@ import os
 import platform
 import re
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -161,6 +162,9 @@ TARGETS = [
     # stepflow.v1 over the same store: the second API should cost nothing extra.
     Target("stepflow_put", "ops_per_s", ("put_small",), 0.90),
     Target("stepflow_get", "ops_per_s", ("get_small",), 0.90),
+    # A second server with --metrics-port (issue 16): metrics should cost under 5 %.
+    Target("metrics_put_small", "ops_per_s", ("put_small",), 0.95),
+    Target("metrics_get_small", "ops_per_s", ("get_small",), 0.95),
 ]
 SMALL_WORKLOADS = [
     "put_small",
@@ -168,6 +172,8 @@ SMALL_WORKLOADS = [
     "put_dedup",
     "stepflow_put",
     "stepflow_get",
+    "metrics_put_small",
+    "metrics_get_small",
     "bridge_put",
     "bridge_get",
 ]
@@ -189,8 +195,10 @@ class Bench:
         server: Child,
         bridge: Child | None,
         baseline: Child | None = None,
+        metered: Child | None = None,
     ) -> None:
         self.s = settings
+        self.metered = metered
         self.work = work
         self.echo = echo
         self.server = server
@@ -209,7 +217,8 @@ class Bench:
         self.echo_c = GrpcCaller(self.echo.address)
         self.ours_c = GrpcCaller(self.server.address)
         self.base_c = GrpcCaller(self.baseline.address) if self.baseline else None
-        for caller in (self.echo_c, self.ours_c, self.base_c):
+        self.metered_c = GrpcCaller(self.metered.address) if self.metered else None
+        for caller in (self.echo_c, self.ours_c, self.base_c, self.metered_c):
             if caller is not None:
                 await caller.ready()
         self.http: HttpCaller | None = None
@@ -243,8 +252,9 @@ class Bench:
         finally:
             await self.echo_c.close()
             await self.ours_c.close()
-            if self.base_c is not None:
-                await self.base_c.close()
+            for other in (self.base_c, self.metered_c):
+                if other is not None:
+                    await other.close()
             if self.http is not None:
                 await self.http.close()
 
@@ -289,6 +299,18 @@ class Bench:
                 base,
             )
             workloads["base_get_small"] = (lambda n: base_c.call_get(pick_get()), KIB, base)
+        if self.metered_c is not None and self.metered is not None:
+            metered_c, metered = self.metered_c, [self.metered.pid]
+            workloads["metrics_put_small"] = (
+                lambda n: metered_c.call_put(docs.put_request(n)),
+                KIB,
+                metered,
+            )
+            workloads["metrics_get_small"] = (
+                lambda n: metered_c.call_get(pick_get()),
+                KIB,
+                metered,
+            )
         if self.http is not None and self.bridge is not None:
             http = self.http
             both = [self.server.pid, self.bridge.pid]
@@ -369,8 +391,9 @@ class Bench:
                 request = self.docs.put_request(n)
                 reply = await self.ours_c.call_put(request)
                 ids[n] = pb.PutResponse.FromString(reply).id
-                if self.base_c is not None:  # the same documents, so the same ids
-                    await self.base_c.call_put(request)
+                for other in (self.base_c, self.metered_c):  # the same documents and ids
+                    if other is not None:
+                        await other.call_put(request)
 
         await asyncio.gather(*(worker() for _ in range(self.s.concurrency)))
         self.pool_ids = ids
@@ -644,6 +667,7 @@ ORDER = [
     ),
     ("service over gRPC", ["put_small", "get_small", "put_dedup", "put_large", "get_large"]),
     ("stepflow.v1 over gRPC", ["stepflow_put", "stepflow_get"]),
+    ("metrics on (--metrics-port)", ["metrics_put_small", "metrics_get_small"]),
     ("bridge over HTTP", ["bridge_put", "bridge_get"]),
     (
         "baseline tree over gRPC",
@@ -747,6 +771,18 @@ def start_processes(
     return echo, server, baseline, bridge, where
 
 
+def start_metered_server(work: Path, cpus: frozenset[int] | None, settings: Settings) -> Child:
+    """Our server as shipped with metrics on (/metrics on a free loopback port): the
+    metrics_* rows are its put_small and get_small, as ratios to the plain server's."""
+    work.mkdir(parents=True, exist_ok=True)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        metrics_port = probe.getsockname()[1]
+    env = dict(item.split("=", 1) for item in settings.server_env)
+    env["BLOBSTORE_METRICS_PORT"] = str(metrics_port)
+    return start_blobstore_server(work, cpus, env)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Benchmark the blob store against the machine's ceilings (issue 5).",
@@ -817,8 +853,10 @@ def main(argv: list[str] | None = None) -> int:
         tree = args.baseline_tree.resolve() if args.baseline_tree else None
         echo, server, baseline, bridge, bridge_note = start_processes(settings, split, work, tree)
         children = [c for c in (bridge, baseline, server, echo) if c is not None]
+        metered = start_metered_server(work / "metered", split.server, settings)
+        children.append(metered)
         say(f"bridge: {bridge_note}")
-        bench = Bench(settings, work, echo, server, bridge, baseline)
+        bench = Bench(settings, work, echo, server, bridge, baseline, metered)
         asyncio.run(bench.run())
     except (StartError, LoadError, BlobStoreError, grpc.RpcError, aiohttp.ClientError) as exc:
         say(f"FAILED: {exc}")

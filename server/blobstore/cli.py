@@ -153,6 +153,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from blobstore import logs
     from blobstore.service.app import ListenError, serve
     from blobstore.service.hardening import install_throttle
     from blobstore.service.security import SecurityConfigError
@@ -160,11 +161,7 @@ def _serve(args: argparse.Namespace) -> int:
     from blobstore.storage.filesystem import DataFolderLocked
 
     cfg = server_config.from_arguments(args)
-    logging.basicConfig(
-        level=cfg.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(cfg.log_level, cfg.log_format)
     install_throttle()
     try:
         asyncio.run(serve(cfg))

@@ -17,6 +17,7 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from blobstore import errors
+from blobstore.logs import REQUEST_ID_KEY, request_id
 
 DOMAIN = "blobstore.v1"
 DETAILS_KEY = "grpc-status-details-bin"
@@ -63,8 +64,9 @@ class RemoteError(errors.BlobStoreError):
 
 def to_status(
     error: errors.BlobStoreError,
-) -> tuple[grpc.StatusCode, str, tuple[tuple[str, bytes], ...]]:
-    """Returns (code, message, trailing metadata) to send for `error`."""
+) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str | bytes], ...]]:
+    """Returns (code, message, trailing metadata) to send for `error`: the error details
+    and, within a call, its request id (blobstore/logs.py)."""
     code, reason = next(
         ((c, r) for cls, c, r in TABLE if isinstance(error, cls)),
         (grpc.StatusCode.INTERNAL, "INTERNAL"),
@@ -79,7 +81,11 @@ def to_status(
     detail.Pack(info)
     message = str(error)
     status = status_pb2.Status(code=code.value[0], message=message, details=[detail])
-    return code, message, ((DETAILS_KEY, status.SerializeToString()),)
+    trailers: tuple[tuple[str, str | bytes], ...] = ((DETAILS_KEY, status.SerializeToString()),)
+    # abort() sends these at once, replacing the call's trailing metadata: keep its id.
+    if (rid := request_id.get()) is not None:
+        trailers += ((REQUEST_ID_KEY, rid),)
+    return code, message, trailers
 
 
 def from_rpc_error(exc: grpc.RpcError) -> errors.BlobStoreError:

@@ -28,7 +28,7 @@ CEILINGS = {
     "sha256",
 }
 SERVICE = {"put_small", "get_small", "put_dedup", "put_large", "get_large"}
-STEPFLOW = {"stepflow_put", "stepflow_get"}
+STEPFLOW = {"stepflow_put", "stepflow_get", "metrics_put_small", "metrics_get_small"}
 BRIDGE = {"bridge_put", "bridge_get"}
 
 

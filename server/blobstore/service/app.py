@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 import socket
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -14,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 
 from blobstore.grpc.auth import Authenticator
 from blobstore.grpc.guard import Guard
+from blobstore.grpc.metrics import CallObserver
 from blobstore.grpc.servicer import BlobServicer
 from blobstore.grpc.stepflow_servicer import SERVICE_NAME as STEPFLOW_SERVICE_NAME
 from blobstore.grpc.stepflow_servicer import StepflowBlobServicer
@@ -22,13 +24,14 @@ from blobstore.offload import shutdown_process_pool
 from blobstore.proto_names import SERVICE_NAME
 from blobstore.service.admission import Admission
 from blobstore.service.config import ServerConfig
-from blobstore.service.hardening import connection_cap, raise_open_file_limit
+from blobstore.service.hardening import connection_cap, raise_open_file_limit, warn_if_exposed
 from blobstore.service.malloc_tuning import MallocTrimmer, MallocTuning, tune_malloc
 from blobstore.service.security import (
     authenticator,
     check_exposure,
     server_credentials,
 )
+from blobstore.service.metrics import ServerMetrics, serve_metrics
 from blobstore.storage.factory import open_storage
 from blobstore.store import BlobStore
 
@@ -56,10 +59,13 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
     auth = authenticator(config)
     credentials = server_credentials(config)
     malloc = tune_malloc()
-    storage = open_storage(config.storage_settings)
+    metrics = ServerMetrics.create() if config.metrics_port else None
+    storage = open_storage(config.storage_settings, metrics.storage if metrics else None)
     try:
         store = BlobStore(storage.backend, config.limits)
-        await _serve_store(config, store, storage.description, stop, malloc, auth, credentials)
+        await _serve_store(
+            config, store, storage.description, stop, malloc, auth, credentials, metrics
+        )
     finally:
         shutdown_process_pool()
         storage.close()
@@ -73,18 +79,24 @@ async def _serve_store(
     malloc: MallocTuning,
     auth: Authenticator | None,
     credentials: grpc.ServerCredentials | None,
+    metrics: ServerMetrics | None = None,
 ) -> None:
     # Streamed chunks (up to MAX_CHUNK) must fit whatever the unary limit is.
     message_limit = max(config.max_unary_bytes, MAX_CHUNK) + _MESSAGE_OVERHEAD
     guard = Guard(
-        Admission(config.admission),
+        metrics.admission(config.admission) if metrics else Admission(config.admission),
         stream_idle=config.stream_idle_seconds,
         on_release=MallocTrimmer().released,
     )
     max_connections = connection_cap(config.max_connections, raise_open_file_limit())
     server = grpc.aio.server(
-        # The authenticator first: a refused call takes no admission ticket.
-        interceptors=[auth, guard] if auth is not None else [guard],
+        # The observer first: it sees calls as callers do, every refusal included; then the
+        # authenticator: a refused call takes no admission ticket.
+        interceptors=[
+            CallObserver(metrics.rpc if metrics else None, config.access_log),
+            *([auth] if auth is not None else []),
+            guard,
+        ],
         options=[
             ("grpc.max_receive_message_length", message_limit),
             ("grpc.max_send_message_length", message_limit),
@@ -110,6 +122,8 @@ async def _serve_store(
     except RuntimeError as exc:
         raise ListenError(f"cannot listen on {config.address}: {exc}") from None
     host = config.address.rsplit(":", 1)[0]
+    # Before the gRPC server starts, so a metrics port in use stops the start cleanly.
+    metrics_server = _start_metrics(config) if metrics else None
     await server.start()
     for name in (SERVICE_NAME, STEPFLOW_SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -146,6 +160,8 @@ async def _serve_store(
         guard.cut_off()
     await server.stop(_CUT_OFF_SECONDS)
     await _settle(_SETTLE_SECONDS)
+    if metrics_server is not None:
+        metrics_server.shutdown()
     log.info("stopped")
 
 
@@ -154,6 +170,17 @@ def _reload(auth: Authenticator | None) -> None:
         log.info("SIGHUP: no --tokens-file, nothing to reload")
         return
     auth.tokens.reload()
+def _start_metrics(config: ServerConfig) -> Any:
+    """Serves /metrics (service/metrics.py); raises ListenError if its port is taken."""
+    try:
+        server = serve_metrics(config.metrics_host, config.metrics_port)
+    except OSError as exc:
+        raise ListenError(
+            f"cannot serve metrics on {config.metrics_host}:{config.metrics_port}: {exc}"
+        ) from None
+    warn_if_exposed(log, config.metrics_host, "the metrics endpoint")
+    log.info("metrics on http://%s:%d/metrics", config.metrics_host, config.metrics_port)
+    return server
 
 
 def connection_options(config: ServerConfig, max_connections: int) -> list[tuple[str, int]]:

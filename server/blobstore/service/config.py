@@ -50,6 +50,10 @@ class ServerConfig:
     tls_client_ca: str = ""
     allow_unauthenticated: bool = False
     no_reflection: bool = False
+    log_format: str = "text"
+    access_log: bool = False
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
 
     @property
     def limits(self) -> Limits:
@@ -129,6 +133,12 @@ HELP = {
     "allow_unauthenticated": "allow listening beyond loopback without authentication "
     "(no --tokens-file and no --tls-client-ca); without it such a server refuses to start",
     "no_reflection": "do not serve gRPC reflection (the API's description)",
+    "log_format": "text (one line per record) or json (one JSON object per line: time, level, "
+    "logger, message, request_id)",
+    "access_log": "log one INFO line per blob service call (method, code, duration, peer, "
+    "request id)",
+    "metrics_port": "serve Prometheus metrics at http://METRICS_HOST:PORT/metrics; 0 = off",
+    "metrics_host": "address the metrics endpoint listens on (when --metrics-port is set)",
 }
 
 
@@ -158,6 +168,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             type=_converter(field.type, env_name(field.name)),
             default=default,
             help=f"{HELP[field.name]} (env {env_name(field.name)}; default %(default)s)",
+            **switch,  # type: ignore[arg-type]
         )
 
 
@@ -181,4 +192,15 @@ def _converter(type_name: Any, env: str) -> Any:
 
 def _parser_for(type_name: Any) -> Any:
     name = type_name if isinstance(type_name, str) else type_name.__name__
-    return {"int": int, "float": float, "Path": Path, "str": str}[name]
+    return {"int": int, "float": float, "Path": Path, "str": str, "bool": _bool}[name]
+
+
+def _bool(text: str | bool) -> bool:
+    if isinstance(text, bool):
+        return text
+    value = text.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"", "0", "false", "no", "off"}:
+        return False
+    raise ValueError(text)

@@ -9,8 +9,13 @@ a setting names and which decorators wrap it. Today the chain is
     VerifyingBackend(ReadCache(...)) with --cache-dir (read_cache.py)
 
 and the storage setting is a URL-ish string: `file://PATH` or a plain PATH, or
-`s3://BUCKET/PREFIX?endpoint=...&region=...` (storage/objectstore/). New
-decorators (caching, eviction, metrics) plug in here, each behind a setting.
+`s3://BUCKET/PREFIX?endpoint=...&region=...` (storage/objectstore/). With metrics
+on (`StorageMetrics` given), each backend under VerifyingBackend is wrapped in a
+MetricsBackend named for it (storage/metrics.py):
+
+    VerifyingBackend(MetricsBackend(FileSystemBackend(path), "filesystem"))
+
+New decorators (eviction...) plug in here, each behind a setting.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pathlib import Path
 from blobstore.storage import objectstore
 from blobstore.storage.base import BlobBackend
 from blobstore.storage.filesystem import JOURNAL_MAX_BLOB_BYTES, FileSystemBackend
+from blobstore.storage.metrics import MetricsBackend, StorageMetrics
 from blobstore.storage.read_cache import ReadCache
 from blobstore.storage.verifying import VerifyingBackend
 
@@ -62,21 +68,30 @@ def local_path(url: str) -> Path | None:
     return Path(url)
 
 
-def open_storage(settings: StorageSettings) -> Storage:
-    """Builds and opens the chain; raises UnknownStorage, DataFolderLocked or OSError."""
+def open_storage(settings: StorageSettings, metrics: StorageMetrics | None = None) -> Storage:
+    """Builds and opens the chain; raises UnknownStorage, DataFolderLocked or OSError.
+
+    `metrics`: wrap each backend in a MetricsBackend reporting there (None: no metrics).
+    """
     storage = _open_medium(settings)
+    assert isinstance(storage.backend, VerifyingBackend)
+    medium = storage.backend.inner
+    if metrics is not None:
+        name = "objectstore" if objectstore.is_object_store(settings.url) else "filesystem"
+        medium = MetricsBackend(medium, name, metrics)
+        storage = Storage(VerifyingBackend(medium), storage.description, storage.close)
     if not settings.cache_dir:
         return storage
-    assert isinstance(storage.backend, VerifyingBackend)
     cache = ReadCache(
-        storage.backend.inner,
+        medium,
         Path(settings.cache_dir).resolve(),
         max_bytes=settings.cache_max_bytes,
         max_blob_bytes=settings.cache_max_blob_bytes,
     )
     cache.open()
+    cached: BlobBackend = cache if metrics is None else MetricsBackend(cache, "read_cache", metrics)
     return Storage(
-        VerifyingBackend(cache),
+        VerifyingBackend(cached),
         f"{storage.description}, read cache in {settings.cache_dir}",
         storage.close,
     )

@@ -1,0 +1,237 @@
+"""Per-call observation of the blob services: Prometheus metrics, request ids, access log.
+
+A gRPC server interceptor placed before the guard (grpc/guard.py), so it sees every
+call of blobstore.v1 and stepflow.v1 as the caller does, refusals included (an
+OVERLOADED refusal is a RESOURCE_EXHAUSTED call here). For each call it
+
+* takes the request id from the `x-request-id` metadata (or makes one), sets it in
+  blobstore.logs.request_id for the call's log lines and returns it in the trailing
+  metadata (on errors status.to_status adds it next to the error details, as abort()
+  replaces the trailing metadata);
+* with metrics on, counts the call by service, method and status code, observes its
+  duration, and counts the request and reply bytes as the (de)serializers see them;
+* with the access log on, logs one line: method, code, duration, peer.
+
+Cheap on the hot path: label children are bound once per method (a code's child on
+its first use), the byte counters sit in the method's (de)serializers (built once
+per method), and a call costs one handler copy with its behaviour wrapped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from blobstore import logs
+from blobstore.api.stepflow.v1 import blobs_pb2 as stepflow_pb
+from blobstore.proto_names import SERVICE
+
+log = logging.getLogger("blobstore.access")
+
+_SERVICES = frozenset(
+    service.full_name
+    for service in (SERVICE, stepflow_pb.DESCRIPTOR.services_by_name["BlobService"])
+)
+# From 0.1 ms (a Stat in memory) to 10 s (a large stream): bounds fit for both.
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+_Handler = Any  # grpc's RpcMethodHandler named tuple; grpc-stubs does not type its fields
+_Context = grpc.aio.ServicerContext[Any, Any]
+_SLOTS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+
+
+class RpcMetrics:
+    """The per-call metric families, registered in `registry`."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        labels = ("service", "method")
+        self.calls = Counter(
+            "blobstore_rpc_calls",
+            "Finished calls by service, method and gRPC status code",
+            (*labels, "code"),
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "blobstore_rpc_duration_seconds",
+            "Time from the start of a call's handler to its status, by service and method",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.received = Counter(
+            "blobstore_rpc_received_bytes",
+            "Request message bytes received (serialized protobuf), by service and method",
+            labels,
+            registry=registry,
+        )
+        self.sent = Counter(
+            "blobstore_rpc_sent_bytes",
+            "Reply message bytes sent (serialized protobuf), by service and method",
+            labels,
+            registry=registry,
+        )
+
+
+class CallObserver(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Wraps each blob service call; see the module docstring. `metrics` None: ids only."""
+
+    def __init__(self, metrics: RpcMetrics | None = None, access_log: bool = False) -> None:
+        self.metrics = metrics
+        self.access_log = access_log
+        self._methods: dict[str, _Method] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[_Handler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> _Handler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        name: str = handler_call_details.method
+        method = self._methods.get(name)
+        if method is None:
+            service, _, method_name = name[1:].rpartition("/")
+            if service not in _SERVICES:
+                return handler
+            method = self._methods[name] = _Method(self, service, method_name)
+        given = None
+        for key, value in handler_call_details.invocation_metadata or ():
+            if key == logs.REQUEST_ID_KEY:
+                given = value if isinstance(value, str) else None
+                break
+        return method.wrap(handler, logs.accept_request_id(given))
+
+
+class _Method:
+    """One method's bound metric children and counting (de)serializers."""
+
+    __slots__ = (
+        "_codes",
+        "_deserialize",
+        "_metrics",
+        "_serialize",
+        "_wrapped_deserialize",
+        "_wrapped_serialize",
+        "access_log",
+        "duration",
+        "label",
+        "labels",
+    )
+
+    def __init__(self, observer: CallObserver, service: str, name: str) -> None:
+        self._metrics = observer.metrics
+        self.access_log = observer.access_log
+        self.label = f"/{service}/{name}"
+        self.labels = (service, name)
+        self._codes: dict[grpc.StatusCode, Any] = {}
+        self.duration = (
+            None if self._metrics is None else self._metrics.duration.labels(service, name)
+        )
+        self._deserialize: Any = None
+        self._wrapped_deserialize: Any = None
+        self._serialize: Any = None
+        self._wrapped_serialize: Any = None
+
+    def wrap(self, handler: _Handler, rid: str) -> _Handler:
+        for slot in _SLOTS:
+            behavior = getattr(handler, slot)
+            if behavior is not None:
+                break
+        # The guard makes every blob service behaviour a coroutine function (GetStream
+        # writes its replies itself), so one wrapper fits every kind.
+        changes: dict[str, Any] = {slot: functools.partial(_observed, self, behavior, rid)}
+        if self._metrics is not None:
+            changes["request_deserializer"] = self._counting_deserializer(
+                handler.request_deserializer
+            )
+            changes["response_serializer"] = self._counting_serializer(handler.response_serializer)
+        return handler._replace(**changes)
+
+    def _counting_deserializer(self, deserialize: Any) -> Any:
+        if deserialize is None or deserialize is self._deserialize:
+            return self._wrapped_deserialize if deserialize is not None else None
+        assert self._metrics is not None
+        count = self._metrics.received.labels(*self.labels).inc
+
+        def parse(data: bytes) -> Any:
+            count(len(data))
+            return deserialize(data)
+
+        self._deserialize, self._wrapped_deserialize = deserialize, parse
+        return parse
+
+    def _counting_serializer(self, serialize: Any) -> Any:
+        if serialize is None or serialize is self._serialize:
+            return self._wrapped_serialize if serialize is not None else None
+        assert self._metrics is not None
+        count = self._metrics.sent.labels(*self.labels).inc
+
+        def encode(message: Any) -> bytes:
+            data: bytes = serialize(message)
+            count(len(data))
+            return data
+
+        self._serialize, self._wrapped_serialize = serialize, encode
+        return encode
+
+    def finish(self, context: _Context, started: float, code: grpc.StatusCode | None) -> None:
+        """Counts and logs a finished call; `code` None: read it from the context."""
+        if code is None:
+            code = context.code() or grpc.StatusCode.OK
+        elapsed = time.perf_counter() - started
+        if self._metrics is not None:
+            counter = self._codes.get(code)
+            if counter is None:
+                counter = self._codes[code] = self._metrics.calls.labels(*self.labels, code.name)
+            counter.inc()
+            assert self.duration is not None
+            self.duration.observe(elapsed)
+        if self.access_log:
+            log.info(
+                "%s %s %.1f ms",
+                self.label,
+                code.name,
+                elapsed * 1000,
+                extra={
+                    "fields": {
+                        "method": self.label,
+                        "code": code.name,
+                        "duration_ms": round(elapsed * 1000, 3),
+                        "peer": context.peer(),
+                    }
+                },
+            )
+
+
+async def _observed(method: _Method, inner: Any, rid: str, request: Any, context: _Context) -> Any:
+    """Runs one call's behaviour (any kind but bidirectional) with its id, then counts it."""
+    token = logs.request_id.set(rid)
+    started = time.perf_counter()
+    code: grpc.StatusCode | None = None
+    context.set_trailing_metadata(((logs.REQUEST_ID_KEY, rid),))
+    try:
+        return await inner(request, context)
+    except grpc.aio.AbortError:
+        raise  # its code is the context's; status.to_status put the id in its trailers
+    except BaseException as exc:
+        code = _code_of(exc)
+        raise
+    finally:
+        method.finish(context, started, code)
+        logs.request_id.reset(token)
+
+
+def _code_of(exc: BaseException) -> grpc.StatusCode:
+    if isinstance(exc, asyncio.CancelledError):
+        return grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.UNKNOWN

@@ -1,0 +1,80 @@
+"""Log set-up shared by the server and the bridge: text or JSON lines, and request ids.
+
+A request id names one call across processes: taken from the caller's `x-request-id`
+(gRPC metadata or HTTP header) when it sent one, generated otherwise, returned to the
+caller, and sent on by the bridge to the gRPC service, so one id joins the bridge's and
+the server's log lines of a call. It lives in a contextvar: set by whoever starts the
+call's work (grpc/metrics.py on the server, the bridge's HTTP middleware), read by the
+formatter, so every line logged while the call runs carries it without being passed.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import os
+import sys
+import time
+
+import orjson
+
+REQUEST_ID_KEY = "x-request-id"
+"""The gRPC metadata key and (case-insensitively) HTTP header carrying the request id."""
+MAX_REQUEST_ID = 128
+"""Longest caller-given id kept (longer ones are cut): it is logged with every line."""
+FORMATS = ("text", "json")
+
+request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+_TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def new_request_id() -> str:
+    """A fresh id: 16 random bytes as hex (unique enough to join logs, cheap to make)."""
+    return os.urandom(16).hex()
+
+
+def accept_request_id(given: str | None) -> str:
+    """The caller's id if usable (printable ASCII, cut to MAX_REQUEST_ID), else a new one."""
+    if given and given.isascii() and given.isprintable():
+        return given[:MAX_REQUEST_ID]
+    return new_request_id()
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time (RFC 3339, UTC), level, logger, message, request_id."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        rid = request_id.get()
+        if rid is not None:
+            entry["request_id"] = rid
+        extra = getattr(record, "fields", None)
+        if isinstance(extra, dict):
+            entry.update(extra)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry, default=str).decode()
+
+
+class _TextFormatter(logging.Formatter):
+    """The classic line, with ` [request_id]` added while a call runs."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        rid = request_id.get()
+        return line if rid is None else f"{line} [request_id={rid}]"
+
+
+def configure(level: str, log_format: str = "text") -> None:
+    """Sends the process's logs to stderr at `level` in `log_format` (text or json)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else _TextFormatter(_TEXT_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())

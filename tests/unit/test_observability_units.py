@@ -1,0 +1,97 @@
+"""The pieces of issue 16 that need no process: JSON log lines, request id rules, and the
+storage MetricsBackend over the in-memory backend (each counter moved by exactly the
+operations made, in a registry of the test's own)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from blobstore import logs
+from blobstore.errors import BlobNotFound, DataLoss
+from blobstore.model import BlobType
+from blobstore.storage.memory import MemoryBackend
+from blobstore.storage.metrics import MetricsBackend, StorageMetrics
+from blobstore.storage.verifying import VerifyingBackend
+from tests.rpc_helpers import sha256_id
+
+
+def _record(message: str, *args: object) -> logging.LogRecord:
+    return logging.LogRecord("blobstore.test", logging.WARNING, __file__, 1, message, args, None)
+
+
+def test_json_lines_carry_the_request_id_of_the_running_call() -> None:
+    formatter = logs.JsonFormatter()
+    outside = json.loads(formatter.format(_record("free %d", 1)))
+    assert outside["message"] == "free 1" and "request_id" not in outside
+    assert outside["level"] == "WARNING" and outside["logger"] == "blobstore.test"
+    assert outside["time"].endswith("Z")
+    token = logs.request_id.set("abc")
+    try:
+        record = _record("in a call: %s", 'quote " and \n newline')
+        record.fields = {"code": "OK"}
+        line = formatter.format(record)
+    finally:
+        logs.request_id.reset(token)
+    assert "\n" not in line  # one line per record, whatever the message holds
+    inside = json.loads(line)
+    assert inside["request_id"] == "abc" and inside["code"] == "OK"
+    assert inside["message"] == 'in a call: quote " and \n newline'
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [("caller-1", True), ("", False), (None, False), ("tab\there", False), ("é", False)],
+)
+def test_a_caller_id_is_kept_only_if_printable_ascii(given: str | None, kept: bool) -> None:
+    rid = logs.accept_request_id(given)
+    assert (rid == given) is kept
+    if not kept:
+        assert len(rid) == 32 and int(rid, 16) >= 0
+
+
+def test_a_long_caller_id_is_cut() -> None:
+    assert logs.accept_request_id("x" * 1000) == "x" * logs.MAX_REQUEST_ID
+
+
+async def test_metrics_backend_counts_each_operation(memory: MemoryBackend) -> None:
+    registry = CollectorRegistry()
+    backend = VerifyingBackend(MetricsBackend(memory, "memory", StorageMetrics(registry)))
+
+    def sample(name: str, **labels: str) -> float:
+        found = registry.get_sample_value(name, {"backend": "memory", **labels})
+        return found or 0.0
+
+    data = b"x" * 1000
+    await backend.put(sha256_id(data), BlobType.BINARY, data)
+    await backend.put(sha256_id(data), BlobType.BINARY, data)
+    assert (await backend.get(sha256_id(data))).data == data
+    with pytest.raises(BlobNotFound):
+        await backend.get(sha256_id(b"absent"))
+    writer = await backend.open_writer()
+    await writer.write(b"ab")
+    await writer.write(b"cd")
+    await writer.commit(sha256_id(b"abcd"), BlobType.BINARY)
+    stream = await backend.get_stream(sha256_id(b"abcd"), 3)
+    assert b"".join([chunk async for chunk in stream]) == b"abcd"
+    await stream.aclose()
+    # Content stored under another's id: the verifier quarantines it through the decorator.
+    await memory.put(sha256_id(b"claimed"), BlobType.BINARY, b"actual")
+    with pytest.raises(DataLoss):
+        await backend.get(sha256_id(b"claimed"))
+
+    assert sample("blobstore_storage_puts_total", result="created") == 2
+    assert sample("blobstore_storage_puts_total", result="deduplicated") == 1
+    assert sample("blobstore_storage_bytes_total", operation="put") == 2000
+    assert sample("blobstore_storage_bytes_total", operation="commit") == 4
+    assert sample("blobstore_storage_bytes_total", operation="get") == 1000 + len(b"actual")
+    assert sample("blobstore_storage_bytes_total", operation="get_stream") == 4
+    assert sample("blobstore_storage_quarantines_total") == 1
+    duration = "blobstore_storage_operation_duration_seconds_count"
+    assert sample(duration, operation="get", outcome="ok") == 2
+    assert sample(duration, operation="get", outcome="BlobNotFound") == 1
+    assert sample(duration, operation="put", outcome="ok") == 2
+    assert sample(duration, operation="commit", outcome="ok") == 1
