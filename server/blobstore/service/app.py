@@ -26,12 +26,12 @@ from blobstore.service.admission import Admission
 from blobstore.service.config import ServerConfig
 from blobstore.service.hardening import connection_cap, raise_open_file_limit, warn_if_exposed
 from blobstore.service.malloc_tuning import MallocTrimmer, MallocTuning, tune_malloc
+from blobstore.service.metrics import ServerMetrics, serve_metrics
 from blobstore.service.security import (
     authenticator,
     check_exposure,
     server_credentials,
 )
-from blobstore.service.metrics import ServerMetrics, serve_metrics
 from blobstore.storage.factory import open_storage
 from blobstore.store import BlobStore
 
@@ -170,6 +170,8 @@ def _reload(auth: Authenticator | None) -> None:
         log.info("SIGHUP: no --tokens-file, nothing to reload")
         return
     auth.tokens.reload()
+
+
 def _start_metrics(config: ServerConfig) -> Any:
     """Serves /metrics (service/metrics.py); raises ListenError if its port is taken."""
     try:

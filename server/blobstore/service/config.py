@@ -168,7 +168,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             type=_converter(field.type, env_name(field.name)),
             default=default,
             help=f"{HELP[field.name]} (env {env_name(field.name)}; default %(default)s)",
-            **switch,  # type: ignore[arg-type]
         )
 
 
@@ -192,15 +191,4 @@ def _converter(type_name: Any, env: str) -> Any:
 
 def _parser_for(type_name: Any) -> Any:
     name = type_name if isinstance(type_name, str) else type_name.__name__
-    return {"int": int, "float": float, "Path": Path, "str": str, "bool": _bool}[name]
-
-
-def _bool(text: str | bool) -> bool:
-    if isinstance(text, bool):
-        return text
-    value = text.strip().lower()
-    if value in {"1", "true", "yes", "on"}:
-        return True
-    if value in {"", "0", "false", "no", "off"}:
-        return False
-    raise ValueError(text)
+    return {"int": int, "float": float, "Path": Path, "str": str}[name]
