@@ -96,6 +96,19 @@ class Orchestrator:
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    def run_flow(self, doc: object) -> Any:
+        """Runs the flow document `doc` through this orchestrator (flow_driver.py, in the
+        Stepflow venv); its outputs, parsed. Fails the test, with the logs, if it fails."""
+        done = subprocess.run(
+            [str(self.venv.python), str(HERE / "flow_driver.py"), self.target],
+            input=json.dumps(doc),
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        assert done.returncode == 0, done.stderr + self.log()[-4000:]
+        return json.loads(done.stdout)
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import platform
 import subprocess
 import urllib.error
@@ -33,7 +32,7 @@ from blobstore.client import BlobClient
 from blobstore.model import BlobType
 from tests.bridge_processes import Stack
 from tests.processes import ServerProcess
-from tests.stepflow.stepflow_helpers import HERE, Orchestrator
+from tests.stepflow.stepflow_helpers import Orchestrator
 from tests.stepflow_venv import StepflowVenv
 
 MiB = 1024 * 1024
@@ -79,15 +78,7 @@ def run(
     orchestrator = Orchestrator(stepflow, server.target, tmp_path_factory.mktemp("stepflow"))
     try:
         orchestrator.start()
-        done = subprocess.run(
-            [str(stepflow.python), str(HERE / "flow_driver.py"), orchestrator.target],
-            input=json.dumps(DOC),
-            capture_output=True,
-            text=True,
-            timeout=240,
-        )
-        assert done.returncode == 0, done.stderr + orchestrator.log()[-4000:]
-        yield orchestrator, json.loads(done.stdout)
+        yield orchestrator, orchestrator.run_flow(DOC)
     finally:
         orchestrator.stop()
 

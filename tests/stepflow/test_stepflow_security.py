@@ -9,8 +9,6 @@ through blobstore.v1 need a token (docs/security.md, "Stepflow workers").
 from __future__ import annotations
 
 import hashlib
-import json
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from blobstore.credentials import channel_credentials
 from blobstore.grpc.auth import token_hash
 from blobstore.retry import RetryPolicy
 from tests.processes import ServerProcess
-from tests.stepflow.stepflow_helpers import HERE, Orchestrator
+from tests.stepflow.stepflow_helpers import Orchestrator
 from tests.stepflow.test_stepflow_orchestrator import DOC, _binary_runs, _outputs
 from tests.stepflow_venv import StepflowVenv
 
@@ -43,17 +41,10 @@ def test_a_tokenless_stepflow_worker_uses_the_anonymous_policy(
     orchestrator = Orchestrator(stepflow, server.target, tmp_path / "stepflow")
     try:
         orchestrator.start()
-        done = subprocess.run(
-            [str(stepflow.python), str(HERE / "flow_driver.py"), orchestrator.target],
-            input=json.dumps(DOC),
-            capture_output=True,
-            text=True,
-            timeout=240,
-        )
-        assert done.returncode == 0, done.stderr + orchestrator.log()[-4000:]
+        outputs = orchestrator.run_flow(DOC)
     finally:
         orchestrator.stop()
-    out = _outputs(json.loads(done.stdout))
+    out = _outputs(outputs)
     doc_id = "sha256:" + hashlib.sha256(rfc8785.dumps(DOC)).hexdigest()
     assert out["json"]["read_back_equal"] is True and "sha256:" + out["json"]["id"] == doc_id
     with (
