@@ -132,6 +132,14 @@ def test_streamed_rest_replies_return_the_request_id(observed: _Observed) -> Non
     fetched = observed.http.request("GET", f"/api/v1/blobs/{blob_id}", None, headers)
     assert fetched.status == 200 and fetched.body == content
     assert fetched.headers["X-Request-Id"] == "rest-get-7"
-    scraped = scrape(f"{observed.bridge.url}metrics")
     route = "/api/v1/blobs/{blob_id}"
-    assert value(scraped, "blobstore_bridge_http_requests_total", route=route, status="200") >= 1
+
+    def counted() -> bool:
+        scraped = scrape(f"{observed.bridge.url}metrics")
+        return (
+            value(scraped, "blobstore_bridge_http_requests_total", route=route, status="200") >= 1
+        )
+
+    # A streamed reply is counted when its handler returns, which can be just after the
+    # client has read the last byte: the count comes, but not always before the scrape.
+    wait_until(counted, 10, "the streamed GET counted")
