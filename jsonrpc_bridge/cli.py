@@ -86,13 +86,15 @@ async def _run(
     observed = metrics is not None or cfg.access_log or cfg.log_format == "json"
     interceptors = observe.client_interceptors(metrics) if observed else []
     service = BlobService(cfg.grpc_target, cfg.deadline_seconds, retry, interceptors)
-    methods = BlobMethods(
+    blob_methods = BlobMethods(
         service.client, max_get_bytes=cfg.max_get_bytes, type_names=cfg.blob_type_names
-    ).table()
+    )
+    methods, batches = blob_methods.table(), blob_methods.batch_table()
     core = JsonRpcCore(
         observe.observed_methods(methods, metrics) if metrics else methods,
         max_batch_concurrency=cfg.max_batch_concurrency,
         max_json_values=cfg.max_json_values,
+        batch_methods=observe.observed_batch_methods(batches, metrics) if metrics else batches,
     )
     try:
         if address is None:

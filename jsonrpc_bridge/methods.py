@@ -27,15 +27,16 @@ from typing import Any
 
 import orjson
 
+from blobstore.batching import NewBlob
 from blobstore.client import AsyncBlobClient
 from blobstore.errors import BlobStoreError, InvalidArgument, InvalidBlobId
-from blobstore.ids import parse_blob_id
+from blobstore.ids import BlobId, parse_blob_id
 from blobstore.metadata import check_meta
-from blobstore.model import BlobMeta, BlobType
+from blobstore.model import Blob, BlobMeta, BlobType, PutResult
 from blobstore.stepflow_names import type_name
 from jsonrpc_bridge import errors
 from jsonrpc_bridge.json_codec import Encoded, Invalid, InvalidValue, describe, encode_value
-from jsonrpc_bridge.protocol import Method, Params
+from jsonrpc_bridge.protocol import BatchMethod, Method, Params
 
 PUT = "blobs/put"
 GET = "blobs/get"
@@ -76,34 +77,78 @@ class BlobMethods:
     def table(self) -> dict[str, Method]:
         return {PUT: self.put, GET: self.get}
 
+    def batch_table(self) -> dict[str, BatchMethod]:
+        """The batch forms: a JSON-RPC batch's blobs/put (blobs/get) elements in one
+        BatchPut (BatchGet) call."""
+        return {PUT: self.put_batch, GET: self.get_batch}
+
     async def put(self, params: Params) -> dict[str, object]:
-        data, blob_type, meta = _put_params(params)
-        if blob_type is BlobType.BINARY:
-            content = _base64_content(data)
-        else:
-            try:
-                if isinstance(data, Encoded):  # encoded with the body, in the worker
-                    content = data.encoded()
-                else:
-                    content = encode_value(data, "params.data")
-            except InvalidValue as exc:
-                raise errors.invalid_params(exc.path, exc.reason, "INVALID_JSON") from None
+        blob = _new_blob(params)
         try:
-            result = await self._client.put_bytes(content, blob_type, meta=meta)
+            result = await self._client.put_bytes(blob.data, blob.blob_type, meta=blob.meta)
         except BlobStoreError as exc:
             raise errors.from_store_error(exc, "params.data") from None
-        return _with_filename({"blob_id": result.info.blob_id}, result.info.meta)
+        return _put_answer(result)
+
+    async def put_batch(self, batch: list[Params]) -> list[object]:
+        """put() of each params, the valid ones stored by one client.put_many."""
+        answers: list[object] = [None] * len(batch)
+        blobs: list[tuple[int, NewBlob]] = []
+        for index, params in enumerate(batch):
+            try:
+                blobs.append((index, _new_blob(params)))
+            except errors.RpcError as exc:
+                answers[index] = exc
+        if not blobs:
+            return answers
+        try:
+            outcomes: list[PutResult | BlobStoreError] = list(
+                await self._client.put_many([blob for _, blob in blobs])
+            )
+        except BlobStoreError as exc:  # the whole call failed: each element's error
+            outcomes = [exc] * len(blobs)
+        for (index, _), outcome in zip(blobs, outcomes, strict=True):
+            if isinstance(outcome, BlobStoreError):
+                answers[index] = errors.from_store_error(outcome, "params.data")
+            else:
+                answers[index] = _put_answer(outcome)
+        return answers
 
     async def get(self, params: Params) -> dict[str, object]:
-        text = _get_params(params)
-        try:
-            blob_id = parse_blob_id(text)
-        except InvalidBlobId as exc:
-            raise errors.invalid_params("params.blob_id", str(exc), "INVALID_BLOB_ID") from None
+        blob_id = _blob_id(params)
         try:
             blob = await self._client.get(blob_id, max_size=self._max_get_bytes)
         except BlobStoreError as exc:
             raise errors.from_store_error(exc, "params.blob_id") from None
+        return self._get_answer(blob)
+
+    async def get_batch(self, batch: list[Params]) -> list[object]:
+        """get() of each params, the valid ones read by one client.get_many."""
+        answers: list[object] = [None] * len(batch)
+        ids: list[tuple[int, BlobId]] = []
+        for index, params in enumerate(batch):
+            try:
+                ids.append((index, _blob_id(params)))
+            except errors.RpcError as exc:
+                answers[index] = exc
+        if not ids:
+            return answers
+        try:
+            outcomes: list[Blob | BlobStoreError] = list(
+                await self._client.get_many(
+                    [blob_id for _, blob_id in ids], max_size=self._max_get_bytes
+                )
+            )
+        except BlobStoreError as exc:  # the whole call failed: each element's error
+            outcomes = [exc] * len(ids)
+        for (index, _), outcome in zip(ids, outcomes, strict=True):
+            if isinstance(outcome, BlobStoreError):
+                answers[index] = errors.from_store_error(outcome, "params.blob_id")
+            else:
+                answers[index] = self._get_answer(outcome)
+        return answers
+
+    def _get_answer(self, blob: Blob) -> dict[str, object]:
         if blob.info.blob_type.is_json:
             data = orjson.Fragment(blob.data)
         else:
@@ -113,6 +158,32 @@ class BlobMethods:
             "blob_type": self._type_names[blob.info.blob_type],
         }
         return _with_filename(result, blob.info.meta)
+
+
+def _new_blob(params: Params) -> NewBlob:
+    """The blob a blobs/put asks to store; Invalid params (RpcError) if it cannot be."""
+    data, blob_type, meta = _put_params(params)
+    if blob_type is BlobType.BINARY:
+        return NewBlob(_base64_content(data), blob_type, meta)
+    try:
+        if isinstance(data, Encoded):  # encoded with the body, in the worker
+            return NewBlob(data.encoded(), blob_type, meta)
+        return NewBlob(encode_value(data, "params.data"), blob_type, meta)
+    except InvalidValue as exc:
+        raise errors.invalid_params(exc.path, exc.reason, "INVALID_JSON") from None
+
+
+def _put_answer(result: PutResult) -> dict[str, object]:
+    return _with_filename({"blob_id": result.info.blob_id}, result.info.meta)
+
+
+def _blob_id(params: Params) -> BlobId:
+    """The id a blobs/get asks for; Invalid params (RpcError) if it is not one."""
+    text = _get_params(params)
+    try:
+        return parse_blob_id(text)
+    except InvalidBlobId as exc:
+        raise errors.invalid_params("params.blob_id", str(exc), "INVALID_BLOB_ID") from None
 
 
 def _with_filename(result: dict[str, object], meta: BlobMeta) -> dict[str, object]:

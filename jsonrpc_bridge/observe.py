@@ -35,6 +35,7 @@ from jsonrpc_bridge.errors import RpcError
 log = logging.getLogger("jsonrpc_bridge.access")
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _Method = Callable[[Any], Awaitable[object]]
+_BatchMethod = Callable[[list[Any]], Awaitable[list[object]]]
 _RID = "blobstore_request_id"  # the request-scoped key of its id
 
 
@@ -165,6 +166,25 @@ def _counted(name: str, method: _Method, metrics: BridgeMetrics) -> _Method:
             raise
         ok.inc()
         return result
+
+    return call
+
+
+def observed_batch_methods(
+    table: Mapping[str, _BatchMethod], metrics: BridgeMetrics
+) -> dict[str, _BatchMethod]:
+    """The batch forms of the methods (protocol.py) with each element counted by outcome,
+    as observed_methods counts a call."""
+    return {name: _counted_batch(name, method, metrics) for name, method in table.items()}
+
+
+def _counted_batch(name: str, method: _BatchMethod, metrics: BridgeMetrics) -> _BatchMethod:
+    async def call(batch: list[Any]) -> list[object]:
+        results = await method(batch)
+        for result in results:
+            outcome = str(result.code) if isinstance(result, RpcError) else "ok"
+            metrics.rpc_calls.labels(name, outcome).inc()
+        return results
 
     return call
 

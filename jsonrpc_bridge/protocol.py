@@ -9,6 +9,12 @@ plain coroutines taking the params (object, array or None) and returning a
 JSON-encodable result; they signal failure by raising RpcError or a store error
 (blobstore.errors). Any other exception is a bug: it is logged with its
 traceback and the client gets -32603 Internal error, never the traceback.
+
+A method may also have a batch form (`batch_methods`): the valid requests of one
+batch that call it go to that form together, as one list of params, and it
+answers one result or RpcError per element (the bridge turns them into one
+BatchPut or BatchGet). What each element gets back is the same as if it had
+been called alone: framing, ids and errors stay per element.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -31,6 +38,8 @@ log = logging.getLogger("jsonrpc_bridge")
 
 Params = dict[str, Any] | list[Any] | None
 Method = Callable[[Params], Awaitable[object]]
+BatchMethod = Callable[[list[Params]], Awaitable[list[object]]]
+"""Many calls of one method at once: one result or RpcError per params, in order."""
 
 _NO_ID = object()
 """The id of a notification (no "id" member), as opposed to an explicit null id."""
@@ -60,8 +69,10 @@ class JsonRpcCore:
         *,
         max_batch_concurrency: int = 32,
         max_json_values: int = DEFAULT_MAX_VALUES,
+        batch_methods: Mapping[str, BatchMethod] | None = None,
     ) -> None:
         self._methods = dict(methods)
+        self._batch_methods = dict(batch_methods or {})
         self._max_batch_concurrency = max_batch_concurrency
         self._max_json_values = max_json_values
 
@@ -90,54 +101,90 @@ class JsonRpcCore:
         if len(messages) == 1:
             answers = [await self._call(messages[0])]
         else:
-            # At most max_batch_concurrency elements at once: a batch of 10,000 puts run
-            # all together would only meet the service's overload limit.
-            turns = asyncio.Semaphore(self._max_batch_concurrency)
-
-            async def in_turn(message: object) -> bytes | None:
-                async with turns:
-                    return await self._call(message)
-
-            answers = await asyncio.gather(*(in_turn(m) for m in messages))
+            answers = await self._many(messages)
         parts = [answer for answer in answers if answer is not None]
         if not parts:
             return None
         return b"[" + b",".join(parts) + b"]"
 
+    async def _many(self, messages: list[object]) -> list[bytes | None]:
+        """The answers to a batch's elements: those calling a method with a batch form go
+        to it together, the others one by one."""
+        answers: list[bytes | None] = [None] * len(messages)
+        grouped: dict[str, list[tuple[int, _Request]]] = {}
+        singles: list[tuple[int, object]] = []
+        for index, message in enumerate(messages):
+            request = _prepare(message) if self._batch_methods else None
+            if (
+                isinstance(request, _Request)
+                and request.method in self._batch_methods
+                and not isinstance(request.params, Invalid)
+            ):
+                grouped.setdefault(request.method, []).append((index, request))
+                continue
+            singles.append((index, message))
+        # At most max_batch_concurrency elements at once: a batch of 10,000 puts run
+        # all together would only meet the service's overload limit.
+        turns = asyncio.Semaphore(self._max_batch_concurrency)
+
+        async def one(index: int, message: object) -> None:
+            async with turns:
+                answers[index] = await self._call(message)
+
+        async def together(name: str, requests: list[tuple[int, _Request]]) -> None:
+            async with turns:
+                results = await self._invoke_batch(name, [r.params for _, r in requests])
+            for (index, request), result in zip(requests, results, strict=True):
+                answers[index] = self._answer(request, result)
+
+        await asyncio.gather(
+            *(one(i, m) for i, m in singles), *(together(n, r) for n, r in grouped.items())
+        )
+        return answers
+
+    async def _invoke_batch(self, name: str, params: list[Params]) -> list[object]:
+        """One result or RpcError per params; a failure of the whole batch is everyone's."""
+        try:
+            results = await self._batch_methods[name](params)
+        except RpcError as exc:
+            return [exc] * len(params)
+        except BlobStoreError as exc:
+            return [errors.from_store_error(exc, "params")] * len(params)
+        except Exception:
+            log.exception("batch of method %s failed", name)
+            return [errors.internal_error()] * len(params)
+        if len(results) != len(params):
+            log.error("batch of method %s answered %d of %d", name, len(results), len(params))
+            return [errors.internal_error()] * len(params)
+        return results
+
     async def _call(self, message: object) -> bytes | None:
         """Answers one request object; None for a notification."""
-        if not isinstance(message, dict):
-            return encode_error(None, errors.invalid_request(_not_an_object(message)))
-        request_id = message.get("id", _NO_ID)
-        if request_id is not _NO_ID:
-            checked = _checked_id(request_id)
-            if checked is None:
-                reason = "id must be a string, a number or null, not " + describe(request_id)
-                return encode_error(None, errors.invalid_request(reason))
-            request_id = checked[0]
-        problem = _request_problem(message)
-        if problem is not None:
-            # Answered even without an id: the specification's own example does so.
-            return encode_error(
-                None if request_id is _NO_ID else request_id, errors.invalid_request(problem)
-            )
-        method_name: str = message["method"]
-        params = message.get("params")
-        notification = request_id is _NO_ID
+        request = _prepare(message)
+        if not isinstance(request, _Request):
+            return request
         try:
-            result = await self._invoke(method_name, params)
+            result: object = await self._invoke(request.method, request.params)
         except RpcError as exc:
-            if notification:
-                log.warning("notification %s failed: %s", errors.clip(method_name), exc.message)
+            result = exc
+        return self._answer(request, result)
+
+    def _answer(self, request: _Request, result: object) -> bytes | None:
+        """The response to `request` whose method returned `result` (or an RpcError)."""
+        if isinstance(result, RpcError):
+            if request.notification:
+                log.warning(
+                    "notification %s failed: %s", errors.clip(request.method), result.message
+                )
                 return None
-            return encode_error(request_id, exc)
-        if notification:
+            return encode_error(request.id, result)
+        if request.notification:
             return None
         try:
-            return orjson.dumps({"jsonrpc": "2.0", "id": request_id, "result": result})
+            return orjson.dumps({"jsonrpc": "2.0", "id": request.id, "result": result})
         except orjson.JSONEncodeError:
-            log.exception("cannot encode the result of %s", errors.clip(method_name))
-            return encode_error(request_id, errors.internal_error())
+            log.exception("cannot encode the result of %s", errors.clip(request.method))
+            return encode_error(request.id, errors.internal_error())
 
     async def _invoke(self, method_name: str, params: Params) -> object:
         method = self._methods.get(method_name)
@@ -175,6 +222,42 @@ async def decode_body(body: bytes, max_json_values: int) -> object:
     if values <= INLINE_VALUES:
         return decode(body)
     return await offload_to_process(decode_forwarding, body)
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """A request object that passed validation: what to call, and how to answer."""
+
+    id: object
+    method: str
+    params: Params
+    notification: bool
+
+
+def _prepare(message: object) -> _Request | bytes:
+    """The request in `message`, or the error response it gets (Invalid Request)."""
+    if not isinstance(message, dict):
+        return encode_error(None, errors.invalid_request(_not_an_object(message)))
+    request_id = message.get("id", _NO_ID)
+    if request_id is not _NO_ID:
+        checked = _checked_id(request_id)
+        if checked is None:
+            reason = "id must be a string, a number or null, not " + describe(request_id)
+            return encode_error(None, errors.invalid_request(reason))
+        request_id = checked[0]
+    problem = _request_problem(message)
+    if problem is not None:
+        # Answered even without an id: the specification's own example does so.
+        return encode_error(
+            None if request_id is _NO_ID else request_id, errors.invalid_request(problem)
+        )
+    notification = request_id is _NO_ID
+    return _Request(
+        None if notification else request_id,
+        message["method"],
+        message.get("params"),
+        notification,
+    )
 
 
 def encode_error(request_id: object, error: RpcError) -> bytes:

@@ -9,15 +9,16 @@ fail with a transient status are retried as server/blobstore/retry.py says: ever
 is idempotent (a put of the same content stores the same blob), and a
 streamed put or get that fails half way starts again from the beginning.
 
-Why one module of ~560 lines: BlobClient and AsyncBlobClient mirror each other method
-for method over shared request building and reply decoding; side by side they stay
-in step.
+Why one module of ~680 lines: BlobClient and AsyncBlobClient mirror each other method
+for method over shared request building and reply decoding (batching.py has the
+batches'); side by side they stay in step.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -36,11 +37,12 @@ from typing import Any, BinaryIO, TypeVar
 
 import grpc
 
-from blobstore import retry
+from blobstore import batching, retry
 from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
 from blobstore.api.blobstore.v1 import blobstore_pb2_grpc as pb_grpc
+from blobstore.batching import GetOutcome, NewBlob, PutOutcome
 from blobstore.canonical_json import canonicalize_value
-from blobstore.errors import BlobTooLarge, DataLoss
+from blobstore.errors import BlobStoreError, BlobTooLarge, DataLoss, UseStreaming
 from blobstore.ids import BlobId, hex_digest, parse_blob_id
 from blobstore.model import NO_META, Blob, BlobInfo, BlobMeta, BlobType, PutResult
 from blobstore.proto_names import BLOB_TYPE_FROM_PB, BLOB_TYPE_TO_PB, meta_from_pb, meta_to_pb
@@ -340,6 +342,48 @@ class BlobClient:
         reply = self._call(lambda t: self._stub.FindMissing(request, timeout=t))
         return list(reply.missing_ids)
 
+    def put_many(self, items: Sequence[NewBlob]) -> list[PutOutcome]:
+        """Stores many blobs in few calls (BatchPut): one result or error per item, in order.
+
+        Each call's items are durable when it returns; blobs too large for one message
+        are streamed. A failure of a whole call (UNAVAILABLE after retries...) raises.
+        """
+        outcomes: list[PutOutcome | None] = [None] * len(items)
+        for group in batching.put_groups(items, UNARY_LIMIT):
+            first = items[group[0]]
+            if len(first.data) > UNARY_LIMIT:
+                outcomes[group[0]] = _outcome(
+                    functools.partial(self.put_bytes, first.data, first.blob_type, meta=first.meta)
+                )
+                continue
+            reply = self._batch_put(batching.put_request([items[i] for i in group]))
+            for index, outcome in zip(group, batching.put_outcomes(reply, len(group)), strict=True):
+                outcomes[index] = outcome
+        return _filled(outcomes)
+
+    def get_many(self, blob_ids: Sequence[str], *, max_size: int | None = None) -> list[GetOutcome]:
+        """Reads many blobs in few calls (BatchGet): each blob, verified, or its own error.
+
+        Blobs the batch reply had no room for (over the server's unary limit together)
+        are read one by one with get(). A blob over `max_size` gets BlobTooLarge.
+        """
+        outcomes, parsed = _parse_ids(blob_ids)
+        for group in batching.get_groups(len(parsed)):
+            ids = [parsed[i][1] for i in group]
+            reply = self._batch_get(pb.BatchGetRequest(ids=ids))
+            for i, outcome in zip(group, batching.get_outcomes(reply, ids), strict=True):
+                index, blob_id = parsed[i]
+                if isinstance(outcome, UseStreaming):
+                    outcome = _outcome(functools.partial(self.get, blob_id, max_size=max_size))
+                outcomes[index] = _within(outcome, max_size)
+        return _filled(outcomes)
+
+    def _batch_put(self, request: pb.BatchPutRequest) -> pb.BatchPutResponse:
+        return self._call(lambda t: self._stub.BatchPut(request, timeout=t))
+
+    def _batch_get(self, request: pb.BatchGetRequest) -> pb.BatchGetResponse:
+        return self._call(lambda t: self._stub.BatchGet(request, timeout=t))
+
 
 # -- asyncio client -------------------------------------------------------------
 
@@ -479,6 +523,50 @@ class AsyncBlobClient:
         reply = await self._call(lambda t: self._stub.FindMissing(request, timeout=t))
         return list(reply.missing_ids)
 
+    async def put_many(self, items: Sequence[NewBlob]) -> list[PutOutcome]:
+        """Stores many blobs in few calls (BatchPut): one result or error per item, in order.
+
+        Each call's items are durable when it returns; blobs too large for one message
+        are streamed. A failure of a whole call (UNAVAILABLE after retries...) raises.
+        """
+        outcomes: list[PutOutcome | None] = [None] * len(items)
+        for group in batching.put_groups(items, UNARY_LIMIT):
+            first = items[group[0]]
+            if len(first.data) > UNARY_LIMIT:
+                outcomes[group[0]] = await _outcome_async(
+                    self.put_bytes(first.data, first.blob_type, meta=first.meta)
+                )
+                continue
+            reply = await self._batch_put(batching.put_request([items[i] for i in group]))
+            for index, outcome in zip(group, batching.put_outcomes(reply, len(group)), strict=True):
+                outcomes[index] = outcome
+        return _filled(outcomes)
+
+    async def get_many(
+        self, blob_ids: Sequence[str], *, max_size: int | None = None
+    ) -> list[GetOutcome]:
+        """Reads many blobs in few calls (BatchGet): each blob, verified, or its own error.
+
+        Blobs the batch reply had no room for (over the server's unary limit together)
+        are read one by one with get(). A blob over `max_size` gets BlobTooLarge.
+        """
+        outcomes, parsed = _parse_ids(blob_ids)
+        for group in batching.get_groups(len(parsed)):
+            ids = [parsed[i][1] for i in group]
+            reply = await self._batch_get(pb.BatchGetRequest(ids=ids))
+            for i, outcome in zip(group, batching.get_outcomes(reply, ids), strict=True):
+                index, blob_id = parsed[i]
+                if isinstance(outcome, UseStreaming):
+                    outcome = await _outcome_async(self.get(blob_id, max_size=max_size))
+                outcomes[index] = _within(outcome, max_size)
+        return _filled(outcomes)
+
+    async def _batch_put(self, request: pb.BatchPutRequest) -> pb.BatchPutResponse:
+        return await self._call(lambda t: self._stub.BatchPut(request, timeout=t))
+
+    async def _batch_get(self, request: pb.BatchGetRequest) -> pb.BatchGetResponse:
+        return await self._call(lambda t: self._stub.BatchGet(request, timeout=t))
+
     async def put_chunks(
         self,
         chunks: AsyncIterable[bytes],
@@ -572,6 +660,50 @@ class BlobReader:
                     yield reply.chunk
         if self._hasher.hexdigest() != hex_digest(self.info.blob_id):
             raise DataLoss(self.info.blob_id, "the received content does not match its id")
+
+
+def _parse_ids(
+    blob_ids: Sequence[str],
+) -> tuple[list[GetOutcome | None], list[tuple[int, BlobId]]]:
+    """(outcomes with the malformed ids' errors filled in, the (index, id) of the others)."""
+    outcomes: list[GetOutcome | None] = [None] * len(blob_ids)
+    parsed: list[tuple[int, BlobId]] = []
+    for index, text in enumerate(blob_ids):
+        try:
+            parsed.append((index, parse_blob_id(text)))
+        except BlobStoreError as exc:
+            outcomes[index] = exc
+    return outcomes, parsed
+
+
+def _within(outcome: GetOutcome, max_size: int | None) -> GetOutcome:
+    """A blob over `max_size` (a batch reply's) becomes BlobTooLarge, as get() raises."""
+    if isinstance(outcome, Blob):
+        try:
+            _check_max_size(outcome.info, max_size)
+        except BlobTooLarge as exc:
+            return exc
+    return outcome
+
+
+def _outcome(call: Callable[[], _T]) -> _T | BlobStoreError:
+    try:
+        return call()
+    except BlobStoreError as exc:
+        return exc
+
+
+async def _outcome_async(call: Awaitable[_T]) -> _T | BlobStoreError:
+    try:
+        return await call
+    except BlobStoreError as exc:
+        return exc
+
+
+def _filled(outcomes: Sequence[_T | None]) -> list[_T]:
+    done = [outcome for outcome in outcomes if outcome is not None]
+    assert len(done) == len(outcomes), "every item of a batch gets an outcome"
+    return done
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from blobstore import errors
+from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
 from blobstore.logs import REQUEST_ID_KEY, request_id
 
 DOMAIN = "blobstore.v1"
@@ -40,6 +41,7 @@ TABLE: list[tuple[type[errors.BlobStoreError], grpc.StatusCode, str]] = [
 ]
 
 _BY_REASON = {reason: cls for cls, _, reason in TABLE}
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
 # When a reply has no ErrorInfo (another server, a proxy, grpc itself), the code decides.
 _BY_CODE: dict[grpc.StatusCode, type[errors.BlobStoreError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
@@ -62,11 +64,8 @@ class RemoteError(errors.BlobStoreError):
         self.code = code
 
 
-def to_status(
-    error: errors.BlobStoreError,
-) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str | bytes], ...]]:
-    """Returns (code, message, trailing metadata) to send for `error`: the error details
-    and, within a call, its request id (blobstore/logs.py)."""
+def _classify(error: errors.BlobStoreError) -> tuple[grpc.StatusCode, str, dict[str, str]]:
+    """(code, ErrorInfo reason, ErrorInfo metadata) of `error`, from the table."""
     code, reason = next(
         ((c, r) for cls, c, r in TABLE if isinstance(error, cls)),
         (grpc.StatusCode.INTERNAL, "INTERNAL"),
@@ -76,6 +75,15 @@ def to_status(
         metadata["blob_id"] = error.blob_id
     if isinstance(error, errors.InvalidJson) and error.position is not None:
         metadata["position"] = str(error.position)
+    return code, reason, metadata
+
+
+def to_status(
+    error: errors.BlobStoreError,
+) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str | bytes], ...]]:
+    """Returns (code, message, trailing metadata) to send for `error`: the error details
+    and, within a call, its request id (blobstore/logs.py)."""
+    code, reason, metadata = _classify(error)
     info = error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata)
     detail = any_pb2.Any()
     detail.Pack(info)
@@ -88,22 +96,42 @@ def to_status(
     return code, message, trailers
 
 
+def to_item_error(error: errors.BlobStoreError) -> pb.ItemError:
+    """The status of one item of a batch (BatchPut, BatchGet): what to_status would send."""
+    code, reason, metadata = _classify(error)
+    return pb.ItemError(code=code.value[0], message=str(error), reason=reason, metadata=metadata)
+
+
+def from_item_error(item: pb.ItemError) -> errors.BlobStoreError:
+    """The store's error for one failed item of a batch reply (the client's side)."""
+    code = _CODES.get(item.code, grpc.StatusCode.UNKNOWN)
+    return _decode(code, item.message or code.name, item.reason or None, dict(item.metadata))
+
+
 def from_rpc_error(exc: grpc.RpcError) -> errors.BlobStoreError:
     """Turns a failed call (sync or asyncio) into the store's error, for clients."""
     code: grpc.StatusCode = exc.code()
     message: str = exc.details() or code.name
     info = _error_info(exc)
-    cls = _BY_REASON.get(info.reason) if info is not None else _BY_CODE.get(code)
+    if info is None:
+        return _decode(code, message, None, {})
+    return _decode(code, message, info.reason, dict(info.metadata))
+
+
+def _decode(
+    code: grpc.StatusCode, message: str, reason: str | None, metadata: dict[str, str]
+) -> errors.BlobStoreError:
+    cls = _BY_REASON.get(reason) if reason is not None else _BY_CODE.get(code)
     if cls is None:
         return RemoteError(code, message)
-    blob_id = info.metadata.get("blob_id", "") if info is not None else ""
+    blob_id = metadata.get("blob_id", "")
     if cls is errors.BlobNotFound:
         return errors.BlobNotFound(blob_id, message)
     if cls is errors.DataLoss:
         return errors.DataLoss(blob_id, message=message)
     error = cls(message)
-    if isinstance(error, errors.InvalidJson) and info is not None and "position" in info.metadata:
-        error.position = int(info.metadata["position"])
+    if isinstance(error, errors.InvalidJson) and "position" in metadata:
+        error.position = int(metadata["position"])
     return error
 
 

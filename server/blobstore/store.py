@@ -18,6 +18,7 @@ from blobstore import json_values
 from blobstore.canonical_json import canonicalize_text, canonicalize_value
 from blobstore.errors import (
     BlobNotFound,
+    BlobStoreError,
     BlobTooLarge,
     DataLoss,
     DigestMismatch,
@@ -28,7 +29,7 @@ from blobstore.ids import BlobId, blob_id_from_digest
 from blobstore.metadata import check_meta
 from blobstore.model import NO_META, Blob, BlobInfo, BlobMeta, BlobType, PutResult
 from blobstore.offload import offload, offload_to_process, sha256_hex
-from blobstore.storage.base import BlobBackend, BlobStream, OverLimit, ReadLimit
+from blobstore.storage.base import BlobBackend, BlobStream, OverLimit, PutItem, ReadLimit
 
 MiB = 1024 * 1024
 TEXT_CACHE_ENTRIES = 4096
@@ -56,6 +57,25 @@ class Limits:
     """Most ids in one FindMissing call."""
     max_json_values: int = json_values.DEFAULT_MAX_VALUES
     """Most values in one Json blob's text (json_values.py says how they are counted)."""
+    max_batch_items: int = 1000
+    """Most items in one batched put or get (BatchPut, BatchGet)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PutSpec:
+    """One item of a batched put, as put() or put_canonical_json() would take it."""
+
+    blob_type: BlobType
+    data: bytes
+    """Raw bytes, or JSON text (Json, Flow) to canonicalise unless `canonical`."""
+    expected_id: BlobId | None = None
+    meta: BlobMeta = NO_META
+    canonical: bool = False
+    """`data` is already canonical JSON (made by canonicalize_value)."""
+
+
+BatchOutcome = PutResult | BlobStoreError
+"""One item of put_many: its result, or the store error put() would raise."""
 
 
 class BlobStore:
@@ -77,10 +97,62 @@ class BlobStore:
 
         `meta` is kept if this put stores the blob (first writer wins, like the type).
         """
-        meta = check_meta(meta)
+        prepared = await self._prepare(PutSpec(blob_type, data, expected_id, meta))
+        if isinstance(prepared, PutResult):
+            return prepared
+        item, key = prepared
+        result = await self.backend.put(item.blob_id, item.blob_type, item.data, item.meta)
+        self._remember(key, result)
+        return result
+
+    async def put_many(self, specs: Sequence[PutSpec]) -> list[BatchOutcome]:
+        """Stores each item by the rules of put(); one outcome per item, in order.
+
+        An item that breaks a rule gets its error and the others go on; those that
+        pass are stored by one backend.put_many (the file system makes them durable
+        with one commit). Returns once every stored item is durable.
+        """
+        self.check_batch(len(specs))
+        prepared = await asyncio.gather(
+            *(self._prepare(spec) for spec in specs), return_exceptions=True
+        )
+        outcomes: list[BatchOutcome | None] = [None] * len(specs)
+        pending: list[tuple[int, PutItem, bytes | None]] = []
+        for index, one in enumerate(prepared):
+            if isinstance(one, BlobStoreError | PutResult):
+                outcomes[index] = one
+            elif isinstance(one, BaseException):
+                raise one  # not a rule broken by the item: a bug, the whole call fails
+            else:
+                pending.append((index, *one))
+        stored = await self.backend.put_many([item for _, item, _ in pending])
+        for (index, _, key), outcome in zip(pending, stored, strict=True):
+            if isinstance(outcome, PutResult):
+                self._remember(key, outcome)
+            elif not isinstance(outcome, BlobStoreError):
+                raise outcome
+            outcomes[index] = outcome
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    def check_batch(self, items: int) -> None:
+        """Refuses a batch of more items than max_batch_items."""
+        if items > self.limits.max_batch_items:
+            raise InvalidArgument(
+                f"a batch takes at most {self.limits.max_batch_items} items, got {items} "
+                "(--max-batch-items); split it"
+            )
+
+    async def _prepare(self, spec: PutSpec) -> tuple[PutItem, bytes | None] | PutResult:
+        """What to hand the backend for `spec` (and the key its JSON text is remembered
+        under), or its result at once if it is JSON text already stored."""
+        blob_type, data, expected_id = spec.blob_type, spec.data, spec.expected_id
+        meta = check_meta(spec.meta)
+        if spec.canonical:
+            _check_json_type(blob_type)
         self._check_size(blob_type, len(data))
-        if not blob_type.is_json:
-            return await self._put_content(blob_type, data, expected_id, meta)
+        if not blob_type.is_json or spec.canonical:
+            item = await self._item(blob_type, data, expected_id, meta)
+            return item, None
         key = None
         if len(data) <= TEXT_CACHE_MAX_TEXT:
             key = hashlib.sha256(data).digest()
@@ -89,12 +161,14 @@ class BlobStore:
                 return known
         content = await self._canonical_text(data)
         self._check_size(blob_type, len(content))
-        result = await self._put_content(blob_type, content, expected_id, meta)
+        return await self._item(blob_type, content, expected_id, meta), key
+
+    def _remember(self, key: bytes | None, result: PutResult) -> None:
+        """Remembers the id of JSON text just stored (put_dedup; see _known_text)."""
         if key is not None:
             self._text_ids[key] = result.info.blob_id
             if len(self._text_ids) > TEXT_CACHE_ENTRIES:
                 self._text_ids.popitem(last=False)
-        return result
 
     async def _canonical_text(self, data: bytes) -> bytes:
         """canonicalize_text(data), refused early if it has too many values.
@@ -191,18 +265,19 @@ class BlobStore:
     ) -> PutResult:
         """Stores JSON text that is already canonical (made by canonicalize_value) as a
         Json or Flow blob."""
-        _check_json_type(blob_type)
-        meta = check_meta(meta)
-        self._check_size(blob_type, len(content))
-        return await self._put_content(blob_type, content, expected_id, meta)
+        spec = PutSpec(blob_type, content, expected_id, meta, canonical=True)
+        prepared = await self._prepare(spec)
+        assert not isinstance(prepared, PutResult), "canonical JSON is never looked up"
+        item = prepared[0]
+        return await self.backend.put(item.blob_id, item.blob_type, item.data, item.meta)
 
-    async def _put_content(
+    async def _item(
         self, blob_type: BlobType, content: bytes, expected_id: BlobId | None, meta: BlobMeta
-    ) -> PutResult:
+    ) -> PutItem:
         digest = await offload(len(content), sha256_hex, content)
         blob_id = blob_id_from_digest(digest)
         _check_expected(blob_id, expected_id)
-        return await self.backend.put(blob_id, blob_type, content, meta)
+        return PutItem(blob_id, blob_type, content, meta)
 
     async def put_stream(
         self,
@@ -306,6 +381,37 @@ class BlobStore:
                 f"blob {blob_id} is {exc.info.size} bytes, over the unary limit of "
                 f"{self.limits.max_unary_bytes} bytes; read it with GetStream"
             ) from None
+
+    async def get_many(
+        self, blob_ids: Sequence[BlobId], reserve: Callable[[int], object] | None = None
+    ) -> list[Blob | BlobStoreError]:
+        """Returns each blob, verified, or its own error, in order.
+
+        The blobs' content together stays under the unary limit: a blob that would
+        take the reply past it is not read and gets UseStreaming (later ones that
+        still fit are read). `reserve(size)` is called before each blob is read.
+        """
+        self.check_batch(len(blob_ids))
+        room = self.limits.max_unary_bytes
+        outcomes: list[Blob | BlobStoreError] = []
+        for blob_id in blob_ids:
+            try:
+                blob = await self.backend.get(blob_id, ReadLimit(room, reserve))
+            except OverLimit as exc:
+                outcomes.append(
+                    UseStreaming(
+                        f"blob {blob_id} is {exc.info.size} bytes: with it the batch reply "
+                        f"would pass the unary limit of {self.limits.max_unary_bytes} bytes; "
+                        "read it with Get, GetStream or in another batch"
+                    )
+                )
+                continue
+            except BlobStoreError as exc:
+                outcomes.append(exc)
+                continue
+            room -= blob.info.size
+            outcomes.append(blob)
+        return outcomes
 
     async def get_stream(self, blob_id: BlobId, chunk_size: int) -> BlobStream:
         """Opens a blob for reading in chunks; the caller must aclose() the stream."""

@@ -13,8 +13,9 @@ the protocol, whose .proto files are public).
   the time taken does not say how much of a hash matched). reload() (SIGHUP) swaps
   the whole table in one assignment: calls in progress keep the table they were
   checked with, none is dropped; a file that does not parse leaves the old table.
-* Scopes: `read` (Get, GetStream, Stat, FindMissing, stepflow GetBlob), `write` (Put,
-  PutStream, stepflow PutBlob), `admin` (nothing yet: for destructive calls to come).
+* Scopes: `read` (Get, GetStream, Stat, FindMissing, BatchGet, stepflow GetBlob), `write`
+  (Put, PutStream, BatchPut, stepflow PutBlob), `admin` (nothing yet: for destructive
+  calls to come).
 * Anonymous callers (no `authorization` metadata) get the scopes `--anonymous`
   grants per API, e.g. `stepflow.v1=read,write` (Stepflow's workers dial without a
   token); by default none.
@@ -56,7 +57,9 @@ _SCOPE_OF_METHOD = {
     "Stat": "read",
     "FindMissing": "read",
     "GetBlob": "read",
+    "BatchGet": "read",
     "Put": "write",
+    "BatchPut": "write",
     "PutStream": "write",
     "PutBlob": "write",
 }

@@ -72,7 +72,7 @@ DRAIN_LIMIT = 64 * 1024 * 1024
 # stream measured with 1 MiB chunks (120 unread streams, one channel); rounded up.
 GET_STREAM_BUFFERED_CHUNKS = 4
 # Methods whose handler takes a third argument, `reserve(nbytes)`, to size its reply.
-_RESERVING = frozenset({"Get", "GetBlob"})
+_RESERVING = frozenset({"Get", "GetBlob", "BatchGet"})
 _Handler = Any  # grpc's RpcMethodHandler named tuple; grpc-stubs does not type its fields
 _Context = grpc.aio.ServicerContext[Any, Any]
 

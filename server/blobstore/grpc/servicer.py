@@ -24,7 +24,7 @@ from blobstore.api.blobstore.v1 import blobstore_pb2_grpc as pb_grpc
 from blobstore.grpc import json_value, wire
 from blobstore.ids import BlobId, parse_blob_id
 from blobstore.limits import clamp_chunk_size
-from blobstore.model import BlobInfo, BlobType, PutResult
+from blobstore.model import Blob, BlobInfo, BlobType, PutResult
 from blobstore.proto_names import (
     BLOB_TYPE_FROM_PB,
     BLOB_TYPE_TO_PB,
@@ -32,8 +32,8 @@ from blobstore.proto_names import (
     meta_from_pb,
     meta_to_pb,
 )
-from blobstore.status import to_status
-from blobstore.store import BlobStore
+from blobstore.status import to_item_error, to_status
+from blobstore.store import BlobStore, PutSpec
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,8 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
             "Get": unary(self.Get, pb.GetRequest, pb.GetResponse),
             "Stat": unary(self.Stat, pb.StatRequest, pb.StatResponse),
             "FindMissing": unary(self.FindMissing, pb.FindMissingRequest, pb.FindMissingResponse),
+            "BatchPut": unary(self.BatchPut, pb.BatchPutRequest, pb.BatchPutResponse),
+            "BatchGet": unary(self.BatchGet, pb.BatchGetRequest, pb.BatchGetResponse),
             "PutStream": grpc.stream_unary_rpc_method_handler(
                 self.PutStream,
                 request_deserializer=wire.parse_put_stream_request,
@@ -131,10 +133,20 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
 
     @_translate_errors
     async def Put(self, request: pb.PutRequest, context: Any) -> pb.PutResponse:
+        spec = await self._put_spec(request)
+        if spec.canonical:
+            result = await self._store.put_canonical_json(
+                spec.data, spec.expected_id, blob_type=spec.blob_type, meta=spec.meta
+            )
+        else:
+            result = await self._store.put(spec.blob_type, spec.data, spec.expected_id, spec.meta)
+        return _put_response(result)
+
+    async def _put_spec(self, request: pb.PutRequest) -> PutSpec:
+        """A PutRequest decoded: its type, content, expected id and metadata."""
         expected = _optional_id(request.expected_id, "expected_id")
         meta = meta_from_pb(request)
-        content = request.WhichOneof("content")
-        if content == "json":
+        if request.WhichOneof("content") == "json":
             blob_type = _blob_type(request.blob_type, default=BlobType.JSON)
             if not blob_type.is_json:
                 raise errors.InvalidArgument(
@@ -142,13 +154,9 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
                 )
             limit = self._store.limits.max_json_values
             canonical = await json_value.canonical_json_of(request.json, limit)
-            result = await self._store.put_canonical_json(
-                canonical, expected, blob_type=blob_type, meta=meta
-            )
-        else:
-            blob_type = _blob_type(request.blob_type, default=BlobType.BINARY)
-            result = await self._store.put(blob_type, request.data, expected, meta)
-        return _put_response(result)
+            return PutSpec(blob_type, canonical, expected, meta, canonical=True)
+        blob_type = _blob_type(request.blob_type, default=BlobType.BINARY)
+        return PutSpec(blob_type, request.data, expected, meta)
 
     @_translate_errors
     async def Get(
@@ -159,24 +167,55 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
     ) -> pb.GetResponse:
         """`reserve(size)`, from the guard, is called before the blob's content is read."""
         blob = await self._store.get(_required_id(request.id), reserve)
-        info = blob.info
-        fields = meta_to_pb(info.meta)
-        if request.as_json_value and info.blob_type.is_json:
-            value = await json_value.value_of(blob)
-            return pb.GetResponse(
-                id=info.blob_id,
-                blob_type=_TO_PB[info.blob_type],
-                size=info.size,
-                json=value,
-                **fields,
-            )
-        return pb.GetResponse(
-            id=info.blob_id,
-            blob_type=_TO_PB[info.blob_type],
-            size=info.size,
-            data=blob.data,
-            **fields,
-        )
+        return await _get_response(blob, request.as_json_value)
+
+    @_translate_errors
+    async def BatchPut(self, request: pb.BatchPutRequest, context: Any) -> pb.BatchPutResponse:
+        """Each item decoded and stored as Put would; an item's error is its own."""
+        self._store.check_batch(len(request.requests))
+        decoded: list[PutSpec | errors.BlobStoreError] = []
+        for item in request.requests:
+            try:
+                decoded.append(await self._put_spec(item))
+            except errors.BlobStoreError as exc:
+                decoded.append(exc)
+        specs = [spec for spec in decoded if isinstance(spec, PutSpec)]
+        stored = iter(await self._store.put_many(specs))
+        results = []
+        for spec in decoded:
+            outcome = next(stored) if isinstance(spec, PutSpec) else spec
+            if isinstance(outcome, errors.BlobStoreError):
+                results.append(pb.BatchPutResult(error=to_item_error(outcome)))
+            else:
+                results.append(pb.BatchPutResult(response=_put_response(outcome)))
+        return pb.BatchPutResponse(results=results)
+
+    @_translate_errors
+    async def BatchGet(
+        self,
+        request: pb.BatchGetRequest,
+        context: Any,
+        reserve: Callable[[int], object] | None = None,
+    ) -> pb.BatchGetResponse:
+        """Each blob or its own error; `reserve(size)` (the guard's) before each is read."""
+        self._store.check_batch(len(request.ids))
+        ids: list[BlobId | errors.BlobStoreError] = []
+        for i, text in enumerate(request.ids):
+            try:
+                ids.append(_required_id(text, f"ids[{i}]"))
+            except errors.BlobStoreError as exc:
+                ids.append(exc)
+        valid = [blob_id for blob_id in ids if not isinstance(blob_id, errors.BlobStoreError)]
+        read = iter(await self._store.get_many(valid, reserve))
+        results = []
+        for blob_id in ids:
+            outcome = blob_id if isinstance(blob_id, errors.BlobStoreError) else next(read)
+            if isinstance(outcome, errors.BlobStoreError):
+                results.append(pb.BatchGetResult(error=to_item_error(outcome)))
+            else:
+                reply = await _get_response(outcome, request.as_json_value)
+                results.append(pb.BatchGetResult(response=reply))
+        return pb.BatchGetResponse(results=results)
 
     @_translate_errors
     async def Stat(self, request: pb.StatRequest, context: Any) -> pb.StatResponse:
@@ -268,6 +307,19 @@ async def _chunks(
         if next_message is None:
             return
         message = next_message
+
+
+async def _get_response(blob: Blob, as_json_value: bool) -> pb.GetResponse:
+    info = blob.info
+    fields = meta_to_pb(info.meta)
+    if as_json_value and info.blob_type.is_json:
+        value = await json_value.value_of(blob)
+        return pb.GetResponse(
+            id=info.blob_id, blob_type=_TO_PB[info.blob_type], size=info.size, json=value, **fields
+        )
+    return pb.GetResponse(
+        id=info.blob_id, blob_type=_TO_PB[info.blob_type], size=info.size, data=blob.data, **fields
+    )
 
 
 def _info(info: BlobInfo) -> pb.BlobInfo:

@@ -39,6 +39,7 @@ class ServerConfig:
     keepalive_seconds: float = 60.0
     stream_idle_seconds: float = 60.0
     max_json_values: int = _LIMITS.max_json_values
+    max_batch_items: int = _LIMITS.max_batch_items
     io_threads: int = 32
     journal_max_blob_bytes: int = JOURNAL_MAX_BLOB_BYTES
     grace_seconds: float = 10.0
@@ -62,6 +63,7 @@ class ServerConfig:
             max_json_bytes=self.max_json_bytes,
             max_unary_bytes=self.max_unary_bytes,
             max_json_values=self.max_json_values,
+            max_batch_items=self.max_batch_items,
         )
 
     @property
@@ -115,6 +117,8 @@ HELP = {
     "max_json_values": "most values (numbers, strings, arrays, objects...) in one Json blob's "
     "text or protobuf json Value; more are refused before parsing (RESOURCE_EXHAUSTED, "
     "BLOB_TOO_LARGE), as each costs memory when parsed whatever the text size; 0 = no cap",
+    "max_batch_items": "most items in one BatchPut or BatchGet call; a larger batch is refused "
+    "(INVALID_ARGUMENT) before any item is stored or read",
     "io_threads": "threads for blocking disk I/O",
     "journal_max_blob_bytes": "unary puts up to this size are made durable in batches, by one "
     "journal write and fdatasync for all puts arriving together (group commit, Linux); "

@@ -14,6 +14,7 @@ of VerifyingBackend, which wraps every backend the server uses.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -54,6 +55,36 @@ class ReadLimit:
 
 
 NO_LIMIT = ReadLimit()
+
+
+@dataclass(frozen=True, slots=True)
+class PutItem:
+    """One blob of a batched put (BlobBackend.put_many): what put() takes."""
+
+    blob_id: BlobId
+    blob_type: BlobType
+    data: bytes
+    meta: BlobMeta = NO_META
+
+
+PutOutcome = PutResult | Exception
+"""What one item of a put_many ends with: its result, or the error put() would raise."""
+
+
+async def put_each(backend: BlobBackend, items: Sequence[PutItem]) -> list[PutOutcome]:
+    """put_many for a backend with nothing better to do: the items' puts, run together.
+
+    Each item keeps its own result or error; all are done when this returns.
+    """
+
+    async def one(item: PutItem) -> PutOutcome:
+        try:
+            return await backend.put(item.blob_id, item.blob_type, item.data, item.meta)
+        except Exception as exc:
+            return exc
+
+    return list(await asyncio.gather(*(one(item) for item in items)))
+
 
 ChunkHook = Callable[[bytes | memoryview], object]
 """Work the caller wants done on each chunk of a streamed put (the store's hashing).
@@ -122,6 +153,13 @@ class BlobBackend(Protocol):
         holding exactly `data` is already stored (then created=False, with the first type
         and metadata). A put is never answered from a copy that does not match: that one
         is quarantined and `data` stored."""
+        ...
+
+    async def put_many(self, items: Sequence[PutItem]) -> list[PutOutcome]:
+        """put() of each item, one outcome per item in order (an error does not stop the
+        others); returns once every stored item is durable. A backend that can make the
+        batch durable at once does so (the file system: one journal commit); others
+        use put_each()."""
         ...
 
     async def open_writer(self) -> BlobWriter:

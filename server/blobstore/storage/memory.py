@@ -15,7 +15,15 @@ from dataclasses import dataclass
 from blobstore.errors import BlobNotFound
 from blobstore.ids import BlobId
 from blobstore.model import NO_META, Blob, BlobInfo, BlobMeta, BlobType, PutResult
-from blobstore.storage.base import NO_LIMIT, ChunkHook, OverLimit, ReadLimit
+from blobstore.storage.base import (
+    NO_LIMIT,
+    ChunkHook,
+    OverLimit,
+    PutItem,
+    PutOutcome,
+    ReadLimit,
+    put_each,
+)
 
 
 @dataclass(slots=True)
@@ -60,6 +68,9 @@ class MemoryBackend:
         self, blob_id: BlobId, blob_type: BlobType, data: bytes, meta: BlobMeta = NO_META
     ) -> PutResult:
         return self._store(blob_id, blob_type, data, meta)
+
+    async def put_many(self, items: Sequence[PutItem]) -> list[PutOutcome]:
+        return await put_each(self, items)
 
     async def open_writer(self) -> MemoryWriter:
         self.open_writers += 1

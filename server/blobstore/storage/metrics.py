@@ -23,6 +23,8 @@ from blobstore.storage.base import (
     BlobStream,
     BlobWriter,
     ChunkHook,
+    PutItem,
+    PutOutcome,
     ReadLimit,
 )
 
@@ -31,7 +33,7 @@ STORAGE_BUCKETS = (
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
-_OPERATIONS = ("put", "get", "get_stream", "stat", "find_missing", "commit")
+_OPERATIONS = ("put", "put_many", "get", "get_stream", "stat", "find_missing", "commit")
 
 
 class StorageMetrics:
@@ -74,7 +76,8 @@ class MetricsBackend:
         self._failed = metrics.duration
         self._name = name
         self._bytes = {
-            op: metrics.bytes.labels(name, op) for op in ("put", "get", "get_stream", "commit")
+            op: metrics.bytes.labels(name, op)
+            for op in ("put", "put_many", "get", "get_stream", "commit")
         }
         self._created = metrics.created.labels(name, "created")
         self._deduplicated = metrics.created.labels(name, "deduplicated")
@@ -105,6 +108,20 @@ class MetricsBackend:
         self._bytes["put"].inc(len(data))
         self._stored(result)
         return result
+
+    async def put_many(self, items: Sequence[PutItem]) -> list[PutOutcome]:
+        started = time.perf_counter()
+        try:
+            outcomes = await self._inner.put_many(items)
+        except BaseException as exc:
+            self._failure("put_many", started, exc)
+            raise
+        self._ok["put_many"].observe(time.perf_counter() - started)
+        for item, outcome in zip(items, outcomes, strict=True):
+            if isinstance(outcome, PutResult):
+                self._bytes["put_many"].inc(len(item.data))
+                self._stored(outcome)
+        return outcomes
 
     async def open_writer(self) -> BlobWriter:
         return _MeteredWriter(self, await self._inner.open_writer())

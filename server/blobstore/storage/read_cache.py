@@ -37,6 +37,8 @@ from blobstore.storage.base import (
     BlobStream,
     BlobWriter,
     OverLimit,
+    PutItem,
+    PutOutcome,
     ReadLimit,
 )
 from blobstore.storage.memory import MemoryStream
@@ -128,6 +130,9 @@ class ReadCache:
         self, blob_id: BlobId, blob_type: BlobType, data: bytes, meta: BlobMeta = NO_META
     ) -> PutResult:
         return await self._inner.put(blob_id, blob_type, data, meta)
+
+    async def put_many(self, items: Sequence[PutItem]) -> list[PutOutcome]:
+        return await self._inner.put_many(items)
 
     async def open_writer(self) -> BlobWriter:
         return await self._inner.open_writer()

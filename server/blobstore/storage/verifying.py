@@ -18,7 +18,15 @@ from blobstore.errors import DataLoss
 from blobstore.ids import BlobId, hex_digest
 from blobstore.model import NO_META, Blob, BlobInfo, BlobMeta, BlobType, PutResult
 from blobstore.offload import INLINE_LIMIT, offload, sha256_hex
-from blobstore.storage.base import NO_LIMIT, BlobBackend, BlobStream, BlobWriter, ReadLimit
+from blobstore.storage.base import (
+    NO_LIMIT,
+    BlobBackend,
+    BlobStream,
+    BlobWriter,
+    PutItem,
+    PutOutcome,
+    ReadLimit,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +46,9 @@ class VerifyingBackend:
         self, blob_id: BlobId, blob_type: BlobType, data: bytes, meta: BlobMeta = NO_META
     ) -> PutResult:
         return await self._inner.put(blob_id, blob_type, data, meta)
+
+    async def put_many(self, items: Sequence[PutItem]) -> list[PutOutcome]:
+        return await self._inner.put_many(items)
 
     async def open_writer(self) -> BlobWriter:
         return await self._inner.open_writer()

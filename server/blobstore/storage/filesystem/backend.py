@@ -40,7 +40,7 @@ from typing import TypeVar
 
 from blobstore.ids import BlobId
 from blobstore.model import NO_META, Blob, BlobInfo, BlobMeta, BlobType, PutResult
-from blobstore.storage.base import NO_LIMIT, ReadLimit
+from blobstore.storage.base import NO_LIMIT, PutItem, PutOutcome, ReadLimit
 from blobstore.storage.filesystem.fd_guard import open_on_pool
 from blobstore.storage.filesystem.group_commit import GroupCommitter
 from blobstore.storage.filesystem.journal import SEGMENT_BYTES, Journal
@@ -166,6 +166,57 @@ class FileSystemBackend:
         return await self._run(
             lambda: publisher.store(blob_id, blob_type, data, meta, check=not absent)
         )
+
+    async def put_many(self, items: Sequence[PutItem]) -> list[PutOutcome]:
+        """put() of each item; the small new ones made durable by one journal commit.
+
+        Copies already stored are answered as put() answers them; blobs over the
+        journal's size (or every one without a journal) are published on the pool,
+        each with its own fsyncs, at the same time. Returns once all are durable.
+        """
+        outcomes: list[PutOutcome | None] = [None] * len(items)
+        journaled: list[int] = []
+        published: list[tuple[int, bool]] = []
+        for index, item in enumerate(items):
+            found = self._reader.match_now(item.blob_id, item.data)
+            if isinstance(found, BlobInfo):
+                outcomes[index] = PutResult(found, created=False)
+                continue
+            absent = found is Copy.ABSENT
+            small = len(item.data) <= self._journal_max_blob
+            if absent and small and self._committer is not None:
+                journaled.append(index)
+            else:
+                published.append((index, absent))
+
+        async def publish(index: int, absent: bool) -> None:
+            item, publisher = items[index], self._publisher
+            try:
+                outcomes[index] = await self._run(
+                    lambda: publisher.store(
+                        item.blob_id, item.blob_type, item.data, item.meta, check=not absent
+                    )
+                )
+            except Exception as exc:
+                outcomes[index] = exc
+
+        async def commit() -> None:
+            if not journaled or self._committer is None:
+                return
+            group = [items[i] for i in journaled]
+            try:
+                results = await self._committer.put_many(
+                    [(i.blob_id, i.blob_type, i.data, i.meta) for i in group]
+                )
+            except Exception as exc:
+                results = [exc] * len(group)
+            for index, outcome in zip(journaled, results, strict=True):
+                outcomes[index] = outcome
+
+        await asyncio.gather(commit(), *(publish(i, absent) for i, absent in published))
+        done = [outcome for outcome in outcomes if outcome is not None]
+        assert len(done) == len(items), "every item of a put_many gets an outcome"
+        return done
 
     def _file_blob(
         self, blob_id: BlobId, blob_type: BlobType, data: bytes, meta: BlobMeta

@@ -28,7 +28,7 @@ from obstore.exceptions import AlreadyExistsError
 from blobstore.errors import Unavailable
 from blobstore.ids import BlobId
 from blobstore.model import NO_META, Blob, BlobInfo, BlobMeta, BlobType, PutResult
-from blobstore.storage.base import NO_LIMIT, OverLimit, ReadLimit
+from blobstore.storage.base import NO_LIMIT, OverLimit, PutItem, PutOutcome, ReadLimit, put_each
 from blobstore.storage.objectstore import keys, metadata
 from blobstore.storage.objectstore.errors import NOT_FOUND, summary, translated
 from blobstore.storage.objectstore.location import Location
@@ -114,6 +114,10 @@ class ObjectStoreBackend:
         self, blob_id: BlobId, blob_type: BlobType, data: bytes, meta: BlobMeta = NO_META
     ) -> PutResult:
         return await self.put_object(blob_id, data, metadata.encode(blob_type, len(data), meta))
+
+    async def put_many(self, items: Sequence[PutItem]) -> list[PutOutcome]:
+        # Each object is its own conditional put; they run at once.
+        return await put_each(self, items)
 
     async def put_object(
         self, blob_id: BlobId, data: bytes, attributes: dict[str, str]

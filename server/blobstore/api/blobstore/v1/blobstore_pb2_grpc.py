@@ -64,6 +64,16 @@ class BlobServiceStub:
                 request_serializer=blobstore_dot_v1_dot_blobstore__pb2.GetStreamRequest.SerializeToString,
                 response_deserializer=blobstore_dot_v1_dot_blobstore__pb2.GetStreamResponse.FromString,
                 _registered_method=True)
+        self.BatchPut = channel.unary_unary(
+                '/blobstore.v1.BlobService/BatchPut',
+                request_serializer=blobstore_dot_v1_dot_blobstore__pb2.BatchPutRequest.SerializeToString,
+                response_deserializer=blobstore_dot_v1_dot_blobstore__pb2.BatchPutResponse.FromString,
+                _registered_method=True)
+        self.BatchGet = channel.unary_unary(
+                '/blobstore.v1.BlobService/BatchGet',
+                request_serializer=blobstore_dot_v1_dot_blobstore__pb2.BatchGetRequest.SerializeToString,
+                response_deserializer=blobstore_dot_v1_dot_blobstore__pb2.BatchGetResponse.FromString,
+                _registered_method=True)
 
 
 class BlobServiceServicer:
@@ -120,6 +130,31 @@ class BlobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BatchPut(self, request, context):
+        """Stores many blobs in one call, each with its own type, metadata and
+        result: an item that fails (bad JSON, digest mismatch, too large...) gets
+        its own status and does not fail the others. The call is answered only
+        once every stored item is durable; the server makes the small ones
+        durable together with one journal write and one sync. At most the
+        server's batch limit of items (1000 by default); the whole request is
+        bounded by the message limit. Needs the `write` scope.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchGet(self, request, context):
+        """Returns many blobs in one call, each with its data or its own status
+        (NOT_FOUND, DATA_LOSS...), in request order. The reply's blob content is
+        kept under the server's unary limit (32 MiB by default): an item that
+        would take it past the limit is not read and gets FAILED_PRECONDITION
+        (reason USE_STREAMING); fetch it with Get/GetStream or another batch.
+        Later items that still fit are served. Needs the `read` scope.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BlobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -152,6 +187,16 @@ def add_BlobServiceServicer_to_server(servicer, server):
                     servicer.GetStream,
                     request_deserializer=blobstore_dot_v1_dot_blobstore__pb2.GetStreamRequest.FromString,
                     response_serializer=blobstore_dot_v1_dot_blobstore__pb2.GetStreamResponse.SerializeToString,
+            ),
+            'BatchPut': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchPut,
+                    request_deserializer=blobstore_dot_v1_dot_blobstore__pb2.BatchPutRequest.FromString,
+                    response_serializer=blobstore_dot_v1_dot_blobstore__pb2.BatchPutResponse.SerializeToString,
+            ),
+            'BatchGet': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchGet,
+                    request_deserializer=blobstore_dot_v1_dot_blobstore__pb2.BatchGetRequest.FromString,
+                    response_serializer=blobstore_dot_v1_dot_blobstore__pb2.BatchGetResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -316,6 +361,60 @@ class BlobService:
             '/blobstore.v1.BlobService/GetStream',
             blobstore_dot_v1_dot_blobstore__pb2.GetStreamRequest.SerializeToString,
             blobstore_dot_v1_dot_blobstore__pb2.GetStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchPut(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/blobstore.v1.BlobService/BatchPut',
+            blobstore_dot_v1_dot_blobstore__pb2.BatchPutRequest.SerializeToString,
+            blobstore_dot_v1_dot_blobstore__pb2.BatchPutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchGet(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/blobstore.v1.BlobService/BatchGet',
+            blobstore_dot_v1_dot_blobstore__pb2.BatchGetRequest.SerializeToString,
+            blobstore_dot_v1_dot_blobstore__pb2.BatchGetResponse.FromString,
             options,
             channel_credentials,
             insecure,

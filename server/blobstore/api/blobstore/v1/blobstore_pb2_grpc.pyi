@@ -75,6 +75,23 @@ class BlobServiceStub:
     ends with DATA_LOSS before the last chunk, so a reader never gets a
     complete copy of bad data.
     """
+    BatchPut: _grpc.UnaryUnaryMultiCallable[_blobstore_pb2.BatchPutRequest, _blobstore_pb2.BatchPutResponse]
+    """Stores many blobs in one call, each with its own type, metadata and
+    result: an item that fails (bad JSON, digest mismatch, too large...) gets
+    its own status and does not fail the others. The call is answered only
+    once every stored item is durable; the server makes the small ones
+    durable together with one journal write and one sync. At most the
+    server's batch limit of items (1000 by default); the whole request is
+    bounded by the message limit. Needs the `write` scope.
+    """
+    BatchGet: _grpc.UnaryUnaryMultiCallable[_blobstore_pb2.BatchGetRequest, _blobstore_pb2.BatchGetResponse]
+    """Returns many blobs in one call, each with its data or its own status
+    (NOT_FOUND, DATA_LOSS...), in request order. The reply's blob content is
+    kept under the server's unary limit (32 MiB by default): an item that
+    would take it past the limit is not read and gets FAILED_PRECONDITION
+    (reason USE_STREAMING); fetch it with Get/GetStream or another batch.
+    Later items that still fit are served. Needs the `read` scope.
+    """
 
 @_typing.type_check_only
 class BlobServiceAsyncStub(BlobServiceStub):
@@ -103,6 +120,23 @@ class BlobServiceAsyncStub(BlobServiceStub):
     is checked against its id while it is sent; on a mismatch the stream
     ends with DATA_LOSS before the last chunk, so a reader never gets a
     complete copy of bad data.
+    """
+    BatchPut: _aio.UnaryUnaryMultiCallable[_blobstore_pb2.BatchPutRequest, _blobstore_pb2.BatchPutResponse]  # type: ignore[assignment]
+    """Stores many blobs in one call, each with its own type, metadata and
+    result: an item that fails (bad JSON, digest mismatch, too large...) gets
+    its own status and does not fail the others. The call is answered only
+    once every stored item is durable; the server makes the small ones
+    durable together with one journal write and one sync. At most the
+    server's batch limit of items (1000 by default); the whole request is
+    bounded by the message limit. Needs the `write` scope.
+    """
+    BatchGet: _aio.UnaryUnaryMultiCallable[_blobstore_pb2.BatchGetRequest, _blobstore_pb2.BatchGetResponse]  # type: ignore[assignment]
+    """Returns many blobs in one call, each with its data or its own status
+    (NOT_FOUND, DATA_LOSS...), in request order. The reply's blob content is
+    kept under the server's unary limit (32 MiB by default): an item that
+    would take it past the limit is not read and gets FAILED_PRECONDITION
+    (reason USE_STREAMING); fetch it with Get/GetStream or another batch.
+    Later items that still fit are served. Needs the `read` scope.
     """
 
 class BlobServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -165,6 +199,35 @@ class BlobServiceServicer(metaclass=_abc_1.ABCMeta):
         is checked against its id while it is sent; on a mismatch the stream
         ends with DATA_LOSS before the last chunk, so a reader never gets a
         complete copy of bad data.
+        """
+
+    @_abc_1.abstractmethod
+    def BatchPut(
+        self,
+        request: _blobstore_pb2.BatchPutRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_blobstore_pb2.BatchPutResponse, _abc.Awaitable[_blobstore_pb2.BatchPutResponse]]:
+        """Stores many blobs in one call, each with its own type, metadata and
+        result: an item that fails (bad JSON, digest mismatch, too large...) gets
+        its own status and does not fail the others. The call is answered only
+        once every stored item is durable; the server makes the small ones
+        durable together with one journal write and one sync. At most the
+        server's batch limit of items (1000 by default); the whole request is
+        bounded by the message limit. Needs the `write` scope.
+        """
+
+    @_abc_1.abstractmethod
+    def BatchGet(
+        self,
+        request: _blobstore_pb2.BatchGetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_blobstore_pb2.BatchGetResponse, _abc.Awaitable[_blobstore_pb2.BatchGetResponse]]:
+        """Returns many blobs in one call, each with its data or its own status
+        (NOT_FOUND, DATA_LOSS...), in request order. The reply's blob content is
+        kept under the server's unary limit (32 MiB by default): an item that
+        would take it past the limit is not read and gets FAILED_PRECONDITION
+        (reason USE_STREAMING); fetch it with Get/GetStream or another batch.
+        Later items that still fit are served. Needs the `read` scope.
         """
 
 def add_BlobServiceServicer_to_server(servicer: BlobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
