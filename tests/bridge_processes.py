@@ -193,9 +193,9 @@ class Stack:
 
 
 @contextlib.contextmanager
-def stack(directory: Path, *bridge_args: str) -> Iterator[Stack]:
+def stack(directory: Path, *bridge_args: str, server_args: tuple[str, ...] = ()) -> Iterator[Stack]:
     """Runs a server (data in directory/data) and an HTTP bridge; kills both at the end."""
-    server = ServerProcess(directory / "data", directory / "server.log")
+    server = ServerProcess(directory / "data", directory / "server.log", *server_args)
     bridge: BridgeProcess | None = None
     try:
         server.start()
