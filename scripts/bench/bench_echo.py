@@ -11,6 +11,8 @@ service and the ratio between the two is the cost of our own code:
     PutStream  drains the chunks, 32 bytes out
     GetStream  streams `int(request.id)` bytes from memory in chunks of
                `chunk_size` (0 = 1 MiB, as ours), one message per chunk
+    BatchPut   N items in, N Put replies out
+    BatchGet   N ids in, N Get replies (1 KiB each) out
 
 Variants for scripts/bench/bench_variants.py (not the ceilings): --style sync (a
 thread-pool grpc.server), --hops N (N no-op thread-pool round trips per
@@ -135,6 +137,12 @@ class EchoServicer(pb_grpc.BlobServiceServicer):
     async def Stat(self, request: pb.StatRequest, context: Any) -> pb.StatResponse:
         return pb.StatResponse()
 
+    async def BatchPut(self, request: pb.BatchPutRequest, context: Any) -> pb.BatchPutResponse:
+        return _batch_put_reply(request)
+
+    async def BatchGet(self, request: pb.BatchGetRequest, context: Any) -> pb.BatchGetResponse:
+        return _batch_get_reply(request)
+
     async def FindMissing(
         self, request: pb.FindMissingRequest, context: Any
     ) -> pb.FindMissingResponse:
@@ -163,6 +171,16 @@ class EchoServicer(pb_grpc.BlobServiceServicer):
 
 def _nothing() -> None:
     pass
+
+
+def _batch_put_reply(request: pb.BatchPutRequest) -> pb.BatchPutResponse:
+    return pb.BatchPutResponse(
+        results=[pb.BatchPutResult(response=PUT_REPLY)] * len(request.requests)
+    )
+
+
+def _batch_get_reply(request: pb.BatchGetRequest) -> pb.BatchGetResponse:
+    return pb.BatchGetResponse(results=[pb.BatchGetResult(response=GET_REPLY)] * len(request.ids))
 
 
 async def serve(
@@ -200,6 +218,12 @@ class SyncEchoServicer(pb_grpc.BlobServiceServicer):
 
     def Stat(self, request: pb.StatRequest, context: Any) -> pb.StatResponse:
         return pb.StatResponse()
+
+    def BatchPut(self, request: pb.BatchPutRequest, context: Any) -> pb.BatchPutResponse:
+        return _batch_put_reply(request)
+
+    def BatchGet(self, request: pb.BatchGetRequest, context: Any) -> pb.BatchGetResponse:
+        return _batch_get_reply(request)
 
     def FindMissing(self, request: pb.FindMissingRequest, context: Any) -> pb.FindMissingResponse:
         return pb.FindMissingResponse()

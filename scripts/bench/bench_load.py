@@ -99,6 +99,11 @@ class Documents:
         """stepflow.v1 PutBlobRequest of the document `text(seq)` holds."""
         return self._blob_prefix + b"%012d" % seq + self._blob_suffix
 
+    def batch_put_request(self, seq: int, items: int) -> bytes:
+        """BatchPutRequest of `items` documents from seq*items on (each a new blob)."""
+        first = seq * items
+        return b"".join(_field(1, self.put_request(n)) for n in range(first, first + items))
+
     def bridge_put_body(self, seq: int) -> bytes:
         return (
             b'{"jsonrpc":"2.0","id":%d,"method":"blobs/put","params":{"data":%s,"blob_type":"Json"}}'
@@ -115,6 +120,24 @@ def _json_dumps_default(value: object) -> bytes:
 
 def get_request(blob_id: str) -> bytes:
     return pb.GetRequest(id=blob_id).SerializeToString()
+
+
+def batch_get_request(blob_ids: list[str]) -> bytes:
+    return pb.BatchGetRequest(ids=blob_ids).SerializeToString()
+
+
+def _field(number: int, message: bytes) -> bytes:
+    """A length-delimited protobuf field (an embedded message)."""
+    return _varint(number << 3 | 2) + _varint(len(message)) + message
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 def get_blob_request(blob_id: str) -> bytes:
@@ -185,6 +208,8 @@ class GrpcCaller:
         self.get_stream = self.channel.unary_stream(_SERVICE + "GetStream", None, None)
         self.put_blob = self.channel.unary_unary(_STEPFLOW_SERVICE + "PutBlob", None, None)
         self.get_blob = self.channel.unary_unary(_STEPFLOW_SERVICE + "GetBlob", None, None)
+        self.batch_put = self.channel.unary_unary(_SERVICE + "BatchPut", None, None)
+        self.batch_get = self.channel.unary_unary(_SERVICE + "BatchGet", None, None)
 
     async def close(self) -> None:
         await self.channel.close(None)
@@ -197,6 +222,12 @@ class GrpcCaller:
 
     async def call_get(self, request: bytes) -> bytes:
         return cast(bytes, await self.get(request))
+
+    async def call_batch_put(self, request: bytes) -> bytes:
+        return cast(bytes, await self.batch_put(request))
+
+    async def call_batch_get(self, request: bytes) -> bytes:
+        return cast(bytes, await self.batch_get(request))
 
     async def call_put_blob(self, request: bytes) -> bytes:
         return cast(bytes, await self.put_blob(request))
@@ -255,8 +286,12 @@ async def closed_loop(
     payload: int,
     server_pids: list[int],
     sequence: Iterator[int] | None = None,
+    items: int = 1,
 ) -> Trial:
-    """Runs `concurrency` callers, each issuing `op` back to back, for `seconds`."""
+    """Runs `concurrency` callers, each issuing `op` back to back, for `seconds`.
+
+    `items`: blobs per call (a batch); ops and payload count blobs, latencies calls.
+    """
     numbers = sequence if sequence is not None else itertools.count()
     latencies: list[float] = []
     record = latencies.append
@@ -278,9 +313,9 @@ async def closed_loop(
         raise LoadError(f"call failed: {exc.code().name}: {exc.details()}") from None
     elapsed = perf() - start
     return Trial(
-        ops=len(latencies),
+        ops=len(latencies) * items,
         seconds=elapsed,
-        payload_bytes=len(latencies) * payload,
+        payload_bytes=len(latencies) * payload * items,
         latencies=latencies,
         server_cpu=(cpu_seconds(server_pids) - server0) / elapsed,
         loader_cpu=(time.process_time() - loader0) / elapsed,

@@ -44,9 +44,11 @@ import hashlib
 import json
 import os
 import platform
+import random
 import re
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -58,6 +60,7 @@ from typing import Any
 
 import aiohttp
 import bench_disk
+import bench_peers
 import grpc
 import psutil
 from bench_load import (
@@ -69,6 +72,7 @@ from bench_load import (
     LargeBlobs,
     LoadError,
     Op,
+    batch_get_request,
     bridge_get_body,
     closed_loop,
     endless_blob,
@@ -130,7 +134,7 @@ class Settings:
             seconds=pick(args.seconds, 2.0, 0.25),
             warmup=pick(None, 0.5, 0.1),
             concurrency=args.concurrency,
-            pool=pick(args.pool, 1000, 32),
+            pool=pick(args.pool, 1000, 128),  # at least BATCH: batch_get reads that many
             large_bytes=pick(args.large_mib, 64, 2) * MIB,
             reps=pick(args.reps, 5, 3),
             rss_bytes=pick(args.rss_mib, 1024, 8) * MIB,
@@ -147,14 +151,24 @@ class Settings:
 class Target:
     workload: str
     metric: str  # "ops_per_s" or "mb_per_s"
-    ceilings: tuple[str, ...]  # the slowest of these is the ceiling
+    ceilings: tuple[str, ...]  # the slowest of these is the ceiling (the fastest if `fastest`)
     minimum: float
+    fastest: bool = False
 
+
+# Small calls are held to the faster of the two echo flavours (issue 17): the grpc.aio
+# one, served like ours, and the thread-pool grpc.server one.
+ECHO_PUT = ("echo_put", "echo_put_sync")
+ECHO_GET = ("echo_get", "echo_get_sync")
+BATCH = 100
+"""Blobs per call in the batch rows (batch_put, batch_get and their echoes and peers)."""
 
 TARGETS = [
-    Target("put_small", "ops_per_s", ("echo_put",), 0.70),
-    Target("get_small", "ops_per_s", ("echo_get",), 0.85),
-    Target("put_dedup", "ops_per_s", ("echo_put",), 0.85),
+    Target("put_small", "ops_per_s", ECHO_PUT, 0.70, fastest=True),
+    Target("get_small", "ops_per_s", ECHO_GET, 0.85, fastest=True),
+    Target("put_dedup", "ops_per_s", ECHO_PUT, 0.85, fastest=True),
+    Target("batch_put", "ops_per_s", ("echo_batch_put", "echo_batch_put_sync"), 0.0, True),
+    Target("batch_get", "ops_per_s", ("echo_batch_get", "echo_batch_get_sync"), 0.0, True),
     Target("put_large", "mb_per_s", ("disk_seq_write",), 0.80),
     Target("get_large", "mb_per_s", ("sha256", "echo_get_stream"), 0.80),
     Target("bridge_put", "ops_per_s", ("put_small",), 0.50),
@@ -168,6 +182,8 @@ TARGETS = [
 ]
 SMALL_WORKLOADS = [
     "put_small",
+    "batch_put",
+    "batch_get",
     "get_small",
     "put_dedup",
     "stepflow_put",
@@ -196,8 +212,12 @@ class Bench:
         bridge: Child | None,
         baseline: Child | None = None,
         metered: Child | None = None,
+        echo_sync: Child | None = None,
+        peers: bench_peers.Peers | None = None,
     ) -> None:
         self.s = settings
+        self.echo_sync = echo_sync
+        self.peers = peers
         self.metered = metered
         self.work = work
         self.echo = echo
@@ -215,19 +235,27 @@ class Bench:
 
     async def run(self) -> None:
         self.echo_c = GrpcCaller(self.echo.address)
+        self.sync_c = GrpcCaller(self.echo_sync.address) if self.echo_sync else None
         self.ours_c = GrpcCaller(self.server.address)
         self.base_c = GrpcCaller(self.baseline.address) if self.baseline else None
         self.metered_c = GrpcCaller(self.metered.address) if self.metered else None
-        for caller in (self.echo_c, self.ours_c, self.base_c, self.metered_c):
+        for caller in (self.echo_c, self.sync_c, self.ours_c, self.base_c, self.metered_c):
             if caller is not None:
                 await caller.ready()
+        if self.peers is not None:
+            await self.peers.ready()
         self.http: HttpCaller | None = None
         if self.bridge is not None:
             self.http = HttpCaller(f"http://{self.bridge.address}/", self.s.concurrency)
         try:
             await self._preflight()
             await self._fill_pool()
+            if self.peers is not None:
+                say("storing the read pool in the peers")
+                await self.peers.fill(self.docs, len(self.pool_ids), self.s.concurrency)
             small = self._small_workloads()
+            if self.peers is not None:
+                small.update(self.peers.small_workloads(self.docs, BATCH))
             say(f"warming up ({len(small)} workloads x {self.s.warmup:.1f} s)")
             for op, _payload, pids in small.values():
                 await self._loop(op, 1, self.s.warmup, pids)
@@ -235,7 +263,8 @@ class Bench:
                 say(f"small-call trial {trial + 1}/{self.s.trials}")
                 for name in paired_order(list(small), trial):
                     op, payload, pids = small[name]
-                    self.add(name, await self._loop(op, payload, self.s.seconds, pids))
+                    items = BATCH if "batch" in name else 1
+                    self.add(name, await self._loop(op, payload, self.s.seconds, pids, items))
             # Not interleaved with the calls above: a burst of thousands of new files
             # leaves ext4 slower at creating the next ones for a while (without a
             # journal it scans inode tables for recently freed inodes), which cut
@@ -252,13 +281,17 @@ class Bench:
         finally:
             await self.echo_c.close()
             await self.ours_c.close()
-            for other in (self.base_c, self.metered_c):
+            if self.peers is not None:
+                await self.peers.close()
+            for other in (self.base_c, self.metered_c, self.sync_c):
                 if other is not None:
                     await other.close()
             if self.http is not None:
                 await self.http.close()
 
-    async def _loop(self, op: Op, payload: int, seconds: float, pids: list[int]) -> Trial:
+    async def _loop(
+        self, op: Op, payload: int, seconds: float, pids: list[int], items: int = 1
+    ) -> Trial:
         return await closed_loop(
             op,
             concurrency=self.s.concurrency,
@@ -266,6 +299,7 @@ class Bench:
             payload=payload,
             server_pids=pids,
             sequence=self._seq,
+            items=items,
         )
 
     def _small_workloads(self) -> dict[str, tuple[Op, int, list[int]]]:
@@ -278,6 +312,9 @@ class Bench:
         pick_id = random_picker([i.encode() for i in self.pool_ids])
         echo_get = get_request("sha256:" + "0" * 64)
         ours, echo = [self.server.pid], [self.echo.pid]
+        rng = random.Random(7)
+        batches = [batch_get_request(rng.sample(self.pool_ids, BATCH)) for _ in range(64)]
+        pick_batch = random_picker(batches)
         workloads: dict[str, tuple[Op, int, list[int]]] = {
             "echo_put": (lambda n: self.echo_c.call_put(docs.put_request(n)), KIB, echo),
             "put_small": (lambda n: self.ours_c.call_put(docs.put_request(n)), KIB, ours),
@@ -290,7 +327,33 @@ class Bench:
                 ours,
             ),
             "stepflow_get": (lambda n: self.ours_c.call_get_blob(pick_get_blob()), KIB, ours),
+            "echo_batch_put": (
+                lambda n: self.echo_c.call_batch_put(docs.batch_put_request(n, BATCH)),
+                KIB,
+                echo,
+            ),
+            "batch_put": (
+                lambda n: self.ours_c.call_batch_put(docs.batch_put_request(n, BATCH)),
+                KIB,
+                ours,
+            ),
+            "echo_batch_get": (lambda n: self.echo_c.call_batch_get(pick_batch()), KIB, echo),
+            "batch_get": (lambda n: self.ours_c.call_batch_get(pick_batch()), KIB, ours),
         }
+        if self.sync_c is not None and self.echo_sync is not None:
+            sync_c, sync = self.sync_c, [self.echo_sync.pid]
+            workloads["echo_put_sync"] = (lambda n: sync_c.call_put(docs.put_request(n)), KIB, sync)
+            workloads["echo_get_sync"] = (lambda n: sync_c.call_get(echo_get), KIB, sync)
+            workloads["echo_batch_put_sync"] = (
+                lambda n: sync_c.call_batch_put(docs.batch_put_request(n, BATCH)),
+                KIB,
+                sync,
+            )
+            workloads["echo_batch_get_sync"] = (
+                lambda n: sync_c.call_batch_get(pick_batch()),
+                KIB,
+                sync,
+            )
         if self.base_c is not None and self.baseline is not None:
             base_c, base = self.base_c, [self.baseline.pid]
             workloads["base_put_small"] = (
@@ -433,10 +496,20 @@ class Bench:
             stored_ids = [stored for *_, stored in servers]
             if any(stored != ids for stored in stored_ids):
                 raise LoadError(f"the servers stored the large blob as {stored_ids}")
+            if self.peers is not None and self.peers.buildgrid is not None:
+                await self._buildgrid_large(blobs.content(unique + b"-bg"), size)
             self.add("disk_seq_write", bench_disk.sequential_write(self.work, size=size))
             self.add("sha256", bench_disk.sha256_speed(sha_data))
             if rep == 0:
                 await self._check_large(ids[0], blobs.content(unique))
+
+    async def _buildgrid_large(self, data: bytes, size: int) -> None:
+        peers = self.peers
+        assert peers is not None and peers.buildgrid is not None
+        messages = bench_peers.write_requests(data)
+        pids = [peers.buildgrid.pid]
+        self.add("bg_put_large", await one_shot(lambda: peers.put_large(messages), size, pids))
+        self.add("bg_get_large", await one_shot(lambda: peers.get_large(data), size, pids))
 
     @staticmethod
     def _streamed_put(
@@ -527,11 +600,16 @@ async def _retry(call: Callable[[], Awaitable[Any]], seconds: float = 10.0) -> A
 def checks(summaries: dict[str, Summary], rss: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
     """Every target of issue 5 with its measured value and verdict."""
     found: list[dict[str, Any]] = []
-    for target in TARGETS:
-        if target.workload not in summaries:
+    peer_targets = [
+        Target(t.workload, t.metric, t.ceilings, t.minimum) for t in bench_peers.TARGETS
+    ]
+    for target in [*TARGETS, *peer_targets]:
+        present = [c for c in target.ceilings if c in summaries]
+        if target.workload not in summaries or not present:
             continue
         value = getattr(summaries[target.workload], target.metric)
-        ceiling_name = min(target.ceilings, key=lambda c: getattr(summaries[c], target.metric))
+        pick = max if target.fastest else min
+        ceiling_name = pick(present, key=lambda c: getattr(summaries[c], target.metric))
         ceiling = getattr(summaries[ceiling_name], target.metric)
         ratio = value / ceiling
         found.append(
@@ -656,7 +734,13 @@ ORDER = [
         "ceilings",
         [
             "echo_put",
+            "echo_put_sync",
             "echo_get",
+            "echo_get_sync",
+            "echo_batch_put",
+            "echo_batch_put_sync",
+            "echo_batch_get",
+            "echo_batch_get_sync",
             "echo_get_stream",
             "echo_put_stream",
             "disk_small_files",
@@ -665,7 +749,11 @@ ORDER = [
             "sha256",
         ],
     ),
-    ("service over gRPC", ["put_small", "get_small", "put_dedup", "put_large", "get_large"]),
+    (
+        "service over gRPC",
+        ["put_small", "get_small", "put_dedup", "batch_put", "batch_get", "put_large", "get_large"],
+    ),
+    ("peers (BuildGrid bg_, Stepflow sf_), same load, same core", bench_peers.ROWS),
     ("stepflow.v1 over gRPC", ["stepflow_put", "stepflow_get"]),
     ("metrics on (--metrics-port)", ["metrics_put_small", "metrics_get_small"]),
     ("bridge over HTTP", ["bridge_put", "bridge_get"]),
@@ -741,12 +829,15 @@ def say(message: str) -> None:
 
 def start_processes(
     settings: Settings, split: CpuSplit, work: Path, baseline_tree: Path | None = None
-) -> tuple[Child, Child, Child | None, Child, str]:
+) -> tuple[Child, Child, Child, Child | None, Child, str]:
     env_clean = {k: v for k, v in os.environ.items() if not k.startswith("BLOBSTORE_")}
     os.environ.clear()
     os.environ.update(env_clean)
     server_env = dict(item.split("=", 1) for item in settings.server_env)
     echo = start_echo_server(work / "echo.log", split.server, env=server_env)
+    echo_sync = start_echo_server(
+        work / "echo-sync.log", split.server, "--style", "sync", name="sync echo", env=server_env
+    )
     server = start_blobstore_server(work, split.server, server_env)
     baseline = None
     if baseline_tree is not None:
@@ -768,7 +859,7 @@ def start_processes(
         "server": "pinned with the server side",
         "load": "pinned with the load generator",
     }[settings.bridge_cpu]
-    return echo, server, baseline, bridge, where
+    return echo, echo_sync, server, baseline, bridge, where
 
 
 def start_metered_server(work: Path, cpus: frozenset[int] | None, settings: Settings) -> Child:
@@ -833,6 +924,12 @@ def main(argv: list[str] | None = None) -> int:
         help="s3: benchmark the object-store backend instead, against obstore on a SeaweedFS "
         "this run starts (scripts/bench/bench_s3.py)",
     )
+    parser.add_argument(
+        "--no-peers",
+        dest="peers",
+        action="store_false",
+        help="leave out BuildGrid and stepflow-server (never run with --quick)",
+    )
     args = parser.parse_args(argv)
     if args.storage == "s3":
         import bench_s3
@@ -851,14 +948,27 @@ def main(argv: list[str] | None = None) -> int:
     children: list[Child] = []
     try:
         tree = args.baseline_tree.resolve() if args.baseline_tree else None
-        echo, server, baseline, bridge, bridge_note = start_processes(settings, split, work, tree)
-        children = [c for c in (bridge, baseline, server, echo) if c is not None]
+        started_ = start_processes(settings, split, work, tree)
+        echo, echo_sync, server, baseline, bridge, bridge_note = started_
+        children = [c for c in (bridge, baseline, server, echo, echo_sync) if c is not None]
         metered = start_metered_server(work / "metered", split.server, settings)
         children.append(metered)
         say(f"bridge: {bridge_note}")
-        bench = Bench(settings, work, echo, server, bridge, baseline, metered)
+        peers = None
+        if args.peers and not settings.quick:
+            say("peers: BuildGrid and stepflow-server (their venvs are made on first use)")
+            peers = bench_peers.start_peers(work, split.server)
+            children += peers.children
+        bench = Bench(settings, work, echo, server, bridge, baseline, metered, echo_sync, peers)
         asyncio.run(bench.run())
-    except (StartError, LoadError, BlobStoreError, grpc.RpcError, aiohttp.ClientError) as exc:
+    except (
+        StartError,
+        LoadError,
+        BlobStoreError,
+        grpc.RpcError,
+        aiohttp.ClientError,
+        subprocess.CalledProcessError,
+    ) as exc:
         say(f"FAILED: {exc}")
         for child in children:
             say(f"--- {child.name} log ---\n{child.log()[-3000:]}")

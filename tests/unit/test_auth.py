@@ -37,11 +37,13 @@ def test_every_gated_method_has_a_scope() -> None:
         "Put": "write",
         "PutStream": "write",
         "PutBlob": "write",
+        "BatchPut": "write",
         "Get": "read",
         "GetStream": "read",
         "Stat": "read",
         "FindMissing": "read",
         "GetBlob": "read",
+        "BatchGet": "read",
     }
     assert {rule.api for rule in _RULES.values()} == {"blobstore.v1", "stepflow.v1"}
 
