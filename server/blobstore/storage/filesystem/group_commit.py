@@ -238,7 +238,7 @@ def _group(queued: object) -> list[_Put]:
     if isinstance(queued, _Put):
         return [queued]
     if isinstance(queued, list):
-        return queued
+        return list(queued)  # a copy: the batch grows, the caller's group must not
     return []
 
 
