@@ -51,7 +51,7 @@ INSTANCE = ""
 CHUNK = 1024 * 1024
 
 
-def _PIP_INSTALL(python: Path) -> list[str]:
+def _pip_install(python: Path) -> list[str]:
     return [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
 
 
