@@ -3,7 +3,9 @@ durable by a single journal append (one write, one fdatasync), never split acros
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import time
 from pathlib import Path
 
 from blobstore.ids import blob_id_from_digest
@@ -46,5 +48,46 @@ async def test_one_put_many_is_one_journal_append(tmp_path: Path) -> None:
         again = await backend.put_many(items[:5])
         assert [o.created for o in again if isinstance(o, PutResult)] == [False] * 5
         assert len(appends) == 1
+    finally:
+        backend.close()
+
+
+async def test_concurrent_batches_and_single_puts_each_get_their_own_outcomes(
+    tmp_path: Path,
+) -> None:
+    # Groups queued together are gathered into one commit; each caller still gets exactly
+    # its own items' outcomes (a group once grew by the items committed with it).
+    backend = FileSystemBackend(tmp_path / "data")
+    backend.open()
+    try:
+        committer = backend._committer
+        assert committer is not None
+        journal = committer._journal
+        append = journal.append
+        appends: list[int] = []
+
+        def slow_first(parts: list[bytes]) -> None:
+            appends.append(len(parts))
+            if len(appends) == 1:
+                time.sleep(0.3)  # the rest queue up meanwhile and are gathered together
+            append(parts)
+
+        journal.append = slow_first  # type: ignore[method-assign]
+        groups = [[_item(b"%d-%d" % (g, i)) for i in range(30)] for g in range(6)]
+        singles = [_item(b"single-%d" % i) for i in range(20)]
+        # Groups first in the queue (a single put queues itself sooner than a group does).
+        batches = [asyncio.ensure_future(backend.put_many(group)) for group in groups]
+        await asyncio.sleep(0.05)
+        results = await asyncio.gather(
+            *batches, *(backend.put(s.blob_id, s.blob_type, s.data) for s in singles)
+        )
+        for group, outcomes in zip(groups, results[: len(groups)], strict=True):
+            assert isinstance(outcomes, list) and len(outcomes) == len(group)
+            assert [o.info.blob_id for o in outcomes if isinstance(o, PutResult)] == [
+                item.blob_id for item in group
+            ]
+        for single, result in zip(singles, results[len(groups) :], strict=True):
+            assert isinstance(result, PutResult) and result.info.blob_id == single.blob_id
+        assert len(appends) < len(groups) + len(singles), "nothing was committed together"
     finally:
         backend.close()
