@@ -271,14 +271,14 @@ class Peers:
         self.buildgrid = buildgrid
         self.stepflow = stepflow
         self.children = [c for c in (buildgrid, *stepflow.values()) if c is not None]
-        self._channels: dict[str, grpc.aio.Channel] = {
-            child.name: grpc.aio.insecure_channel(child.address, options=CHANNEL_OPTIONS)
-            for child in self.children
-        }
+        self._channels: dict[str, grpc.aio.Channel] = {}  # made on the run's event loop
         self._pools: dict[str, list[bytes]] = {}
         self._bg_pool: list[bytes] = []
 
     async def ready(self, seconds: float = 60.0) -> None:
+        for child in self.children:
+            channel = grpc.aio.insecure_channel(child.address, options=CHANNEL_OPTIONS)
+            self._channels[child.name] = channel
         for channel in self._channels.values():
             await asyncio.wait_for(channel.channel_ready(), seconds)
 
