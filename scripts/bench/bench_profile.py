@@ -9,7 +9,7 @@ the server process, then prints the functions with the most samples (self
 and inclusive) and the share per source file. The raw collapsed stacks stay
 in --out for a closer look (flamegraph.pl or speedscope read them).
 
-py-spy is not a project dependency: install it anywhere (`pip install py-spy`)
+py-spy is a dev dependency (pyproject.toml), in .venv/bin; elsewhere `pip install py-spy`
 and put it on PATH or pass --py-spy. Attaching to another process needs
 ptrace rights (root, or kernel.yama.ptrace_scope = 0).
 """
