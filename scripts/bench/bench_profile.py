@@ -42,7 +42,8 @@ from bench_procs import ROOT, CpuSplit, pin_self, start_blobstore_server
 
 from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
 
-WORKLOADS = ["put_small", "get_small", "put_dedup", "put_large", "get_large"]
+WORKLOADS = ["put_small", "get_small", "put_dedup", "batch_put", "put_large", "get_large"]
+BATCH = 100  # blobs per BatchPut, as bench.py
 _LINE = re.compile(r":\d+\)$")
 
 
@@ -66,7 +67,7 @@ async def drive(
         if workload in ("put_large", "get_large"):
             return await _drive_large(workload, caller, docs, seconds, start_sampling)
         pool: list[bytes] = []
-        if workload != "put_small":
+        if workload not in ("put_small", "batch_put"):
             for n in range(1000):
                 reply = pb.PutResponse.FromString(await caller.call_put(docs.put_request(n)))
                 pool.append(
@@ -76,6 +77,8 @@ async def drive(
         op: Op
         if workload == "put_small":
             op = lambda n: caller.call_put(docs.put_request(n + 10**9))  # noqa: E731
+        elif workload == "batch_put":
+            op = lambda n: caller.call_batch_put(docs.batch_put_request(n + 10**7, BATCH))  # noqa: E731
         elif workload == "get_small":
             assert pick is not None
             op = lambda n: caller.call_get(pick())  # noqa: E731
@@ -83,8 +86,14 @@ async def drive(
             assert pick is not None
             op = lambda n: caller.call_put(pick())  # noqa: E731
         start_sampling()
+        items = BATCH if workload == "batch_put" else 1
         trial = await closed_loop(
-            op, concurrency=concurrency, seconds=seconds, payload=KIB, server_pids=[pid]
+            op,
+            concurrency=concurrency,
+            seconds=seconds,
+            payload=KIB,
+            server_pids=[pid],
+            items=items,
         )
         return (
             f"{workload}: {trial.ops_per_s:.0f} ops/s, server CPU {trial.server_cpu or 0:.2f} "
