@@ -1,11 +1,10 @@
 """Group commit: the small puts that arrive together share one write and one fdatasync.
 
 One committer thread takes every put waiting in its queue (up to a byte
-cap) and appends them to the journal (journal.py) with one write and one
-fdatasync; a filer thread then files each blob of that batch through the
-backend (no fsync each) and resolves the whole batch with one wake-up of the
-event loop, while the committer already syncs the next batch. While a batch
-syncs, the next one gathers, so the busier the server, the less each put pays
+cap), appends them to the journal (journal.py) with one write and one
+fdatasync, files each blob through the backend (no fsync each), and then
+resolves the whole batch with one wake-up of the event loop. While it syncs,
+the next batch gathers, so the busier the server, the less each put pays
 for durability - one sync per put cost a device flush each (~0.2 ms here)
 and capped small puts at about 0.4 x a bare gRPC call.
 
@@ -80,8 +79,6 @@ class GroupCommitter:
         # A list is one put_many's group: it goes into a single batch whole.
         self._queue: queue.SimpleQueue[_Put | list[_Put] | object] = queue.SimpleQueue()
         self._checkpoints = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blob-checkpoint")
-        # Files the blobs of each durable batch, in order, while the committer syncs the next.
-        self._filer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blob-filer")
         self._thread = threading.Thread(target=self._run, name="blob-committer", daemon=True)
         self._stopped = False
         self._leftover: list[_Put] | None = None
@@ -98,7 +95,6 @@ class GroupCommitter:
         if self._thread.is_alive():
             self._queue.put(_STOP)
             self._thread.join()
-        self._filer.shutdown(wait=True)  # every batch synced is filed and answered
         # A put that raced with stop() and queued behind _STOP must not wait forever.
         late = list(self._leftover or ())
         while True:
@@ -182,59 +178,15 @@ class GroupCommitter:
         return batch, False
 
     def _commit(self, batch: list[_Put]) -> None:
-        """Appends the batch to the journal (one write, one fdatasync), then hands it to
-        the filer thread, so the next batch's sync overlaps this one's filing."""
         firsts: dict[BlobId, _Put] = {}
         for item in batch:
             firsts.setdefault(item.blob_id, item)
-        puts = list(firsts.values())
+        outcomes: dict[BlobId, PutResult | Exception] = {}
         try:
-            failed = self._append(puts)
+            outcomes = self._write(list(firsts.values()))
         except Exception as exc:  # keep the committer alive whatever a batch meets
             log.exception("group commit of %d puts failed", len(firsts))
-            failed = {blob_id: exc for blob_id in firsts}
-        if failed:
-            self._settle_batch(batch, firsts, failed)
-        else:
-            self._filer.submit(self._file_and_settle, batch, firsts)
-        # Retired segments hold only records of batches submitted to the filer above (or
-        # failed, never acknowledged): the filer, one thread in order, checkpoints them
-        # once it has filed those.
-        for segment in self._journal.take_retired():
-            self._filer.submit(self._checkpoints.submit, self._checkpoint, segment)
-
-    def _append(self, puts: list[_Put]) -> dict[BlobId, PutResult | Exception]:
-        """Makes the records durable; {} on success, else each put's error."""
-        parts: list[bytes] = []
-        for item in puts:
-            digest = bytes.fromhex(hex_digest(item.blob_id))
-            parts += encode_record(digest, item.blob_type, item.data, item.meta)
-        try:
-            self._journal.append(parts)
-        except OSError as exc:
-            # Translated (and so logged) once for the batch; each caller gets its own copy.
-            error = self._translate(exc, "store the blob")
-            return {item.blob_id: type(error)(*error.args) for item in puts}
-        return {}
-
-    def _file_and_settle(self, batch: list[_Put], firsts: dict[BlobId, _Put]) -> None:
-        """On the filer thread: files each blob of a durable batch, then answers its puts."""
-        outcomes: dict[BlobId, PutResult | Exception] = {}
-        for item in firsts.values():
-            try:
-                outcomes[item.blob_id] = self._file_blob(
-                    item.blob_id, item.blob_type, item.data, item.meta
-                )
-            except Exception as exc:
-                outcomes[item.blob_id] = exc
-        self._settle_batch(batch, firsts, outcomes)
-
-    @staticmethod
-    def _settle_batch(
-        batch: list[_Put],
-        firsts: dict[BlobId, _Put],
-        outcomes: dict[BlobId, PutResult | Exception],
-    ) -> None:
+            outcomes = {blob_id: exc for blob_id in firsts}
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Put, PutResult | Exception]]] = {}
         for item in batch:
             outcome = outcomes[item.blob_id]
@@ -244,6 +196,32 @@ class GroupCommitter:
         for loop, settled in by_loop.items():
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
                 loop.call_soon_threadsafe(_settle, settled)
+
+    def _write(self, puts: list[_Put]) -> dict[BlobId, PutResult | Exception]:
+        parts: list[bytes] = []
+        for item in puts:
+            digest = bytes.fromhex(hex_digest(item.blob_id))
+            parts += encode_record(digest, item.blob_type, item.data, item.meta)
+        outcomes: dict[BlobId, PutResult | Exception] = {}
+        try:
+            self._journal.append(parts)
+        except OSError as exc:
+            # Translated (and so logged) once for the batch; each caller gets its own copy.
+            error = self._translate(exc, "store the blob")
+            for item in puts:
+                outcomes[item.blob_id] = type(error)(*error.args)
+        else:
+            for item in puts:
+                try:
+                    outcomes[item.blob_id] = self._file_blob(
+                        item.blob_id, item.blob_type, item.data, item.meta
+                    )
+                except Exception as exc:
+                    outcomes[item.blob_id] = exc
+        # Retired segments hold only records filed above or failed (never acknowledged).
+        for segment in self._journal.take_retired():
+            self._checkpoints.submit(self._checkpoint, segment)
+        return outcomes
 
     def _checkpoint(self, segment: Path) -> None:
         try:
