@@ -22,6 +22,7 @@ from blobstore.storage.base import (
     PutItem,
     PutOutcome,
     ReadLimit,
+    StreamIntent,
     put_each,
 )
 
@@ -72,7 +73,7 @@ class MemoryBackend:
     async def put_many(self, items: Sequence[PutItem]) -> list[PutOutcome]:
         return await put_each(self, items)
 
-    async def open_writer(self) -> MemoryWriter:
+    async def open_writer(self, intent: StreamIntent | None = None) -> MemoryWriter:
         self.open_writers += 1
         return MemoryWriter(self)
 

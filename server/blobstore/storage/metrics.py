@@ -26,6 +26,7 @@ from blobstore.storage.base import (
     PutItem,
     PutOutcome,
     ReadLimit,
+    StreamIntent,
 )
 
 # 50 us (a stat from the page cache) to 10 s (a large object over the network).
@@ -123,8 +124,8 @@ class MetricsBackend:
                 self._stored(outcome)
         return outcomes
 
-    async def open_writer(self) -> BlobWriter:
-        return _MeteredWriter(self, await self._inner.open_writer())
+    async def open_writer(self, intent: StreamIntent | None = None) -> BlobWriter:
+        return _MeteredWriter(self, await self._inner.open_writer(intent))
 
     async def get(self, blob_id: BlobId, limit: ReadLimit = NO_LIMIT) -> Blob:
         started = time.perf_counter()

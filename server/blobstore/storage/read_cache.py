@@ -40,6 +40,7 @@ from blobstore.storage.base import (
     PutItem,
     PutOutcome,
     ReadLimit,
+    StreamIntent,
 )
 from blobstore.storage.memory import MemoryStream
 
@@ -134,8 +135,8 @@ class ReadCache:
     async def put_many(self, items: Sequence[PutItem]) -> list[PutOutcome]:
         return await self._inner.put_many(items)
 
-    async def open_writer(self) -> BlobWriter:
-        return await self._inner.open_writer()
+    async def open_writer(self, intent: StreamIntent | None = None) -> BlobWriter:
+        return await self._inner.open_writer(intent)
 
     async def quarantine(self, blob_id: BlobId, reason: str) -> None:
         # Only copies that hashed to their id are served from here, so a bad copy the

@@ -26,6 +26,7 @@ from blobstore.storage.base import (
     PutItem,
     PutOutcome,
     ReadLimit,
+    StreamIntent,
 )
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,8 @@ class VerifyingBackend:
     async def put_many(self, items: Sequence[PutItem]) -> list[PutOutcome]:
         return await self._inner.put_many(items)
 
-    async def open_writer(self) -> BlobWriter:
-        return await self._inner.open_writer()
+    async def open_writer(self, intent: StreamIntent | None = None) -> BlobWriter:
+        return await self._inner.open_writer(intent)
 
     async def get(self, blob_id: BlobId, limit: ReadLimit = NO_LIMIT) -> Blob:
         try:
