@@ -7,13 +7,18 @@
 Measures, interleaving trials so that noise on a shared machine hits the
 service and its ceilings alike:
 
-- ceilings: a bare grpc.aio echo BlobService served like ours
-  (scripts/bench/bench_echo.py) for unary Put (1 KiB in, 32 B out), Get (1 KiB
-  out) and a streamed GetStream of the large size; the disk (write + fsync +
+- ceilings: bare echo BlobServices (scripts/bench/bench_echo.py), one grpc.aio
+  served like ours and one thread-pool grpc.server (small-call ratios are to the
+  faster), for unary Put (1 KiB in, 32 B out), Get (1 KiB out), BatchPut/BatchGet of
+  BATCH blobs, and a streamed GetStream of the large size; the disk (write + fsync +
   rename of 1 KiB files by 16 threads; sequential write + fsync of the
   large size); SHA-256 speed;
-- our service over gRPC: put_small, get_small, put_dedup (16 callers),
-  put_large and get_large (binary, streamed, each rep a new blob);
+- our service over gRPC: put_small, get_small, put_dedup (16 callers), batch_put
+  and batch_get (BATCH blobs a call; rows count blobs), put_large and get_large
+  (binary, streamed, each rep a new blob);
+- peers under the same load on the same core (bench_peers.py; not with --quick or
+  --no-peers): BuildGrid's CAS and ByteStream, Stepflow's stepflow-server
+  BlobService over its filesystem and sqlite stores, with issue 17's targets;
 - stepflow.v1 on the same port: stepflow_put (PutBlob of the same 1 KiB
   documents as json_data, as Stepflow workers send them) and stepflow_get
   (GetBlob, JSON back as a protobuf Value), as ratios to put_small/get_small;
@@ -31,7 +36,7 @@ figure and its ratio to its ceiling, target and PASS/MISS, and writes JSON
 example a `git worktree` of an older commit), interleaved with ours, and
 prints ours/baseline for put_small, get_small, put_large and get_large.
 
-Why one script of ~860 lines: every row is measured in the same interleaved trial
+Why one script of ~1040 lines: every row is measured in the same interleaved trial
 loop against its ceiling; the servers, ceilings and CPU split it drives live in the
 bench_* modules beside it.
 """

@@ -9,7 +9,7 @@ fail with a transient status are retried as server/blobstore/retry.py says: ever
 is idempotent (a put of the same content stores the same blob), and a
 streamed put or get that fails half way starts again from the beginning.
 
-Why one module of ~680 lines: BlobClient and AsyncBlobClient mirror each other method
+Why one module of ~740 lines: BlobClient and AsyncBlobClient mirror each other method
 for method over shared request building and reply decoding (batching.py has the
 batches'); side by side they stay in step.
 """

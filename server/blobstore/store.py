@@ -4,6 +4,10 @@ It owns everything that is the same whatever the medium: JSON
 canonicalisation (of Json and Flow blobs alike), hashing, size limits, the
 rules of metadata (metadata.py), streamed-put bookkeeping. Backends only keep
 bytes; transports (gRPC, the bridge) only translate.
+
+Why ~470 lines: unary, batched and streamed puts share one preparation (_prepare:
+limits, canonical JSON, the remembered texts, hashing, expected ids); split across
+modules, the rules of a put would be read in three places.
 """
 
 from __future__ import annotations
