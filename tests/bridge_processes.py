@@ -23,7 +23,7 @@ from typing import IO, Any
 
 from tests.processes import ChildProcess, ServerProcess
 
-_HTTP_LINE = re.compile(r"JSON-RPC listening on http://(\S+):(\d+)/")
+_HTTP_LINE = re.compile(r"JSON-RPC listening on (https?)://(\S+):(\d+)/")
 _STDIO_LINE = re.compile(r"JSON-RPC on stdio")
 
 
@@ -73,8 +73,8 @@ class BridgeProcess(ChildProcess):
             _STDIO_LINE if self.stdio else _HTTP_LINE, start_offset, timeout
         )
         if not self.stdio:
-            self.port = int(match.group(2))
-            self.url = f"http://127.0.0.1:{self.port}/"
+            self.port = int(match.group(3))
+            self.url = f"{match.group(1)}://127.0.0.1:{self.port}/"
         return self
 
     def _pump(self, stream: IO[bytes]) -> None:
