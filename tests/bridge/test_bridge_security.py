@@ -227,7 +227,9 @@ def test_service_credentials_for_stdio_and_tokenless_callers(
 
     # stdio: the service token from BLOBSTORE_TOKEN, always.
     env = {**os.environ, "BLOBSTORE_TOKEN": WRITE_TOKEN}
-    stdio = start_bridge(tls_server.target, *upstream_tls(pki), stdio=True, env=env)
+    stdio = start_bridge(
+        tls_server.target, *upstream_tls(pki), "--log-format", "json", stdio=True, env=env
+    )
     stdio.send({"jsonrpc": "2.0", "id": 1, "method": "blobs/put", "params": {"data": [1, 2]}})
     blob_id = stdio.read_message()["result"]["blob_id"]
     assert blob_path(tls_server.data_dir, blob_id).exists()
