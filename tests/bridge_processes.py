@@ -16,7 +16,7 @@ import re
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -118,6 +118,10 @@ class BridgeProcess(ChildProcess):
         line = self.read_line(timeout)
         assert line, f"stdout closed; log:\n{self.log()}"
         return json.loads(line)
+
+
+BridgeFactory = Callable[..., BridgeProcess]
+"""The `start_bridge` fixture (tests/conftest.py): target, args, stdio=, env= -> started."""
 
 
 @dataclass

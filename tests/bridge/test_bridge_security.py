@@ -14,13 +14,13 @@ import base64
 import json
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.bridge_processes import BridgeProcess
+from tests.bridge_processes import BridgeFactory
 from tests.processes import ServerProcess
 from tests.rpc_helpers import blob_path, sha256_id
 from tests.tls_certs import Pki, make_pki
@@ -29,7 +29,6 @@ READ_TOKEN = "bridge-read-token-71c3a9d2"
 WRITE_TOKEN = "bridge-write-token-4e8f0b6a"
 WRONG_TOKEN = "bridge-wrong-token-9d2c5e1f"
 SECRETS = (READ_TOKEN, WRITE_TOKEN, WRONG_TOKEN)
-BridgeFactory = Callable[..., BridgeProcess]
 
 
 @pytest.fixture(scope="module")
@@ -63,21 +62,6 @@ def tls_server(
         "--log-level",
         "DEBUG",
     )
-
-
-@pytest.fixture
-def start_bridge(tmp_path: Path) -> Iterator[BridgeFactory]:
-    started: list[BridgeProcess] = []
-
-    def start(target: str, *args: str, **kwargs: Any) -> BridgeProcess:
-        log = tmp_path / f"bridge-{len(started)}.log"
-        bridge = BridgeProcess(target, log, *args, **kwargs)
-        started.append(bridge)
-        return bridge.start()
-
-    yield start
-    for bridge in started:
-        bridge.kill()
 
 
 def upstream_tls(pki: Pki) -> list[str]:

@@ -21,8 +21,7 @@ from blobstore.credentials import channel_credentials
 from blobstore.grpc.auth import token_hash
 from blobstore.retry import RetryPolicy
 from tests.processes import ServerProcess
-from tests.stepflow.stepflow_helpers import Orchestrator
-from tests.stepflow.test_stepflow_orchestrator import DOC, _binary_runs, _outputs
+from tests.stepflow.stepflow_helpers import DOC, Orchestrator, run_outputs, server_binary_runs
 from tests.stepflow_venv import StepflowVenv
 
 TOKEN = "reader-token-c0ffee5eed"
@@ -31,7 +30,7 @@ TOKEN = "reader-token-c0ffee5eed"
 def test_a_tokenless_stepflow_worker_uses_the_anonymous_policy(
     stepflow: StepflowVenv, start_server: Callable[..., ServerProcess], tmp_path: Path
 ) -> None:
-    reason = _binary_runs(stepflow)
+    reason = server_binary_runs(stepflow)
     if reason is not None:
         pytest.skip(reason)
     tokens = tmp_path / "tokens"
@@ -44,7 +43,7 @@ def test_a_tokenless_stepflow_worker_uses_the_anonymous_policy(
         outputs = orchestrator.run_flow(DOC)
     finally:
         orchestrator.stop()
-    out = _outputs(outputs)
+    out = run_outputs(outputs)
     doc_id = "sha256:" + hashlib.sha256(rfc8785.dumps(DOC)).hexdigest()
     assert out["json"]["read_back_equal"] is True and "sha256:" + out["json"]["id"] == doc_id
     with (
