@@ -35,9 +35,14 @@ request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request
 _TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 REDACTED = "[redacted]"
 # A header's whole value (to the end of the line or quote: a repr of bytes writes a
-# control character as \x01, which must not end the match), then bare credentials.
+# control character as \x01, which must not end the match), then bare credentials: a
+# word after Bearer/Basic holding something other than lower-case letters (so that
+# prose such as "no bearer tokens" stays, and every generated token, JWT or base64
+# user:password, which all hold digits, upper case or punctuation, goes).
 _HEADER_VALUE = re.compile(r"(?i)(\bauthorization\b['\"]?\s*[:=,]\s*['\"]?)[^'\"\r\n]+")
-_CREDENTIAL = re.compile(r"(?i)(\b(?:bearer|basic)\s+)(?!\[redacted\])[^\s'\",]+")
+_CREDENTIAL = re.compile(
+    r"(\b(?i:bearer|basic)\s+)(?!\[redacted\])(?=[^\s'\",]*[^a-z\s'\",])[^\s'\",]+"
+)
 
 
 def redact(text: str) -> str:

@@ -106,6 +106,9 @@ async def test_metrics_backend_counts_each_operation(memory: MemoryBackend) -> N
         ("authorization=Basic s3cr3t", "authorization=[redacted]"),
         ("Bearer s3cr3t, again Bearer s3cr3t", "Bearer [redacted], again Bearer [redacted]"),
         ("token 'reader' has scope(s) read", "token 'reader' has scope(s) read"),
+        ("TLS off; no bearer tokens", "TLS off; no bearer tokens"),
+        ("Bearer eyJhbGciOi.eyJzdWIi.sig", "Bearer [redacted]"),
+        ("BEARER AbCdEfGh", "BEARER [redacted]"),
     ],
 )
 def test_credentials_are_redacted(text: str, clean: str) -> None:
