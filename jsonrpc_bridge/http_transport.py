@@ -68,7 +68,9 @@ def create_app(
 
     async def rpc(request: web.Request) -> web.StreamResponse:
         if not caller_credentials_usable():
-            return _rpc_error(401, errors.bad_authorization())
+            response = _rpc_error(401, errors.bad_authorization())
+            response.headers["WWW-Authenticate"] = 'Bearer realm="blobstore", error="invalid_token"'
+            return response
         lenient = _content_type(request)
         if lenient is None:
             return _unsupported_type(request)

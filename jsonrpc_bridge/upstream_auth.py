@@ -67,7 +67,9 @@ class UpstreamAuth:
             return None
         caller = caller_authorization.get()
         if caller is not None:
-            return caller
+            # The routes refuse an unusable header before calling; /healthz, which does
+            # not, probes without it rather than fail on metadata gRPC cannot send.
+            return caller if acceptable(caller) else None
         return None if self.service_token is None else f"Bearer {self.service_token}"
 
     def interceptors(self) -> list[Any]:
@@ -103,6 +105,8 @@ def configure(
 
 def loopback_target(target: str) -> bool:
     """True if every server `target` names is on this machine."""
+    if target.startswith("unix:"):
+        return True
     if target.startswith("dns:"):
         target = target.rpartition("/")[2]
     hosts = [part.strip().rpartition(":")[0] for part in target.split(",") if part.strip()]

@@ -194,7 +194,8 @@ def test_callers_tokens_pass_through_over_https(
     for path in ("", "api/v1/blobs"):
         done = subprocess.run(
             [
-                *("curl", "-sS", "--cacert", str(pki.ca), "-o", "/dev/null", "-w", "%{http_code}"),
+                *("curl", "-sS", "--cacert", str(pki.ca), "-o", "/dev/null"),
+                *("-w", "%{http_code} %header{www-authenticate}"),
                 *("-H", "Content-Type: application/json", "--data-binary", '{"data": 1}'),
                 *("-H", "Authorization: Bearer \u00e9t\u00e9", url + path),
             ],
@@ -203,7 +204,7 @@ def test_callers_tokens_pass_through_over_https(
             timeout=90,
             check=False,
         )
-        assert done.stdout == "401", done.stderr
+        assert done.stdout == '401 Bearer realm="blobstore", error="invalid_token"', done.stderr
 
     # Malformed requests carrying a token: aiohttp refuses them and logs the bad line,
     # which the log redaction (blobstore/logs.py) rewrites before it is written (the
