@@ -16,7 +16,7 @@ import re
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -197,9 +197,9 @@ class Stack:
 
 
 @contextlib.contextmanager
-def stack(directory: Path, *bridge_args: str) -> Iterator[Stack]:
+def stack(directory: Path, *bridge_args: str, server_args: Sequence[str] = ()) -> Iterator[Stack]:
     """Runs a server (data in directory/data) and an HTTP bridge; kills both at the end."""
-    server = ServerProcess(directory / "data", directory / "server.log")
+    server = ServerProcess(directory / "data", directory / "server.log", *server_args)
     bridge: BridgeProcess | None = None
     try:
         server.start()
