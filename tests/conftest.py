@@ -12,6 +12,7 @@ from blobstore.client import BlobClient
 from tests.bridge_processes import BridgeFactory, BridgeProcess, HttpRpc, Stack, stack
 from tests.processes import ServerProcess
 from tests.seaweedfs import SeaweedFS
+from tests.tls_certs import Pki, make_pki
 
 
 @pytest.fixture
@@ -92,6 +93,12 @@ def grpc_client(bridge_stack: Stack) -> Iterator[BlobClient]:
     """A direct gRPC client of the server behind `bridge_stack`."""
     with BlobClient(bridge_stack.server.target, timeout=30) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """Certificates made once per run with `cryptography` (tests/tls_certs.py)."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="session")

@@ -25,17 +25,12 @@ import pytest
 from tests.bridge_processes import BridgeFactory
 from tests.processes import ServerProcess
 from tests.rpc_helpers import blob_path, sha256_id, wait_until
-from tests.tls_certs import Pki, make_pki
+from tests.tls_certs import Pki
 
 READ_TOKEN = "bridge-read-token-71c3a9d2"
 WRITE_TOKEN = "bridge-write-token-4e8f0b6a"
 WRONG_TOKEN = "bridge-wrong-token-9d2c5e1f"
 SECRETS = (READ_TOKEN, WRITE_TOKEN, WRONG_TOKEN)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture

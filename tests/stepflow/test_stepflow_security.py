@@ -32,7 +32,7 @@ from tests.processes import ServerProcess
 from tests.stepflow.runtime import HttpRuntime, SdkProcess, StdioRuntime, execute_params
 from tests.stepflow.stepflow_helpers import DOC, Orchestrator, run_outputs, server_binary_runs
 from tests.stepflow_venv import StepflowVenv
-from tests.tls_certs import make_pki
+from tests.tls_certs import Pki
 
 TOKEN = "reader-token-c0ffee5eed"
 
@@ -71,9 +71,9 @@ def test_the_sdks_reach_a_token_server_through_the_bridge(
     stepflow_sdks: None,
     start_server: Callable[..., ServerProcess],
     start_bridge: BridgeFactory,
+    pki: Pki,
     tmp_path: Path,
 ) -> None:
-    pki = make_pki(tmp_path / "pki")
     writer, reader = "sdk-writer-token-2b7d", "sdk-reader-token-6f1a"
     tokens = tmp_path / "tokens"
     tokens.write_text(f"{token_hash(writer)} writer read,write\n{token_hash(reader)} reader read\n")
