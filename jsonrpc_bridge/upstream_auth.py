@@ -57,8 +57,7 @@ class UpstreamAuth:
     """The bridge's own credentials and whether tokens may go on its channel."""
 
     service_token: str | None
-    channel: grpc.ChannelCredentials | None
-    tls: bool
+    channel: grpc.ChannelCredentials | None  # TLS (and mTLS) of the channel; None: plaintext
     sends_tokens: bool
 
     def token_for_call(self) -> str | None:
@@ -94,13 +93,13 @@ def configure(
         channel = channel_credentials(tls_ca=tls_ca or None, tls_cert=tls_cert, tls_key=tls_key)
     except ValueError as exc:
         raise UpstreamConfigError(str(exc).replace("--tls", "--upstream-tls")) from None
-    tls = channel is not None
-    if token is not None and not tls and not loopback_target(target):
+    secure = channel is not None or loopback_target(target)
+    if token is not None and not secure:
         raise UpstreamConfigError(
             f"a service token would cross the network in plaintext to {target}: give "
             "--upstream-tls-ca (the gRPC server's CA) or use a loopback target"
         )
-    return UpstreamAuth(token, channel, tls, sends_tokens=tls or loopback_target(target))
+    return UpstreamAuth(token, channel, sends_tokens=secure)
 
 
 def loopback_target(target: str) -> bool:
