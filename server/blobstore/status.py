@@ -121,9 +121,20 @@ def from_rpc_error(exc: grpc.RpcError) -> errors.BlobStoreError:
 def _decode(
     code: grpc.StatusCode, message: str, reason: str | None, metadata: dict[str, str]
 ) -> errors.BlobStoreError:
-    cls = _BY_REASON.get(reason) if reason is not None else _BY_CODE.get(code)
+    """The error for a status (a call's, or a batch item's) and its ErrorInfo, if any."""
+    # A reason this client does not know (a newer server's) falls back to the status code.
+    cls = (_BY_REASON.get(reason) if reason is not None else None) or _BY_CODE.get(code)
     if cls is None:
         return RemoteError(code, message)
+    error = _error_of(cls, message, metadata)
+    if reason is not None:
+        error.reason = reason
+    return error
+
+
+def _error_of(
+    cls: type[errors.BlobStoreError], message: str, metadata: dict[str, str]
+) -> errors.BlobStoreError:
     blob_id = metadata.get("blob_id", "")
     if cls is errors.BlobNotFound:
         return errors.BlobNotFound(blob_id, message)
