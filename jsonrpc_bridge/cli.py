@@ -94,6 +94,8 @@ async def _run(
         max_batch_concurrency=cfg.max_batch_concurrency,
         max_json_values=cfg.max_json_values,
     )
+    if metrics is not None:
+        core.on_batch = metrics.batch.observe
     try:
         if address is None:
             assert stdout is not None
@@ -132,7 +134,12 @@ async def _serve_http(
         body_timeout=cfg.body_timeout_seconds,
     )
     if metrics is not None or cfg.access_log or cfg.log_format == "json":
-        observe.install(app, metrics, cfg.access_log)
+        access_log = observe.AccessLog(
+            cfg.access_log,
+            logging.getLevelName(cfg.access_log_level.upper()),
+            cfg.access_log_sample,
+        )
+        observe.install(app, metrics, access_log)
     # Stepflow's REST blob routes, on the same port, limits and client (docs/stepflow.md).
     RestRoutes(
         service.client,
@@ -150,6 +157,9 @@ async def _serve_http(
         idle_timeout=cfg.idle_timeout_seconds,
         max_connections=max_connections,
     )
+    if metrics is not None and runner.server is not None:
+        server = runner.server
+        metrics.watch_connections(lambda: len(server.connections))
     try:
         for host, port, *_ in runner.addresses:
             shown = f"[{host}]" if ":" in host else host

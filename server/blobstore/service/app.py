@@ -59,7 +59,12 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
     auth = authenticator(config)
     credentials = server_credentials(config)
     malloc = tune_malloc()
-    metrics = ServerMetrics.create() if config.metrics_port else None
+    try:
+        metrics_endpoint = config.metrics_endpoint
+    except ValueError as exc:
+        raise ListenError(str(exc)) from None
+    _check_access_log(config)
+    metrics = ServerMetrics.create() if metrics_endpoint else None
     storage = open_storage(config.storage_settings, metrics.storage if metrics else None)
     try:
         store = BlobStore(storage.backend, config.limits)
@@ -93,7 +98,12 @@ async def _serve_store(
         # The observer first: it sees calls as callers do, every refusal included; then the
         # authenticator: a refused call takes no admission ticket.
         interceptors=[
-            CallObserver(metrics.rpc if metrics else None, config.access_log),
+            CallObserver(
+                metrics.rpc if metrics else None,
+                config.access_log,
+                level=logging.getLevelName(config.access_log_level.upper()),
+                sample=config.access_log_sample,
+            ),
             *([auth] if auth is not None else []),
             guard,
         ],
@@ -172,16 +182,29 @@ def _reload(auth: Authenticator | None) -> None:
     auth.tokens.reload()
 
 
+def _check_access_log(config: ServerConfig) -> None:
+    if not isinstance(logging.getLevelName(config.access_log_level.upper()), int):
+        raise ListenError(
+            f"--access-log-level {config.access_log_level!r} is not a level "
+            "(DEBUG, INFO, WARNING, ERROR)"
+        )
+    if not 0.0 <= config.access_log_sample <= 1.0:
+        raise ListenError(
+            f"--access-log-sample {config.access_log_sample} is not a fraction from 0 to 1"
+        )
+
+
 def _start_metrics(config: ServerConfig) -> Any:
     """Serves /metrics (service/metrics.py); raises ListenError if its port is taken."""
+    endpoint = config.metrics_endpoint
+    assert endpoint is not None
+    host, port = endpoint
     try:
-        server = serve_metrics(config.metrics_host, config.metrics_port)
+        server = serve_metrics(host, port)
     except OSError as exc:
-        raise ListenError(
-            f"cannot serve metrics on {config.metrics_host}:{config.metrics_port}: {exc}"
-        ) from None
-    warn_if_exposed(log, config.metrics_host, "the metrics endpoint")
-    log.info("metrics on http://%s:%d/metrics", config.metrics_host, config.metrics_port)
+        raise ListenError(f"cannot serve metrics on {host}:{port}: {exc}") from None
+    warn_if_exposed(log, host, "the metrics endpoint")
+    log.info("metrics on http://%s:%d/metrics", host, server.server_port)
     return server
 
 
