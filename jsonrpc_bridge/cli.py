@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from typing import BinaryIO
 
-from blobstore import logs
+from blobstore import logs, tracing
 from blobstore.offload import shutdown_process_pool
 from blobstore.retry import RetryPolicy
 from blobstore.service.hardening import (
@@ -85,6 +85,16 @@ async def _run(
     # with metrics; otherwise the channel has no interceptors, which cost each call.
     observed = metrics is not None or cfg.access_log or cfg.log_format == "json"
     interceptors = observe.client_interceptors(metrics) if observed else []
+    # Off: nothing of OpenTelemetry is imported nor installed (blobstore/tracing.py).
+    traced = (
+        tracing.start("blobstore-bridge", cfg.otlp_endpoint)
+        if tracing.wanted(cfg.otlp_endpoint)
+        else None
+    )
+    if traced is not None:
+        from jsonrpc_bridge import tracing as bridge_tracing
+
+        interceptors += bridge_tracing.client_interceptors(traced.tracer)
     service = BlobService(cfg.grpc_target, cfg.deadline_seconds, retry, interceptors)
     methods = BlobMethods(
         service.client, max_get_bytes=cfg.max_get_bytes, type_names=cfg.blob_type_names
@@ -108,10 +118,12 @@ async def _run(
                 stdout=stdout,
             )
         else:
-            await _serve_http(cfg, core, service, address, stop, metrics)
+            await _serve_http(cfg, core, service, address, stop, metrics, traced)
     finally:
         await service.close()
         shutdown_process_pool()
+        if traced is not None:
+            traced.shutdown()  # sends the spans still queued
     log.info("stopped")
 
 
@@ -122,6 +134,7 @@ async def _serve_http(
     address: tuple[str, int],
     stop: asyncio.Event,
     metrics: observe.BridgeMetrics | None = None,
+    traced: tracing.Tracing | None = None,
 ) -> None:
     # Imported here: aiohttp takes a second to import, which a stdio bridge need not pay.
     from jsonrpc_bridge import http_transport
@@ -140,6 +153,11 @@ async def _serve_http(
             cfg.access_log_sample,
         )
         observe.install(app, metrics, access_log)
+    if traced is not None:
+        from jsonrpc_bridge import tracing as bridge_tracing
+
+        # After observe's middleware: the span's log lines carry the request id.
+        app.middlewares.append(bridge_tracing.middleware(traced.tracer))
     # Stepflow's REST blob routes, on the same port, limits and client (docs/stepflow.md).
     RestRoutes(
         service.client,

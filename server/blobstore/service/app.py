@@ -13,6 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from blobstore import tracing
 from blobstore.grpc.auth import Authenticator
 from blobstore.grpc.guard import Guard
 from blobstore.grpc.metrics import CallObserver
@@ -65,15 +66,23 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
         raise ListenError(str(exc)) from None
     _check_access_log(config)
     metrics = ServerMetrics.create() if metrics_endpoint else None
+    # Off: nothing of OpenTelemetry is imported nor installed (blobstore/tracing.py).
+    traced = (
+        tracing.start("blobstore", config.otlp_endpoint)
+        if tracing.wanted(config.otlp_endpoint)
+        else None
+    )
     storage = open_storage(config.storage_settings, metrics.storage if metrics else None)
     try:
         store = BlobStore(storage.backend, config.limits)
         await _serve_store(
-            config, store, storage.description, stop, malloc, auth, credentials, metrics
+            config, store, storage.description, stop, malloc, auth, credentials, metrics, traced
         )
     finally:
         shutdown_process_pool()
         storage.close()
+        if traced is not None:
+            traced.shutdown()  # sends the spans still queued
 
 
 async def _serve_store(
@@ -85,6 +94,7 @@ async def _serve_store(
     auth: Authenticator | None,
     credentials: grpc.ServerCredentials | None,
     metrics: ServerMetrics | None = None,
+    traced: tracing.Tracing | None = None,
 ) -> None:
     # Streamed chunks (up to MAX_CHUNK) must fit whatever the unary limit is.
     message_limit = max(config.max_unary_bytes, MAX_CHUNK) + _MESSAGE_OVERHEAD
@@ -98,6 +108,7 @@ async def _serve_store(
         # The observer first: it sees calls as callers do, every refusal included; then the
         # authenticator: a refused call takes no admission ticket.
         interceptors=[
+            *_tracing_interceptor(traced),
             CallObserver(
                 metrics.rpc if metrics else None,
                 config.access_log,
@@ -180,6 +191,14 @@ def _reload(auth: Authenticator | None) -> None:
         log.info("SIGHUP: no --tokens-file, nothing to reload")
         return
     auth.tokens.reload()
+
+
+def _tracing_interceptor(traced: tracing.Tracing | None) -> list[Any]:
+    if traced is None:
+        return []
+    from blobstore.grpc.tracing import TracingInterceptor  # imports OpenTelemetry
+
+    return [TracingInterceptor(traced.tracer)]
 
 
 def _check_access_log(config: ServerConfig) -> None:
