@@ -113,7 +113,7 @@ async def test_the_bridge_passes_its_span_to_the_service(
     async with TestClient(TestServer(app)) as client:
         reply = await client.post("/", data=b"via bridge", headers={"traceparent": TRACEPARENT})
         assert reply.status == 200
-    await channel.close()
+    await channel.close(None)
     finished = exporter.get_finished_spans()
     assert sorted((s.name, s.kind.name) for s in finished) == [
         ("POST /", "SERVER"),
