@@ -130,8 +130,11 @@ def test_no_metrics_port_when_off(server: ServerProcess) -> None:
     assert "metrics on" not in server.log()
 
 
-def test_request_ids_come_back_in_trailing_metadata(server: ServerProcess) -> None:
+def test_request_ids_come_back_in_trailing_metadata(
+    start_server: Callable[..., ServerProcess],
+) -> None:
     """The caller's id is returned (also with an error's details); without one, one is made."""
+    server = start_server("--log-format", "json")
     with raw_stub(server.target) as stub:
         _, call = stub.Stat.with_call(
             pb.StatRequest(id=ABSENT), metadata=(("x-request-id", "caller-id-1"),), timeout=30
@@ -146,6 +149,21 @@ def test_request_ids_come_back_in_trailing_metadata(server: ServerProcess) -> No
         trailers = dict(cast(Sequence[tuple[str, str]], error.trailing_metadata()))
         assert trailers["x-request-id"] == "caller-id-2"
         assert error_info(error).reason == "BLOB_NOT_FOUND"  # the details are still there
+
+
+def test_no_request_ids_when_nothing_records_calls(server: ServerProcess) -> None:
+    """Text logs, no access log, no metrics: the observer is not installed (it would cost
+    every call), so no id is made and a caller's is not echoed."""
+    with raw_stub(server.target) as stub:
+        _, call = stub.Stat.with_call(
+            pb.StatRequest(id=ABSENT), metadata=(("x-request-id", "caller-id-3"),), timeout=30
+        )
+        assert "x-request-id" not in dict(call.trailing_metadata())
+        with pytest.raises(grpc.RpcError) as absent:
+            stub.Get(pb.GetRequest(id=ABSENT), metadata=(("x-request-id", "caller-id-4"),))
+        trailers = dict(cast(Sequence[tuple[str, str]], absent.value.trailing_metadata()))
+        assert "x-request-id" not in trailers
+        assert error_info(absent.value).reason == "BLOB_NOT_FOUND"
 
 
 def test_a_metrics_port_in_use_is_a_clear_start_error(tmp_path: Path) -> None:

@@ -109,12 +109,7 @@ async def _serve_store(
         # authenticator: a refused call takes no admission ticket.
         interceptors=[
             *_tracing_interceptor(traced),
-            CallObserver(
-                metrics.rpc if metrics else None,
-                config.access_log,
-                level=logging.getLevelName(config.access_log_level.upper()),
-                sample=config.access_log_sample,
-            ),
+            *_observer(config, metrics),
             *([auth] if auth is not None else []),
             guard,
         ],
@@ -191,6 +186,24 @@ def _reload(auth: Authenticator | None) -> None:
         log.info("SIGHUP: no --tokens-file, nothing to reload")
         return
     auth.tokens.reload()
+
+
+def _observer(config: ServerConfig, metrics: ServerMetrics | None) -> list[Any]:
+    """The per-call observer (grpc/metrics.py), only when something uses what it does:
+    metrics, the access log, or JSON logs (whose lines carry request ids). Otherwise it
+    is not installed - it costs every call a handler copy and a wrapper - and calls have
+    no request id: none is made, and a caller's x-request-id is not returned, as the
+    server records nothing per call to join it to (docs/observability.md)."""
+    if metrics is None and not config.access_log and config.log_format != "json":
+        return []
+    return [
+        CallObserver(
+            metrics.rpc if metrics else None,
+            config.access_log,
+            level=logging.getLevelName(config.access_log_level.upper()),
+            sample=config.access_log_sample,
+        )
+    ]
 
 
 def _tracing_interceptor(traced: tracing.Tracing | None) -> list[Any]:
