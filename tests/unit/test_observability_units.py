@@ -95,3 +95,21 @@ async def test_metrics_backend_counts_each_operation(memory: MemoryBackend) -> N
     assert sample(duration, operation="get", outcome="BlobNotFound") == 1
     assert sample(duration, operation="put", outcome="ok") == 2
     assert sample(duration, operation="commit", outcome="ok") == 1
+
+
+def test_access_log_sampling_keeps_every_failure() -> None:
+    """Sampled access lines: routine calls by the fraction set, failures always."""
+    import grpc
+
+    from blobstore.grpc.metrics import _sampled
+    from jsonrpc_bridge.observe import AccessLog
+
+    assert not any(_sampled(0.0, code) for code in (grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND))
+    assert _sampled(0.0, grpc.StatusCode.DATA_LOSS) and _sampled(0.0, grpc.StatusCode.INTERNAL)
+    assert _sampled(1.0, grpc.StatusCode.OK)
+    kept = sum(_sampled(0.5, grpc.StatusCode.OK) for _ in range(2000))
+    assert 600 < kept < 1400  # about half (the chance of missing this is below 1e-40)
+    quiet = AccessLog(on=True, sample=0.0)
+    assert not quiet.wants(200) and not quiet.wants(404)
+    assert quiet.wants(415) and quiet.wants(503)
+    assert not AccessLog(on=False).wants(500)
