@@ -186,6 +186,10 @@ TARGETS = [
     # A second server with --metrics-port (issue 16): metrics should cost under 5 %.
     Target("metrics_put_small", "ops_per_s", ("put_small",), 0.95),
     Target("metrics_get_small", "ops_per_s", ("get_small",), 0.95),
+    # A third server with tracing on (--otlp-endpoint, a span per call exported to a
+    # sink): under 15 %.
+    Target("tracing_put_small", "ops_per_s", ("put_small",), 0.85),
+    Target("tracing_get_small", "ops_per_s", ("get_small",), 0.85),
 ]
 SMALL_WORKLOADS = [
     "put_small",
@@ -197,6 +201,8 @@ SMALL_WORKLOADS = [
     "stepflow_get",
     "metrics_put_small",
     "metrics_get_small",
+    "tracing_put_small",
+    "tracing_get_small",
     "bridge_put",
     "bridge_get",
 ]
@@ -221,11 +227,13 @@ class Bench:
         metered: Child | None = None,
         echo_sync: Child | None = None,
         peers: bench_peers.Peers | None = None,
+        traced: Child | None = None,
     ) -> None:
         self.s = settings
         self.echo_sync = echo_sync
         self.peers = peers
         self.metered = metered
+        self.traced = traced
         self.work = work
         self.echo = echo
         self.server = server
@@ -247,7 +255,9 @@ class Bench:
         self.ours_c = GrpcCaller(self.server.address)
         self.base_c = GrpcCaller(self.baseline.address) if self.baseline else None
         self.metered_c = GrpcCaller(self.metered.address) if self.metered else None
-        for caller in (self.echo_c, self.sync_c, self.ours_c, self.base_c, self.metered_c):
+        self.traced_c = GrpcCaller(self.traced.address) if self.traced else None
+        extra = (self.base_c, self.metered_c, self.traced_c, self.sync_c)
+        for caller in (self.echo_c, self.ours_c, *extra):
             if caller is not None:
                 await caller.ready()
         if self.peers is not None:
@@ -291,7 +301,7 @@ class Bench:
             await self.ours_c.close()
             if self.peers is not None:
                 await self.peers.close()
-            for other in (self.base_c, self.metered_c, self.sync_c):
+            for other in (self.base_c, self.metered_c, self.traced_c, self.sync_c):
                 if other is not None:
                     await other.close()
             if self.http is not None:
@@ -388,6 +398,14 @@ class Bench:
                 KIB,
                 metered,
             )
+        if self.traced_c is not None and self.traced is not None:
+            traced_c, traced = self.traced_c, [self.traced.pid]
+            workloads["tracing_put_small"] = (
+                lambda n: traced_c.call_put(docs.put_request(n)),
+                KIB,
+                traced,
+            )
+            workloads["tracing_get_small"] = (lambda n: traced_c.call_get(pick_get()), KIB, traced)
         if self.http is not None and self.bridge is not None:
             http = self.http
             both = [self.server.pid, self.bridge.pid]
@@ -476,7 +494,8 @@ class Bench:
                 request = self.docs.put_request(n)
                 reply = await self.ours_c.call_put(request)
                 ids[n] = pb.PutResponse.FromString(reply).id
-                for other in (self.base_c, self.metered_c):  # the same documents and ids
+                # The same documents and ids on every other server.
+                for other in (self.base_c, self.metered_c, self.traced_c):
                     if other is not None:
                         await other.call_put(request)
 
@@ -779,6 +798,7 @@ ORDER = [
     ("peers (BuildGrid bg_, Stepflow sf_), same load, same core", bench_peers.ROWS),
     ("stepflow.v1 over gRPC", ["stepflow_put", "stepflow_get"]),
     ("metrics on (--metrics-port)", ["metrics_put_small", "metrics_get_small"]),
+    ("tracing on (--otlp-endpoint)", ["tracing_put_small", "tracing_get_small"]),
     ("bridge over HTTP", ["bridge_put", "bridge_get"]),
     (
         "baseline tree over gRPC",
@@ -912,6 +932,25 @@ def start_metered_server(work: Path, cpus: frozenset[int] | None, settings: Sett
     return start_blobstore_server(work, cpus, env)
 
 
+def start_traced_server(
+    work: Path, cpus: frozenset[int] | None, settings: Settings
+) -> tuple[Child, Child]:
+    """Our server with tracing on, exporting every call's span (in batches, as shipped)
+    to an OTLP/HTTP sink (otlp_sink.py, on the load generator's cores): the tracing_*
+    rows are its put_small and get_small, as ratios to the plain server's."""
+    work.mkdir(parents=True, exist_ok=True)
+    sink = start_child(
+        "otlp sink",
+        python_argv(str(Path(__file__).resolve().parent / "otlp_sink.py")),
+        cpus=None,
+        log_path=work / "sink.log",
+        ready=re.compile(r"listening on (127\.0\.0\.1:\d+)"),
+    )
+    env = dict(item.split("=", 1) for item in settings.server_env)
+    env["BLOBSTORE_OTLP_ENDPOINT"] = f"http://{sink.address}"
+    return start_blobstore_server(work, cpus, env), sink
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Benchmark the blob store against the machine's ceilings (issue 5).",
@@ -991,13 +1030,17 @@ def main(argv: list[str] | None = None) -> int:
         children = [c for c in (bridge, baseline, server, echo, echo_sync) if c is not None]
         metered = start_metered_server(work / "metered", split.server, settings)
         children.append(metered)
+        traced, sink = start_traced_server(work / "traced", split.server, settings)
+        children += [traced, sink]
         say(f"bridge: {bridge_note}")
         peers = None
         if args.peers and not settings.quick:
             say("peers: BuildGrid and stepflow-server (their venvs are made on first use)")
             peers = bench_peers.start_peers(work, split.server)
             children += peers.children
-        bench = Bench(settings, work, echo, server, bridge, baseline, metered, echo_sync, peers)
+        bench = Bench(
+            settings, work, echo, server, bridge, baseline, metered, echo_sync, peers, traced
+        )
         asyncio.run(bench.run())
     except (
         StartError,

@@ -36,6 +36,7 @@ CEILINGS = {
 SERVICE = {"put_small", "get_small", "put_dedup", "put_large", "get_large"}
 BATCHES = {"batch_put", "batch_get"}
 STEPFLOW = {"stepflow_put", "stepflow_get", "metrics_put_small", "metrics_get_small"}
+STEPFLOW |= {"tracing_put_small", "tracing_get_small"}
 BRIDGE = {"bridge_put", "bridge_get"}
 
 
