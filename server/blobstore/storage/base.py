@@ -151,3 +151,52 @@ class BlobBackend(Protocol):
     async def quarantine(self, blob_id: BlobId, reason: str) -> None:
         """Moves a stored blob found to be corrupt out of service, keeping it for analysis."""
         ...
+
+
+_FORWARDED = ("put", "open_writer", "get", "get_stream", "stat", "find_missing", "quarantine")
+
+
+class ForwardingBackend:
+    """A decorator's base: every BlobBackend method goes to `inner` unless overridden.
+
+    A method the subclass does not override is the inner backend's own bound
+    method, set on the instance at construction: forwarding adds no coroutine
+    layer and no call on the hot path (bb-storage's decorators embed their
+    inner BlobAccess the same way). The methods below exist for type checkers
+    and for code that calls them on the class.
+    """
+
+    def __init__(self, inner: BlobBackend) -> None:
+        self._inner = inner
+        cls = type(self)
+        for name in _FORWARDED:
+            if getattr(cls, name) is getattr(ForwardingBackend, name):
+                setattr(self, name, getattr(inner, name))
+
+    @property
+    def inner(self) -> BlobBackend:
+        """The backend this one wraps (the factory puts decorators between)."""
+        return self._inner
+
+    async def put(
+        self, blob_id: BlobId, blob_type: BlobType, data: bytes, meta: BlobMeta = NO_META
+    ) -> PutResult:
+        return await self._inner.put(blob_id, blob_type, data, meta)
+
+    async def open_writer(self) -> BlobWriter:
+        return await self._inner.open_writer()
+
+    async def get(self, blob_id: BlobId, limit: ReadLimit = NO_LIMIT) -> Blob:
+        return await self._inner.get(blob_id, limit)
+
+    async def get_stream(self, blob_id: BlobId, chunk_size: int) -> BlobStream:
+        return await self._inner.get_stream(blob_id, chunk_size)
+
+    async def stat(self, blob_id: BlobId) -> BlobInfo | None:
+        return await self._inner.stat(blob_id)
+
+    async def find_missing(self, blob_ids: Sequence[BlobId]) -> list[BlobId]:
+        return await self._inner.find_missing(blob_ids)
+
+    async def quarantine(self, blob_id: BlobId, reason: str) -> None:
+        await self._inner.quarantine(blob_id, reason)

@@ -23,6 +23,7 @@ from blobstore.storage.base import (
     BlobStream,
     BlobWriter,
     ChunkHook,
+    ForwardingBackend,
     ReadLimit,
 )
 
@@ -65,11 +66,11 @@ class StorageMetrics:
         )
 
 
-class MetricsBackend:
+class MetricsBackend(ForwardingBackend):
     """Wraps a backend; see the module docstring."""
 
     def __init__(self, inner: BlobBackend, name: str, metrics: StorageMetrics) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._ok = {op: metrics.duration.labels(name, op, "ok") for op in _OPERATIONS}
         self._failed = metrics.duration
         self._name = name
@@ -79,10 +80,6 @@ class MetricsBackend:
         self._created = metrics.created.labels(name, "created")
         self._deduplicated = metrics.created.labels(name, "deduplicated")
         self._quarantines = metrics.quarantines.labels(name)
-
-    @property
-    def inner(self) -> BlobBackend:
-        return self._inner
 
     def _failure(self, operation: str, started: float, exc: BaseException) -> None:
         self._failed.labels(self._name, operation, type(exc).__name__).observe(

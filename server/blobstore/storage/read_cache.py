@@ -30,12 +30,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from blobstore.ids import BlobId, hex_digest
-from blobstore.model import NO_META, Blob, BlobInfo, BlobMeta, BlobType, PutResult
+from blobstore.model import Blob, BlobInfo
 from blobstore.storage.base import (
     NO_LIMIT,
     BlobBackend,
     BlobStream,
-    BlobWriter,
+    ForwardingBackend,
     OverLimit,
     ReadLimit,
 )
@@ -48,13 +48,13 @@ INLINE_READ = 64 * 1024
 less than a thread hand-off); larger ones in a thread."""
 
 
-class ReadCache:
+class ReadCache(ForwardingBackend):
     """Wraps a backend; see the module docstring."""
 
     def __init__(
         self, inner: BlobBackend, folder: Path, *, max_bytes: int, max_blob_bytes: int
     ) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._folder = folder
         self.max_bytes = max_bytes
         self.max_blob_bytes = max_blob_bytes
@@ -122,15 +122,7 @@ class ReadCache:
         unknown = [blob_id for blob_id in blob_ids if blob_id not in self._index]
         return await self._inner.find_missing(unknown) if unknown else []
 
-    # -- writes and corruption: the backend's ------------------------------------------
-
-    async def put(
-        self, blob_id: BlobId, blob_type: BlobType, data: bytes, meta: BlobMeta = NO_META
-    ) -> PutResult:
-        return await self._inner.put(blob_id, blob_type, data, meta)
-
-    async def open_writer(self) -> BlobWriter:
-        return await self._inner.open_writer()
+    # -- corruption: the backend's (puts pass through: ForwardingBackend) ----------------
 
     async def quarantine(self, blob_id: BlobId, reason: str) -> None:
         # Only copies that hashed to their id are served from here, so a bad copy the
