@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 
 import grpc
@@ -104,14 +105,17 @@ def test_put_and_get_binary_file(server: ServerProcess, tmp_path: Path) -> None:
 
     stat = blobstore("stat", blob_id, target=server.target)
     assert stat.returncode == 0, stat.stderr
-    assert json.loads(stat.stdout) == {
+    shown = json.loads(stat.stdout)
+    # The last use (the get above), as an ISO 8601 time in UTC.
+    assert datetime.fromisoformat(shown.pop("last_used")).tzinfo is not None
+    assert shown == {
         "blob_id": blob_id,
         "exists": True,
         "blob_type": "Binary",
         "size": len(data),
     }
     # With -o the content goes to the file, and what was written is said as stat says it.
-    assert json.loads(to_file.stdout) == json.loads(stat.stdout)
+    assert json.loads(to_file.stdout) == shown
 
 
 def test_put_json_file_and_stdin_get_canonical_text(server: ServerProcess, tmp_path: Path) -> None:
@@ -136,7 +140,7 @@ def test_put_json_file_and_stdin_get_canonical_text(server: ServerProcess, tmp_p
     assert got.returncode == 0, got.stderr
     assert got.stdout == canonical
     stat = blobstore("stat", blob_id, target=server.target)
-    assert json.loads(stat.stdout) == {
+    assert {k: v for k, v in json.loads(stat.stdout).items() if k != "last_used"} == {
         "blob_id": blob_id,
         "exists": True,
         "blob_type": "Json",

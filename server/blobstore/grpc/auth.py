@@ -14,7 +14,7 @@ the protocol, whose .proto files are public).
   the whole table in one assignment: calls in progress keep the table they were
   checked with, none is dropped; a file that does not parse leaves the old table.
 * Scopes: `read` (Get, GetStream, Stat, FindMissing, stepflow GetBlob), `write` (Put,
-  PutStream, stepflow PutBlob), `admin` (nothing yet: for destructive calls to come).
+  PutStream, stepflow PutBlob), `admin` (Delete, Prune).
 * Anonymous callers (no `authorization` metadata) get the scopes `--anonymous`
   grants per API, e.g. `stepflow.v1=read,write` (Stepflow's workers dial without a
   token); by default none.
@@ -59,6 +59,8 @@ _SCOPE_OF_METHOD = {
     "Put": "write",
     "PutStream": "write",
     "PutBlob": "write",
+    "Delete": "admin",
+    "Prune": "admin",
 }
 _HASH_PREFIX = "sha256:"
 _BEARER = "bearer "

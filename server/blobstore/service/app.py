@@ -24,7 +24,12 @@ from blobstore.offload import shutdown_process_pool
 from blobstore.proto_names import SERVICE_NAME
 from blobstore.service.admission import Admission
 from blobstore.service.config import ServerConfig
-from blobstore.service.hardening import connection_cap, raise_open_file_limit, warn_if_exposed
+from blobstore.service.hardening import (
+    connection_cap,
+    is_loopback,
+    raise_open_file_limit,
+    warn_if_exposed,
+)
 from blobstore.service.malloc_tuning import MallocTrimmer, MallocTuning, tune_malloc
 from blobstore.service.metrics import ServerMetrics, serve_metrics
 from blobstore.service.security import (
@@ -62,10 +67,14 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
     metrics = ServerMetrics.create() if config.metrics_port else None
     storage = open_storage(config.storage_settings, metrics.storage if metrics else None)
     try:
-        store = BlobStore(storage.backend, config.limits)
-        await _serve_store(
-            config, store, storage.description, stop, malloc, auth, credentials, metrics
-        )
+        await storage.start()
+        try:
+            store = BlobStore(storage.backend, config.limits, storage.retention)
+            await _serve_store(
+                config, store, storage.description, stop, malloc, auth, credentials, metrics
+            )
+        finally:
+            await storage.stop()
     finally:
         shutdown_process_pool()
         storage.close()
@@ -104,7 +113,10 @@ async def _serve_store(
             *connection_options(config, max_connections),
         ],
     )
-    BlobServicer(store).add_to_server(server)
+    # Delete and Prune: the admin scope with tokens; without, only on loopback or when asked.
+    host = config.address.rsplit(":", 1)[0]
+    removals = auth is not None or config.enable_delete or is_loopback(host.strip("[]"))
+    BlobServicer(store, removals_allowed=removals).add_to_server(server)
     StepflowBlobServicer(store).add_to_server(server)  # Stepflow's API, same store and guard
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

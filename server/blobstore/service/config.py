@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from blobstore.durations import Seconds, parse_duration
 from blobstore.service.admission import AdmissionLimits
 from blobstore.storage.factory import StorageSettings
 from blobstore.storage.filesystem import JOURNAL_MAX_BLOB_BYTES
@@ -15,6 +16,7 @@ from blobstore.store import Limits
 
 _LIMITS = Limits()
 _ADMISSION = AdmissionLimits()
+_NO_MIN_AGE = Seconds(0)
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,10 @@ class ServerConfig:
     access_log: bool = False
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
+    max_bytes: int = 0
+    max_blobs: int = 0
+    min_age: Seconds = _NO_MIN_AGE
+    enable_delete: bool = False
 
     @property
     def limits(self) -> Limits:
@@ -73,6 +79,9 @@ class ServerConfig:
             cache_max_blob_bytes=self.cache_max_blob_bytes,
             io_threads=self.io_threads,
             journal_max_blob_bytes=self.journal_max_blob_bytes,
+            max_bytes=self.max_bytes,
+            max_blobs=self.max_blobs,
+            min_age=float(self.min_age),
         )
 
     @property
@@ -139,6 +148,14 @@ HELP = {
     "request id)",
     "metrics_port": "serve Prometheus metrics at http://METRICS_HOST:PORT/metrics; 0 = off",
     "metrics_host": "address the metrics endpoint listens on (when --metrics-port is set)",
+    "max_bytes": "cap on the content bytes stored: past 95 %% the least recently used blobs "
+    "are evicted in the background down to 90 %%; 0 = no cap (with s3://: bounds the read "
+    "cache, needs --cache-dir)",
+    "max_blobs": "cap on the number of blobs stored, evicted like --max-bytes; 0 = no cap",
+    "min_age": "blobs used (put or read) within this long are never evicted: when nothing "
+    "else is left a put gets STORAGE_FULL (seconds, or 30m, 12h, 7d)",
+    "enable_delete": "serve the Delete and Prune calls without --tokens-file beyond loopback "
+    "(with tokens they need the admin scope; on a loopback address they are always on)",
 }
 
 
@@ -191,4 +208,8 @@ def _converter(type_name: Any, env: str) -> Any:
 
 def _parser_for(type_name: Any) -> Any:
     name = type_name if isinstance(type_name, str) else type_name.__name__
-    return {"int": int, "float": float, "Path": Path, "str": str}[name]
+    return {"int": int, "float": float, "Path": Path, "str": str, "Seconds": duration}[name]
+
+
+def duration(text: str) -> Seconds:
+    return Seconds(parse_duration(text))

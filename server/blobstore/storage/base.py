@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from blobstore.ids import BlobId
 from blobstore.model import NO_META, Blob, BlobInfo, BlobMeta, BlobType, PutResult
@@ -112,6 +112,17 @@ class BlobStream(Protocol):
         ...
 
 
+class StoredBlob(NamedTuple):
+    """One blob as a listing of the medium sees it (scan)."""
+
+    blob_id: BlobId
+    size: int
+    """Content bytes; where only the stored object's size is known cheaply (a file with its
+    header and metadata) an upper bound of it."""
+    last_use: float
+    """When the blob was last stored (seconds since the epoch), as the medium recorded it."""
+
+
 class BlobBackend(Protocol):
     """Durable storage of blobs by id. Reads are not verified at this level."""
 
@@ -152,8 +163,31 @@ class BlobBackend(Protocol):
         """Moves a stored blob found to be corrupt out of service, keeping it for analysis."""
         ...
 
+    async def delete(self, blob_ids: Sequence[BlobId]) -> list[BlobId]:
+        """Removes the blobs durably; returns those that were stored, in the given order.
 
-_FORWARDED = ("put", "open_writer", "get", "get_stream", "stat", "find_missing", "quarantine")
+        Idempotent: an id not stored is no error. Once this returns, no crash brings a
+        removed blob back (a journal that still holds it is checkpointed first). A read
+        that already has the blob open may still complete with the whole content.
+        """
+        ...
+
+    def scan(self) -> AsyncIterator[list[StoredBlob]]:
+        """Every stored blob, in batches (the medium's listing; the order is the medium's)."""
+        ...
+
+
+_FORWARDED = (
+    "put",
+    "open_writer",
+    "get",
+    "get_stream",
+    "stat",
+    "find_missing",
+    "quarantine",
+    "delete",
+    "scan",
+)
 
 
 class ForwardingBackend:
@@ -200,3 +234,9 @@ class ForwardingBackend:
 
     async def quarantine(self, blob_id: BlobId, reason: str) -> None:
         await self._inner.quarantine(blob_id, reason)
+
+    async def delete(self, blob_ids: Sequence[BlobId]) -> list[BlobId]:
+        return await self._inner.delete(blob_ids)
+
+    def scan(self) -> AsyncIterator[list[StoredBlob]]:
+        return self._inner.scan()

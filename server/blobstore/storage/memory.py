@@ -9,13 +9,14 @@ damage a stored copy (`corrupt`) to play the disk that flips bits.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from blobstore.errors import BlobNotFound
 from blobstore.ids import BlobId
 from blobstore.model import NO_META, Blob, BlobInfo, BlobMeta, BlobType, PutResult
-from blobstore.storage.base import NO_LIMIT, ChunkHook, OverLimit, ReadLimit
+from blobstore.storage.base import NO_LIMIT, ChunkHook, OverLimit, ReadLimit, StoredBlob
 
 
 @dataclass(slots=True)
@@ -89,6 +90,13 @@ class MemoryBackend:
 
     async def quarantine(self, blob_id: BlobId, reason: str) -> None:
         self._quarantine(blob_id, reason)
+
+    async def delete(self, blob_ids: Sequence[BlobId]) -> list[BlobId]:
+        return [b for b in dict.fromkeys(blob_ids) if self._blobs.pop(b, None) is not None]
+
+    async def scan(self) -> AsyncIterator[list[StoredBlob]]:
+        now = time.time()
+        yield [StoredBlob(b, len(stored.data), now) for b, stored in self._blobs.items()]
 
     def _quarantine(self, blob_id: BlobId, reason: str) -> None:
         stored = self._blobs.pop(blob_id, None)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from blobstore.ids import BlobId
 from blobstore.model import NO_META, Blob, BlobInfo, BlobMeta, BlobType, PutResult
@@ -62,6 +62,29 @@ class StorageMetrics:
             "blobstore_storage_quarantines",
             "Stored copies found corrupt and moved out of service (each a DATA_LOSS)",
             ("backend",),
+            registry=registry,
+        )
+        # Bounded storage (storage/eviction.py): what is stored, and what left and why.
+        self.stored_bytes = Gauge(
+            "blobstore_storage_stored_bytes",
+            "Content bytes of the blobs stored (the usage index; --max-bytes caps it)",
+            registry=registry,
+        )
+        self.stored_blobs = Gauge(
+            "blobstore_storage_stored_blobs",
+            "Blobs stored (the usage index; --max-blobs caps it)",
+            registry=registry,
+        )
+        self.removed = Counter(
+            "blobstore_storage_removed_blobs",
+            "Blobs removed, by reason: evicted (LRU past the cap), pruned, deleted",
+            ("reason",),
+            registry=registry,
+        )
+        self.removed_bytes = Counter(
+            "blobstore_storage_removed_bytes",
+            "Content bytes of the blobs removed, by reason (as removed_blobs)",
+            ("reason",),
             registry=registry,
         )
 

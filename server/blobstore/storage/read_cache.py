@@ -130,6 +130,11 @@ class ReadCache(ForwardingBackend):
         self._forget(blob_id)
         await self._inner.quarantine(blob_id, reason)
 
+    async def delete(self, blob_ids: Sequence[BlobId]) -> list[BlobId]:
+        for blob_id in blob_ids:
+            self._forget(blob_id)
+        return await self._inner.delete(blob_ids)
+
     # -- the index -----------------------------------------------------------------------
 
     async def _keep(self, blob: Blob) -> None:

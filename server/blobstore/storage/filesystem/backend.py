@@ -9,6 +9,7 @@ does the work:
     publish.py       temp file → fsync → link(2) → fsync folder: every put ends there
     writer.py        streamed puts
     read.py          get / get_stream / stat / find_missing
+    (layout.py)      delete (after a journal checkpoint) and scan
     journal.py       the group-commit journal's segments and records
     group_commit.py  the committer thread batching small puts
     replay.py        journal replay at start-up
@@ -33,18 +34,18 @@ import fcntl
 import logging
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
 from blobstore.ids import BlobId
 from blobstore.model import NO_META, Blob, BlobInfo, BlobMeta, BlobType, PutResult
-from blobstore.storage.base import NO_LIMIT, ReadLimit
+from blobstore.storage.base import NO_LIMIT, ReadLimit, StoredBlob
 from blobstore.storage.filesystem.fd_guard import open_on_pool
 from blobstore.storage.filesystem.group_commit import GroupCommitter
 from blobstore.storage.filesystem.journal import SEGMENT_BYTES, Journal
-from blobstore.storage.filesystem.layout import FileSystemLayout
+from blobstore.storage.filesystem.layout import FileSystemLayout, list_shard, remove_blobs
 from blobstore.storage.filesystem.os_calls import (
     fsync_dir,
     io_error,
@@ -198,6 +199,22 @@ class FileSystemBackend:
             await self._run(lambda: self.layout.quarantine(blob_id, reason))
         except OSError as exc:
             raise io_error(exc, "quarantine a corrupt blob") from None
+
+    # -- removal and listing -------------------------------------------------------------
+
+    async def delete(self, blob_ids: Sequence[BlobId]) -> list[BlobId]:
+        # The journal first: a segment still holding a record of one of these blobs
+        # would bring it back at the next start-up's replay.
+        if self._committer is not None:
+            await self._committer.checkpoint()
+        try:
+            return await self._run(lambda: remove_blobs(self.layout, blob_ids))
+        except OSError as exc:
+            raise io_error(exc, "delete blobs") from None
+
+    async def scan(self) -> AsyncIterator[list[StoredBlob]]:
+        for shard in self.layout.shards():
+            yield await self._run(lambda shard=shard: list_shard(shard))  # type: ignore[misc]
 
 
 def _discard_temp(created: tuple[int, str]) -> None:

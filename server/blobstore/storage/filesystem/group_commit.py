@@ -12,6 +12,11 @@ When a journal segment fills up, a checkpoint on a thread of its own makes
 the blobs filed from it durable (the backend's `make_durable`, a syncfs) and
 deletes the segment; stop() checkpoints what is left. Segments that outlive
 a crash are replayed by the backend at start-up.
+
+checkpoint() is the barrier a delete (or an eviction) passes first: it closes
+the active segment and returns once every segment started before the call is
+checkpointed, so no journal record of a blob removed afterwards is left for a
+replay to bring back.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import contextlib
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +57,12 @@ class _Put:
     future: asyncio.Future[PutResult] = field(repr=False)
 
 
+@dataclass(eq=False, slots=True)
+class _Barrier:
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[None] = field(repr=False)
+
+
 _STOP = object()
 
 
@@ -72,11 +83,11 @@ class GroupCommitter:
         self._make_durable = make_durable
         self._translate = translate
         self._max_batch_bytes = max_batch_bytes
-        self._queue: queue.SimpleQueue[_Put | object] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Put | _Barrier | object] = queue.SimpleQueue()
         self._checkpoints = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blob-checkpoint")
         self._thread = threading.Thread(target=self._run, name="blob-committer", daemon=True)
         self._stopped = False
-        self._leftover: _Put | None = None
+        self._leftover: _Put | _Barrier | None = None
 
     def start(self) -> None:
         self._journal.open()
@@ -91,16 +102,16 @@ class GroupCommitter:
             self._queue.put(_STOP)
             self._thread.join()
         # A put that raced with stop() and queued behind _STOP must not wait forever.
-        late = [self._leftover] if self._leftover is not None else []
+        late: list[_Put | _Barrier] = [self._leftover] if self._leftover is not None else []
         while True:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if isinstance(item, _Put):
+            if isinstance(item, (_Put, _Barrier)):
                 late.append(item)
         for item in late:
-            refused: PutResult | Exception = Unavailable("server is shutting down; retry shortly")
+            refused = Unavailable("server is shutting down; retry shortly")
             with contextlib.suppress(RuntimeError):
                 item.loop.call_soon_threadsafe(_settle, [(item, refused)])
         self._checkpoints.shutdown(wait=True)
@@ -120,37 +131,72 @@ class GroupCommitter:
         # skipped): that is harmless, and the next put of the same content finds it.
         return await item.future
 
+    async def checkpoint(self) -> None:
+        """Returns once every journal segment holding a record appended before this call
+        is checkpointed (its blobs synced, the segment deleted). Raises Unavailable or
+        StorageFull if a checkpoint fails (the segment stays)."""
+        if self._stopped:
+            raise Unavailable("server is shutting down; retry shortly")
+        loop = asyncio.get_running_loop()
+        barrier = _Barrier(loop, loop.create_future())
+        self._queue.put(barrier)
+        await barrier.future
+
     # -- the committer thread -----------------------------------------------------------------
 
     def _run(self) -> None:
         while True:
-            batch, stop = self._gather()
+            batch, control = self._gather()
             if batch:
                 self._commit(batch)
-            if stop:
+            if control is _STOP:
                 return
+            if isinstance(control, _Barrier):
+                self._barrier(control)
 
-    def _gather(self) -> tuple[list[_Put], bool]:
+    def _gather(self) -> tuple[list[_Put], object]:
+        """The next batch, and what ended it: None, _STOP or a _Barrier (after the batch)."""
         first = self._leftover or self._queue.get()
         self._leftover = None
-        if first is _STOP:
-            return [], True
-        assert isinstance(first, _Put)
+        if not isinstance(first, _Put):
+            return [], first
         batch, size = [first], len(first.data)
         while size < self._max_batch_bytes:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if item is _STOP:
-                return batch, True
-            assert isinstance(item, _Put)
+            if not isinstance(item, _Put):
+                return batch, item
             if size + len(item.data) > self._max_batch_bytes:
                 self._leftover = item
                 break
             batch.append(item)
             size += len(item.data)
-        return batch, False
+        return batch, None
+
+    def _barrier(self, barrier: _Barrier) -> None:
+        # Retired segments already handed to the checkpoint thread are done before the
+        # task below runs there (one thread, in order); it checks the disk anyway, so a
+        # segment whose earlier checkpoint failed is tried again, not skipped.
+        for segment in self._journal.close():
+            self._checkpoints.submit(self._checkpoint, segment)
+        boundary = self._journal.next_sequence
+
+        def finish() -> None:
+            outcome: Exception | None = None
+            try:
+                left = self._journal.segments_before(boundary)
+                if left:
+                    self._make_durable()
+                    for segment in left:
+                        self._journal.retire(segment)
+            except OSError as exc:
+                outcome = self._translate(exc, "checkpoint the journal before a delete")
+            with contextlib.suppress(RuntimeError):
+                barrier.loop.call_soon_threadsafe(_settle, [(barrier, outcome)])
+
+        self._checkpoints.submit(finish)
 
     def _commit(self, batch: list[_Put]) -> None:
         firsts: dict[BlobId, _Put] = {}
@@ -208,11 +254,11 @@ class GroupCommitter:
             self._translate(exc, "checkpoint a journal segment (kept, replayed at the next start)")
 
 
-def _settle(settled: list[tuple[_Put, PutResult | Exception]]) -> None:
+def _settle(settled: Sequence[tuple[_Put | _Barrier, PutResult | Exception | None]]) -> None:
     for item, outcome in settled:
         if item.future.done():
             continue
         if isinstance(outcome, Exception):
             item.future.set_exception(outcome)
         else:
-            item.future.set_result(outcome)
+            item.future.set_result(outcome)  # type: ignore[arg-type]  # None for a barrier

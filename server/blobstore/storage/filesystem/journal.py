@@ -182,6 +182,16 @@ class Journal:
             raise
         self._size += total
 
+    @property
+    def next_sequence(self) -> int:
+        """The sequence number the next segment gets: every segment on disk below it was
+        started before now."""
+        return self._next_seq
+
+    def segments_before(self, sequence: int) -> list[Path]:
+        """Segments on disk started before `sequence` (next_sequence at some earlier time)."""
+        return [path for path in self.segments() if int(path.stem) < sequence]
+
     def take_retired(self) -> list[Path]:
         """The segments closed since the last call: to checkpoint once their blobs are filed."""
         retired, self._retired = self._retired, []

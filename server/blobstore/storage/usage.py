@@ -1,0 +1,165 @@
+"""The usage index: every stored blob's size and last use, least recently used first.
+
+Kept in memory (an OrderedDict: a use is a dict lookup, a time and a move to the
+end, never a write to disk) by the EvictingBackend (eviction.py). It is made
+durable cheaply: a snapshot of the whole index, written aside and renamed into
+place every SNAPSHOT_INTERVAL while uses happen, and at a clean stop. At start-up
+the index is rebuilt from the medium's listing (BlobBackend.scan: what is really
+stored, with sizes and the time each was stored) merged with the snapshot (the
+last uses, and exact sizes): a blob the snapshot does not know (stored after it
+was written, before a crash) gets the time it was stored; an entry of the snapshot
+whose blob is gone is dropped. A lost or damaged snapshot costs recency, never data.
+
+Snapshot format: b"BSU1", then per blob, least recently used first, its 32-byte
+digest, content size (u64) and last use (f64 seconds since the epoch), little-endian.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import struct
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from pathlib import Path
+
+from blobstore.ids import BlobId, blob_id_from_digest, hex_digest
+from blobstore.storage.base import StoredBlob
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"BSU1"
+_RECORD = struct.Struct("<32sQd")
+SNAPSHOT_INTERVAL = 30.0
+"""Seconds between snapshots while blobs are used (none while idle)."""
+
+
+class Use:
+    """One blob's entry: content size and last use."""
+
+    __slots__ = ("size", "used")
+
+    def __init__(self, size: int, used: float) -> None:
+        self.size = size
+        self.used = used
+
+
+class UsageIndex:
+    """Sizes and last uses, least recently used first; see the module docstring.
+
+    Used on the event loop only (no locks): every method is a few dict operations.
+    """
+
+    def __init__(self) -> None:
+        self.entries: OrderedDict[BlobId, Use] = OrderedDict()
+        self.total_bytes = 0
+        self.dirty = False
+        self.clock = time.time
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __contains__(self, blob_id: object) -> bool:
+        return blob_id in self.entries
+
+    def get(self, blob_id: BlobId) -> Use | None:
+        return self.entries.get(blob_id)
+
+    def touch(self, blob_id: BlobId) -> None:
+        """Records a use of a known blob (an unknown one is ignored)."""
+        use = self.entries.get(blob_id)
+        if use is not None:
+            use.used = self.clock()
+            self.entries.move_to_end(blob_id)
+            self.dirty = True
+
+    def stored(self, blob_id: BlobId, size: int) -> None:
+        """Records a put: a new entry, or a use of a known one."""
+        use = self.entries.get(blob_id)
+        if use is None:
+            self.entries[blob_id] = Use(size, self.clock())
+            self.total_bytes += size
+        else:
+            use.used = self.clock()
+            self.entries.move_to_end(blob_id)
+        self.dirty = True
+
+    def pop(self, blob_id: BlobId) -> Use | None:
+        use = self.entries.pop(blob_id, None)
+        if use is not None:
+            self.total_bytes -= use.size
+            self.dirty = True
+        return use
+
+    def put_back(self, blob_id: BlobId, use: Use) -> None:
+        """Returns an entry taken out (an eviction that failed) at the least recent end."""
+        if blob_id not in self.entries:
+            self.entries[blob_id] = use
+            self.entries.move_to_end(blob_id, last=False)
+            self.total_bytes += use.size
+
+    def oldest(self) -> Iterator[tuple[BlobId, Use]]:
+        return iter(self.entries.items())
+
+    # -- persistence ----------------------------------------------------------------------
+
+    def rebuild(self, listing: list[StoredBlob], snapshot: Path | None) -> None:
+        """Replaces the index with what `listing` says is stored, last uses from `snapshot`."""
+        known = load_snapshot(snapshot) if snapshot is not None else {}
+        merged: list[tuple[float, BlobId, int]] = []
+        for blob_id, size, stored_at in listing:
+            remembered = known.get(blob_id)
+            if remembered is not None:
+                size, used = remembered
+                merged.append((max(used, stored_at), blob_id, size))
+            else:
+                merged.append((stored_at, blob_id, size))
+        merged.sort()
+        self.entries = OrderedDict((blob_id, Use(size, used)) for used, blob_id, size in merged)
+        self.total_bytes = sum(size for _, _, size in merged)
+        self.dirty = False
+
+    def records(self) -> list[tuple[BlobId, Use]]:
+        """A copy of the entries, in order, for save() on another thread (Use values may
+        still change meanwhile: a later use, saved next time)."""
+        self.dirty = False
+        return list(self.entries.items())
+
+
+def save_snapshot(path: Path, records: list[tuple[BlobId, Use]]) -> None:
+    """Writes the snapshot aside and renames it into place (no fsync: losing it only
+    costs recency, and the rename never leaves a half-written one in place)."""
+    temp = path.with_name(f".{path.name}.{os.getpid()}")
+    pack = _RECORD.pack
+    with open(temp, "wb") as out:
+        out.write(MAGIC)
+        out.write(
+            b"".join(
+                pack(bytes.fromhex(hex_digest(blob_id)), use.size, use.used)
+                for blob_id, use in records
+            )
+        )
+    os.replace(temp, path)
+
+
+def load_snapshot(path: Path) -> dict[BlobId, tuple[int, float]]:
+    """The snapshot's entries; empty if there is none or it is damaged (logged)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        log.warning("usage snapshot %s unreadable (%s): last uses start from file times", path, exc)
+        return {}
+    body = memoryview(data)[len(MAGIC) :]
+    if data[: len(MAGIC)] != MAGIC or len(body) % _RECORD.size:
+        log.warning("usage snapshot %s is damaged: last uses start from file times", path)
+        with contextlib.suppress(OSError):
+            path.unlink()
+        return {}
+    return {
+        blob_id_from_digest(digest.hex()): (size, used)
+        for digest, size, used in _RECORD.iter_unpack(body)
+    }
