@@ -42,6 +42,8 @@ def test_every_gated_method_has_a_scope() -> None:
         "Stat": "read",
         "FindMissing": "read",
         "GetBlob": "read",
+        "Delete": "admin",
+        "Prune": "admin",
     }
     assert {rule.api for rule in _RULES.values()} == {"blobstore.v1", "stepflow.v1"}
 

@@ -117,7 +117,8 @@ class EvictingBackend(ForwardingBackend):
             listing += batch
         snapshot = self._snapshot
         await asyncio.to_thread(self.index.rebuild, listing, snapshot)
-        log.info(
+        log.log(
+            logging.INFO if len(self.index) else logging.DEBUG,  # an empty store: no news
             "usage index: %d blob(s), %d byte(s), rebuilt in %.2f s",
             len(self.index),
             self.index.total_bytes,
