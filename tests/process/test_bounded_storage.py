@@ -13,7 +13,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -47,7 +47,7 @@ def client_of(server: ServerProcess, token: str | None = None, *, retry: bool = 
     return BlobClient(server.target, timeout=60, credentials=creds, retry=policy)
 
 
-def present(client: BlobClient, ids: list[str]) -> set[str]:
+def present(client: BlobClient, ids: Sequence[str]) -> set[str]:
     missing: set[str] = set()
     for start in range(0, len(ids), 5000):
         missing |= set(client.find_missing(ids[start : start + 5000]))
@@ -158,7 +158,7 @@ def test_storage_full_when_nothing_is_evictable_then_room_after_a_delete(
         assert list((server.data_dir / "tmp").iterdir()) == []
         assert client.delete(ids[:3]) == ids[:3]
         client.put_bytes(content(1000, 100_000))
-    assert server.alive
+    assert server.alive()
 
 
 def test_put_racing_the_eviction_of_its_id_leaves_a_readable_blob(
@@ -208,9 +208,10 @@ def test_a_read_in_progress_completes_whole_when_its_blob_is_deleted(
     with client_of(server) as client:
         blob_id = client.put_bytes(data).info.blob_id
         stub_channel = grpc.insecure_channel(server.target)
-        replies = pb_grpc.BlobServiceStub(stub_channel).GetStream(
+        call = pb_grpc.BlobServiceStub(stub_channel).GetStream(
             pb.GetStreamRequest(id=blob_id, chunk_size=64 * 1024)
         )
+        replies: Iterator[pb.GetStreamResponse] = iter(call)
         first = next(replies)
         assert first.info.size == len(data)
         received = [next(replies).chunk]
