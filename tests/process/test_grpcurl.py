@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime
 import os
 import re
 import shlex
 import subprocess
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
