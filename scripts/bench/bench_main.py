@@ -19,7 +19,13 @@ service and its ceilings alike:
   (GetBlob, JSON back as a protobuf Value), as ratios to put_small/get_small;
 - the JSON-RPC bridge over HTTP: blobs/put and blobs/get (16 callers); a
   bridge that does not start fails the run;
+- put_small_at_cap: put_small on a third server started with --max-bytes and
+  filled to its cap first, so that its puts run while it evicts, as a ratio to
+  put_small (target >= 0.80);
 - the server's peak RSS growth during a 1 GiB streamed put and get.
+
+`--startup-blobs N` instead times a start-up on a folder of N blobs (the usage
+index rebuild; bench_startup.py).
 
 Server side and load generator are separate processes pinned to separate
 cores (bench_procs.CpuSplit); the server runs as shipped (durable puts,
@@ -31,7 +37,7 @@ figure and its ratio to its ceiling, target and PASS/MISS, and writes JSON
 example a `git worktree` of an older commit), interleaved with ours, and
 prints ours/baseline for put_small, get_small, put_large and get_large.
 
-Why one script of ~860 lines: every row is measured in the same interleaved trial
+Why one script of ~950 lines: every row is measured in the same interleaved trial
 loop against its ceiling; the servers, ceilings and CPU split it drives live in the
 bench_* modules beside it.
 """
@@ -165,6 +171,8 @@ TARGETS = [
     # A second server with --metrics-port (issue 16): metrics should cost under 5 %.
     Target("metrics_put_small", "ops_per_s", ("put_small",), 0.95),
     Target("metrics_get_small", "ops_per_s", ("get_small",), 0.95),
+    # A third server with --max-bytes, filled to its cap first (issue 15): every put evicts.
+    Target("put_small_at_cap", "ops_per_s", ("put_small",), 0.80),
 ]
 SMALL_WORKLOADS = [
     "put_small",
@@ -174,6 +182,7 @@ SMALL_WORKLOADS = [
     "stepflow_get",
     "metrics_put_small",
     "metrics_get_small",
+    "put_small_at_cap",
     "bridge_put",
     "bridge_get",
 ]
@@ -196,9 +205,11 @@ class Bench:
         bridge: Child | None,
         baseline: Child | None = None,
         metered: Child | None = None,
+        capped: Child | None = None,
     ) -> None:
         self.s = settings
         self.metered = metered
+        self.capped = capped
         self.work = work
         self.echo = echo
         self.server = server
@@ -218,7 +229,8 @@ class Bench:
         self.ours_c = GrpcCaller(self.server.address)
         self.base_c = GrpcCaller(self.baseline.address) if self.baseline else None
         self.metered_c = GrpcCaller(self.metered.address) if self.metered else None
-        for caller in (self.echo_c, self.ours_c, self.base_c, self.metered_c):
+        self.capped_c = GrpcCaller(self.capped.address) if self.capped else None
+        for caller in (self.echo_c, self.ours_c, self.base_c, self.metered_c, self.capped_c):
             if caller is not None:
                 await caller.ready()
         self.http: HttpCaller | None = None
@@ -227,6 +239,7 @@ class Bench:
         try:
             await self._preflight()
             await self._fill_pool()
+            await self._fill_capped()
             small = self._small_workloads()
             say(f"warming up ({len(small)} workloads x {self.s.warmup:.1f} s)")
             for op, _payload, pids in small.values():
@@ -252,7 +265,7 @@ class Bench:
         finally:
             await self.echo_c.close()
             await self.ours_c.close()
-            for other in (self.base_c, self.metered_c):
+            for other in (self.base_c, self.metered_c, self.capped_c):
                 if other is not None:
                     await other.close()
             if self.http is not None:
@@ -310,6 +323,13 @@ class Bench:
                 lambda n: metered_c.call_get(pick_get()),
                 KIB,
                 metered,
+            )
+        if self.capped_c is not None and self.capped is not None:
+            capped_c, capped = self.capped_c, [self.capped.pid]
+            workloads["put_small_at_cap"] = (
+                lambda n: capped_c.call_put(docs.put_request(n)),
+                KIB,
+                capped,
             )
         if self.http is not None and self.bridge is not None:
             http = self.http
@@ -379,6 +399,21 @@ class Bench:
         got = await http.call(bridge_get_body(seq, expected))
         if got.get("data") != json.loads(self.docs.text(seq)):
             raise LoadError("bridge get returned other data than was put")
+
+    async def _fill_capped(self) -> None:
+        """Fills the capped server past its high-water mark, so that its timed puts evict."""
+        caller = self.capped_c
+        if caller is None:
+            return
+        count = capped_bytes(self.s) // KIB
+        say(f"filling the capped server with {count} documents (its cap)")
+        todo = iter(range(count))
+
+        async def worker() -> None:
+            for _ in todo:
+                await caller.call_put(self.docs.put_request(next(self._seq)))
+
+        await asyncio.gather(*(worker() for _ in range(self.s.concurrency)))
 
     async def _fill_pool(self) -> None:
         """Stores the documents that get_small, put_dedup and bridge_get read back."""
@@ -668,6 +703,7 @@ ORDER = [
     ("service over gRPC", ["put_small", "get_small", "put_dedup", "put_large", "get_large"]),
     ("stepflow.v1 over gRPC", ["stepflow_put", "stepflow_get"]),
     ("metrics on (--metrics-port)", ["metrics_put_small", "metrics_get_small"]),
+    ("at the --max-bytes cap (LRU eviction)", ["put_small_at_cap"]),
     ("bridge over HTTP", ["bridge_put", "bridge_get"]),
     (
         "baseline tree over gRPC",
@@ -783,6 +819,18 @@ def start_metered_server(work: Path, cpus: frozenset[int] | None, settings: Sett
     return start_blobstore_server(work, cpus, env)
 
 
+def capped_bytes(settings: Settings) -> int:
+    return (1 if settings.quick else 16) * MIB
+
+
+def start_capped_server(work: Path, cpus: frozenset[int] | None, settings: Settings) -> Child:
+    """Our server with --max-bytes: the put_small_at_cap row, as a ratio to put_small."""
+    work.mkdir(parents=True, exist_ok=True)
+    env = dict(item.split("=", 1) for item in settings.server_env)
+    env["BLOBSTORE_MAX_BYTES"] = str(capped_bytes(settings))
+    return start_blobstore_server(work, cpus, env)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Benchmark the blob store against the machine's ceilings (issue 5).",
@@ -828,12 +876,23 @@ def main(argv: list[str] | None = None) -> int:
         "get_small, put_large and get_large",
     )
     parser.add_argument(
+        "--startup-blobs",
+        type=int,
+        metavar="N",
+        help="instead: time the server's start-up (usage index rebuild) on a folder of N "
+        "blobs, e.g. 1000000 (scripts/bench/bench_startup.py)",
+    )
+    parser.add_argument(
         "--storage",
         choices=["s3"],
         help="s3: benchmark the object-store backend instead, against obstore on a SeaweedFS "
         "this run starts (scripts/bench/bench_s3.py)",
     )
     args = parser.parse_args(argv)
+    if args.startup_blobs:
+        import bench_startup
+
+        return bench_startup.run(args.startup_blobs, args.work_dir, args.json)
     if args.storage == "s3":
         import bench_s3
 
@@ -855,8 +914,10 @@ def main(argv: list[str] | None = None) -> int:
         children = [c for c in (bridge, baseline, server, echo) if c is not None]
         metered = start_metered_server(work / "metered", split.server, settings)
         children.append(metered)
+        capped = start_capped_server(work / "capped", split.server, settings)
+        children.append(capped)
         say(f"bridge: {bridge_note}")
-        bench = Bench(settings, work, echo, server, bridge, baseline, metered)
+        bench = Bench(settings, work, echo, server, bridge, baseline, metered, capped)
         asyncio.run(bench.run())
     except (StartError, LoadError, BlobStoreError, grpc.RpcError, aiohttp.ClientError) as exc:
         say(f"FAILED: {exc}")

@@ -14,7 +14,7 @@ of VerifyingBackend, which wraps every backend the server uses.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Container, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -172,8 +172,12 @@ class BlobBackend(Protocol):
         """
         ...
 
-    def scan(self) -> AsyncIterator[list[StoredBlob]]:
-        """Every stored blob, in batches (the medium's listing; the order is the medium's)."""
+    def scan(self, known: Container[BlobId] = ()) -> AsyncIterator[list[StoredBlob]]:
+        """Every stored blob, in batches (the medium's listing; the order is the medium's).
+
+        Blobs in `known` may come with size 0 and last_use 0.0: the caller has them
+        already, and the medium need not look them up (a stat per file, at start-up).
+        """
         ...
 
 
@@ -238,5 +242,5 @@ class ForwardingBackend:
     async def delete(self, blob_ids: Sequence[BlobId]) -> list[BlobId]:
         return await self._inner.delete(blob_ids)
 
-    def scan(self) -> AsyncIterator[list[StoredBlob]]:
-        return self._inner.scan()
+    def scan(self, known: Container[BlobId] = ()) -> AsyncIterator[list[StoredBlob]]:
+        return self._inner.scan(known)

@@ -51,7 +51,7 @@ from blobstore.storage.base import (
 )
 from blobstore.storage.metrics import StorageMetrics
 from blobstore.storage.retention import BATCH, PruneReport
-from blobstore.storage.usage import SNAPSHOT_INTERVAL, UsageIndex, save_snapshot
+from blobstore.storage.usage import SNAPSHOT_INTERVAL, UsageIndex, load_snapshot, save_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -112,11 +112,12 @@ class EvictingBackend(ForwardingBackend):
         """Rebuilds the index from the medium's listing and the snapshot; starts the
         evictor and the snapshot writer."""
         started = time.monotonic()
-        listing: list[StoredBlob] = []
-        async for batch in self._inner.scan():
-            listing += batch
         snapshot = self._snapshot
-        await asyncio.to_thread(self.index.rebuild, listing, snapshot)
+        known = await asyncio.to_thread(load_snapshot, snapshot) if snapshot else {}
+        listing: list[StoredBlob] = []
+        async for batch in self._inner.scan(known):
+            listing += batch
+        await asyncio.to_thread(self.index.rebuild, listing, known)
         log.log(
             logging.INFO if len(self.index) else logging.DEBUG,  # an empty store: no news
             "usage index: %d blob(s), %d byte(s), rebuilt in %.2f s",

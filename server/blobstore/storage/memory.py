@@ -10,7 +10,7 @@ damage a stored copy (`corrupt`) to play the disk that flips bits.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Container, Sequence
 from dataclasses import dataclass
 
 from blobstore.errors import BlobNotFound
@@ -94,7 +94,7 @@ class MemoryBackend:
     async def delete(self, blob_ids: Sequence[BlobId]) -> list[BlobId]:
         return [b for b in dict.fromkeys(blob_ids) if self._blobs.pop(b, None) is not None]
 
-    async def scan(self) -> AsyncIterator[list[StoredBlob]]:
+    async def scan(self, known: Container[BlobId] = ()) -> AsyncIterator[list[StoredBlob]]:
         now = time.time()
         yield [StoredBlob(b, len(stored.data), now) for b, stored in self._blobs.items()]
 

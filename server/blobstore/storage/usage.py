@@ -17,6 +17,7 @@ digest, content size (u64) and last use (f64 seconds since the epoch), little-en
 from __future__ import annotations
 
 import contextlib
+import heapq
 import logging
 import os
 import struct
@@ -105,20 +106,19 @@ class UsageIndex:
 
     # -- persistence ----------------------------------------------------------------------
 
-    def rebuild(self, listing: list[StoredBlob], snapshot: Path | None) -> None:
-        """Replaces the index with what `listing` says is stored, last uses from `snapshot`."""
-        known = load_snapshot(snapshot) if snapshot is not None else {}
-        merged: list[tuple[float, BlobId, int]] = []
-        for blob_id, size, stored_at in listing:
-            remembered = known.get(blob_id)
-            if remembered is not None:
-                size, used = remembered
-                merged.append((max(used, stored_at), blob_id, size))
-            else:
-                merged.append((stored_at, blob_id, size))
-        merged.sort()
-        self.entries = OrderedDict((blob_id, Use(size, used)) for used, blob_id, size in merged)
-        self.total_bytes = sum(size for _, _, size in merged)
+    def rebuild(self, listing: list[StoredBlob], known: dict[BlobId, tuple[int, float]]) -> None:
+        """Replaces the index with what `listing` says is stored; the last uses (and sizes)
+        of the blobs in `known` (the snapshot, least recently used first) come from it."""
+        on_disk = {blob.blob_id for blob in listing}
+        remembered = [
+            (used, blob_id, size) for blob_id, (size, used) in known.items() if blob_id in on_disk
+        ]
+        new = sorted((b.last_use, b.blob_id, b.size) for b in listing if b.blob_id not in known)
+        # Both in order of last use: merged in one pass, no sort of the whole.
+        self.entries = OrderedDict(
+            (blob_id, Use(size, used)) for used, blob_id, size in heapq.merge(remembered, new)
+        )
+        self.total_bytes = sum(use.size for use in self.entries.values())
         self.dirty = False
 
     def records(self) -> list[tuple[BlobId, Use]]:

@@ -31,10 +31,11 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import logging
 import os
 import shutil
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Container, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -45,7 +46,7 @@ from blobstore.storage.base import NO_LIMIT, ReadLimit, StoredBlob
 from blobstore.storage.filesystem.fd_guard import open_on_pool
 from blobstore.storage.filesystem.group_commit import GroupCommitter
 from blobstore.storage.filesystem.journal import SEGMENT_BYTES, Journal
-from blobstore.storage.filesystem.layout import FileSystemLayout, list_shard, remove_blobs
+from blobstore.storage.filesystem.layout import FileSystemLayout, list_shards, remove_blobs
 from blobstore.storage.filesystem.os_calls import (
     fsync_dir,
     io_error,
@@ -212,9 +213,11 @@ class FileSystemBackend:
         except OSError as exc:
             raise io_error(exc, "delete blobs") from None
 
-    async def scan(self) -> AsyncIterator[list[StoredBlob]]:
-        for shard in self.layout.shards():
-            yield await self._run(lambda shard=shard: list_shard(shard))  # type: ignore[misc]
+    async def scan(self, known: Container[BlobId] = ()) -> AsyncIterator[list[StoredBlob]]:
+        shards = self.layout.shards()
+        for start in range(0, len(shards), 16):  # 16 shards a thread hop
+            group = shards[start : start + 16]
+            yield await self._run(functools.partial(list_shards, group, known))
 
 
 def _discard_temp(created: tuple[int, str]) -> None:

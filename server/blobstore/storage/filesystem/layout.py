@@ -21,11 +21,11 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from blobstore.ids import PREFIX, BlobId, blob_id_from_digest
+from blobstore.ids import PREFIX, BlobId
 from blobstore.storage.base import StoredBlob
 from blobstore.storage.filesystem.blob_file import HEADER_SIZE, check_file
 from blobstore.storage.filesystem.os_calls import fsync_dir, is_folder
@@ -37,6 +37,7 @@ _T = TypeVar("_T")
 _HEX = "0123456789abcdef"
 _HEX_SET = frozenset(_HEX)
 _ID_PREFIX = len(PREFIX)
+_ID_PREFIX_TEXT = PREFIX
 
 
 class FileSystemLayout:
@@ -160,9 +161,10 @@ class FileSystemLayout:
         return target
 
 
-def list_shard(shard: str) -> list[StoredBlob]:
+def list_shard(shard: str, known: Container[BlobId] = ()) -> list[StoredBlob]:
     """The blob files of one shard folder, with sizes (the file's, less its header: an upper
-    bound of the content's) and mtimes; names that are not ids, and non-files, are skipped."""
+    bound of the content's) and mtimes, except for `known` ids (size and time 0: no stat);
+    names that are not ids, and non-files, are skipped."""
     found = []
     try:
         entries = os.scandir(shard)
@@ -171,17 +173,25 @@ def list_shard(shard: str) -> list[StoredBlob]:
     with entries:
         for entry in entries:
             name = entry.name
+            blob_id = BlobId(_ID_PREFIX_TEXT + name)
+            if blob_id in known:  # a valid id, listed before: no check, no stat
+                found.append(StoredBlob(blob_id, 0, 0.0))
+                continue
             if len(name) != 64 or not _HEX_SET.issuperset(name):
+                continue
+            if not entry.is_file(follow_symlinks=False):  # the folder entry's type: no stat
                 continue
             try:
                 stat = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue  # removed meanwhile
-            if not entry.is_file(follow_symlinks=False):
-                continue
             size = max(stat.st_size - HEADER_SIZE, 0)
-            found.append(StoredBlob(blob_id_from_digest(name), size, stat.st_mtime))
+            found.append(StoredBlob(blob_id, size, stat.st_mtime))
     return found
+
+
+def list_shards(shards: Sequence[str], known: Container[BlobId] = ()) -> list[StoredBlob]:
+    return [blob for shard in shards for blob in list_shard(shard, known)]
 
 
 def remove_blobs(layout: FileSystemLayout, blob_ids: Sequence[BlobId]) -> list[BlobId]:

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Container, Sequence
 from datetime import UTC, datetime, timedelta
 
 import obstore
@@ -204,7 +204,7 @@ class ObjectStoreBackend:
                 await obstore.delete_async(self.store, [keys.blob_key(b) for b in present])
         return present
 
-    async def scan(self) -> AsyncIterator[list[StoredBlob]]:
+    async def scan(self, known: Container[BlobId] = ()) -> AsyncIterator[list[StoredBlob]]:
         # The listing gives size and last-modified time (the put that stored it; a
         # deduplicated put does not change it: the store has no cheaper "touch").
         with translated():
