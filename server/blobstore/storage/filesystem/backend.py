@@ -206,8 +206,9 @@ class FileSystemBackend:
     async def delete(self, blob_ids: Sequence[BlobId]) -> list[BlobId]:
         # The journal first: a segment still holding a record of one of these blobs
         # would bring it back at the next start-up's replay.
-        if self._committer is not None:
-            await self._committer.checkpoint()
+        committer = self._committer
+        if committer is not None and committer.holds_any(blob_ids):
+            await committer.checkpoint()
         try:
             return await self._run(lambda: remove_blobs(self.layout, blob_ids))
         except OSError as exc:

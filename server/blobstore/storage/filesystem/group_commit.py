@@ -131,6 +131,11 @@ class GroupCommitter:
         # skipped): that is harmless, and the next put of the same content finds it.
         return await item.future
 
+    def holds_any(self, blob_ids: Sequence[BlobId]) -> bool:
+        """Whether a journal segment still on disk may hold a record of one of these blobs
+        (then a removal of them must checkpoint() first)."""
+        return self._journal.holds_any(bytes.fromhex(hex_digest(b)) for b in blob_ids)
+
     async def checkpoint(self) -> None:
         """Returns once every journal segment holding a record appended before this call
         is checkpointed (its blobs synced, the segment deleted). Raises Unavailable or
@@ -220,12 +225,14 @@ class GroupCommitter:
 
     def _write(self, puts: list[_Put]) -> dict[BlobId, PutResult | Exception]:
         parts: list[bytes] = []
+        digests: list[bytes] = []
         for item in puts:
             digest = bytes.fromhex(hex_digest(item.blob_id))
+            digests.append(digest)
             parts += encode_record(digest, item.blob_type, item.data, item.meta)
         outcomes: dict[BlobId, PutResult | Exception] = {}
         try:
-            self._journal.append(parts)
+            self._journal.append(parts, digests)
         except OSError as exc:
             # Translated (and so logged) once for the batch; each caller gets its own copy.
             error = self._translate(exc, "store the blob")
