@@ -138,7 +138,7 @@ def test_fill_to_three_times_the_cap_keeps_the_cap_the_hot_set_and_young_blobs(
 
 
 def test_storage_full_when_nothing_is_evictable_then_room_after_a_delete(
-    start_server: Callable[..., ServerProcess],
+    start_server: Callable[..., ServerProcess], tmp_path: Path
 ) -> None:
     cap = 1 << 20
     server = start_server("--max-bytes", str(cap), "--min-age", "1h")
@@ -154,6 +154,10 @@ def test_storage_full_when_nothing_is_evictable_then_room_after_a_delete(
         big = content(999, cap + 1)
         with pytest.raises(errors.StorageFull):
             client.put_bytes(big)
+        streamed = tmp_path / "big.bin"
+        streamed.write_bytes(big)
+        with pytest.raises(errors.StorageFull):
+            client.put_file(streamed)  # PutStream: refused at commit, its temp file dropped
         assert stored_bytes_on_disk(server.data_dir) == 100_000 * len(ids)
         assert list((server.data_dir / "tmp").iterdir()) == []
         assert client.delete(ids[:3]) == ids[:3]

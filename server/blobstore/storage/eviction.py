@@ -188,28 +188,28 @@ class EvictingBackend(ForwardingBackend):
     async def open_writer(self) -> BlobWriter:
         return _EvictingWriter(self, await self._inner.open_writer())
 
-    async def _admit(self, blob_id: BlobId, size: int) -> int:
+    async def _admit(self, blob_id: BlobId, size: int) -> int | None:
         """Waits out a removal of `blob_id`, reserves room for a blob it does not know yet;
-        counts the put as in progress. Returns the bytes reserved."""
-        reserved = 0
+        counts the put as in progress. Returns the bytes reserved (None: no reservation)."""
+        reserved: int | None = None
         while True:
             removal = self._doomed.get(blob_id)
             if removal is not None:
                 await removal.wait()
                 continue
-            if reserved == 0 and blob_id not in self.index and self.caps.capped:
+            if reserved is None and blob_id not in self.index and self.caps.capped:
                 reserved = await self._reserve(size)
                 continue
             break  # nothing awaited since the last check: no removal can start before this
         self._pending[blob_id] = self._pending.get(blob_id, 0) + 1
         return reserved
 
-    def _settle(self, blob_id: BlobId, reserved: int) -> None:
+    def _settle(self, blob_id: BlobId, reserved: int | None) -> None:
         count = self._pending.pop(blob_id) - 1
         if count:
             self._pending[blob_id] = count
-        if reserved:
-            self._reserved_bytes -= reserved - 1  # _reserve adds 1 so that 0 means none
+        if reserved is not None:
+            self._reserved_bytes -= reserved
             self._reserved_blobs -= 1
         self._put_done.set()
         self._put_done = asyncio.Event()
@@ -246,9 +246,9 @@ class EvictingBackend(ForwardingBackend):
                 self._waiting_blobs -= 1
             if time.monotonic() >= deadline and self._over(size, 1):
                 raise StorageFull("the store is at its cap and eviction did not keep up; retry")
-        self._reserved_bytes += size + 1
+        self._reserved_bytes += size
         self._reserved_blobs += 1
-        return size + 1
+        return size
 
     def _evictable(self) -> bool:
         """Whether the least recently used blobs include one eviction may take now."""

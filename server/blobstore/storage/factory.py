@@ -92,22 +92,21 @@ def open_storage(settings: StorageSettings, metrics: StorageMetrics | None = Non
 
     `metrics`: wrap each backend in a MetricsBackend reporting there (None: no metrics).
     """
+    in_object_store = objectstore.is_object_store(settings.url)
+    if in_object_store and (settings.max_bytes or settings.max_blobs) and not settings.cache_dir:
+        raise UnknownStorage(
+            "--max-bytes and --max-blobs bound the local read cache of an object store: "
+            "give --cache-dir too (the bucket itself is bounded by prune and delete)"
+        )
     storage = _open_medium(settings)
     assert isinstance(storage.backend, VerifyingBackend)
     medium = storage.backend.inner
-    in_object_store = objectstore.is_object_store(settings.url)
     if metrics is not None:
         name = "objectstore" if in_object_store else "filesystem"
         medium = MetricsBackend(medium, name, metrics)
         storage = Storage(VerifyingBackend(medium), storage.description, storage.close)
     if not in_object_store:
         return _with_eviction(storage, medium, settings, metrics)
-    if (settings.max_bytes or settings.max_blobs) and not settings.cache_dir:
-        storage.close()
-        raise UnknownStorage(
-            "--max-bytes and --max-blobs bound the local read cache of an object store: "
-            "give --cache-dir too (the bucket itself is bounded by prune and delete)"
-        )
     storage = Storage(storage.backend, storage.description, storage.close, ListingRetention(medium))
     if not settings.cache_dir:
         return storage
