@@ -48,6 +48,7 @@ from blobstore.storage.base import (
     ForwardingBackend,
     ReadLimit,
     StoredBlob,
+    StreamIntent,
 )
 from blobstore.storage.metrics import StorageMetrics
 from blobstore.storage.retention import BATCH, PruneReport
@@ -185,8 +186,8 @@ class EvictingBackend(ForwardingBackend):
         self._check_water()
         return result
 
-    async def open_writer(self) -> BlobWriter:
-        return _EvictingWriter(self, await self._inner.open_writer())
+    async def open_writer(self, intent: StreamIntent | None = None) -> BlobWriter:
+        return _EvictingWriter(self, await self._inner.open_writer(intent))
 
     async def _admit(self, blob_id: BlobId, size: int) -> int | None:
         """Waits out a removal of `blob_id`, reserves room for a blob it does not know yet;
