@@ -21,6 +21,7 @@ from blobstore.storage.base import StoredBlob
 from blobstore.storage.eviction import Caps, EvictingBackend
 from blobstore.storage.factory import StorageSettings, UnknownStorage, open_storage
 from blobstore.storage.memory import MemoryBackend
+from blobstore.storage.retention import ListingRetention
 from blobstore.storage.usage import UsageIndex, load_snapshot, save_snapshot
 
 
@@ -141,3 +142,22 @@ def test_snapshot_round_trip_and_damage(tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes()[:-1])  # torn
     assert load_snapshot(path) == {}
     assert not path.exists()
+
+
+async def test_prune_from_a_listing() -> None:
+    memory = MemoryBackend()
+    ids = []
+    for seed in range(3):
+        blob_id, data = blob(seed)
+        await memory.put(blob_id, BlobType.BINARY, data)
+        ids.append(blob_id)
+        memory._blobs[blob_id].stored_at -= 100  # stored 100 s ago
+    retention = ListingRetention(memory)
+    late_id, late = blob(9)
+    await memory.put(late_id, BlobType.BINARY, late)
+    report = await retention.prune(50, dry_run=True)
+    assert set(report.blob_ids) == set(ids) and report.total_bytes == 300
+    assert await memory.find_missing(ids) == []
+    assert set((await retention.prune(50)).blob_ids) == set(ids)
+    assert await memory.find_missing([*ids, late_id]) == ids
+    assert retention.last_use(late_id) is None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Container, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from blobstore.errors import BlobNotFound
 from blobstore.ids import BlobId
@@ -31,6 +31,7 @@ class _Stored:
     blob_type: BlobType
     data: bytes
     meta: BlobMeta
+    stored_at: float = field(default_factory=time.time)
 
 
 class MemoryBackend:
@@ -102,8 +103,7 @@ class MemoryBackend:
         return [b for b in dict.fromkeys(blob_ids) if self._blobs.pop(b, None) is not None]
 
     async def scan(self, known: Container[BlobId] = ()) -> AsyncIterator[list[StoredBlob]]:
-        now = time.time()
-        yield [StoredBlob(b, len(stored.data), now) for b, stored in self._blobs.items()]
+        yield [StoredBlob(b, len(s.data), s.stored_at) for b, s in self._blobs.items()]
 
     def _quarantine(self, blob_id: BlobId, reason: str) -> None:
         stored = self._blobs.pop(blob_id, None)
