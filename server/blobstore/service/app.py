@@ -37,7 +37,7 @@ from blobstore.service.security import (
     check_exposure,
     server_credentials,
 )
-from blobstore.storage.factory import open_storage
+from blobstore.storage.factory import Storage, open_storage
 from blobstore.store import BlobStore
 
 log = logging.getLogger("blobstore")
@@ -70,11 +70,9 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
         await storage.start()
         try:
             store = BlobStore(storage.backend, config.limits, storage.retention)
-            await _serve_store(
-                config, store, storage.description, stop, malloc, auth, credentials, metrics
-            )
+            await _serve_store(config, store, storage, stop, malloc, auth, credentials, metrics)
         finally:
-            await storage.stop()
+            await storage.stop()  # again if the server failed: a second call does nothing
     finally:
         shutdown_process_pool()
         storage.close()
@@ -83,7 +81,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
 async def _serve_store(
     config: ServerConfig,
     store: BlobStore,
-    where: str,
+    storage: Storage,
     stop: asyncio.Event | None,
     malloc: MallocTuning,
     auth: Authenticator | None,
@@ -155,7 +153,7 @@ async def _serve_store(
         "blobstore gRPC listening on %s:%d; data in %s",
         host,
         port,
-        where,
+        storage.description,
     )
 
     stop = stop or asyncio.Event()
@@ -171,6 +169,7 @@ async def _serve_store(
         log.warning("grace period over: ending %d unfinished call(s)", guard.admission.calls)
         guard.cut_off()
     await server.stop(_CUT_OFF_SECONDS)
+    await storage.stop()  # its background tasks (eviction, snapshots) end here, not in _settle
     await _settle(_SETTLE_SECONDS)
     if metrics_server is not None:
         metrics_server.shutdown()

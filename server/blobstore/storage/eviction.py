@@ -140,6 +140,9 @@ class EvictingBackend(ForwardingBackend):
         self._wake.set()
 
     async def stop(self) -> None:
+        """Ends the background tasks and writes the snapshot; a second call does nothing."""
+        if not self._tasks:
+            return
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
