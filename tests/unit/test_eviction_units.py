@@ -161,3 +161,25 @@ async def test_prune_from_a_listing() -> None:
     assert set((await retention.prune(50)).blob_ids) == set(ids)
     assert await memory.find_missing([*ids, late_id]) == ids
     assert retention.last_use(late_id) is None
+
+
+async def test_a_snapshot_is_loaded_then_checked_against_the_listing(tmp_path: Path) -> None:
+    memory = MemoryBackend()
+    stored = [blob(seed) for seed in range(3)]
+    for blob_id, data in stored:
+        await memory.put(blob_id, BlobType.BINARY, data)
+    phantom = blob(50)[0]  # in the snapshot, no longer stored
+    index = UsageIndex()
+    for blob_id in (stored[0][0], phantom):
+        index.stored(blob_id, 100)
+    snapshot = tmp_path / "usage.snapshot"
+    save_snapshot(snapshot, index.records())
+    evicting = EvictingBackend(memory, Caps(), snapshot=snapshot)
+    await evicting.start()
+    try:
+        assert set(evicting.index.entries) >= {stored[0][0], phantom}  # the snapshot, at once
+        await until(lambda: set(evicting.index.entries) == {b for b, _ in stored})
+        assert evicting.index.total_bytes == 300
+    finally:
+        await evicting.stop()
+    assert set(load_snapshot(snapshot)) == {b for b, _ in stored}

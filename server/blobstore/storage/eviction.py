@@ -57,7 +57,7 @@ from blobstore.storage.base import (
 )
 from blobstore.storage.metrics import StorageMetrics
 from blobstore.storage.retention import BATCH, PruneReport
-from blobstore.storage.usage import SNAPSHOT_INTERVAL, UsageIndex, load_snapshot, save_snapshot
+from blobstore.storage.usage import SNAPSHOT_INTERVAL, UsageIndex, save_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,7 @@ class EvictingBackend(ForwardingBackend):
         self._freed = asyncio.Event()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._stored_since: set[BlobId] | None = None  # puts while the listing is compared
         self._metrics = metrics
         self._unlogged = [0, 0]  # evicted blobs and bytes not logged yet
         self._logged_at = 0.0
@@ -115,20 +116,23 @@ class EvictingBackend(ForwardingBackend):
     # -- life cycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Rebuilds the index from the medium's listing and the snapshot; starts the
-        evictor and the snapshot writer."""
+        """Loads the index (usage.py: the snapshot, checked against the listing in the
+        background; without one, the listing first); starts the evictor and the snapshot
+        writer."""
         started = time.monotonic()
         snapshot = self._snapshot
-        known = await asyncio.to_thread(load_snapshot, snapshot) if snapshot else {}
-        listing: list[StoredBlob] = []
-        async for batch in self._inner.scan(known):
-            listing += batch
-        await asyncio.to_thread(self.index.rebuild, listing, known)
+        loaded = snapshot is not None and await asyncio.to_thread(self.index.load, snapshot)
+        if not loaded:
+            listing: list[StoredBlob] = []
+            async for batch in self._inner.scan():
+                listing += batch
+            await asyncio.to_thread(self.index.rebuild, listing, {})
         log.log(
             logging.INFO if len(self.index) else logging.DEBUG,  # an empty store: no news
-            "usage index: %d blob(s), %d byte(s), rebuilt in %.2f s",
+            "usage index: %d blob(s), %d byte(s), %s in %.2f s",
             len(self.index),
             self.index.total_bytes,
+            "loaded from its snapshot" if loaded else "rebuilt from the folder",
             time.monotonic() - started,
         )
         if self._metrics is not None:
@@ -137,7 +141,32 @@ class EvictingBackend(ForwardingBackend):
         self._tasks = [asyncio.ensure_future(self._evictor())]
         if snapshot is not None:
             self._tasks.append(asyncio.ensure_future(self._snapshots(snapshot)))
+        if loaded:
+            self._stored_since = set()
+            self._tasks.append(asyncio.ensure_future(self._reconcile()))
         self._wake.set()
+
+    async def _reconcile(self) -> None:
+        """Compares the loaded snapshot with the folder's listing, while serving."""
+        started = time.monotonic()
+        listing: list[StoredBlob] = []
+        try:
+            async for batch in self._inner.scan(self.index.entries):
+                listing += batch
+        except Exception as exc:  # the snapshot's view stays; the next start tries again
+            log.warning("could not list the stored blobs: %s", exc)
+            return
+        finally:
+            kept, self._stored_since = self._stored_since or set(), None
+        added, dropped = self.index.reconcile(listing, kept)
+        log.info(
+            "usage index checked against %d stored blob(s) in %.2f s: %d added, %d dropped",
+            len(listing),
+            time.monotonic() - started,
+            added,
+            dropped,
+        )
+        self._check_water()
 
     async def stop(self) -> None:
         """Ends the background tasks and writes the snapshot; a second call does nothing."""
@@ -190,9 +219,14 @@ class EvictingBackend(ForwardingBackend):
             result = await self._inner.put(blob_id, blob_type, data, meta)
         finally:
             self._settle(blob_id, reserved)
-        self.index.stored(blob_id, result.info.size)
-        self._check_water()
+        self._stored(blob_id, result.info.size)
         return result
+
+    def _stored(self, blob_id: BlobId, size: int) -> None:
+        self.index.stored(blob_id, size)
+        if self._stored_since is not None:
+            self._stored_since.add(blob_id)
+        self._check_water()
 
     async def open_writer(self, intent: StreamIntent | None = None) -> BlobWriter:
         return _EvictingWriter(self, await self._inner.open_writer(intent))
@@ -439,8 +473,7 @@ class _EvictingWriter:
             result = await self._inner.commit(blob_id, blob_type, meta)
         finally:
             owner._settle(blob_id, reserved)
-        owner.index.stored(blob_id, result.info.size)
-        owner._check_water()
+        owner._stored(blob_id, result.info.size)
         return result
 
     async def abort(self) -> None:

@@ -10,6 +10,10 @@ last uses, and exact sizes): a blob the snapshot does not know (stored after it
 was written, before a crash) gets the time it was stored; an entry of the snapshot
 whose blob is gone is dropped. A lost or damaged snapshot costs recency, never data.
 
+With a snapshot, start-up loads it alone (one read, seconds for a million blobs) and
+the listing is compared with it in the background while the server serves
+(reconcile); without one, the listing is taken before serving (rebuild).
+
 Snapshot format: b"BSU1", then per blob, least recently used first, its 32-byte
 digest, content size (u64) and last use (f64 seconds since the epoch), little-endian.
 """
@@ -120,6 +124,34 @@ class UsageIndex:
         )
         self.total_bytes = sum(use.size for use in self.entries.values())
         self.dirty = False
+
+    def load(self, path: Path) -> bool:
+        """Replaces the index with the snapshot at `path` as it is (no listing); False if
+        there is none or it is damaged (then the index is empty)."""
+        known = load_snapshot(path)
+        self.entries = OrderedDict(
+            (blob_id, Use(size, used)) for blob_id, (size, used) in known.items()
+        )
+        self.total_bytes = sum(size for size, _ in known.values())
+        self.dirty = False
+        return bool(known) or path.is_file()
+
+    def reconcile(self, listing: list[StoredBlob], kept: set[BlobId]) -> tuple[int, int]:
+        """Makes the index agree with a listing taken while it was in use (ids it knew may
+        come with size 0): entries of blobs not listed are dropped, unless in `kept`
+        (stored since); blobs it did not know join as used when they were stored.
+        Returns (added, dropped)."""
+        listed = {blob.blob_id for blob in listing}
+        added = 0
+        for blob in listing:
+            if blob.blob_id not in self.entries and blob.last_use:
+                self.entries[blob.blob_id] = Use(blob.size, blob.last_use)
+                self.total_bytes += blob.size
+                added += 1
+        gone = [b for b in self.entries if b not in listed and b not in kept]
+        for blob_id in gone:
+            self.pop(blob_id)
+        return added, len(gone)
 
     def records(self) -> list[tuple[BlobId, Use]]:
         """A copy of the entries, in order, for save() on another thread (Use values may
