@@ -30,7 +30,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 
-from blobstore.ids import BlobId, blob_id_from_digest, hex_digest
+from blobstore.ids import PREFIX, BlobId, blob_id_from_digest, hex_digest
 from blobstore.storage.base import StoredBlob
 
 log = logging.getLogger(__name__)
@@ -128,13 +128,15 @@ class UsageIndex:
     def load(self, path: Path) -> bool:
         """Replaces the index with the snapshot at `path` as it is (no listing); False if
         there is none or it is damaged (then the index is empty)."""
-        known = load_snapshot(path)
+        body = read_snapshot(path)
+        prefix = PREFIX
         self.entries = OrderedDict(
-            (blob_id, Use(size, used)) for blob_id, (size, used) in known.items()
+            (BlobId(prefix + digest.hex()), Use(size, used))
+            for digest, size, used in _RECORD.iter_unpack(body or b"")
         )
-        self.total_bytes = sum(size for size, _ in known.values())
+        self.total_bytes = sum(use.size for use in self.entries.values())
         self.dirty = False
-        return bool(known) or path.is_file()
+        return body is not None
 
     def reconcile(self, listing: list[StoredBlob], kept: set[BlobId]) -> tuple[int, int]:
         """Makes the index agree with a listing taken while it was in use (ids it knew may
@@ -176,22 +178,29 @@ def save_snapshot(path: Path, records: list[tuple[BlobId, Use]]) -> None:
     os.replace(temp, path)
 
 
-def load_snapshot(path: Path) -> dict[BlobId, tuple[int, float]]:
-    """The snapshot's entries; empty if there is none or it is damaged (logged)."""
+def read_snapshot(path: Path) -> memoryview | None:
+    """The records of the snapshot at `path`; None if there is none or it is damaged
+    (logged, and a damaged one removed)."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        return {}
+        return None
     except OSError as exc:
         log.warning("usage snapshot %s unreadable (%s): last uses start from file times", path, exc)
-        return {}
+        return None
     body = memoryview(data)[len(MAGIC) :]
     if data[: len(MAGIC)] != MAGIC or len(body) % _RECORD.size:
         log.warning("usage snapshot %s is damaged: last uses start from file times", path)
         with contextlib.suppress(OSError):
             path.unlink()
-        return {}
+        return None
+    return body
+
+
+def load_snapshot(path: Path) -> dict[BlobId, tuple[int, float]]:
+    """The snapshot's entries, least recently used first; empty if none or damaged."""
+    body = read_snapshot(path)
     return {
         blob_id_from_digest(digest.hex()): (size, used)
-        for digest, size, used in _RECORD.iter_unpack(body)
+        for digest, size, used in _RECORD.iter_unpack(body or b"")
     }
