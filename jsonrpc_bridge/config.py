@@ -34,6 +34,13 @@ class BridgeConfig:
     log_format: str = "text"
     access_log: bool = False
     metrics: bool = False
+    tls_cert: str = ""
+    tls_key: str = ""
+    upstream_token_file: str = ""
+    upstream_tls_ca: str = ""
+    upstream_tls_cert: str = ""
+    upstream_tls_key: str = ""
+    allow_unauthenticated: bool = False
 
 
 HELP = {
@@ -66,6 +73,18 @@ HELP = {
     "access_log": "log one INFO line per HTTP request (method, route, status, duration, peer, "
     "request id)",
     "metrics": "serve Prometheus metrics at GET /metrics on the HTTP port",
+    "tls_cert": "PEM certificate chain of the HTTP listener: it speaks HTTPS only (with --tls-key)",
+    "tls_key": "PEM private key of --tls-cert",
+    "upstream_token_file": "file holding the bridge's own token for the gRPC service, sent "
+    "on calls whose caller sent no Authorization header (and on every stdio call); "
+    "else $BLOBSTORE_TOKEN",
+    "upstream_tls_ca": "CA certificate(s) to verify the gRPC service's TLS certificate; "
+    "turns TLS on for the bridge's gRPC channel",
+    "upstream_tls_cert": "client certificate (PEM) for mTLS to the gRPC service; turns TLS on",
+    "upstream_tls_key": "private key of --upstream-tls-cert",
+    "allow_unauthenticated": "listen beyond loopback even where anyone who connects could "
+    "read and store blobs (a service token for callers without one, or a gRPC service "
+    "that takes calls without a token); warns once",
 }
 
 
@@ -121,6 +140,13 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "log_format": one_of("text", "json"),
     "access_log": parse_bool,
     "metrics": parse_bool,
+    "tls_cert": str,
+    "tls_key": str,
+    "upstream_token_file": str,
+    "upstream_tls_ca": str,
+    "upstream_tls_cert": str,
+    "upstream_tls_key": str,
+    "allow_unauthenticated": parse_bool,
 }
 
 

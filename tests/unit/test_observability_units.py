@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -95,3 +96,37 @@ async def test_metrics_backend_counts_each_operation(memory: MemoryBackend) -> N
     assert sample(duration, operation="get", outcome="BlobNotFound") == 1
     assert sample(duration, operation="put", outcome="ok") == 2
     assert sample(duration, operation="commit", outcome="ok") == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "clean"),
+    [
+        ("b'Authorization: Bearer s3cr3t\\x01tail'", "b'Authorization: [redacted]'"),
+        ("('authorization', 'Bearer s3cr3t')", "('authorization', '[redacted]')"),
+        ("authorization=Basic s3cr3t", "authorization=[redacted]"),
+        ("Bearer s3cr3t, again Bearer s3cr3t", "Bearer [redacted], again Bearer [redacted]"),
+        ("token 'reader' has scope(s) read", "token 'reader' has scope(s) read"),
+        ("TLS off; no bearer tokens", "TLS off; no bearer tokens"),
+        ("Bearer eyJhbGciOi.eyJzdWIi.sig", "Bearer [redacted]"),
+        ("BEARER AbCdEfGh", "BEARER [redacted]"),
+    ],
+)
+def test_credentials_are_redacted(text: str, clean: str) -> None:
+    assert logs.redact(text) == clean
+
+
+@pytest.mark.parametrize("formatter", [logs.JsonFormatter(), logging.Formatter()])
+def test_the_redaction_filter_covers_messages_and_tracebacks(
+    formatter: logging.Formatter,
+) -> None:
+    try:
+        raise ValueError("header Authorization: Bearer s3cr3t is bad")
+    except ValueError:
+        record = logging.LogRecord(
+            "aiohttp.server", logging.ERROR, __file__, 1, "got %s", ("Bearer s3cr3t",), None
+        )
+        record.exc_info = sys.exc_info()
+    assert logs.Redaction().filter(record)
+    line = formatter.format(record)
+    assert "s3cr3t" not in line
+    assert "got Bearer [redacted]" in line and "Authorization: [redacted]" in line
