@@ -28,7 +28,13 @@ CEILINGS = {
     "sha256",
 }
 SERVICE = {"put_small", "get_small", "put_dedup", "put_large", "get_large"}
-STEPFLOW = {"stepflow_put", "stepflow_get", "metrics_put_small", "metrics_get_small"}
+STEPFLOW = {
+    "stepflow_put",
+    "stepflow_get",
+    "metrics_put_small",
+    "metrics_get_small",
+    "put_small_at_cap",
+}
 BRIDGE = {"bridge_put", "bridge_get"}
 
 

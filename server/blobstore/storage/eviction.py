@@ -235,15 +235,21 @@ class EvictingBackend(ForwardingBackend):
         """Waits out a removal of `blob_id`, reserves room for a blob it does not know yet;
         counts the put as in progress. Returns the bytes reserved (None: no reservation)."""
         reserved: int | None = None
-        while True:
-            removal = self._doomed.get(blob_id)
-            if removal is not None:
-                await removal.wait()
-                continue
-            if reserved is None and blob_id not in self.index and self.caps.capped:
-                reserved = await self._reserve(size)
-                continue
-            break  # nothing awaited since the last check: no removal can start before this
+        try:
+            while True:
+                removal = self._doomed.get(blob_id)
+                if removal is not None:
+                    await removal.wait()
+                    continue
+                if reserved is None and blob_id not in self.index and self.caps.capped:
+                    reserved = await self._reserve(size)
+                    continue
+                break  # nothing awaited since the last check: no removal can start now
+        except BaseException:  # a caller gone while it waited: its room is given back
+            if reserved is not None:
+                self._reserved_bytes -= reserved
+                self._reserved_blobs -= 1
+            raise
         self._pending[blob_id] = self._pending.get(blob_id, 0) + 1
         return reserved
 
