@@ -80,8 +80,7 @@ def start_once(data: Path, log: Path, label: str) -> dict[str, float]:
     rebuilt = float(found[-1][2]) if found else float("nan")
     blobs = int(found[-1][0]) if found else 0
     print(
-        f"{label}: listening after {ready:.2f} s; index of {blobs} blobs ready in "
-        f"{rebuilt:.2f} s",
+        f"{label}: listening after {ready:.2f} s; index of {blobs} blobs ready in {rebuilt:.2f} s",
         flush=True,
     )
     if label == "warm":

@@ -146,6 +146,12 @@ def _parser() -> argparse.ArgumentParser:
         "stat", "print a blob's type, size and metadata as JSON; exit 3 if absent"
     )
     stat.add_argument("blob_id")
+    stat.add_argument(
+        "--last-used",
+        action="store_true",
+        help="also print when it was last put or read (last_used, ISO 8601 UTC), if the "
+        "server keeps that",
+    )
     stat.set_defaults(run=_stat)
 
     missing = client_command("find-missing", "print which of the given ids are not stored")
@@ -267,7 +273,7 @@ def _stat(client: BlobClient, args: argparse.Namespace) -> int:
         return EXIT_NOT_FOUND
     info, last_used = found
     shown = _info_json(info)
-    if last_used is not None:
+    if args.last_used and last_used is not None:
         shown["last_used"] = datetime.fromtimestamp(last_used, UTC).isoformat()
     print(json.dumps(shown))
     return 0
