@@ -177,8 +177,12 @@ def endless_blob(size: int, unique: bytes, chunk: int = CHUNK) -> Iterator[bytes
 class GrpcCaller:
     """Raw-bytes callables for BlobService's methods (and Stepflow's PutBlob/GetBlob)."""
 
-    def __init__(self, target: str) -> None:
-        self.channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+    def __init__(self, target: str, credentials: grpc.ChannelCredentials | None = None) -> None:
+        self.channel = (
+            grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+            if credentials is None
+            else grpc.aio.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
+        )
         self.put = self.channel.unary_unary(_SERVICE + "Put", None, None)
         self.get = self.channel.unary_unary(_SERVICE + "Get", None, None)
         self.put_stream = self.channel.stream_unary(_SERVICE + "PutStream", None, None)

@@ -17,6 +17,9 @@ service and its ceilings alike:
 - stepflow.v1 on the same port: stepflow_put (PutBlob of the same 1 KiB
   documents as json_data, as Stepflow workers send them) and stepflow_get
   (GetBlob, JSON back as a protobuf Value), as ratios to put_small/get_small;
+- TLS + a bearer token (issue 14): tls_put_small and tls_get_small against a
+  server with a self-signed certificate and a tokens file (scripts/bench/bench_tls.py),
+  as ratios to put_small/get_small;
 - the JSON-RPC bridge over HTTP: blobs/put and blobs/get (16 callers); a
   bridge that does not start fails the run;
 - the server's peak RSS growth during a 1 GiB streamed put and get.
@@ -90,6 +93,7 @@ from bench_procs import (
     start_echo_server,
 )
 from bench_stats import Summary, Trial
+from bench_tls import Secured, start_secured_server
 from google.protobuf import json_format
 
 from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
@@ -165,6 +169,9 @@ TARGETS = [
     # A second server with --metrics-port (issue 16): metrics should cost under 5 %.
     Target("metrics_put_small", "ops_per_s", ("put_small",), 0.95),
     Target("metrics_get_small", "ops_per_s", ("get_small",), 0.95),
+    # A third server with TLS and a bearer token (issue 14): the same small calls.
+    Target("tls_put_small", "ops_per_s", ("put_small",), 0.80),
+    Target("tls_get_small", "ops_per_s", ("get_small",), 0.80),
 ]
 SMALL_WORKLOADS = [
     "put_small",
@@ -174,6 +181,8 @@ SMALL_WORKLOADS = [
     "stepflow_get",
     "metrics_put_small",
     "metrics_get_small",
+    "tls_put_small",
+    "tls_get_small",
     "bridge_put",
     "bridge_get",
 ]
@@ -196,9 +205,11 @@ class Bench:
         bridge: Child | None,
         baseline: Child | None = None,
         metered: Child | None = None,
+        secured: tuple[Child, Secured] | None = None,
     ) -> None:
         self.s = settings
         self.metered = metered
+        self.secured = secured
         self.work = work
         self.echo = echo
         self.server = server
@@ -218,7 +229,12 @@ class Bench:
         self.ours_c = GrpcCaller(self.server.address)
         self.base_c = GrpcCaller(self.baseline.address) if self.baseline else None
         self.metered_c = GrpcCaller(self.metered.address) if self.metered else None
-        for caller in (self.echo_c, self.ours_c, self.base_c, self.metered_c):
+        self.secured_c = (
+            GrpcCaller(self.secured[0].address, self.secured[1].credentials())
+            if self.secured
+            else None
+        )
+        for caller in (self.echo_c, self.ours_c, self.base_c, self.metered_c, self.secured_c):
             if caller is not None:
                 await caller.ready()
         self.http: HttpCaller | None = None
@@ -252,7 +268,7 @@ class Bench:
         finally:
             await self.echo_c.close()
             await self.ours_c.close()
-            for other in (self.base_c, self.metered_c):
+            for other in (self.base_c, self.metered_c, self.secured_c):
                 if other is not None:
                     await other.close()
             if self.http is not None:
@@ -311,6 +327,14 @@ class Bench:
                 KIB,
                 metered,
             )
+        if self.secured_c is not None and self.secured is not None:
+            secured_c, secured = self.secured_c, [self.secured[0].pid]
+            workloads["tls_put_small"] = (
+                lambda n: secured_c.call_put(docs.put_request(n)),
+                KIB,
+                secured,
+            )
+            workloads["tls_get_small"] = (lambda n: secured_c.call_get(pick_get()), KIB, secured)
         if self.http is not None and self.bridge is not None:
             http = self.http
             both = [self.server.pid, self.bridge.pid]
@@ -391,7 +415,7 @@ class Bench:
                 request = self.docs.put_request(n)
                 reply = await self.ours_c.call_put(request)
                 ids[n] = pb.PutResponse.FromString(reply).id
-                for other in (self.base_c, self.metered_c):  # the same documents and ids
+                for other in (self.base_c, self.metered_c, self.secured_c):  # same documents
                     if other is not None:
                         await other.call_put(request)
 
@@ -668,6 +692,7 @@ ORDER = [
     ("service over gRPC", ["put_small", "get_small", "put_dedup", "put_large", "get_large"]),
     ("stepflow.v1 over gRPC", ["stepflow_put", "stepflow_get"]),
     ("metrics on (--metrics-port)", ["metrics_put_small", "metrics_get_small"]),
+    ("TLS + bearer token on", ["tls_put_small", "tls_get_small"]),
     ("bridge over HTTP", ["bridge_put", "bridge_get"]),
     (
         "baseline tree over gRPC",
@@ -855,8 +880,11 @@ def main(argv: list[str] | None = None) -> int:
         children = [c for c in (bridge, baseline, server, echo) if c is not None]
         metered = start_metered_server(work / "metered", split.server, settings)
         children.append(metered)
+        server_env = dict(item.split("=", 1) for item in settings.server_env)
+        secured = start_secured_server(work / "secured", split.server, server_env)
+        children.append(secured[0])
         say(f"bridge: {bridge_note}")
-        bench = Bench(settings, work, echo, server, bridge, baseline, metered)
+        bench = Bench(settings, work, echo, server, bridge, baseline, metered, secured)
         asyncio.run(bench.run())
     except (StartError, LoadError, BlobStoreError, grpc.RpcError, aiohttp.ClientError) as exc:
         say(f"FAILED: {exc}")
