@@ -230,7 +230,9 @@ class Bench:
         self.base_c = GrpcCaller(self.baseline.address) if self.baseline else None
         self.metered_c = GrpcCaller(self.metered.address) if self.metered else None
         self.secured_c = (
-            GrpcCaller(self.secured[0].address, self.secured[1].credentials())
+            GrpcCaller(
+                self.secured[0].address, self.secured[1].credentials(), self.secured[1].metadata
+            )
             if self.secured
             else None
         )
