@@ -14,6 +14,12 @@ every row alike:
   service: PutStream, GetStream) vs. obstore's multipart put / streamed get;
 - get_small_cached: our s3 server with a read cache vs. our file-system server.
 
+Beside get_small and get_large it prints what bounds them: the same calls to the
+gRPC echo (scripts/bench/bench_echo.py: a BlobService that stores nothing, pinned
+like ours), as a ratio to obstore. Our server answers over Python gRPC and then
+asks the store, so it cannot beat the echo: where the echo itself is under the
+target, the target is out of reach for any Python gRPC front (docs/scale-out.md).
+
 Each row is ours / the reference, with its target (issue 13): ≥ 0.70 small,
 ≥ 0.80 large, ≥ 0.80 cached. The server side is pinned to one core, the load
 generator (and obstore's direct calls) to the others (bench_procs.CpuSplit);
@@ -34,9 +40,21 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import grpc
 import obstore
-from bench_procs import ROOT, SERVER_READY, Child, CpuSplit, pin_self, python_argv, start_child
+from bench_procs import (
+    ROOT,
+    SERVER_READY,
+    Child,
+    CpuSplit,
+    pin_self,
+    python_argv,
+    start_child,
+    start_echo_server,
+)
 
+from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
+from blobstore.api.blobstore.v1 import blobstore_pb2_grpc as pb_grpc
 from blobstore.client import AsyncBlobClient
 
 sys.path.insert(0, str(ROOT))
@@ -132,13 +150,20 @@ class S3Bench:
             children.append(
                 _server("fs server", self.work, split.server, "--data-dir", data, env=env)
             )
+            children.append(start_echo_server(self.work / "echo.log", split.server))
             pin_self(split.load)
             print(f"SeaweedFS at {weed.endpoint}; {split.describe()}", flush=True)
             direct = weed.store(f"{prefix}-direct")
-            clients = [AsyncBlobClient(child.address, timeout=120) for child in children]
+            clients = [AsyncBlobClient(child.address, timeout=120) for child in children[:3]]
+            echo = grpc.aio.insecure_channel(
+                children[3].address,
+                options=[("grpc.max_receive_message_length", 8 * MIB)],
+            )
             try:
-                await self._measure(direct, *clients)
+                stub: Any = pb_grpc.BlobServiceStub(echo)
+                await self._measure(direct, clients[0], clients[1], clients[2], stub)
             finally:
+                await echo.close(None)
                 for client in clients:
                     await client.close()
         finally:
@@ -147,7 +172,12 @@ class S3Bench:
             weed.stop()
 
     async def _measure(
-        self, direct: Any, ours: AsyncBlobClient, cached: AsyncBlobClient, files: AsyncBlobClient
+        self,
+        direct: Any,
+        ours: AsyncBlobClient,
+        cached: AsyncBlobClient,
+        files: AsyncBlobClient,
+        echo: Any,
     ) -> None:
         pool = [os.urandom(KIB) for _ in range(32 if self.quick else 256)]
         keys = [uuid.uuid4().hex for _ in pool]
@@ -185,6 +215,7 @@ class S3Bench:
             "get_small obstore": lambda i: (lambda nxt: lambda: _get_all(direct, nxt()))(
                 pick(i, keys)
             ),
+            "get_small echo": lambda i: lambda: echo.Get(ECHO_GET),
             "get_small_cached ours": lambda i: (lambda nxt: lambda: cached.get(nxt()))(
                 pick(i, ids)
             ),
@@ -211,11 +242,13 @@ class S3Bench:
                 direct, uuid.uuid4().hex, parts(), chunk_size=5 * MIB, max_concurrency=2
             )
 
+        echo_stream = pb.GetStreamRequest(id=str(self.large))
         large: dict[str, Call] = {
             "put_large ours": put_large_ours,
             "put_large obstore": put_large_direct,
             "get_large ours": lambda: ours.get(large_id),
             "get_large obstore": lambda: _get_all(direct, "large", streamed=True),
+            "get_large echo": lambda: _drain(echo.GetStream(echo_stream)),
         }
         for trial in range(self.trials):
             names = list(small) if trial % 2 == 0 else list(reversed(small))
@@ -248,7 +281,21 @@ class S3Bench:
             ok = ok and ratio >= target
             print(f"{row:<18}{a:>10.1f}{b:>11.1f}  {unit:<6}{ratio:>7.2f}{target:>8.2f}  {verdict}")
         print("reference: obstore on the same SeaweedFS (get_small_cached: our file-system server)")
+        for row in ("get_small", "get_large"):
+            ceiling = statistics.median(self.rates[f"{row} echo"])
+            obstore_rate = statistics.median(self.rates[f"{row} obstore"])
+            print(
+                f"bound: {row} of a gRPC echo that stores nothing: {ceiling:.1f} "
+                f"= {ceiling / obstore_rate:.2f} x obstore"
+            )
         return ok
+
+
+ECHO_GET = pb.GetRequest(id="sha256:" + "0" * 64)
+
+
+async def _drain(call: Any) -> int:
+    return sum([len(reply.chunk) async for reply in call])
 
 
 async def _direct_put(store: Any, key: str, blob: bytes) -> object:

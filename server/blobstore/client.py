@@ -41,7 +41,7 @@ from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
 from blobstore.api.blobstore.v1 import blobstore_pb2_grpc as pb_grpc
 from blobstore.canonical_json import canonicalize_value
 from blobstore.errors import BlobTooLarge, DataLoss
-from blobstore.ids import BlobId, hex_digest, parse_blob_id
+from blobstore.ids import BlobId, blob_id_from_digest, hex_digest, parse_blob_id
 from blobstore.model import NO_META, Blob, BlobInfo, BlobMeta, BlobType, PutResult
 from blobstore.proto_names import BLOB_TYPE_FROM_PB, BLOB_TYPE_TO_PB, meta_from_pb, meta_to_pb
 from blobstore.retry import RetryPolicy
@@ -104,14 +104,30 @@ def _json_request(value: object, blob_type: BlobType, meta: BlobMeta) -> pb.PutR
 
 
 def _stream_requests(
-    blob_type: BlobType, chunks: Iterable[bytes], total_size: int | None, meta: BlobMeta
+    blob_type: BlobType,
+    chunks: Iterable[bytes],
+    total_size: int | None,
+    meta: BlobMeta,
+    expected_id: str | None = None,
 ) -> Iterator[pb.PutStreamRequest]:
     first = pb.PutStreamRequest(blob_type=_TO_PB[blob_type], **meta_to_pb(meta))
     if total_size is not None:
         first.total_size = total_size
+    if expected_id is not None:
+        first.expected_id = expected_id
     yield first
     for chunk in chunks:
         yield pb.PutStreamRequest(chunk=chunk)
+
+
+def _promised_id(data: bytes, blob_type: BlobType) -> str | None:
+    """The id a streamed Binary put promises (its SHA-256, cheap beside sending the bytes):
+    the server then answers at once if it has the blob, and an object-store server
+    uploads in place instead of copying (docs/scale-out.md). JSON is canonicalised by
+    the server, so its id is not the hash of these bytes."""
+    if blob_type is not BlobType.BINARY:
+        return None
+    return blob_id_from_digest(hashlib.sha256(data).hexdigest())
 
 
 def _read_chunks(stream: BinaryIO) -> Iterator[bytes]:
@@ -262,8 +278,11 @@ class BlobClient:
             request = pb.PutRequest(blob_type=_TO_PB[blob_type], data=data, **meta_to_pb(meta))
             return _put_result(self._call(lambda t: self._stub.Put(request, timeout=t)))
 
+        promised = _promised_id(data, blob_type)
+
         def attempt(timeout: float | None) -> pb.PutResponse:
-            requests = _stream_requests(blob_type, _memory_chunks(data), len(data), meta)
+            chunks = _memory_chunks(data)
+            requests = _stream_requests(blob_type, chunks, len(data), meta, promised)
             return self._stub.PutStream(requests, timeout=timeout)
 
         return _put_result(self._call(attempt))
@@ -398,8 +417,11 @@ class AsyncBlobClient:
             request = pb.PutRequest(blob_type=_TO_PB[blob_type], data=data, **meta_to_pb(meta))
             return _put_result(await self._call(lambda t: self._stub.Put(request, timeout=t)))
 
+        promised = await asyncio.to_thread(_promised_id, data, blob_type)
+
         async def attempt(limit: float | None) -> pb.PutResponse:
-            requests = _stream_requests(blob_type, _memory_chunks(data), len(data), meta)
+            chunks = _memory_chunks(data)
+            requests = _stream_requests(blob_type, chunks, len(data), meta, promised)
             return await self._stub.PutStream(requests, timeout=limit)
 
         return _put_result(await self._call(attempt))

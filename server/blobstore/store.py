@@ -28,7 +28,7 @@ from blobstore.ids import BlobId, blob_id_from_digest
 from blobstore.metadata import check_meta
 from blobstore.model import NO_META, Blob, BlobInfo, BlobMeta, BlobType, PutResult
 from blobstore.offload import offload, offload_to_process, sha256_hex
-from blobstore.storage.base import BlobBackend, BlobStream, OverLimit, ReadLimit
+from blobstore.storage.base import BlobBackend, BlobStream, OverLimit, ReadLimit, StreamIntent
 
 MiB = 1024 * 1024
 TEXT_CACHE_ENTRIES = 4096
@@ -252,7 +252,8 @@ class BlobStore:
         blob_id = blob_id_from_digest(await offload(len(content), sha256_hex, content))
         _check_expected(blob_id, expected_id)
         # Through a writer, as Binary streams, so that a cancelled call stores nothing.
-        writer = await self.backend.open_writer()
+        intent = StreamIntent(blob_id, blob_type, meta, len(content))
+        writer = await self.backend.open_writer(intent)
         try:
             await writer.write(content)
             return await writer.commit(blob_id, blob_type, meta)
@@ -267,7 +268,10 @@ class BlobStore:
         meta: BlobMeta,
     ) -> PutResult:
         hasher = hashlib.sha256()
-        writer = await self.backend.open_writer()
+        intent = None
+        if expected_id is not None:
+            intent = StreamIntent(expected_id, BlobType.BINARY, meta, total_size)
+        writer = await self.backend.open_writer(intent)
         # One chunk is hashed and written (in a thread) while the next is received:
         # at most two chunks in memory, and gRPC flow control holds the sender back.
         pending: asyncio.Task[None] | None = None

@@ -20,16 +20,27 @@ import pytest
 from blobstore.errors import BlobNotFound, DataLoss
 from blobstore.ids import BlobId
 from blobstore.model import NO_META, BlobMeta, BlobType, PutResult
-from blobstore.storage.base import OverLimit, ReadLimit
+from blobstore.storage.base import OverLimit, ReadLimit, StreamIntent
 from blobstore.storage.verifying import VerifyingBackend
 from tests.contract.conftest import Kit
 from tests.rpc_helpers import sha256_id
 
+META = BlobMeta(filename="résumé 2026 (final).pdf", content_type="application/pdf; q=0.5")
+
 
 async def stream_put(
-    kit: Kit, data: bytes, blob_type: BlobType, meta: BlobMeta = NO_META, chunk: int = 1 << 20
+    kit: Kit,
+    data: bytes,
+    blob_type: BlobType,
+    meta: BlobMeta = NO_META,
+    chunk: int = 1 << 20,
+    *,
+    promised: bool = False,
 ) -> PutResult:
-    writer = await kit.backend.open_writer()
+    """A streamed put; `promised`: its id, type and metadata are told before the content, as
+    when the client sends expected_id (the object store then uploads in place)."""
+    intent = StreamIntent(sha256_id(data), blob_type, meta, len(data)) if promised else None
+    writer = await kit.backend.open_writer(intent)
     hasher = hashlib.sha256()
     try:
         for start in range(0, len(data), chunk):
@@ -109,11 +120,54 @@ async def test_streamed_put_and_chunked_read(kit: Kit, path: str) -> None:
     assert kit.leftovers() == []
 
 
-async def test_streamed_put_of_a_stored_id_keeps_the_first(kit: Kit) -> None:
-    data = os.urandom(10_000)
-    await kit.backend.put(sha256_id(data), BlobType.JSON, data)
-    again = await stream_put(kit, data, BlobType.BINARY)
+@pytest.mark.parametrize("promised", [False, True], ids=["unpromised", "promised"])
+@pytest.mark.parametrize("size", ["small", "large"])
+async def test_streamed_put_of_a_stored_id_keeps_the_first(
+    kit: Kit, size: str, promised: bool
+) -> None:
+    data = os.urandom(10_000 if size == "small" else kit.large)
+    await kit.backend.put(sha256_id(data), BlobType.JSON, data, META)
+    again = await stream_put(kit, data, BlobType.BINARY, promised=promised)
     assert not again.created and again.info.blob_type is BlobType.JSON
+    assert again.info.meta == META
+    assert (await VerifyingBackend(kit.backend).get(sha256_id(data))).data == data
+    assert kit.leftovers() == []
+
+
+async def test_a_promised_stream_stored_by_another_writer_meanwhile_keeps_the_first(
+    kit: Kit,
+) -> None:
+    """Another replica stores the id while our in-place upload runs: ours is dropped, never
+    completed over it (the first writer's metadata stays), and nothing is left behind."""
+    data = os.urandom(kit.large)
+    blob_id = sha256_id(data)
+    writer = await kit.backend.open_writer(StreamIntent(blob_id, BlobType.BINARY, NO_META))
+    try:
+        for start in range(0, len(data), 1 << 20):
+            await writer.write(data[start : start + (1 << 20)])
+        first = await kit.backend.put(blob_id, BlobType.FLOW, data, META)
+        assert first.created
+        result = await writer.commit(blob_id, BlobType.BINARY, NO_META)
+    finally:
+        await writer.abort()
+    assert not result.created and result.info.blob_type is BlobType.FLOW
+    info = await kit.backend.stat(blob_id)
+    assert info is not None and (info.blob_type, info.meta) == (BlobType.FLOW, META)
+    assert (await VerifyingBackend(kit.backend).get(blob_id)).data == data
+    assert kit.leftovers() == []
+
+
+async def test_an_aborted_promised_stream_shows_nothing_under_its_id(kit: Kit) -> None:
+    """A client that promised an id and then failed (wrong content, cancelled) leaves no
+    object under that id: an in-place upload is invisible until completed."""
+    data = os.urandom(kit.large)
+    blob_id = sha256_id(data)
+    writer = await kit.backend.open_writer(StreamIntent(blob_id, BlobType.BINARY, NO_META))
+    for start in range(0, len(data), 1 << 20):
+        await writer.write(data[start : start + (1 << 20)])
+    await writer.abort()
+    assert await kit.backend.stat(blob_id) is None
+    assert kit.leftovers() == []
 
 
 async def test_an_aborted_stream_stores_nothing_and_leaves_nothing(kit: Kit) -> None:
@@ -166,16 +220,14 @@ async def test_a_damaged_copy_is_never_served_and_is_moved_aside(kit: Kit, read:
     assert (await verifying.get(blob_id)).data == data
 
 
-META = BlobMeta(filename="résumé 2026 (final).pdf", content_type="application/pdf; q=0.5")
-
-
-@pytest.mark.parametrize("road", ["unary", "stream-small", "stream-large"])
+@pytest.mark.parametrize("road", ["unary", "stream-small", "stream-large", "stream-large-promised"])
 async def test_type_and_metadata_are_kept_by_every_road(kit: Kit, road: str) -> None:
-    data = os.urandom(kit.large if road == "stream-large" else 5000)
+    data = os.urandom(kit.large if road.startswith("stream-large") else 5000)
     if road == "unary":
         result = await kit.backend.put(sha256_id(data), BlobType.FLOW, data, META)
     else:
-        result = await stream_put(kit, data, BlobType.FLOW, META)
+        promised = road.endswith("promised")
+        result = await stream_put(kit, data, BlobType.FLOW, META, promised=promised)
     assert result.created and result.info.meta == META and result.info.blob_type is BlobType.FLOW
     verifying = VerifyingBackend(kit.backend)
     for info in (

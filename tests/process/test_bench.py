@@ -85,7 +85,8 @@ def test_quick_benchmark_measures_every_workload(tmp_path: Path) -> None:
 
 
 def test_quick_object_store_benchmark_prints_every_row() -> None:
-    """`--storage s3 --quick`: SeaweedFS and three servers started, every row a finite ratio."""
+    """`--storage s3 --quick`: SeaweedFS, three servers and the echo started, every row and
+    every bound a finite ratio."""
     run = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "bench.py"), "--storage", "s3", "--quick"],
         capture_output=True,
@@ -99,3 +100,7 @@ def test_quick_object_store_benchmark_prints_every_row() -> None:
         cells = rows[name]  # row, ours, reference, unit, ratio, target, verdict
         ours, reference, ratio = float(cells[1]), float(cells[2]), float(cells[4])
         assert _positive(ours) and _positive(reference) and _positive(ratio), cells
+    bounds = [line.split() for line in run.stdout.splitlines() if line.startswith("bound:")]
+    assert [cells[1] for cells in bounds] == ["get_small", "get_large"], run.stdout
+    for cells in bounds:  # bound: ROW of a gRPC echo that stores nothing: RATE = RATIO x obstore
+        assert _positive(float(cells[-5])) and _positive(float(cells[-3])), cells

@@ -112,6 +112,22 @@ class BlobStream(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class StreamIntent:
+    """What a streamed put promised before its content: the id the client computed, the
+    type, the metadata and, if declared, the size.
+
+    The BlobStore still hashes the content and refuses a commit whose id differs; a
+    backend may only use the intent to write in place (the object store uploads
+    straight to the blob's key instead of to a temporary it must copy afterwards).
+    """
+
+    blob_id: BlobId
+    blob_type: BlobType
+    meta: BlobMeta = NO_META
+    total_size: int | None = None
+
+
 class BlobBackend(Protocol):
     """Durable storage of blobs by id. Reads are not verified at this level."""
 
@@ -124,8 +140,9 @@ class BlobBackend(Protocol):
         is quarantined and `data` stored."""
         ...
 
-    async def open_writer(self) -> BlobWriter:
-        """Starts a streamed put whose id is known only at the end."""
+    async def open_writer(self, intent: StreamIntent | None = None) -> BlobWriter:
+        """Starts a streamed put whose id is known only at the end (or promised: `intent`;
+        commit() is then called with that id or not at all)."""
         ...
 
     async def get(self, blob_id: BlobId, limit: ReadLimit = NO_LIMIT) -> Blob:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from blobstore.errors import BlobNotFound
 from blobstore.ids import BlobId
 from blobstore.model import NO_META, Blob, BlobInfo, BlobMeta, BlobType, PutResult
-from blobstore.storage.base import NO_LIMIT, ChunkHook, OverLimit, ReadLimit
+from blobstore.storage.base import NO_LIMIT, ChunkHook, OverLimit, ReadLimit, StreamIntent
 
 
 @dataclass(slots=True)
@@ -61,7 +61,7 @@ class MemoryBackend:
     ) -> PutResult:
         return self._store(blob_id, blob_type, data, meta)
 
-    async def open_writer(self) -> MemoryWriter:
+    async def open_writer(self, intent: StreamIntent | None = None) -> MemoryWriter:
         self.open_writers += 1
         return MemoryWriter(self)
 

@@ -24,6 +24,7 @@ from blobstore.storage.base import (
     BlobWriter,
     ChunkHook,
     ReadLimit,
+    StreamIntent,
 )
 
 # 50 us (a stat from the page cache) to 10 s (a large object over the network).
@@ -106,8 +107,8 @@ class MetricsBackend:
         self._stored(result)
         return result
 
-    async def open_writer(self) -> BlobWriter:
-        return _MeteredWriter(self, await self._inner.open_writer())
+    async def open_writer(self, intent: StreamIntent | None = None) -> BlobWriter:
+        return _MeteredWriter(self, await self._inner.open_writer(intent))
 
     async def get(self, blob_id: BlobId, limit: ReadLimit = NO_LIMIT) -> Blob:
         started = time.perf_counter()

@@ -38,6 +38,7 @@ from blobstore.storage.base import (
     BlobWriter,
     OverLimit,
     ReadLimit,
+    StreamIntent,
 )
 from blobstore.storage.memory import MemoryStream
 
@@ -129,8 +130,8 @@ class ReadCache:
     ) -> PutResult:
         return await self._inner.put(blob_id, blob_type, data, meta)
 
-    async def open_writer(self) -> BlobWriter:
-        return await self._inner.open_writer()
+    async def open_writer(self, intent: StreamIntent | None = None) -> BlobWriter:
+        return await self._inner.open_writer(intent)
 
     async def quarantine(self, blob_id: BlobId, reason: str) -> None:
         # Only copies that hashed to their id are served from here, so a bad copy the

@@ -18,7 +18,14 @@ from blobstore.errors import DataLoss
 from blobstore.ids import BlobId, hex_digest
 from blobstore.model import NO_META, Blob, BlobInfo, BlobMeta, BlobType, PutResult
 from blobstore.offload import INLINE_LIMIT, offload, sha256_hex
-from blobstore.storage.base import NO_LIMIT, BlobBackend, BlobStream, BlobWriter, ReadLimit
+from blobstore.storage.base import (
+    NO_LIMIT,
+    BlobBackend,
+    BlobStream,
+    BlobWriter,
+    ReadLimit,
+    StreamIntent,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +46,8 @@ class VerifyingBackend:
     ) -> PutResult:
         return await self._inner.put(blob_id, blob_type, data, meta)
 
-    async def open_writer(self) -> BlobWriter:
-        return await self._inner.open_writer()
+    async def open_writer(self, intent: StreamIntent | None = None) -> BlobWriter:
+        return await self._inner.open_writer(intent)
 
     async def get(self, blob_id: BlobId, limit: ReadLimit = NO_LIMIT) -> Blob:
         try:

@@ -40,7 +40,7 @@ from typing import TypeVar
 
 from blobstore.ids import BlobId
 from blobstore.model import NO_META, Blob, BlobInfo, BlobMeta, BlobType, PutResult
-from blobstore.storage.base import NO_LIMIT, ReadLimit
+from blobstore.storage.base import NO_LIMIT, ReadLimit, StreamIntent
 from blobstore.storage.filesystem.fd_guard import open_on_pool
 from blobstore.storage.filesystem.group_commit import GroupCommitter
 from blobstore.storage.filesystem.journal import SEGMENT_BYTES, Journal
@@ -173,7 +173,7 @@ class FileSystemBackend:
         """Publishes a blob whose journal record is durable: no fsync of its own."""
         return self._publisher.store(blob_id, blob_type, data, meta, check=False, durable=False)
 
-    async def open_writer(self) -> FileWriter:
+    async def open_writer(self, intent: StreamIntent | None = None) -> FileWriter:
         # A client that abandons its stream while the file is made must not leave it behind
         # (nor its descriptor open) until the next start-up's clean-up.
         fd, path = await open_on_pool(self._pool, self._publisher.create_temp, _discard_temp)

@@ -28,7 +28,7 @@ from obstore.exceptions import AlreadyExistsError
 from blobstore.errors import Unavailable
 from blobstore.ids import BlobId
 from blobstore.model import NO_META, Blob, BlobInfo, BlobMeta, BlobType, PutResult
-from blobstore.storage.base import NO_LIMIT, OverLimit, ReadLimit
+from blobstore.storage.base import NO_LIMIT, OverLimit, ReadLimit, StreamIntent
 from blobstore.storage.objectstore import keys, metadata
 from blobstore.storage.objectstore.errors import NOT_FOUND, summary, translated
 from blobstore.storage.objectstore.location import Location
@@ -138,9 +138,9 @@ class ObjectStoreBackend:
             raise Unavailable(f"blob {blob_id} vanished while it was being stored; retry")
         return PutResult(info, created=False)
 
-    async def open_writer(self) -> ObjectWriter:
+    async def open_writer(self, intent: StreamIntent | None = None) -> ObjectWriter:
         self._maybe_sweep()
-        return ObjectWriter(self)
+        return ObjectWriter(self, intent)
 
     async def delete_quietly(self, key: str) -> None:
         """Deletes an object we own (a temporary); a failure is only logged (the sweep retries)."""

@@ -31,9 +31,12 @@ _SAFE = "/;=+-._~"
 S3_META_PREFIX = "x-amz-meta-"
 
 
-def encode(blob_type: BlobType, size: int, meta: BlobMeta = NO_META) -> dict[str, str]:
-    """The metadata of a blob, as obstore attribute names (user metadata keys)."""
-    attributes = {TYPE_KEY: blob_type.value, SIZE_KEY: str(size)}
+def encode(blob_type: BlobType, size: int | None, meta: BlobMeta = NO_META) -> dict[str, str]:
+    """The metadata of a blob, as obstore attribute names (user metadata keys); without a
+    size when it is not known before the content (an upload in place of an undeclared size)."""
+    attributes = {TYPE_KEY: blob_type.value}
+    if size is not None:
+        attributes[SIZE_KEY] = str(size)
     if meta.filename is not None:
         attributes[FILENAME_KEY] = quote(meta.filename, safe=_SAFE)
     if meta.content_type is not None:

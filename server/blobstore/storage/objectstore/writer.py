@@ -9,7 +9,17 @@ A stream's id is known only at its end, so:
   obstore's uploader of PART_SIZE parts, PART_CONCURRENCY at a time); commit
   completes the upload, then copies the temporary to the blob's key with
   `If-None-Match: *` (losing the race to another replica means created=False)
-  and the type and size as new metadata, then deletes the temporary.
+  and the type and size as new metadata, then deletes the temporary;
+- when the client promised the id (`expected_id`, a StreamIntent), the multipart
+  upload goes straight to the blob's key with its metadata, so the store writes
+  the bytes once instead of twice. A multipart upload is invisible until it is
+  completed, and the BlobStore has checked the content's hash against the
+  promise before commit, so only content matching the key can appear there. The
+  completion itself cannot be conditional (obstore has no conditional multipart
+  completion), so commit first looks whether the key exists and, if it does,
+  aborts the upload (created=False). Two replicas completing uploads of the same
+  id within that look's window both write identical, verified content; the later
+  one's filename and content type win (docs/scale-out.md).
 
 abort() (also on cancellation) makes the upload fail, and obstore then aborts
 the multipart upload; a temporary left by a crash is deleted by age
@@ -29,7 +39,7 @@ from obstore.exceptions import AlreadyExistsError
 from blobstore.ids import BlobId
 from blobstore.model import NO_META, BlobMeta, BlobType, PutResult
 from blobstore.offload import offload
-from blobstore.storage.base import ChunkHook
+from blobstore.storage.base import ChunkHook, StreamIntent
 from blobstore.storage.objectstore import keys, metadata
 from blobstore.storage.objectstore.errors import translated
 
@@ -48,8 +58,9 @@ class _Aborted(Exception):
 class ObjectWriter:
     """A BlobWriter over the object store; see the module docstring."""
 
-    def __init__(self, backend: ObjectStoreBackend) -> None:
+    def __init__(self, backend: ObjectStoreBackend, intent: StreamIntent | None = None) -> None:
         self._backend = backend
+        self._intent = intent
         self._buffer: list[bytes] = []
         self._buffered = 0
         self._size = 0
@@ -77,15 +88,22 @@ class ObjectWriter:
     def _start_upload(self) -> None:
         # The buffered bytes go first, straight from the generator; the queue holds two chunks.
         buffered, self._buffer, self._buffered = self._buffer, [], 0
-        self._temp = keys.temp_key()
         self._queue = asyncio.Queue(maxsize=2)
+        if self._intent is None:
+            self._temp = keys.temp_key()
+            key, attributes = self._temp, {}
+        else:
+            intent = self._intent
+            key = keys.blob_key(intent.blob_id)
+            attributes = metadata.encode(intent.blob_type, intent.total_size, intent.meta)
         self._upload = asyncio.ensure_future(
             obstore.put_async(
                 self._backend.store,
-                self._temp,
+                key,
                 self._chunks(buffered),
                 chunk_size=PART_SIZE,
                 max_concurrency=PART_CONCURRENCY,
+                attributes=attributes,
             )
         )
 
@@ -124,12 +142,27 @@ class ObjectWriter:
                 data = b"".join(self._buffer)
                 self._buffer = []
                 return await self._backend.put_object(blob_id, data, attributes)
+            if self._intent is not None:
+                return await self._complete_in_place(blob_id, attributes)
             await self._put(None)
             with translated():
                 await self._upload
             return await self._publish(blob_id, attributes)
         finally:
             await self.abort()
+
+    async def _complete_in_place(self, blob_id: BlobId, attributes: dict[str, str]) -> PutResult:
+        assert self._intent is not None and self._upload is not None
+        if blob_id != self._intent.blob_id:  # the BlobStore refuses such a commit first
+            promised = self._intent.blob_id
+            raise ValueError(f"commit of {blob_id} into an upload promised as {promised}")
+        existing = await self._backend.stat(blob_id)
+        if existing is not None:  # another writer got there first: never overwrite it
+            return PutResult(existing, created=False)  # the finally's abort() drops ours
+        await self._put(None)
+        with translated(blob_id):
+            await self._upload
+        return self._backend.created(blob_id, attributes, self._size)
 
     async def _publish(self, blob_id: BlobId, attributes: dict[str, str]) -> PutResult:
         assert self._temp is not None
@@ -148,7 +181,7 @@ class ObjectWriter:
         self._done = True
         self._buffer = []
         upload, temp = self._upload, self._temp
-        if upload is None or temp is None:
+        if upload is None:
             return
         if not upload.done() and self._queue is not None:
             with contextlib.suppress(asyncio.QueueFull):
@@ -157,4 +190,5 @@ class ObjectWriter:
                 self._queue.put_nowait(_Aborted())
         with contextlib.suppress(Exception, asyncio.CancelledError):
             await asyncio.shield(upload)
-        await self._backend.delete_quietly(temp)
+        if temp is not None:
+            await self._backend.delete_quietly(temp)
