@@ -87,11 +87,13 @@ class GatedInterceptor(grpc.aio.ServerInterceptor, Generic[M]):  # type: ignore[
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> Handler:
         handler = await continuation(handler_call_details)
+        if handler is None:  # an unknown method: grpc answers UNIMPLEMENTED
+            return None
         path: str = handler_call_details.method
         known = self._methods.get(path)
         if known is None or (self.keyed_on_handler and known[0] is not handler):
             hit = gated(path)
-            if hit is None or handler is None:
+            if hit is None:
                 return handler
             known = self._methods[path] = (handler, self.build(hit[0], hit[1], handler))
         return self.intercept(known[1], handler, handler_call_details)
