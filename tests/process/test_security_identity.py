@@ -106,6 +106,12 @@ def test_client_certificates_get_the_scopes_of_their_lines(
     assert wait_until(lambda: "tokens reloaded" in server.log(), 30)
     with client_of(server, pki, pki.san_client) as san:
         san.put_bytes(b"uri writing")
+        # GetStream through the gate: allowed for a certificate with read...
+        san.get_to_file(sha256_id(b"by CN"), tmp_path / "streamed")
+        assert (tmp_path / "streamed").read_bytes() == b"by CN"
+    with client_of(server, pki, pki.client) as removed, pytest.raises(errors.PermissionDenied):
+        removed.get_to_file(sha256_id(b"by CN"), tmp_path / "refused")  # ...refused without
+    assert not (tmp_path / "refused").exists()
     refused = grpcurl(*with_cert(pki.client), server.target, put, data=put_body(b"CN removed"))
     assert_refused(refused, "PermissionDenied", "PERMISSION_DENIED")
     assert "has no line in the tokens file" in refused.stderr
