@@ -153,6 +153,9 @@ def test_rs256_public_key_and_every_refusal(
 
     good = rs()
     assert put(server, good, b"stored with an RS256 JWT") is None
+    # One configured key: the kid an identity provider sets is not looked at.
+    with_kid = jwt.encode(claims(), rsa_key, algorithm="RS256", headers={"kid": "idp-key-7"})
+    assert put(server, with_kid, b"a kid from the IdP") is None
     assert blob_path(server.data_dir, sha256_id(b"stored with an RS256 JWT")).exists()
     reader = rs(scope="read")
     assert stat(server, reader, b"stored with an RS256 JWT") is None

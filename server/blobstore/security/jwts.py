@@ -7,6 +7,7 @@ Exactly one key source is configured:
 * `--jwt-public-key`: a PEM public key; RS256 for an RSA key, ES256 for an EC P-256 key.
 * `--jwt-jwks-file`: a JWKS document (JSON, `{"keys": [...]}`) of RSA and EC P-256
   public keys; a token's `kid` header picks the key (a set of one key needs none).
+  With a secret or a PEM key (one key), a token's `kid` is not looked at.
 
 The accepted algorithm list is fixed by the key's type, never read from the token:
 `alg: none` and the HS/RS confusion (a token signed HS256 with the RSA public key as
@@ -71,6 +72,7 @@ class _Keys:
     """One loading of the key file: the key for a `kid` (None: the only key) and its algorithms."""
 
     by_kid: dict[str | None, tuple[Any, list[str]]]
+    ignore_kid: bool = False  # one configured key (secret or PEM): a token's kid is not ours
 
 
 class JwtVerifier:
@@ -112,13 +114,13 @@ class JwtVerifier:
                     f"--jwt-secret-file: the secret has {len(secret)} bytes; HS256 needs at "
                     f"least {MIN_SECRET_BYTES} (e.g. openssl rand -hex 32)"
                 )
-            return _Keys({None: (secret, ["HS256"])})
+            return _Keys({None: (secret, ["HS256"])}, ignore_kid=True)
         if s.public_key:
             try:
                 key = load_pem_public_key(data)
             except ValueError as exc:
                 raise AuthConfigError(f"--jwt-public-key: not a PEM public key: {exc}") from None
-            return _Keys({None: (key, [_algorithm(key, "--jwt-public-key")])})
+            return _Keys({None: (key, [_algorithm(key, "--jwt-public-key")])}, ignore_kid=True)
         try:
             keys = jwt.PyJWKSet.from_json(data.decode())
         except (jwt.PyJWTError, ValueError, UnicodeDecodeError) as exc:
@@ -147,9 +149,13 @@ class JwtVerifier:
         except jwt.PyJWTError:
             raise InvalidJwt("the bearer token is not a well-formed JWT") from None
         kid = header.get("kid")
-        found = self._keys.by_kid.get(kid if isinstance(kid, str) else None)
-        if found is None:
-            found = self._keys.by_kid.get(None) if kid is None else None
+        keys = self._keys.by_kid
+        if self._keys.ignore_kid:
+            found = keys.get(None)
+        elif kid is None:
+            found = keys.get(None)  # a JWKS of one key needs no kid
+        else:
+            found = keys.get(kid) if isinstance(kid, str) else None
         if found is None:
             raise InvalidJwt("the JWT's signing key (kid) is not one of the trusted keys")
         key, algorithms = found
