@@ -3,7 +3,8 @@
 It prints one start-up line on stderr saying where it listens, for example
     blobstore-bridge JSON-RPC listening on http://127.0.0.1:8080/ (gRPC target 127.0.0.1:50051)
     blobstore-bridge JSON-RPC on stdio (gRPC target 127.0.0.1:50051)
-and stops gracefully on SIGTERM/SIGINT (and, with --stdio, at end of input).
+(https:// with --tls-cert), and stops gracefully on SIGTERM/SIGINT (and, with --stdio,
+at end of input).
 """
 
 from __future__ import annotations
@@ -17,17 +18,12 @@ import sys
 from collections.abc import Sequence
 from typing import BinaryIO
 
-from blobstore import logs
+from blobstore import logs, tracing
 from blobstore.offload import shutdown_process_pool
 from blobstore.retry import RetryPolicy
-from blobstore.service.hardening import (
-    connection_cap,
-    install_throttle,
-    raise_open_file_limit,
-    warn_if_exposed,
-)
+from blobstore.service.hardening import connection_cap, install_throttle, raise_open_file_limit
 from blobstore.targets import channel_target
-from jsonrpc_bridge import config, observe, stdio_transport
+from jsonrpc_bridge import config, exposure, observe, stdio_transport, upstream_auth
 from jsonrpc_bridge.methods import BlobMethods
 from jsonrpc_bridge.protocol import JsonRpcCore
 from jsonrpc_bridge.service import BlobService
@@ -53,8 +49,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--grpc-target: {exc}")
     if cfg.log_level.upper() not in logging.getLevelNamesMapping():
         parser.error(f"--log-level: unknown level {cfg.log_level!r}")
+    if bool(cfg.tls_cert) != bool(cfg.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
+    if cfg.stdio and cfg.tls_cert:
+        parser.error("--tls-cert is for the HTTP listener; stdio has none")
     logs.configure(cfg.log_level, cfg.log_format)
     install_throttle()
+    try:
+        upstream = upstream_auth.configure(
+            cfg.grpc_target,
+            token_file=cfg.upstream_token_file,
+            tls_ca=cfg.upstream_tls_ca,
+            tls_cert=cfg.upstream_tls_cert,
+            tls_key=cfg.upstream_tls_key,
+        )
+    except upstream_auth.UpstreamConfigError as exc:
+        log.error("%s", exc)
+        return EXIT_ERROR
     stdout: BinaryIO | None = None
     if cfg.stdio:
         # stdout carries only responses: keep a private handle on it and point fd 1 at
@@ -63,15 +74,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(2, 1)
         sys.stdout = sys.stderr
     try:
-        asyncio.run(_run(cfg, address, stdout))
-    except OSError as exc:  # cannot listen, cannot read or write stdio: say so, no traceback
+        asyncio.run(_run(cfg, upstream, address, stdout))
+    # Cannot listen, cannot read or write stdio, an open door: say so, no traceback.
+    except (OSError, exposure.ExposureError) as exc:
         log.error("%s", exc)
         return EXIT_ERROR
     return 0
 
 
 async def _run(
-    cfg: config.BridgeConfig, address: tuple[str, int] | None, stdout: BinaryIO | None
+    cfg: config.BridgeConfig,
+    upstream: upstream_auth.UpstreamAuth,
+    address: tuple[str, int] | None,
+    stdout: BinaryIO | None,
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -85,7 +100,29 @@ async def _run(
     # with metrics; otherwise the channel has no interceptors, which cost each call.
     observed = metrics is not None or cfg.access_log or cfg.log_format == "json"
     interceptors = observe.client_interceptors(metrics) if observed else []
-    service = BlobService(cfg.grpc_target, cfg.deadline_seconds, retry, interceptors)
+    if not upstream.sends_tokens:
+        log.warning(
+            "the gRPC channel to %s is plaintext beyond loopback: no token is sent on it, "
+            "callers' Authorization headers are not forwarded; set --upstream-tls-ca",
+            cfg.grpc_target,
+        )
+    # Off: nothing of OpenTelemetry is imported nor installed (blobstore/tracing.py).
+    traced = (
+        tracing.start("blobstore-bridge", cfg.otlp_endpoint)
+        if tracing.wanted(cfg.otlp_endpoint)
+        else None
+    )
+    if traced is not None:
+        from jsonrpc_bridge import tracing as bridge_tracing
+
+        interceptors += bridge_tracing.client_interceptors(traced.tracer)
+    service = BlobService(
+        cfg.grpc_target,
+        cfg.deadline_seconds,
+        retry,
+        [*interceptors, *upstream.interceptors()],
+        upstream.channel,
+    )
     methods = BlobMethods(
         service.client, max_get_bytes=cfg.max_get_bytes, type_names=cfg.blob_type_names
     ).table()
@@ -94,6 +131,8 @@ async def _run(
         max_batch_concurrency=cfg.max_batch_concurrency,
         max_json_values=cfg.max_json_values,
     )
+    if metrics is not None:
+        core.on_batch = metrics.batch.observe
     try:
         if address is None:
             assert stdout is not None
@@ -106,10 +145,12 @@ async def _run(
                 stdout=stdout,
             )
         else:
-            await _serve_http(cfg, core, service, address, stop, metrics)
+            await _serve_http(cfg, core, service, upstream, address, stop, metrics, traced)
     finally:
         await service.close()
         shutdown_process_pool()
+        if traced is not None:
+            traced.shutdown()  # sends the spans still queued
     log.info("stopped")
 
 
@@ -117,9 +158,11 @@ async def _serve_http(
     cfg: config.BridgeConfig,
     core: JsonRpcCore,
     service: BlobService,
+    upstream: upstream_auth.UpstreamAuth,
     address: tuple[str, int],
     stop: asyncio.Event,
     metrics: observe.BridgeMetrics | None = None,
+    traced: tracing.Tracing | None = None,
 ) -> None:
     # Imported here: aiohttp takes a second to import, which a stdio bridge need not pay.
     from jsonrpc_bridge import http_transport
@@ -132,7 +175,17 @@ async def _serve_http(
         body_timeout=cfg.body_timeout_seconds,
     )
     if metrics is not None or cfg.access_log or cfg.log_format == "json":
-        observe.install(app, metrics, cfg.access_log)
+        access_log = observe.AccessLog(
+            cfg.access_log,
+            logging.getLevelName(cfg.access_log_level.upper()),
+            cfg.access_log_sample,
+        )
+        observe.install(app, metrics, access_log)
+    if traced is not None:
+        from jsonrpc_bridge import tracing as bridge_tracing
+
+        # After observe's middleware: the span's log lines carry the request id.
+        app.middlewares.append(bridge_tracing.middleware(traced.tracer))
     # Stepflow's REST blob routes, on the same port, limits and client (docs/stepflow.md).
     RestRoutes(
         service.client,
@@ -142,19 +195,36 @@ async def _serve_http(
         body_timeout=cfg.body_timeout_seconds,
     ).add_to(app)
     max_connections = connection_cap(cfg.max_connections, raise_open_file_limit())
-    warn_if_exposed(log, address[0], "the JSON-RPC bridge")
+    ssl_context = (
+        http_transport.server_ssl_context(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert else None
+    )
+    await exposure.check(
+        address[0],
+        https=ssl_context is not None,
+        upstream=upstream,
+        client=service.client,
+        target=cfg.grpc_target,
+        allow_unauthenticated=cfg.allow_unauthenticated,
+        log=log,
+    )
     runner = await http_transport.start(
         app,
         *address,
         grace=cfg.grace_seconds,
         idle_timeout=cfg.idle_timeout_seconds,
         max_connections=max_connections,
+        ssl_context=ssl_context,
     )
+    scheme = "https" if ssl_context is not None else "http"
+    if metrics is not None and runner.server is not None:
+        server = runner.server
+        metrics.watch_connections(lambda: len(server.connections))
     try:
         for host, port, *_ in runner.addresses:
             shown = f"[{host}]" if ":" in host else host
             log.info(
-                "blobstore-bridge JSON-RPC listening on http://%s:%d/ (gRPC target %s)",
+                "blobstore-bridge JSON-RPC listening on %s://%s:%d/ (gRPC target %s)",
+                scheme,
                 shown,
                 port,
                 cfg.grpc_target,

@@ -27,6 +27,12 @@ status of the HTTP column.
     -32006  Request too large          REQUEST_TOO_LARGE   413   over the bridge's request size or
                                                                  JSON value limit
     -32008  Blob not found             BLOB_NOT_FOUND      404   no blob with that id (data.blob_id)
+    -32010  Unauthenticated            UNAUTHENTICATED     401   no credentials, or unknown, revoked
+                                                                 or expired ones
+    -32011  Permission denied          PERMISSION_DENIED   403   the credentials lack the scope
+
+For refusals `data.reason` is the reason of the service's ErrorInfo (a newer server
+may give a finer one than the row's); the REST routes add `WWW-Authenticate: Bearer`.
 """
 
 from __future__ import annotations
@@ -49,6 +55,8 @@ DATA_LOSS = -32004
 OVERLOADED = -32005
 REQUEST_TOO_LARGE = -32006
 BLOB_NOT_FOUND = -32008
+UNAUTHENTICATED = -32010
+PERMISSION_DENIED = -32011
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +85,17 @@ SERVICE_ERRORS: tuple[ServiceErrorRow, ...] = (
     ServiceErrorRow(errors.StorageFull, STORAGE_FULL, "Storage full", "STORAGE_FULL", True, 507),
     ServiceErrorRow(errors.DataLoss, DATA_LOSS, "Blob data lost", "DATA_LOSS", False, 500),
     ServiceErrorRow(errors.Overloaded, OVERLOADED, "Overloaded", "OVERLOADED", True, 503),
+    ServiceErrorRow(
+        errors.Unauthenticated, UNAUTHENTICATED, "Unauthenticated", "UNAUTHENTICATED", False, 401
+    ),
+    ServiceErrorRow(
+        errors.PermissionDenied,
+        PERMISSION_DENIED,
+        "Permission denied",
+        "PERMISSION_DENIED",
+        False,
+        403,
+    ),
 )
 
 _INVALID_REASONS: tuple[tuple[type[errors.InvalidArgument], str], ...] = (
@@ -163,6 +182,20 @@ def request_too_large_values(count: int, limit: int) -> RpcError:
     )
 
 
+def bad_authorization() -> RpcError:
+    """The caller's Authorization header cannot be a credential (not printable ASCII)."""
+    return RpcError(
+        UNAUTHENTICATED,
+        "Unauthenticated",
+        {"reason": "UNAUTHENTICATED", "detail": BAD_AUTHORIZATION, "retryable": False},
+    )
+
+
+BAD_AUTHORIZATION = (
+    "the Authorization header is not a usable credential (printable ASCII, at most 8 KiB)"
+)
+
+
 def from_store_error(exc: errors.BlobStoreError, field: str) -> RpcError:
     """Translates an error of the store (raised by the client) for a JSON-RPC client.
 
@@ -173,7 +206,7 @@ def from_store_error(exc: errors.BlobStoreError, field: str) -> RpcError:
         return invalid_params(field, str(exc), reason)
     for row in SERVICE_ERRORS:
         if isinstance(exc, row.error):
-            data: dict[str, object] = {"reason": row.reason}
+            data: dict[str, object] = {"reason": exc.reason or row.reason}
             if exc.blob_id:
                 data["blob_id"] = exc.blob_id
             data["detail"] = clip(str(exc), 500)
@@ -198,7 +231,7 @@ def http_error(exc: errors.BlobStoreError) -> tuple[int, str, bool]:
         return 400, reason, False
     for row in SERVICE_ERRORS:
         if isinstance(exc, row.error):
-            return row.http_status, row.reason, row.retryable
+            return row.http_status, exc.reason or row.reason, row.retryable
     return 502, "SERVICE_ERROR", False
 
 

@@ -10,8 +10,11 @@ HTTP statuses say what HTTP can say; everything else is JSON-RPC:
   as JSON when the body starts like a JSON-RPC message (`{` or `[`);
 - 413 when the body is over the size limit (JSON-RPC error -32006 body).
 - 408 when the body does not arrive within the body timeout (the connection is closed).
-Connections are kept alive and requests are served concurrently. A connection with no
-request in progress (or still sending its headers) for the idle timeout is closed;
+- 401 when the Authorization header cannot be forwarded (not printable ASCII); a usable
+  one is kept for the request's upstream calls (upstream_auth.py), never logged.
+With an ssl.SSLContext the listener speaks HTTPS only. Connections are kept alive and
+requests are served concurrently. A connection with no request in progress (or still
+sending its headers) for the idle timeout is closed;
 past the connection cap new connections get a bare 503 and are closed at once.
 """
 
@@ -20,12 +23,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import ssl
 from collections.abc import Awaitable, Callable
 
 import orjson
 from aiohttp import web
 
-from jsonrpc_bridge import errors
+from jsonrpc_bridge import errors, upstream_auth
 from jsonrpc_bridge.protocol import JsonRpcCore, encode_error
 from jsonrpc_bridge.service import Health
 
@@ -37,19 +41,36 @@ LENIENT_TYPES = frozenset({"", "application/x-www-form-urlencoded"})
 UTF8_NAMES = frozenset({"utf-8", "utf8"})
 _LOOKS_JSON = re.compile(rb"[ \t\r\n]*[\[{]")
 Probe = Callable[[], Awaitable[Health]]
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class ListenError(OSError):
     """The HTTP address cannot be bound."""
 
 
+def server_ssl_context(cert: str, key: str) -> ssl.SSLContext:
+    """TLS 1.2+ for the HTTP listener, from PEM files; ListenError names an unusable file."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ListenError(f"--tls-cert/--tls-key ({cert}, {key}) not usable: {why}") from None
+    return context
+
+
 def create_app(
     core: JsonRpcCore, *, max_request_bytes: int, probe: Probe, body_timeout: float = 60.0
 ) -> web.Application:
     """The aiohttp application; bodies over max_request_bytes are refused with 413."""
-    app = web.Application(client_max_size=max_request_bytes)
+    app = web.Application(client_max_size=max_request_bytes, middlewares=[_caller_credentials])
 
     async def rpc(request: web.Request) -> web.StreamResponse:
+        if not caller_credentials_usable():
+            response = _rpc_error(401, errors.bad_authorization())
+            response.headers["WWW-Authenticate"] = 'Bearer realm="blobstore", error="invalid_token"'
+            return response
         lenient = _content_type(request)
         if lenient is None:
             return _unsupported_type(request)
@@ -88,6 +109,22 @@ def create_app(
     return app
 
 
+@web.middleware
+async def _caller_credentials(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    """Keeps the caller's Authorization header for the upstream calls of this request."""
+    token = upstream_auth.caller_authorization.set(request.headers.get("Authorization"))
+    try:
+        return await handler(request)
+    finally:
+        upstream_auth.caller_authorization.reset(token)
+
+
+def caller_credentials_usable() -> bool:
+    """False if the current request has an Authorization header that cannot be forwarded."""
+    value = upstream_auth.caller_authorization.get()
+    return value is None or upstream_auth.acceptable(value)
+
+
 def _content_type(request: web.Request) -> bool | None:
     """False: a JSON type; True: a type taken as JSON if the body looks so; None: refused."""
     charset = (request.charset or "utf-8").lower()
@@ -121,6 +158,7 @@ async def start(
     *,
     idle_timeout: float = 30.0,
     max_connections: int = 1024,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> web.AppRunner:
     """Binds and serves; returns the runner (its `addresses` say where it listens)."""
     runner = web.AppRunner(
@@ -133,7 +171,7 @@ async def start(
         keepalive_timeout=idle_timeout,
     )
     await runner.setup()
-    site = _CappedSite(runner, host, port, max_connections)
+    site = _CappedSite(runner, host, port, max_connections, ssl_context)
     try:
         await site.start()
     except OSError as exc:
@@ -145,8 +183,15 @@ async def start(
 class _CappedSite(web.BaseSite):
     """A TCP site like aiohttp's TCPSite that refuses connections past a cap."""
 
-    def __init__(self, runner: web.AppRunner, host: str, port: int, max_connections: int) -> None:
-        super().__init__(runner)
+    def __init__(
+        self,
+        runner: web.AppRunner,
+        host: str,
+        port: int,
+        max_connections: int,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        super().__init__(runner, ssl_context=ssl_context)
         self._host = host
         self._port = port
         self._max_connections = max_connections
@@ -154,7 +199,8 @@ class _CappedSite(web.BaseSite):
 
     @property
     def name(self) -> str:
-        return f"http://{self._host}:{self._port}"
+        scheme = "https" if self._ssl_context is not None else "http"
+        return f"{scheme}://{self._host}:{self._port}"
 
     async def start(self) -> None:
         await super().start()
@@ -173,7 +219,7 @@ class _CappedSite(web.BaseSite):
 
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            protocol, self._host, self._port, reuse_address=True
+            protocol, self._host, self._port, reuse_address=True, ssl=self._ssl_context
         )
 
 

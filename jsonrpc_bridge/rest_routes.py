@@ -12,7 +12,8 @@ Ids are Stepflow's: the bare 64 hex digits (upper case accepted), the same blob
 as "sha256:<hex>" in blobstore.v1. A malformed body, type, file name or id is
 400, an unknown id 404; other store errors get the HTTP status of the bridge's
 one error table (errors.py: 413, 503 with Retry-After, 507, 500 for a stored
-copy found corrupt, which is never served). Error bodies are JSON:
+copy found corrupt, which is never served; 401/403 with WWW-Authenticate: Bearer for
+refused credentials). Error bodies are JSON:
 {"error": {"status", "reason", "message"}}.
 
 Binary bodies go to PutStream as they arrive and binary replies come from
@@ -52,7 +53,7 @@ from blobstore.stepflow_names import (
     content_type_of,
     type_name,
 )
-from jsonrpc_bridge import errors
+from jsonrpc_bridge import errors, upstream_auth
 from jsonrpc_bridge.json_codec import InvalidValue, ParseError, encode_value
 from jsonrpc_bridge.protocol import TooManyValues, decode_body
 
@@ -306,6 +307,9 @@ def _answering(handler: _Handler) -> _Handler:
     """The handler, with errors answered as JSON error bodies."""
 
     async def route(request: web.Request) -> web.StreamResponse:
+        caller = upstream_auth.caller_authorization.get()
+        if caller is not None and not upstream_auth.acceptable(caller):
+            return _error_response(RestError(401, "UNAUTHENTICATED", errors.BAD_AUTHORIZATION))
         try:
             return await handler(request)
         except RestError as exc:
@@ -335,9 +339,25 @@ def _error_response(exc: RestError) -> web.Response:
     response = _json(body, exc.status)
     if exc.status == 503:
         response.headers["Retry-After"] = "1"
+    challenge = _challenge(exc.status)
+    if challenge is not None:
+        response.headers["WWW-Authenticate"] = challenge
     if exc.status in (408, 413):
         response.force_close()  # the rest of the body is not read
     return response
+
+
+def _challenge(status: int) -> str | None:
+    """RFC 6750's WWW-Authenticate for a refusal: error="invalid_token" when the caller
+    presented a credential that was refused, none when it presented none (401), and
+    error="insufficient_scope" when its credential lacks the scope (403)."""
+    if status == 401:
+        if upstream_auth.caller_authorization.get() is None:
+            return 'Bearer realm="blobstore"'
+        return 'Bearer realm="blobstore", error="invalid_token"'
+    if status == 403:
+        return 'Bearer realm="blobstore", error="insufficient_scope"'
+    return None
 
 
 def _json(value: object, status: int = 200) -> web.Response:

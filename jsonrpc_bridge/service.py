@@ -4,7 +4,8 @@ The channel is tuned so the bridge never hangs on a service that is down
 and recovers quickly once it is back: calls do not wait for the channel to
 be ready (they fail at once with UNAVAILABLE, which the bridge answers as
 -32001), and reconnection backoff is capped at about a second instead of
-gRPC's default two minutes.
+gRPC's default two minutes. With `credentials` the channel speaks TLS
+(upstream_auth.py decides the credentials).
 """
 
 from __future__ import annotations
@@ -41,13 +42,21 @@ class BlobService:
         deadline: float,
         retry: RetryPolicy | None = None,
         interceptors: Sequence[Any] = (),
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.target = target
         # The client's options, reconnect backoff included (capped at a second);
-        # `interceptors` (observe.py) pass request ids on and time calls.
-        self._channel = grpc.aio.insecure_channel(
-            *channel_args(target), interceptors=list(interceptors) or None
-        )
+        # `interceptors` pass request ids on and time calls (observe.py) and add each
+        # call's token (upstream_auth.py); `credentials`: TLS to the service.
+        grpc_target, options = channel_args(target)
+        if credentials is None:
+            self._channel = grpc.aio.insecure_channel(
+                grpc_target, options, interceptors=list(interceptors) or None
+            )
+        else:
+            self._channel = grpc.aio.secure_channel(
+                grpc_target, credentials, options, interceptors=list(interceptors) or None
+            )
         self.client = AsyncBlobClient(target, timeout=deadline, channel=self._channel, retry=retry)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 

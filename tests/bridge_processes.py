@@ -16,14 +16,14 @@ import re
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from tests.processes import ChildProcess, ServerProcess
 
-_HTTP_LINE = re.compile(r"JSON-RPC listening on http://(\S+):(\d+)/")
+_HTTP_LINE = re.compile(r"JSON-RPC listening on (https?)://(\S+):(\d+)/")
 _STDIO_LINE = re.compile(r"JSON-RPC on stdio")
 
 
@@ -73,8 +73,8 @@ class BridgeProcess(ChildProcess):
             _STDIO_LINE if self.stdio else _HTTP_LINE, start_offset, timeout
         )
         if not self.stdio:
-            self.port = int(match.group(2))
-            self.url = f"http://127.0.0.1:{self.port}/"
+            self.port = int(match.group(3))
+            self.url = f"{match.group(1)}://127.0.0.1:{self.port}/"
         return self
 
     def _pump(self, stream: IO[bytes]) -> None:
@@ -118,6 +118,10 @@ class BridgeProcess(ChildProcess):
         line = self.read_line(timeout)
         assert line, f"stdout closed; log:\n{self.log()}"
         return json.loads(line)
+
+
+BridgeFactory = Callable[..., BridgeProcess]
+"""The `start_bridge` fixture (tests/conftest.py): target, args, stdio=, env= -> started."""
 
 
 @dataclass
@@ -193,9 +197,9 @@ class Stack:
 
 
 @contextlib.contextmanager
-def stack(directory: Path, *bridge_args: str) -> Iterator[Stack]:
+def stack(directory: Path, *bridge_args: str, server_args: Sequence[str] = ()) -> Iterator[Stack]:
     """Runs a server (data in directory/data) and an HTTP bridge; kills both at the end."""
-    server = ServerProcess(directory / "data", directory / "server.log")
+    server = ServerProcess(directory / "data", directory / "server.log", *server_args)
     bridge: BridgeProcess | None = None
     try:
         server.start()

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from blobstore.client import BlobClient
-from tests.bridge_processes import HttpRpc, Stack, stack
+from tests.bridge_processes import BridgeFactory, BridgeProcess, HttpRpc, Stack, stack
 from tests.processes import ServerProcess
 from tests.seaweedfs import SeaweedFS
+from tests.tls_certs import Pki, make_pki
 
 
 @pytest.fixture
@@ -53,6 +55,34 @@ def bridge_stack(
         yield running
 
 
+@pytest.fixture
+def start_bridge(tmp_path: Path) -> Iterator[BridgeFactory]:
+    """Starts `blobstore-bridge` processes on demand (HTTP on a free port, or stdio=True),
+    logs in tmp_path/bridge-N.log; kills them at the end."""
+    started: list[BridgeProcess] = []
+
+    def start(target: str, *args: str, **kwargs: Any) -> BridgeProcess:
+        bridge = BridgeProcess(target, tmp_path / f"bridge-{len(started)}.log", *args, **kwargs)
+        started.append(bridge)
+        return bridge.start()
+
+    yield start
+    for bridge in started:
+        bridge.kill()
+
+
+@pytest.fixture(scope="module")
+def grpc_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """A real gRPC server shared by one test module (the stdio bridge and SDK tests start
+    their bridges against it themselves)."""
+    directory = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    server = ServerProcess(directory / "data", directory / "server.log").start()
+    yield server
+    server.kill()
+
+
 @pytest.fixture(scope="module")
 def rpc(bridge_stack: Stack) -> HttpRpc:
     return bridge_stack.http
@@ -63,6 +93,12 @@ def grpc_client(bridge_stack: Stack) -> Iterator[BlobClient]:
     """A direct gRPC client of the server behind `bridge_stack`."""
     with BlobClient(bridge_stack.server.target, timeout=30) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """Certificates made once per run with `cryptography` (tests/tls_certs.py)."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,9 @@ class BlobStoreError(Exception):
     """Base class of every error the store reports to a caller."""
 
     blob_id: str | None = None
+    # The google.rpc.ErrorInfo reason the server gave, when the error came from one
+    # (status.from_rpc_error): finer than the class, e.g. for refused credentials.
+    reason: str | None = None
 
 
 class InvalidArgument(BlobStoreError):

@@ -6,6 +6,12 @@ caller, and sent on by the bridge to the gRPC service, so one id joins the bridg
 the server's log lines of a call. It lives in a contextvar: set by whoever starts the
 call's work (grpc/metrics.py on the server, the bridge's HTTP middleware), read by the
 formatter, so every line logged while the call runs carries it without being passed.
+
+Credentials never reach a log: `Redaction`, on the handler `configure` installs,
+rewrites `Authorization: ...` values and `Bearer`/`Basic` credentials in every message
+and traceback to `[redacted]`. Our own code never logs one; this is for text others
+put in records, such as aiohttp's report of a malformed request, which quotes the
+offending header line.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import os
+import re
 import sys
 import time
 
@@ -26,6 +33,38 @@ FORMATS = ("text", "json")
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 _TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+REDACTED = "[redacted]"
+# A header's whole value (to the end of the line or quote: a repr of bytes writes a
+# control character as \x01, which must not end the match), then bare credentials: a
+# word after Bearer/Basic holding something other than lower-case letters (so that
+# prose such as "no bearer tokens" stays, and every generated token, JWT or base64
+# user:password, which all hold digits, upper case or punctuation, goes).
+_HEADER_VALUE = re.compile(r"(?i)(\bauthorization\b['\"]?\s*[:=,]\s*['\"]?)[^'\"\r\n]+")
+_CREDENTIAL = re.compile(
+    r"(\b(?i:bearer|basic)\s+)(?!\[redacted\])(?=[^\s'\",]*[^a-z\s'\",])[^\s'\",]+"
+)
+
+
+def redact(text: str) -> str:
+    """`text` with credentials replaced by [redacted] (see the module docstring)."""
+    text = _HEADER_VALUE.sub(r"\1" + REDACTED, text)
+    return _CREDENTIAL.sub(r"\1" + REDACTED, text)
+
+
+class Redaction(logging.Filter):
+    """Redacts credentials in each record's message and traceback before it is written."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a record whose args do not fit: the handler reports it
+            return True
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        return True
 
 
 def new_request_id() -> str:
@@ -58,7 +97,7 @@ class JsonFormatter(logging.Formatter):
         if isinstance(extra, dict):
             entry.update(extra)
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            entry["exception"] = record.exc_text or self.formatException(record.exc_info)
         return orjson.dumps(entry, default=str).decode()
 
 
@@ -75,6 +114,7 @@ def configure(level: str, log_format: str = "text") -> None:
     """Sends the process's logs to stderr at `level` in `log_format` (text or json)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else _TextFormatter(_TEXT_FORMAT))
+    handler.addFilter(Redaction())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -93,9 +93,22 @@ def from_rpc_error(exc: grpc.RpcError) -> errors.BlobStoreError:
     code: grpc.StatusCode = exc.code()
     message: str = exc.details() or code.name
     info = _error_info(exc)
-    cls = _BY_REASON.get(info.reason) if info is not None else _BY_CODE.get(code)
+    # A reason this client does not know (a newer server's) falls back to the status code.
+    cls = (_BY_REASON.get(info.reason) if info is not None else None) or _BY_CODE.get(code)
     if cls is None:
         return RemoteError(code, message)
+    error = _error_of(cls, code, message, info)
+    if info is not None:
+        error.reason = info.reason
+    return error
+
+
+def _error_of(
+    cls: type[errors.BlobStoreError],
+    code: grpc.StatusCode,
+    message: str,
+    info: error_details_pb2.ErrorInfo | None,
+) -> errors.BlobStoreError:
     blob_id = info.metadata.get("blob_id", "") if info is not None else ""
     if cls is errors.BlobNotFound:
         return errors.BlobNotFound(blob_id, message)

@@ -4,8 +4,9 @@ A real bridge process started with the common soft open-file limit of 1024 raise
 the hard limit and keeps serving past 1,100 silent connections, closing them after the
 idle timeout without filling its log; a request that stops half way through its headers
 is closed, one whose body never arrives gets 408; past --max-connections new connections
-get 503; a 10,000-element batch of puts is stored whole; and a bridge listening beyond
-loopback warns that it has no authentication.
+get 503; a 10,000-element batch of puts is stored whole; and a bridge allowed to listen
+beyond loopback in front of a server without tokens warns that anyone can get in (without
+--allow-unauthenticated it does not start: tests/bridge/test_bridge_security.py).
 """
 
 from __future__ import annotations
@@ -124,11 +125,15 @@ def test_a_bridge_beyond_loopback_warns_that_it_has_no_authentication(
     start_server: Callable[..., ServerProcess], tmp_path: Path
 ) -> None:
     server = start_server()
-    bridge = BridgeProcess(server.target, tmp_path / "bridge.log", "--http", "0.0.0.0:0").start()
+    bridge = BridgeProcess(
+        server.target, tmp_path / "bridge.log", "--http", "0.0.0.0:0", "--allow-unauthenticated"
+    ).start()
     try:
         rpc = HttpRpc(bridge.url)
         assert "result" in rpc.call(PUT)
         rpc.close()
     finally:
         bridge.kill()
-    assert "no authentication and no TLS" in bridge.log()
+    log = bridge.log()
+    assert log.count("anyone who connects can read and store blobs") == 1, log
+    assert "answers calls without a token" in log and "without TLS" in log

@@ -13,12 +13,11 @@ import hashlib
 import json
 import socket
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from blobstore.client import BlobClient
-from tests.bridge_processes import BridgeProcess
+from tests.bridge_processes import BridgeFactory
 from tests.bridge_seed import (
     GET_REQUEST,
     GET_RESPONSE,
@@ -31,28 +30,6 @@ from tests.bridge_seed import (
 from tests.processes import ServerProcess
 
 
-@pytest.fixture(scope="module")
-def grpc_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    directory = tmp_path_factory.mktemp("bridge-stdio")
-    server = ServerProcess(directory / "data", directory / "server.log").start()
-    yield server
-    server.kill()
-
-
-@pytest.fixture
-def spawn(tmp_path: Path) -> Iterator[list[BridgeProcess]]:
-    started: list[BridgeProcess] = []
-    yield started
-    for bridge in started:
-        bridge.kill()
-
-
-def start(spawned: list[BridgeProcess], target: str, log: Path, *args: str) -> BridgeProcess:
-    bridge = BridgeProcess(target, log, *args, stdio=True)
-    spawned.append(bridge)
-    return bridge.start()
-
-
 @pytest.fixture
 def black_hole() -> Iterator[str]:
     """A listening socket nobody accepts on: TCP connects, gRPC never gets an answer."""
@@ -62,16 +39,14 @@ def black_hole() -> Iterator[str]:
         yield f"127.0.0.1:{sock.getsockname()[1]}"
 
 
-def test_seed_examples_over_stdio(
-    grpc_server: ServerProcess, spawn: list[BridgeProcess], tmp_path: Path
-) -> None:
-    bridge = start(spawn, grpc_server.target, tmp_path / "bridge.log")
+def test_seed_examples_over_stdio(grpc_server: ServerProcess, start_bridge: BridgeFactory) -> None:
+    bridge = start_bridge(grpc_server.target, stdio=True)
     bridge.send(one_line(PUT_REQUEST))
     assert bridge.read_message() == json.loads(with_real_id(PUT_RESPONSE))
     bridge.send(one_line(with_real_id(GET_REQUEST)))
     assert bridge.read_message() == json.loads(GET_RESPONSE_SCHEMA_NAMES)
     # The page's names, as its examples show them, when asked for.
-    page = start(spawn, grpc_server.target, tmp_path / "page.log", "--blob-type-names", "page")
+    page = start_bridge(grpc_server.target, "--blob-type-names", "page", stdio=True)
     page.send(one_line(with_real_id(GET_REQUEST)))
     assert page.read_message() == json.loads(GET_RESPONSE)
     for done in (bridge, page):
@@ -81,9 +56,9 @@ def test_seed_examples_over_stdio(
 
 
 def test_stepflow_sdk_shape_and_binary_over_stdio(
-    grpc_server: ServerProcess, spawn: list[BridgeProcess], tmp_path: Path
+    grpc_server: ServerProcess, start_bridge: BridgeFactory
 ) -> None:
-    bridge = start(spawn, grpc_server.target, tmp_path / "bridge.log")
+    bridge = start_bridge(grpc_server.target, stdio=True)
     content = bytes(range(256)) * 64
     encoded = base64.b64encode(content).decode()
     bridge.send(
@@ -114,9 +89,9 @@ def test_stepflow_sdk_shape_and_binary_over_stdio(
 
 
 def test_responses_are_written_as_they_complete(
-    black_hole: str, spawn: list[BridgeProcess], tmp_path: Path
+    black_hole: str, start_bridge: BridgeFactory
 ) -> None:
-    bridge = start(spawn, black_hole, tmp_path / "bridge.log", "--deadline-seconds", "3")
+    bridge = start_bridge(black_hole, "--deadline-seconds", "3", stdio=True)
     bridge.send({"jsonrpc": "2.0", "id": "slow", "method": "blobs/get", "params": ["ab" * 32]})
     bridge.send(b"not json")
     bridge.send({"jsonrpc": "2.0", "id": "fast", "method": "blobs/get", "params": ["bad id"]})
@@ -135,9 +110,9 @@ def test_responses_are_written_as_they_complete(
 
 
 def test_end_of_input_finishes_in_flight_calls(
-    grpc_server: ServerProcess, spawn: list[BridgeProcess], tmp_path: Path
+    grpc_server: ServerProcess, start_bridge: BridgeFactory
 ) -> None:
-    bridge = start(spawn, grpc_server.target, tmp_path / "bridge.log")
+    bridge = start_bridge(grpc_server.target, stdio=True)
     for i in range(50):
         bridge.send({"jsonrpc": "2.0", "id": i, "method": "blobs/put", "params": [f"eof-{i}"]})
     # The last line has no newline: it is still a message.
@@ -154,12 +129,10 @@ def test_end_of_input_finishes_in_flight_calls(
 
 
 def test_line_over_the_limit_is_answered_and_skipped(
-    grpc_server: ServerProcess, spawn: list[BridgeProcess], tmp_path: Path
+    grpc_server: ServerProcess, start_bridge: BridgeFactory
 ) -> None:
     limit = 2048
-    bridge = start(
-        spawn, grpc_server.target, tmp_path / "bridge.log", "--max-request-bytes", str(limit)
-    )
+    bridge = start_bridge(grpc_server.target, "--max-request-bytes", str(limit), stdio=True)
     assert bridge.proc is not None and bridge.proc.stdin is not None
     huge = (
         b'{"jsonrpc": "2.0", "id": 1, "method": "blobs/put", "params": ["' + b"x" * 50_000 + b'"]}'
@@ -184,9 +157,9 @@ def test_line_over_the_limit_is_answered_and_skipped(
 
 
 def test_sigterm_stops_a_stdio_bridge(
-    grpc_server: ServerProcess, spawn: list[BridgeProcess], tmp_path: Path
+    grpc_server: ServerProcess, start_bridge: BridgeFactory
 ) -> None:
-    bridge = start(spawn, grpc_server.target, tmp_path / "bridge.log")
+    bridge = start_bridge(grpc_server.target, stdio=True)
     bridge.send({"jsonrpc": "2.0", "id": 1, "method": "blobs/put", "params": [1]})
     assert "result" in bridge.read_message()
     assert bridge.stop() == 0

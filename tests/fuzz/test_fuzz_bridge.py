@@ -20,6 +20,8 @@ from hypothesis import strategies as st
 
 from blobstore.client import BlobClient
 from tests.bridge_processes import BridgeProcess, Stack, stack
+from tests.bridge_seed import json_id
+from tests.rpc_helpers import blob_path
 
 # scripts/fuzz.py raises the number of examples for its longer runs.
 FUZZ = settings(
@@ -162,3 +164,52 @@ def test_any_stdio_line_gets_a_well_formed_answer(
         if isinstance(answer, dict) and answer.get("id") == sentinel:
             return
     raise AssertionError("the sentinel request was never answered")
+
+
+# -- random Authorization headers in front of a server with tokens ------------------
+
+_FUZZ_TOKEN = "fuzz-writer-token-0c4f9b2e"
+_REFUSED_PUT = {"jsonrpc": "2.0", "id": 1, "method": "blobs/put", "params": {"data": "fuzz"}}
+
+
+@pytest.fixture(scope="module")
+def token_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A server with --tokens-file and a pass-through bridge; the only token is not fuzzed."""
+    from blobstore.grpc.auth import token_hash
+
+    folder = tmp_path_factory.mktemp("fuzz-auth")
+    tokens = folder / "tokens"
+    tokens.write_text(f"{token_hash(_FUZZ_TOKEN)} writer read,write\n")
+    with stack(folder, server_args=("--tokens-file", str(tokens))) as running:
+        yield running
+        assert running.bridge.alive(), running.bridge.log()
+        assert "Traceback" not in running.bridge.log() + running.server.log()
+
+
+# Header values http.client can send (latin-1, no line breaks), from "Bearer ..." look-alikes
+# to arbitrary text; non-ASCII ones reach the bridge as bytes it must not forward.
+authorization_values = st.one_of(
+    st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f")),
+    st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E)).map("Bearer ".__add__),
+)
+
+
+@FUZZ
+@given(value=authorization_values)
+def test_any_authorization_header_is_a_clean_refusal(token_stack: Stack, value: str) -> None:
+    """JSON-RPC: -32010 from the server, or HTTP 401 from the bridge; REST: 401. Never a
+    5xx, never stored, never a value in a log."""
+    headers = {"Content-Type": "application/json", "Authorization": value}
+    reply = token_stack.http.request("POST", "/", json.dumps(_REFUSED_PUT).encode(), headers)
+    if reply.status == 200:
+        assert reply.json()["error"]["code"] == -32010, reply.body
+    else:
+        assert reply.status == 401, (reply.status, reply.body)
+        assert reply.headers["WWW-Authenticate"].startswith("Bearer ")
+    rest = token_stack.http.request("POST", "/api/v1/blobs", b'{"data": "fuzz"}', headers)
+    assert rest.status == 401, (rest.status, rest.body)
+    assert rest.headers["WWW-Authenticate"].startswith('Bearer realm="blobstore"')
+    assert not blob_path(token_stack.server.data_dir, json_id("fuzz")).exists()
+    secret = max(value.split(), key=len, default="")
+    if len(set(secret)) >= 8:  # varied enough not to match ordinary log text by chance
+        assert secret not in token_stack.bridge.log() + token_stack.server.log()

@@ -29,6 +29,7 @@ CEILINGS = {
 }
 SERVICE = {"put_small", "get_small", "put_dedup", "put_large", "get_large"}
 STEPFLOW = {"stepflow_put", "stepflow_get", "metrics_put_small", "metrics_get_small"}
+STEPFLOW |= {"tracing_put_small", "tracing_get_small"}
 BRIDGE = {"bridge_put", "bridge_get"}
 SECURED = {"tls_put_small", "tls_get_small"}  # TLS + bearer token on (issue 14)
 

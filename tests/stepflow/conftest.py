@@ -26,14 +26,6 @@ def stepflow_sdks() -> None:
 
 
 @pytest.fixture(scope="module")
-def grpc_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    directory = tmp_path_factory.mktemp("stepflow-server")
-    server = ServerProcess(directory / "data", directory / "server.log").start()
-    yield server
-    server.kill()
-
-
-@pytest.fixture(scope="module")
 def start_runtime(
     stepflow_sdks: None, grpc_server: ServerProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RuntimeFactory]:

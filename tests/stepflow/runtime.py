@@ -22,6 +22,7 @@ import http.client
 import itertools
 import json
 import queue
+import ssl
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -134,18 +135,19 @@ class Runtime:
 
     def execute(self, component: str, input: object, timeout: float = 60.0) -> Any:
         """Runs a component; returns its output, or fails the test with the SDK's error."""
-        response = self.call(
-            "components/execute",
-            {
-                "component": component,
-                "input": input,
-                "attempt": 1,
-                "observability": {"run_id": "run-1", "flow_id": None, "step_id": "step-1"},
-            },
-            timeout,
-        )
+        response = self.call("components/execute", execute_params(component, input), timeout)
         assert "result" in response, f"{response}\nSDK log:\n{self.sdk.log()}"
         return response["result"]["output"]
+
+
+def execute_params(component: str, input: object) -> dict[str, object]:
+    """The params of a `components/execute` as the runtime sends them."""
+    return {
+        "component": component,
+        "input": input,
+        "attempt": 1,
+        "observability": {"run_id": "run-1", "flow_id": None, "step_id": "step-1"},
+    }
 
 
 class StdioRuntime(Runtime):
@@ -224,8 +226,19 @@ class StdioRuntime(Runtime):
 class HttpRuntime(Runtime):
     """The runtime of a Streamable HTTP component server (stepflow-py 0.9), HTTP bridge."""
 
-    def __init__(self, bridge: BridgeProcess, sdk: SdkProcess) -> None:
+    def __init__(
+        self,
+        bridge: BridgeProcess,
+        sdk: SdkProcess,
+        *,
+        bridge_ca: Path | None = None,
+        authorization: str | None = None,
+    ) -> None:
+        """`bridge_ca`: the CA of an https:// bridge; `authorization`: the header the runtime
+        adds to the requests it forwards to the bridge (as a runtime holding a token would)."""
         super().__init__(bridge, sdk)
+        self._bridge_tls = ssl.create_default_context(cafile=bridge_ca) if bridge_ca else None
+        self._bridge_headers = {"Authorization": authorization} if authorization else {}
         proc = sdk.start_process()
         assert proc.stdout is not None
         self._stdout = proc.stdout
@@ -235,12 +248,26 @@ class HttpRuntime(Runtime):
         self._forwarders = ThreadPoolExecutor(max_workers=32, thread_name_prefix="forward")
 
     @contextlib.contextmanager
-    def _post(self, port: int, body: bytes, timeout: float) -> Iterator[http.client.HTTPResponse]:
+    def _post(
+        self,
+        port: int,
+        body: bytes,
+        timeout: float,
+        tls: ssl.SSLContext | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Iterator[http.client.HTTPResponse]:
         """POSTs `body` as the runtime does (JSON, accepting JSON or an event stream)."""
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        connection = (
+            http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout, context=tls)
+            if tls is not None
+            else http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        )
         try:
             connection.request(
-                "POST", "/", body, {"Content-Type": "application/json", "Accept": ACCEPT}
+                "POST",
+                "/",
+                body,
+                {"Content-Type": "application/json", "Accept": ACCEPT, **(headers or {})},
             )
             yield connection.getresponse()
         finally:
@@ -248,7 +275,9 @@ class HttpRuntime(Runtime):
 
     def _forward(self, exchange: Exchange) -> None:
         """One SDK request to the bridge, and the bridge's reply body back to the SDK."""
-        with self._post(self.bridge.port, exchange.request, 60) as bridge_reply:
+        with self._post(
+            self.bridge.port, exchange.request, 60, self._bridge_tls, self._bridge_headers
+        ) as bridge_reply:
             exchange.reply = bridge_reply.read()
         with self._post(self.port, exchange.reply, 60) as sdk_reply:
             sdk_reply.read()

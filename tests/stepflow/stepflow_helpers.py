@@ -1,6 +1,7 @@
 """Running the real Stepflow pieces from tests: the SDK probe, and `stepflow-server` itself.
 
-`sdk_calls` runs tests/stepflow/sdk_probe.py with the Stepflow venv's Python
+`server_binary_runs` says whether stepflow-server can run here; `run_outputs` reads a
+flow run's result; `sdk_calls` runs tests/stepflow/sdk_probe.py with the Stepflow venv's Python
 (stepflow-py 0.13's own worker blob API against STEPFLOW_BLOB_URL).
 `Orchestrator` runs the real `stepflow-server` binary on a free port with the
 README's worked config (readme_config), whose Python worker points
@@ -15,6 +16,7 @@ import base64
 import contextlib
 import json
 import os
+import platform
 import re
 import signal
 import subprocess
@@ -29,6 +31,30 @@ from tests.stepflow_venv import StepflowVenv
 HERE = Path(__file__).resolve().parent
 README = HERE.parents[1] / "README.md"
 _STARTED = re.compile(r"Stepflow server starting on http://[^:]+:(\d+)")
+# The document the orchestrator tests run their flow on.
+DOC: dict[str, Any] = {"name": "John", "scores": [1, 2.5], "pad": "x" * 3000, "unicode": "naïve ☃"}
+
+
+def server_binary_runs(venv: StepflowVenv) -> str | None:
+    """Why stepflow-server cannot run here, or None if it can."""
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        return f"stepflow-server 0.13.0 ships for Linux x86-64 only, not {platform.platform()}"
+    try:
+        probe = subprocess.run(
+            [str(venv.server_binary), "--help"], capture_output=True, text=True, timeout=60
+        )
+    except OSError as exc:
+        return f"stepflow-server cannot be executed here: {exc}"
+    if probe.returncode != 0:
+        return f"stepflow-server --help exited {probe.returncode}: {probe.stderr[-500:]}"
+    return None
+
+
+def run_outputs(result: dict[str, Any]) -> dict[str, Any]:
+    """The outputs of a flow run's one result, which must have completed."""
+    (item,) = result["run"]["results"]
+    assert item["status"] == "EXECUTION_STATUS_COMPLETED", item
+    return item["output"]  # type: ignore[no-any-return]
 
 
 def binary(data: bytes) -> dict[str, str]:

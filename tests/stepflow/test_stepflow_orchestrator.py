@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import platform
-import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -32,32 +30,16 @@ from blobstore.client import BlobClient
 from blobstore.model import BlobType
 from tests.bridge_processes import Stack
 from tests.processes import ServerProcess
-from tests.stepflow.stepflow_helpers import Orchestrator
+from tests.stepflow.stepflow_helpers import DOC, Orchestrator, run_outputs, server_binary_runs
 from tests.stepflow_venv import StepflowVenv
 
 MiB = 1024 * 1024
-DOC: dict[str, Any] = {"name": "John", "scores": [1, 2.5], "pad": "x" * 3000, "unicode": "naïve ☃"}
 
 
 def _pattern(size: int) -> bytes:
     """The bytes flow_worker.pattern() stores."""
     block = hashlib.sha256(b"stepflow").digest() * (64 * 1024 // 32)
     return (block * (size // len(block) + 1))[:size]
-
-
-def _binary_runs(venv: StepflowVenv) -> str | None:
-    """Why stepflow-server cannot run here, or None if it can."""
-    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
-        return f"stepflow-server 0.13.0 ships for Linux x86-64 only, not {platform.platform()}"
-    try:
-        probe = subprocess.run(
-            [str(venv.server_binary), "--help"], capture_output=True, text=True, timeout=60
-        )
-    except OSError as exc:
-        return f"stepflow-server cannot be executed here: {exc}"
-    if probe.returncode != 0:
-        return f"stepflow-server --help exited {probe.returncode}: {probe.stderr[-500:]}"
-    return None
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +53,7 @@ def run(
     stepflow: StepflowVenv, server: ServerProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Orchestrator, dict[str, Any]]]:
     """The flow's run result, and the orchestrator (still running) that ran it."""
-    reason = _binary_runs(stepflow)
+    reason = server_binary_runs(stepflow)
     if reason is not None:
         print(f"SKIPPED orchestrator test: {reason}")
         pytest.skip(reason)
@@ -83,17 +65,11 @@ def run(
         orchestrator.stop()
 
 
-def _outputs(result: dict[str, Any]) -> dict[str, Any]:
-    (item,) = result["run"]["results"]
-    assert item["status"] == "EXECUTION_STATUS_COMPLETED", item
-    return item["output"]  # type: ignore[no-any-return]
-
-
 def test_worker_blobs_live_in_our_store(
     run: tuple[Orchestrator, dict[str, Any]], server: ServerProcess
 ) -> None:
     _, result = run
-    out = _outputs(result)
+    out = run_outputs(result)
     doc_id = hashlib.sha256(rfc8785.dumps(DOC)).hexdigest()
     assert out["json"]["id"] == doc_id and out["json"]["read_back_equal"] is True
     assert out["json"]["ref"]["$blob"] == doc_id
@@ -125,7 +101,7 @@ def test_worker_ids_read_back_through_the_bridge_and_rest(
     run: tuple[Orchestrator, dict[str, Any]], bridge_stack: Stack
 ) -> None:
     _, result = run
-    out = _outputs(result)
+    out = run_outputs(result)
     http = bridge_stack.http
     expected = {
         out["json"]["id"]: rfc8785.dumps(DOC),
@@ -154,7 +130,7 @@ def test_worker_ids_are_absent_from_the_orchestrators_store(
     run: tuple[Orchestrator, dict[str, Any]],
 ) -> None:
     orchestrator, result = run
-    out = _outputs(result)
+    out = run_outputs(result)
 
     def status(blob_id: str) -> int:
         url = f"http://{orchestrator.target}/api/v1/blobs/{blob_id}"
@@ -174,7 +150,7 @@ def test_worker_errors_raise_with_stepflow_codes(
     run: tuple[Orchestrator, dict[str, Any]],
 ) -> None:
     _, result = run
-    assert _outputs(result)["errors"]["codes"] == {
+    assert run_outputs(result)["errors"]["codes"] == {
         "0" * 64: "NOT_FOUND",
         "F" * 64: "NOT_FOUND",
         "not-a-blob-id": "INVALID_ARGUMENT",

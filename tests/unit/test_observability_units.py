@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -95,3 +96,55 @@ async def test_metrics_backend_counts_each_operation(memory: MemoryBackend) -> N
     assert sample(duration, operation="get", outcome="BlobNotFound") == 1
     assert sample(duration, operation="put", outcome="ok") == 2
     assert sample(duration, operation="commit", outcome="ok") == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "clean"),
+    [
+        ("b'Authorization: Bearer s3cr3t\\x01tail'", "b'Authorization: [redacted]'"),
+        ("('authorization', 'Bearer s3cr3t')", "('authorization', '[redacted]')"),
+        ("authorization=Basic s3cr3t", "authorization=[redacted]"),
+        ("Bearer s3cr3t, again Bearer s3cr3t", "Bearer [redacted], again Bearer [redacted]"),
+        ("token 'reader' has scope(s) read", "token 'reader' has scope(s) read"),
+        ("TLS off; no bearer tokens", "TLS off; no bearer tokens"),
+        ("Bearer eyJhbGciOi.eyJzdWIi.sig", "Bearer [redacted]"),
+        ("BEARER AbCdEfGh", "BEARER [redacted]"),
+    ],
+)
+def test_credentials_are_redacted(text: str, clean: str) -> None:
+    assert logs.redact(text) == clean
+
+
+@pytest.mark.parametrize("formatter", [logs.JsonFormatter(), logging.Formatter()])
+def test_the_redaction_filter_covers_messages_and_tracebacks(
+    formatter: logging.Formatter,
+) -> None:
+    try:
+        raise ValueError("header Authorization: Bearer s3cr3t is bad")
+    except ValueError:
+        record = logging.LogRecord(
+            "aiohttp.server", logging.ERROR, __file__, 1, "got %s", ("Bearer s3cr3t",), None
+        )
+        record.exc_info = sys.exc_info()
+    assert logs.Redaction().filter(record)
+    line = formatter.format(record)
+    assert "s3cr3t" not in line
+    assert "got Bearer [redacted]" in line and "Authorization: [redacted]" in line
+
+
+def test_access_log_sampling_keeps_every_failure() -> None:
+    """Sampled access lines: routine calls by the fraction set, failures always."""
+    import grpc
+
+    from blobstore.grpc.metrics import _sampled
+    from jsonrpc_bridge.observe import AccessLog
+
+    assert not any(_sampled(0.0, code) for code in (grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND))
+    assert _sampled(0.0, grpc.StatusCode.DATA_LOSS) and _sampled(0.0, grpc.StatusCode.INTERNAL)
+    assert _sampled(1.0, grpc.StatusCode.OK)
+    kept = sum(_sampled(0.5, grpc.StatusCode.OK) for _ in range(2000))
+    assert 600 < kept < 1400  # about half (the chance of missing this is below 1e-40)
+    quiet = AccessLog(on=True, sample=0.0)
+    assert not quiet.wants(200) and not quiet.wants(404)
+    assert quiet.wants(415) and quiet.wants(503)
+    assert not AccessLog(on=False).wants(500)

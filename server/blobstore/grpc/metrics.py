@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import random
 import time
 from typing import Any
 
@@ -85,9 +86,20 @@ class CallObserver(GatedInterceptor["_Method"]):
 
     keyed_on_handler = False  # the guard's handler differs per call (its ticket bound in)
 
-    def __init__(self, metrics: RpcMetrics | None = None, access_log: bool = False) -> None:
+    def __init__(
+        self,
+        metrics: RpcMetrics | None = None,
+        access_log: bool = False,
+        *,
+        level: int = logging.INFO,
+        sample: float = 1.0,
+    ) -> None:
         self.metrics = metrics
         self.access_log = access_log
+        # Sampled lines: a fraction of the calls that went well (OK, NOT_FOUND); the
+        # others are always logged, being the ones an operator looks for.
+        self.access_level = level
+        self.access_sample = sample
         super().__init__()
 
     def build(self, service: Any, name: str, handler: _Handler) -> _Method:
@@ -110,7 +122,9 @@ class _Method:
         "_serialize",
         "_wrapped_deserialize",
         "_wrapped_serialize",
+        "access_level",
         "access_log",
+        "access_sample",
         "duration",
         "label",
         "labels",
@@ -119,6 +133,8 @@ class _Method:
     def __init__(self, observer: CallObserver, service: str, name: str) -> None:
         self._metrics = observer.metrics
         self.access_log = observer.access_log
+        self.access_level = observer.access_level
+        self.access_sample = observer.access_sample
         self.label = f"/{service}/{name}"
         self.labels = (service, name)
         self._codes: dict[grpc.StatusCode, Any] = {}
@@ -182,8 +198,9 @@ class _Method:
             counter.inc()
             assert self.duration is not None
             self.duration.observe(elapsed)
-        if self.access_log:
-            log.info(
+        if self.access_log and _sampled(self.access_sample, code):
+            log.log(
+                self.access_level,
                 "%s %s %.1f ms",
                 self.label,
                 code.name,
@@ -215,6 +232,13 @@ async def _observed(method: _Method, inner: Any, rid: str, request: Any, context
     finally:
         method.finish(context, started, code)
         logs.request_id.reset(token)
+
+
+def _sampled(sample: float, code: grpc.StatusCode) -> bool:
+    return sample >= 1.0 or code not in _ROUTINE or random.random() < sample
+
+
+_ROUTINE = frozenset((grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND))
 
 
 def _code_of(exc: BaseException) -> grpc.StatusCode:

@@ -13,6 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from blobstore import tracing
 from blobstore.grpc.guard import Guard
 from blobstore.grpc.metrics import CallObserver
 from blobstore.grpc.servicer import BlobServicer
@@ -60,14 +61,29 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
     security = build_security(config)
     tls = server_credentials(config)
     malloc = tune_malloc()
-    metrics = ServerMetrics.create() if config.metrics_port else None
+    try:
+        metrics_endpoint = config.metrics_endpoint
+    except ValueError as exc:
+        raise ListenError(str(exc)) from None
+    _check_access_log(config)
+    metrics = ServerMetrics.create() if metrics_endpoint else None
+    # Off: nothing of OpenTelemetry is imported nor installed (blobstore/tracing.py).
+    traced = (
+        tracing.start("blobstore", config.otlp_endpoint)
+        if tracing.wanted(config.otlp_endpoint)
+        else None
+    )
     storage = open_storage(config.storage_settings, metrics.storage if metrics else None)
     try:
         store = BlobStore(storage.backend, config.limits)
-        await _serve_store(config, store, storage.description, stop, malloc, security, tls, metrics)
+        await _serve_store(
+            config, store, storage.description, stop, malloc, security, tls, metrics, traced
+        )
     finally:
         shutdown_process_pool()
         storage.close()
+        if traced is not None:
+            traced.shutdown()  # sends the spans still queued
 
 
 async def _serve_store(
@@ -79,6 +95,7 @@ async def _serve_store(
     security: Security,
     tls: ReloadableTls | None,
     metrics: ServerMetrics | None = None,
+    traced: tracing.Tracing | None = None,
 ) -> None:
     # Streamed chunks (up to MAX_CHUNK) must fit whatever the unary limit is.
     message_limit = max(config.max_unary_bytes, MAX_CHUNK) + _MESSAGE_OVERHEAD
@@ -93,7 +110,8 @@ async def _serve_store(
         # authenticator: a refused call takes no admission ticket; the certificate gate
         # (mTLS identities) after the guard: it needs the handler's view of the peer.
         interceptors=[
-            CallObserver(metrics.rpc if metrics else None, config.access_log),
+            *_tracing_interceptor(traced),
+            *_observer(config, metrics),
             *([security.authenticator] if security.authenticator is not None else []),
             guard,
             *([security.gate] if security.gate is not None else []),
@@ -174,16 +192,55 @@ def _reload(security: Security, tls: ReloadableTls | None) -> None:
         tls.reload()
 
 
+def _observer(config: ServerConfig, metrics: ServerMetrics | None) -> list[Any]:
+    """The per-call observer (grpc/metrics.py), only when something uses what it does:
+    metrics, the access log, or JSON logs (whose lines carry request ids). Otherwise it
+    is not installed - it costs every call a handler copy and a wrapper - and calls have
+    no request id: none is made, and a caller's x-request-id is not returned, as the
+    server records nothing per call to join it to (docs/observability.md)."""
+    if metrics is None and not config.access_log and config.log_format != "json":
+        return []
+    return [
+        CallObserver(
+            metrics.rpc if metrics else None,
+            config.access_log,
+            level=logging.getLevelName(config.access_log_level.upper()),
+            sample=config.access_log_sample,
+        )
+    ]
+
+
+def _tracing_interceptor(traced: tracing.Tracing | None) -> list[Any]:
+    if traced is None:
+        return []
+    from blobstore.grpc.tracing import TracingInterceptor  # imports OpenTelemetry
+
+    return [TracingInterceptor(traced.tracer)]
+
+
+def _check_access_log(config: ServerConfig) -> None:
+    if not isinstance(logging.getLevelName(config.access_log_level.upper()), int):
+        raise ListenError(
+            f"--access-log-level {config.access_log_level!r} is not a level "
+            "(DEBUG, INFO, WARNING, ERROR)"
+        )
+    if not 0.0 <= config.access_log_sample <= 1.0:
+        raise ListenError(
+            f"--access-log-sample {config.access_log_sample} is not a fraction from 0 to 1"
+        )
+
+
 def _start_metrics(config: ServerConfig) -> Any:
     """Serves /metrics (service/metrics.py); raises ListenError if its port is taken."""
+    endpoint = config.metrics_endpoint
+    assert endpoint is not None
+    host, port = endpoint
     try:
-        server = serve_metrics(config.metrics_host, config.metrics_port)
+        server = serve_metrics(host, port)
     except OSError as exc:
-        raise ListenError(
-            f"cannot serve metrics on {config.metrics_host}:{config.metrics_port}: {exc}"
-        ) from None
-    warn_if_exposed(log, config.metrics_host, "the metrics endpoint")
-    log.info("metrics on http://%s:%d/metrics", config.metrics_host, config.metrics_port)
+        raise ListenError(f"cannot serve metrics on {host}:{port}: {exc}") from None
+    warn_if_exposed(log, host, "the metrics endpoint")
+    log.info("metrics on http://%s:%d/metrics", host, server.server_port)
     return server
 
 

@@ -62,6 +62,26 @@ class ServerConfig:
     access_log: bool = False
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
+    metrics_address: str = ""
+    access_log_level: str = "INFO"
+    access_log_sample: float = 1.0
+    otlp_endpoint: str = ""
+
+    @property
+    def metrics_endpoint(self) -> tuple[str, int] | None:
+        """Where /metrics is served: --metrics-address, else --metrics-host/--metrics-port;
+        None: metrics off. Raises ValueError for an address that is not HOST:PORT."""
+        if self.metrics_address:
+            host, sep, port = self.metrics_address.rpartition(":")
+            if not sep or not port.isdigit() or int(port) > 65535:
+                raise ValueError(
+                    f"--metrics-address {self.metrics_address!r} is not HOST:PORT "
+                    "(e.g. 127.0.0.1:9090)"
+                )
+            return host.strip("[]") or "127.0.0.1", int(port)
+        if self.metrics_port:
+            return self.metrics_host, self.metrics_port
+        return None
 
     @property
     def limits(self) -> Limits:
@@ -160,6 +180,15 @@ HELP = {
     "request id)",
     "metrics_port": "serve Prometheus metrics at http://METRICS_HOST:PORT/metrics; 0 = off",
     "metrics_host": "address the metrics endpoint listens on (when --metrics-port is set)",
+    "metrics_address": "serve Prometheus metrics at http://HOST:PORT/metrics (the same as "
+    "--metrics-host and --metrics-port together, which it overrides); empty = off",
+    "access_log_level": "level of the access log's lines: DEBUG, INFO, WARNING",
+    "access_log_sample": "fraction of calls the access log writes a line for (0-1); calls "
+    "that end in an error other than NOT_FOUND are always logged",
+    "otlp_endpoint": "send OpenTelemetry traces (a span per call, joining the caller's W3C "
+    "traceparent) to this OTLP/HTTP endpoint, e.g. http://127.0.0.1:4318; empty = off "
+    "unless OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set "
+    "(and OTEL_TRACES_EXPORTER is not none)",
 }
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from blobstore.storage import objectstore
 from blobstore.storage.base import BlobBackend
 from blobstore.storage.filesystem import JOURNAL_MAX_BLOB_BYTES, FileSystemBackend
+from blobstore.storage.filesystem import metrics as filesystem_metrics
 from blobstore.storage.metrics import MetricsBackend, StorageMetrics
 from blobstore.storage.read_cache import ReadCache
 from blobstore.storage.verifying import VerifyingBackend
@@ -77,6 +78,8 @@ def open_storage(settings: StorageSettings, metrics: StorageMetrics | None = Non
     assert isinstance(storage.backend, VerifyingBackend)
     medium = storage.backend.inner
     if metrics is not None:
+        if isinstance(medium, FileSystemBackend):
+            filesystem_metrics.watch(medium, metrics.registry)
         name = "objectstore" if objectstore.is_object_store(settings.url) else "filesystem"
         medium = MetricsBackend(medium, name, metrics)
         storage = Storage(VerifyingBackend(medium), storage.description, storage.close)

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -40,6 +41,9 @@ FileBlob = Callable[[BlobId, BlobType, bytes, BlobMeta], PutResult]
 """Files a blob whose journal record is durable: writes and links it, without fsync."""
 TranslateError = Callable[[OSError, str], Exception]
 """Turns an OSError into the store error a caller sees (StorageFull, Unavailable)."""
+OnBatch = Callable[[int, int, float], None]
+"""Told of each journal append: puts in the batch, their content bytes, seconds the
+write and fdatasync took (the metrics; called on the committer thread)."""
 
 
 @dataclass(eq=False, slots=True)
@@ -77,6 +81,7 @@ class GroupCommitter:
         self._thread = threading.Thread(target=self._run, name="blob-committer", daemon=True)
         self._stopped = False
         self._leftover: _Put | None = None
+        self.on_batch: OnBatch | None = None
 
     def start(self) -> None:
         self._journal.open()
@@ -178,6 +183,7 @@ class GroupCommitter:
             digest = bytes.fromhex(hex_digest(item.blob_id))
             parts += encode_record(digest, item.blob_type, item.data, item.meta)
         outcomes: dict[BlobId, PutResult | Exception] = {}
+        started = time.perf_counter()
         try:
             self._journal.append(parts)
         except OSError as exc:
@@ -186,6 +192,10 @@ class GroupCommitter:
             for item in puts:
                 outcomes[item.blob_id] = type(error)(*error.args)
         else:
+            if self.on_batch is not None:
+                self.on_batch(
+                    len(puts), sum(len(p.data) for p in puts), time.perf_counter() - started
+                )
             for item in puts:
                 try:
                     outcomes[item.blob_id] = self._file_blob(
