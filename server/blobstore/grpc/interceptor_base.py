@@ -1,8 +1,9 @@
 """What the blob services' interceptors share: which calls they gate, and handler plumbing.
 
-The observer (grpc/metrics.py), the authenticator and certificate gate (grpc/auth.py)
-and the guard (grpc/guard.py) each act on the calls of blobstore.v1.BlobService and
-stepflow.v1.BlobService only (health and reflection pass untouched). They share:
+The tracer (grpc/tracing.py), the observer (grpc/metrics.py), the authenticator and
+certificate gate (grpc/auth.py) and the guard (grpc/guard.py) each act on the calls of
+blobstore.v1.BlobService and stepflow.v1.BlobService only (health and reflection pass
+untouched). They share:
 
 * `GATED_SERVICES` / `gated(path)`: the one list of gated services, and the split of a
   method path into its service descriptor and method name;
