@@ -31,17 +31,12 @@ from blobstore.grpc.auth import token_hash
 from blobstore.retry import RetryPolicy
 from tests.processes import ServerProcess
 from tests.rpc_helpers import blob_path, grpcurl_dir, sha256_id, wait_until
-from tests.tls_certs import Pki, make_pki
+from tests.tls_certs import Pki
 
 READ_TOKEN = "read-token-3f9c1e7a"
 WRITE_TOKEN = "write-token-8b2d4c6e"
 OTHER_TOKEN = "other-token-5a7e9f1b"
 SECRETS = (READ_TOKEN, WRITE_TOKEN, OTHER_TOKEN, "wrong-token-0d1e2f3a")
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def write_tokens(path: Path, *tokens: tuple[str, str, str]) -> Path:
