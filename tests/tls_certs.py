@@ -121,3 +121,12 @@ def make_pki(folder: Path) -> Pki:
             folder, "rotated-server", "rotated server", (other_cert, other_key), server=True
         )[2],
     )
+
+
+def server_tls_args(pki: Pki, *, client_ca: bool = False) -> list[str]:
+    """`blobstore serve` flags for TLS with the run's server certificate; with `client_ca`,
+    also mTLS against the run's CA."""
+    args = ["--tls-cert", str(pki.server.cert), "--tls-key", str(pki.server.key)]
+    if client_ca:
+        args += ["--tls-client-ca", str(pki.ca)]
+    return args

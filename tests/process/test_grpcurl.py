@@ -28,7 +28,7 @@ from blobstore.canonical_json import canonicalize_value
 from blobstore.grpc.auth import token_hash
 from tests.processes import ServerProcess
 from tests.rpc_helpers import grpcurl_dir
-from tests.tls_certs import make_pki
+from tests.tls_certs import make_pki, server_tls_args
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 README_ADDRESS = "127.0.0.1:50051"
@@ -237,12 +237,7 @@ def test_readme_tls_commands_work_as_shown(
     server = start_server(
         "--tokens-file",
         str(tokens),
-        "--tls-cert",
-        str(pki.server.cert),
-        "--tls-key",
-        str(pki.server.key),
-        "--tls-client-ca",
-        str(pki.ca),
+        *server_tls_args(pki, client_ca=True),
     )
     commands = readme_commands(TLS_SECTION_MARKER)
     assert [rpc_of(c) for c in commands] == [

@@ -23,7 +23,7 @@ from blobstore.canonical_json import canonicalize_text, canonicalize_value
 from blobstore.grpc.auth import token_hash
 from tests.processes import ServerProcess
 from tests.rpc_helpers import blob_path, sha256_id
-from tests.tls_certs import make_pki
+from tests.tls_certs import make_pki, server_tls_args
 
 NODE_DIR = Path(__file__).resolve().parents[1] / "node"
 # Non-canonical spelling on purpose: key order, white space, number forms, escapes.
@@ -99,10 +99,7 @@ def test_node_client_over_tls_with_a_token(
     server = start_server(
         "--tokens-file",
         str(tokens),
-        "--tls-cert",
-        str(pki.server.cert),
-        "--tls-key",
-        str(pki.server.key),
+        *server_tls_args(pki),
     )
     binary = bytes(range(256)) + os.urandom(200_000)
     env = {

@@ -31,7 +31,7 @@ from blobstore.grpc.auth import token_hash
 from blobstore.retry import RetryPolicy
 from tests.processes import ServerProcess
 from tests.rpc_helpers import blob_path, grpcurl_dir, sha256_id, wait_until
-from tests.tls_certs import Pki
+from tests.tls_certs import Pki, server_tls_args
 
 READ_TOKEN = "read-token-3f9c1e7a"
 WRITE_TOKEN = "write-token-8b2d4c6e"
@@ -66,10 +66,7 @@ def tls_server(
         str(tokens_file),
         "--anonymous",
         "stepflow.v1=read,write",
-        "--tls-cert",
-        str(pki.server.cert),
-        "--tls-key",
-        str(pki.server.key),
+        *server_tls_args(pki),
     )
 
 
@@ -228,12 +225,7 @@ def test_cli_takes_token_from_environment_and_tls_ca(
 @pytest.fixture
 def mtls_server(start_server: Callable[..., ServerProcess], pki: Pki) -> ServerProcess:
     return start_server(
-        "--tls-cert",
-        str(pki.server.cert),
-        "--tls-key",
-        str(pki.server.key),
-        "--tls-client-ca",
-        str(pki.ca),
+        *server_tls_args(pki, client_ca=True),
     )
 
 

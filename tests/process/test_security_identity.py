@@ -26,7 +26,7 @@ from blobstore.status import reason_of
 from tests.process.test_security import assert_refused, grpcurl, put_body
 from tests.processes import ServerProcess
 from tests.rpc_helpers import blob_path, sha256_id, wait_until
-from tests.tls_certs import Pair, Pki, make_pki
+from tests.tls_certs import Pair, Pki, make_pki, server_tls_args
 
 WRITE_TOKEN = "identity-write-token-4e8a1c"
 READ_TOKEN = "identity-read-token-9b3f2d"
@@ -59,12 +59,7 @@ def test_client_certificates_get_the_scopes_of_their_lines(
     server = start_server(
         "--tokens-file",
         str(tokens),
-        "--tls-cert",
-        str(pki.server.cert),
-        "--tls-key",
-        str(pki.server.key),
-        "--tls-client-ca",
-        str(pki.ca),
+        *server_tls_args(pki, client_ca=True),
     )
     assert "2 client certificate identit(ies)" in server.log()
     put = "blobstore.v1.BlobService/Put"
