@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from typing import BinaryIO
 
-from blobstore import logs
+from blobstore import logs, tracing
 from blobstore.offload import shutdown_process_pool
 from blobstore.retry import RetryPolicy
 from blobstore.service.hardening import connection_cap, install_throttle, raise_open_file_limit
@@ -106,6 +106,16 @@ async def _run(
             "callers' Authorization headers are not forwarded; set --upstream-tls-ca",
             cfg.grpc_target,
         )
+    # Off: nothing of OpenTelemetry is imported nor installed (blobstore/tracing.py).
+    traced = (
+        tracing.start("blobstore-bridge", cfg.otlp_endpoint)
+        if tracing.wanted(cfg.otlp_endpoint)
+        else None
+    )
+    if traced is not None:
+        from jsonrpc_bridge import tracing as bridge_tracing
+
+        interceptors += bridge_tracing.client_interceptors(traced.tracer)
     service = BlobService(
         cfg.grpc_target,
         cfg.deadline_seconds,
@@ -121,6 +131,8 @@ async def _run(
         max_batch_concurrency=cfg.max_batch_concurrency,
         max_json_values=cfg.max_json_values,
     )
+    if metrics is not None:
+        core.on_batch = metrics.batch.observe
     try:
         if address is None:
             assert stdout is not None
@@ -133,10 +145,12 @@ async def _run(
                 stdout=stdout,
             )
         else:
-            await _serve_http(cfg, core, service, upstream, address, stop, metrics)
+            await _serve_http(cfg, core, service, upstream, address, stop, metrics, traced)
     finally:
         await service.close()
         shutdown_process_pool()
+        if traced is not None:
+            traced.shutdown()  # sends the spans still queued
     log.info("stopped")
 
 
@@ -148,6 +162,7 @@ async def _serve_http(
     address: tuple[str, int],
     stop: asyncio.Event,
     metrics: observe.BridgeMetrics | None = None,
+    traced: tracing.Tracing | None = None,
 ) -> None:
     # Imported here: aiohttp takes a second to import, which a stdio bridge need not pay.
     from jsonrpc_bridge import http_transport
@@ -160,7 +175,17 @@ async def _serve_http(
         body_timeout=cfg.body_timeout_seconds,
     )
     if metrics is not None or cfg.access_log or cfg.log_format == "json":
-        observe.install(app, metrics, cfg.access_log)
+        access_log = observe.AccessLog(
+            cfg.access_log,
+            logging.getLevelName(cfg.access_log_level.upper()),
+            cfg.access_log_sample,
+        )
+        observe.install(app, metrics, access_log)
+    if traced is not None:
+        from jsonrpc_bridge import tracing as bridge_tracing
+
+        # After observe's middleware: the span's log lines carry the request id.
+        app.middlewares.append(bridge_tracing.middleware(traced.tracer))
     # Stepflow's REST blob routes, on the same port, limits and client (docs/stepflow.md).
     RestRoutes(
         service.client,
@@ -191,6 +216,9 @@ async def _serve_http(
         ssl_context=ssl_context,
     )
     scheme = "https" if ssl_context is not None else "http"
+    if metrics is not None and runner.server is not None:
+        server = runner.server
+        metrics.watch_connections(lambda: len(server.connections))
     try:
         for host, port, *_ in runner.addresses:
             shown = f"[{host}]" if ":" in host else host

@@ -33,6 +33,8 @@ class BridgeConfig:
     blob_type_names: str = "schema"
     log_format: str = "text"
     access_log: bool = False
+    access_log_level: str = "INFO"
+    access_log_sample: float = 1.0
     metrics: bool = False
     tls_cert: str = ""
     tls_key: str = ""
@@ -41,6 +43,7 @@ class BridgeConfig:
     upstream_tls_cert: str = ""
     upstream_tls_key: str = ""
     allow_unauthenticated: bool = False
+    otlp_endpoint: str = ""
 
 
 HELP = {
@@ -72,6 +75,9 @@ HELP = {
     "request_id)",
     "access_log": "log one INFO line per HTTP request (method, route, status, duration, peer, "
     "request id)",
+    "access_log_level": "level of the access log's lines: DEBUG, INFO or WARNING",
+    "access_log_sample": "fraction of requests the access log writes a line for (0-1); "
+    "requests answered 5xx or 4xx other than 404 are always logged",
     "metrics": "serve Prometheus metrics at GET /metrics on the HTTP port",
     "tls_cert": "PEM certificate chain of the HTTP listener: it speaks HTTPS only (with --tls-key)",
     "tls_key": "PEM private key of --tls-cert",
@@ -85,6 +91,10 @@ HELP = {
     "allow_unauthenticated": "listen beyond loopback even where anyone who connects could "
     "read and store blobs (a service token for callers without one, or a gRPC service "
     "that takes calls without a token); warns once",
+    "otlp_endpoint": "send OpenTelemetry traces (a span per HTTP request, joining the "
+    "caller's W3C traceparent, passed on to the gRPC service) to this OTLP/HTTP endpoint, "
+    "e.g. http://127.0.0.1:4318; empty = off unless OTEL_EXPORTER_OTLP_ENDPOINT or "
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set (and OTEL_TRACES_EXPORTER is not none)",
 }
 
 
@@ -121,6 +131,13 @@ def one_of(*choices: str) -> Callable[[str], str]:
     return parse
 
 
+def fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1, not {text}")
+    return value
+
+
 _PARSERS: dict[str, Callable[[str], object]] = {
     "grpc_target": str,
     "http": str,
@@ -139,6 +156,8 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "blob_type_names": one_of("schema", "page"),
     "log_format": one_of("text", "json"),
     "access_log": parse_bool,
+    "access_log_level": one_of("debug", "info", "warning"),
+    "access_log_sample": fraction,
     "metrics": parse_bool,
     "tls_cert": str,
     "tls_key": str,
@@ -147,6 +166,7 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "upstream_tls_cert": str,
     "upstream_tls_key": str,
     "allow_unauthenticated": parse_bool,
+    "otlp_endpoint": str,
 }
 
 

@@ -19,12 +19,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from random import random
 from typing import Any
 
 import grpc
 import prometheus_client
 from aiohttp import web
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from blobstore import logs
 from blobstore.errors import BlobStoreError
@@ -62,6 +64,17 @@ class BridgeMetrics:
             ("method", "outcome"),
             registry=registry,
         )
+        self.batch = Histogram(
+            "blobstore_bridge_jsonrpc_batch_size",
+            "Elements of each JSON-RPC batch (an array body or stdio line)",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000),
+            registry=registry,
+        )
+        self.connections = Gauge(
+            "blobstore_bridge_http_connections",
+            "HTTP connections open (idle keep-alive ones included)",
+            registry=registry,
+        )
         self.upstream = Histogram(
             "blobstore_bridge_upstream_duration_seconds",
             "Unary calls to the gRPC service (retries included), by method and status code",
@@ -70,8 +83,26 @@ class BridgeMetrics:
             registry=registry,
         )
 
+    def watch_connections(self, count: Callable[[], int]) -> None:
+        self.connections.set_function(count)
 
-def middleware(metrics: BridgeMetrics | None, access_log: bool) -> Any:
+
+@dataclass(frozen=True)
+class AccessLog:
+    """Whether and how the access log writes: its level, the fraction of routine
+    requests (below 400, and 404) it samples; other statuses are always written."""
+
+    on: bool = False
+    level: int = logging.INFO
+    sample: float = 1.0
+
+    def wants(self, status: int) -> bool:
+        if not self.on:
+            return False
+        return self.sample >= 1.0 or (status >= 400 and status != 404) or random() < self.sample
+
+
+def middleware(metrics: BridgeMetrics | None, access_log: AccessLog) -> Any:
     """The aiohttp middleware described in the module docstring."""
 
     @web.middleware
@@ -96,8 +127,9 @@ def middleware(metrics: BridgeMetrics | None, access_log: bool) -> Any:
             if metrics is not None:
                 metrics.requests.labels(name, str(status)).inc()
                 metrics.duration.labels(name).observe(elapsed)
-            if access_log:
-                log.info(
+            if access_log.wants(status):
+                log.log(
+                    access_log.level,
                     "%s %s %d %.1f ms",
                     request.method,
                     name,
@@ -126,7 +158,7 @@ async def _add_request_id(request: web.Request, response: web.StreamResponse) ->
         response.headers[logs.REQUEST_ID_KEY] = rid
 
 
-def install(app: web.Application, metrics: BridgeMetrics | None, access_log: bool) -> None:
+def install(app: web.Application, metrics: BridgeMetrics | None, access_log: AccessLog) -> None:
     """Request ids and the access log on every route; with `metrics`, counts and /metrics."""
     app.middlewares.append(middleware(metrics, access_log))
     app.on_response_prepare.append(_add_request_id)

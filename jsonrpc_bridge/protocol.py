@@ -64,6 +64,8 @@ class JsonRpcCore:
         self._methods = dict(methods)
         self._max_batch_concurrency = max_batch_concurrency
         self._max_json_values = max_json_values
+        self.on_batch: Callable[[int], object] | None = None
+        """Told the size of each batch (observe.py's histogram); None: nobody asks."""
 
     async def handle(self, body: bytes) -> bytes | None:
         """Answers one message (a request, a notification or a batch); None = nothing to send."""
@@ -85,6 +87,8 @@ class JsonRpcCore:
         return await decode_body(body, self._max_json_values)
 
     async def _batch(self, messages: list[object]) -> bytes | None:
+        if self.on_batch is not None:
+            self.on_batch(len(messages))
         if not messages:
             return encode_error(None, errors.invalid_request("the batch is an empty array"))
         if len(messages) == 1:

@@ -17,6 +17,9 @@ service and its ceilings alike:
 - stepflow.v1 on the same port: stepflow_put (PutBlob of the same 1 KiB
   documents as json_data, as Stepflow workers send them) and stepflow_get
   (GetBlob, JSON back as a protobuf Value), as ratios to put_small/get_small;
+- TLS + a bearer token (issue 14): tls_put_small and tls_get_small against a
+  server with a self-signed certificate and a tokens file (scripts/bench/bench_tls.py),
+  as ratios to put_small/get_small;
 - the JSON-RPC bridge over HTTP: blobs/put and blobs/get (16 callers); a
   bridge that does not start fails the run;
 - put_small_at_cap: put_small on a third server started with --max-bytes and
@@ -96,6 +99,7 @@ from bench_procs import (
     start_echo_server,
 )
 from bench_stats import Summary, Trial
+from bench_tls import Secured, start_secured_server
 from google.protobuf import json_format
 
 from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
@@ -171,6 +175,13 @@ TARGETS = [
     # A second server with --metrics-port (issue 16): metrics should cost under 5 %.
     Target("metrics_put_small", "ops_per_s", ("put_small",), 0.95),
     Target("metrics_get_small", "ops_per_s", ("get_small",), 0.95),
+    # A third server with tracing on (--otlp-endpoint, a span per call exported to a
+    # sink): under 15 %.
+    Target("tracing_put_small", "ops_per_s", ("put_small",), 0.85),
+    Target("tracing_get_small", "ops_per_s", ("get_small",), 0.85),
+    # A third server with TLS and a bearer token (issue 14): the same small calls.
+    Target("tls_put_small", "ops_per_s", ("put_small",), 0.80),
+    Target("tls_get_small", "ops_per_s", ("get_small",), 0.80),
     # A third server with --max-bytes, filled to its cap first (issue 15): every put evicts.
     Target("put_small_at_cap", "ops_per_s", ("put_small",), 0.80),
 ]
@@ -182,6 +193,10 @@ SMALL_WORKLOADS = [
     "stepflow_get",
     "metrics_put_small",
     "metrics_get_small",
+    "tracing_put_small",
+    "tracing_get_small",
+    "tls_put_small",
+    "tls_get_small",
     "put_small_at_cap",
     "bridge_put",
     "bridge_get",
@@ -205,10 +220,14 @@ class Bench:
         bridge: Child | None,
         baseline: Child | None = None,
         metered: Child | None = None,
+        traced: Child | None = None,
+        secured: tuple[Child, Secured] | None = None,
         capped: Child | None = None,
     ) -> None:
         self.s = settings
         self.metered = metered
+        self.traced = traced
+        self.secured = secured
         self.capped = capped
         self.work = work
         self.echo = echo
@@ -230,7 +249,16 @@ class Bench:
         self.base_c = GrpcCaller(self.baseline.address) if self.baseline else None
         self.metered_c = GrpcCaller(self.metered.address) if self.metered else None
         self.capped_c = GrpcCaller(self.capped.address) if self.capped else None
-        for caller in (self.echo_c, self.ours_c, self.base_c, self.metered_c, self.capped_c):
+        self.traced_c = GrpcCaller(self.traced.address) if self.traced else None
+        self.secured_c = (
+            GrpcCaller(
+                self.secured[0].address, self.secured[1].credentials(), self.secured[1].metadata
+            )
+            if self.secured
+            else None
+        )
+        extra = (self.base_c, self.metered_c, self.traced_c, self.secured_c, self.capped_c)
+        for caller in (self.echo_c, self.ours_c, *extra):
             if caller is not None:
                 await caller.ready()
         self.http: HttpCaller | None = None
@@ -265,7 +293,13 @@ class Bench:
         finally:
             await self.echo_c.close()
             await self.ours_c.close()
-            for other in (self.base_c, self.metered_c, self.capped_c):
+            for other in (
+                self.base_c,
+                self.metered_c,
+                self.traced_c,
+                self.secured_c,
+                self.capped_c,
+            ):
                 if other is not None:
                     await other.close()
             if self.http is not None:
@@ -324,6 +358,22 @@ class Bench:
                 KIB,
                 metered,
             )
+        if self.traced_c is not None and self.traced is not None:
+            traced_c, traced = self.traced_c, [self.traced.pid]
+            workloads["tracing_put_small"] = (
+                lambda n: traced_c.call_put(docs.put_request(n)),
+                KIB,
+                traced,
+            )
+            workloads["tracing_get_small"] = (lambda n: traced_c.call_get(pick_get()), KIB, traced)
+        if self.secured_c is not None and self.secured is not None:
+            secured_c, secured = self.secured_c, [self.secured[0].pid]
+            workloads["tls_put_small"] = (
+                lambda n: secured_c.call_put(docs.put_request(n)),
+                KIB,
+                secured,
+            )
+            workloads["tls_get_small"] = (lambda n: secured_c.call_get(pick_get()), KIB, secured)
         if self.capped_c is not None and self.capped is not None:
             capped_c, capped = self.capped_c, [self.capped.pid]
             workloads["put_small_at_cap"] = (
@@ -426,7 +476,8 @@ class Bench:
                 request = self.docs.put_request(n)
                 reply = await self.ours_c.call_put(request)
                 ids[n] = pb.PutResponse.FromString(reply).id
-                for other in (self.base_c, self.metered_c):  # the same documents and ids
+                # The same documents and ids on every other server.
+                for other in (self.base_c, self.metered_c, self.traced_c, self.secured_c):
                     if other is not None:
                         await other.call_put(request)
 
@@ -703,6 +754,8 @@ ORDER = [
     ("service over gRPC", ["put_small", "get_small", "put_dedup", "put_large", "get_large"]),
     ("stepflow.v1 over gRPC", ["stepflow_put", "stepflow_get"]),
     ("metrics on (--metrics-port)", ["metrics_put_small", "metrics_get_small"]),
+    ("tracing on (--otlp-endpoint)", ["tracing_put_small", "tracing_get_small"]),
+    ("TLS + bearer token on", ["tls_put_small", "tls_get_small"]),
     ("at the --max-bytes cap (LRU eviction)", ["put_small_at_cap"]),
     ("bridge over HTTP", ["bridge_put", "bridge_get"]),
     (
@@ -831,6 +884,25 @@ def start_capped_server(work: Path, cpus: frozenset[int] | None, settings: Setti
     return start_blobstore_server(work, cpus, env)
 
 
+def start_traced_server(
+    work: Path, cpus: frozenset[int] | None, settings: Settings
+) -> tuple[Child, Child]:
+    """Our server with tracing on, exporting every call's span (in batches, as shipped)
+    to an OTLP/HTTP sink (otlp_sink.py, on the load generator's cores): the tracing_*
+    rows are its put_small and get_small, as ratios to the plain server's."""
+    work.mkdir(parents=True, exist_ok=True)
+    sink = start_child(
+        "otlp sink",
+        python_argv(str(Path(__file__).resolve().parent / "otlp_sink.py")),
+        cpus=None,
+        log_path=work / "sink.log",
+        ready=re.compile(r"listening on (127\.0\.0\.1:\d+)"),
+    )
+    env = dict(item.split("=", 1) for item in settings.server_env)
+    env["BLOBSTORE_OTLP_ENDPOINT"] = f"http://{sink.address}"
+    return start_blobstore_server(work, cpus, env), sink
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Benchmark the blob store against the machine's ceilings (issue 5).",
@@ -914,10 +986,17 @@ def main(argv: list[str] | None = None) -> int:
         children = [c for c in (bridge, baseline, server, echo) if c is not None]
         metered = start_metered_server(work / "metered", split.server, settings)
         children.append(metered)
+        traced, sink = start_traced_server(work / "traced", split.server, settings)
+        children += [traced, sink]
+        server_env = dict(item.split("=", 1) for item in settings.server_env)
+        secured = start_secured_server(work / "secured", split.server, server_env)
+        children.append(secured[0])
         capped = start_capped_server(work / "capped", split.server, settings)
         children.append(capped)
         say(f"bridge: {bridge_note}")
-        bench = Bench(settings, work, echo, server, bridge, baseline, metered, capped)
+        bench = Bench(
+            settings, work, echo, server, bridge, baseline, metered, traced, secured, capped
+        )
         asyncio.run(bench.run())
     except (StartError, LoadError, BlobStoreError, grpc.RpcError, aiohttp.ClientError) as exc:
         say(f"FAILED: {exc}")

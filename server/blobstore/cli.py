@@ -17,6 +17,7 @@ from blobstore.credentials import channel_credentials
 from blobstore.durations import parse_duration
 from blobstore.errors import BlobNotFound, BlobStoreError
 from blobstore.model import BlobInfo, BlobMeta, BlobType
+from blobstore.progress import Progress
 from blobstore.service import config as server_config
 
 _TYPES = {"binary": BlobType.BINARY, "json": BlobType.JSON, "flow": BlobType.FLOW}
@@ -69,6 +70,11 @@ def _exit_past_native_runtimes(code: int) -> int:
     os._exit(code)
 
 
+_QUIET_HELP = (
+    "no progress bar (one is drawn on standard error for large blobs when it is a terminal)"
+)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="blobstore", description="Content-addressed blob store")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -96,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument(
         "--no-quarantine", action="store_true", help="only report bad blobs; move nothing"
     )
+    verify.add_argument("-q", "--quiet", action="store_true", help=_QUIET_HELP)
 
     def client_command(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text)
@@ -117,6 +124,8 @@ def _parser() -> argparse.ArgumentParser:
         )
         sub.add_argument("--tls-cert", help="PEM client certificate for mTLS (turns TLS on)")
         sub.add_argument("--tls-key", help="PEM private key of --tls-cert")
+        if name in ("put", "get"):
+            sub.add_argument("-q", "--quiet", action="store_true", help=_QUIET_HELP)
         return sub
 
     put = client_command("put", "store a file (or - for stdin); prints the blob id")
@@ -226,9 +235,13 @@ def _verify(args: argparse.Namespace) -> int:
             )
         else:
             folder = local_path(args.storage) if args.storage else args.data_dir
-            report = verify_store(
-                folder or args.data_dir, quarantine=not args.no_quarantine, on_problem=show
-            )
+            with Progress("verify", quiet=args.quiet) as progress:
+                report = verify_store(
+                    folder or args.data_dir,
+                    quarantine=not args.no_quarantine,
+                    on_problem=show,
+                    on_progress=progress if progress.wanted else None,
+                )
     except (NotADataFolder, OSError, BlobStoreError, ValueError) as exc:
         print(f"blobstore verify: {exc}", file=sys.stderr)
         return EXIT_ERROR
@@ -251,7 +264,9 @@ def _put(client: BlobClient, args: argparse.Namespace) -> int:
     if args.path == "-":
         result = client.put_bytes(sys.stdin.buffer.read(), blob_type, meta=meta)
     else:
-        result = client.put_file(args.path, blob_type, meta=meta)
+        with Progress("put", quiet=args.quiet) as progress:
+            hook = progress if progress.wanted else None
+            result = client.put_file(args.path, blob_type, meta=meta, progress=hook)
     print(result.info.blob_id)
     return 0
 
@@ -259,7 +274,10 @@ def _put(client: BlobClient, args: argparse.Namespace) -> int:
 def _get(client: BlobClient, args: argparse.Namespace) -> int:
     if args.output:
         # Standard output is free when the content goes to a file: say what was written.
-        print(json.dumps(_info_json(client.get_to_file(args.blob_id, args.output))))
+        with Progress("get", quiet=args.quiet) as progress:
+            hook = progress if progress.wanted else None
+            info = client.get_to_file(args.blob_id, args.output, progress=hook)
+        print(json.dumps(_info_json(info)))
     else:
         sys.stdout.buffer.write(client.get(args.blob_id).data)
         sys.stdout.buffer.flush()

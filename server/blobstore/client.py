@@ -135,6 +135,20 @@ def _read_chunks(stream: BinaryIO) -> Iterator[bytes]:
         yield chunk
 
 
+ProgressHook = Callable[[int, int | None], object]
+"""Told (bytes done, total bytes or None if not known yet) as a transfer advances; a
+retried call starts again from 0. blobstore/progress.py draws it as a bar."""
+
+
+def _reported(chunks: Iterable[bytes], total: int, progress: ProgressHook) -> Iterator[bytes]:
+    done = 0
+    progress(done, total)
+    for chunk in chunks:
+        yield chunk
+        done += len(chunk)  # counted once gRPC took the chunk
+        progress(done, total)
+
+
 def _memory_chunks(data: bytes) -> Iterator[bytes]:
     view = memoryview(data)
     for start in range(0, len(data), CHUNK_SIZE):
@@ -156,9 +170,11 @@ def _last_used(reply: pb.StatResponse) -> float | None:
 class _FileReceiver:
     """Writes a streamed blob to a temp file beside `path`, then verifies and renames it."""
 
-    def __init__(self, path: Path, blob_id: BlobId) -> None:
+    def __init__(self, path: Path, blob_id: BlobId, progress: ProgressHook | None = None) -> None:
         self._path = path
         self._blob_id = blob_id
+        self._progress = progress
+        self._done = 0
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
         self._file = os.fdopen(fd, "wb")
         self._tmp = Path(name)
@@ -171,6 +187,9 @@ class _FileReceiver:
         if reply.chunk:
             self._hasher.update(reply.chunk)
             self._file.write(reply.chunk)
+            self._done += len(reply.chunk)
+        if self._progress is not None:
+            self._progress(self._done, None if self.info is None else self.info.size)
 
     def finish(self) -> BlobInfo:
         self._file.close()
@@ -299,13 +318,17 @@ class BlobClient:
         blob_type: BlobType = BlobType.BINARY,
         *,
         meta: BlobMeta = NO_META,
+        progress: ProgressHook | None = None,
     ) -> PutResult:
         """Streams a file of any size to the store; a retry starts again from the top."""
 
         def attempt(timeout: float | None) -> pb.PutResponse:
             with open(path, "rb") as stream:
                 size = os.fstat(stream.fileno()).st_size
-                requests = _stream_requests(blob_type, _read_chunks(stream), size, meta)
+                chunks: Iterable[bytes] = _read_chunks(stream)
+                if progress is not None:
+                    chunks = _reported(chunks, size, progress)
+                requests = _stream_requests(blob_type, chunks, size, meta)
                 return self._stub.PutStream(requests, timeout=timeout)
 
         return _put_result(self._call(attempt))
@@ -339,12 +362,18 @@ class BlobClient:
             raise
         return gatherer.finish()
 
-    def get_to_file(self, blob_id: str, path: str | os.PathLike[str]) -> BlobInfo:
+    def get_to_file(
+        self,
+        blob_id: str,
+        path: str | os.PathLike[str],
+        *,
+        progress: ProgressHook | None = None,
+    ) -> BlobInfo:
         """Streams a blob into `path`; the file appears only once complete and verified."""
         parsed = parse_blob_id(blob_id)
 
         def attempt(timeout: float | None) -> BlobInfo:
-            receiver = _FileReceiver(Path(path), parsed)
+            receiver = _FileReceiver(Path(path), parsed, progress)
             try:
                 for reply in self._stub.GetStream(pb.GetStreamRequest(id=parsed), timeout=timeout):
                     receiver.take(reply)

@@ -143,3 +143,46 @@ def test_streamed_rest_replies_return_the_request_id(observed: _Observed) -> Non
     # A streamed reply is counted when its handler returns, which can be just after the
     # client has read the last byte: the count comes, but not always before the scrape.
     wait_until(counted, 10, "the streamed GET counted")
+
+
+def test_batch_sizes_and_open_connections(observed: _Observed) -> None:
+    url = f"{observed.bridge.url}metrics"
+    before = scrape(url)
+    batch = [
+        {"jsonrpc": "2.0", "id": i, "method": "blobs/get", "params": {"blob_id": "0" * 64}}
+        for i in range(3)
+    ]
+    answers, _ = _post(observed.http, batch)
+    assert len(answers) == 3  # type: ignore[arg-type]
+    after = scrape(url)
+    size = "blobstore_bridge_jsonrpc_batch_size"
+    assert value(after, f"{size}_count") - value(before, f"{size}_count") == 1
+    assert value(after, f"{size}_sum") - value(before, f"{size}_sum") == 3
+    # This test's keep-alive connection at least (the scrapes' own come and go).
+    assert value(after, "blobstore_bridge_http_connections") >= 1
+
+
+def test_access_log_sample_and_level(observed: _Observed, tmp_path: Path) -> None:
+    """Sample 0: routine requests are not logged; an error always is, at the level set."""
+    args = ("--log-format", "json", "--access-log", "--access-log-sample", "0")
+    bridge = BridgeProcess(
+        observed.server.target, tmp_path / "bridge.log", *args, "--access-log-level", "warning"
+    ).start()
+    http = HttpRpc(bridge.url)
+    try:
+        for _ in range(3):
+            http.result("blobs/put", {"data": {"sampled": True}})
+        refused = http.request("POST", "/", b"{}", {"Content-Type": "text/plain"})
+        assert refused.status == 415
+        http.result("blobs/put", {"data": {"after": True}})
+
+        def access() -> list[dict[str, object]]:
+            lines = _json_lines(bridge.log_path)
+            return [e for e in lines if e.get("logger") == "jsonrpc_bridge.access"]
+
+        wait_until(lambda: bool(access()), 10, "the access line of the refused request")
+        (line,) = access()
+        assert line["status"] == 415 and line["level"] == "WARNING"
+    finally:
+        http.close()
+        bridge.kill()

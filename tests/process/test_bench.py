@@ -28,14 +28,11 @@ CEILINGS = {
     "sha256",
 }
 SERVICE = {"put_small", "get_small", "put_dedup", "put_large", "get_large"}
-STEPFLOW = {
-    "stepflow_put",
-    "stepflow_get",
-    "metrics_put_small",
-    "metrics_get_small",
-    "put_small_at_cap",
-}
+STEPFLOW = {"stepflow_put", "stepflow_get", "metrics_put_small", "metrics_get_small"}
+STEPFLOW |= {"tracing_put_small", "tracing_get_small"}
+STEPFLOW |= {"put_small_at_cap"}
 BRIDGE = {"bridge_put", "bridge_get"}
+SECURED = {"tls_put_small", "tls_get_small"}  # TLS + bearer token on (issue 14)
 
 
 def _positive(value: Any) -> bool:
@@ -53,7 +50,7 @@ def test_quick_benchmark_measures_every_workload(tmp_path: Path) -> None:
     )
     assert run.returncode == 0, f"stdout:\n{run.stdout}\nstderr:\n{run.stderr}"
     results = json.loads(results_path.read_text())
-    expected = CEILINGS | SERVICE | STEPFLOW | BRIDGE
+    expected = CEILINGS | SERVICE | STEPFLOW | BRIDGE | SECURED
 
     workloads = results["workloads"]
     assert set(workloads) == expected
@@ -68,14 +65,14 @@ def test_quick_benchmark_measures_every_workload(tmp_path: Path) -> None:
         assert _positive(workloads[name]["server_cpu_cores"]), (name, workloads[name])
 
     ratios = {c["workload"]: c for c in results["checks"] if c["kind"] == "ratio"}
-    assert set(ratios) == SERVICE | STEPFLOW | BRIDGE
+    assert set(ratios) == SERVICE | STEPFLOW | BRIDGE | SECURED
     for check in ratios.values():
         assert _positive(check["ratio"]), check
         assert check["ceiling"] in workloads, check
         assert check["ratio"] == check["value"] / check["ceiling_value"]
         assert isinstance(check["pass"], bool)
     tails = {c["workload"] for c in results["checks"] if c["kind"] == "tail"}
-    assert tails == {"put_small", "get_small", "put_dedup"} | STEPFLOW | BRIDGE
+    assert tails == {"put_small", "get_small", "put_dedup"} | STEPFLOW | BRIDGE | SECURED
 
     assert set(results["rss"]) == {"rss_put_stream", "rss_get_stream"}
     for figures in results["rss"].values():

@@ -21,7 +21,7 @@ import pytest
 
 from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
 from blobstore.api.blobstore.v1 import blobstore_pb2_grpc as pb_grpc
-from tests.faults import HeldPut, flip_byte, held_admitted, status_of
+from tests.faults import HeldPut, flip_byte, held_admitted, status_of, wait_until
 from tests.metrics_scrape import free_port, scrape, value
 from tests.processes import ServerProcess
 from tests.rpc_helpers import blob_path, error_info, raw_stub, sha256_id
@@ -130,8 +130,11 @@ def test_no_metrics_port_when_off(server: ServerProcess) -> None:
     assert "metrics on" not in server.log()
 
 
-def test_request_ids_come_back_in_trailing_metadata(server: ServerProcess) -> None:
+def test_request_ids_come_back_in_trailing_metadata(
+    start_server: Callable[..., ServerProcess],
+) -> None:
     """The caller's id is returned (also with an error's details); without one, one is made."""
+    server = start_server("--log-format", "json")
     with raw_stub(server.target) as stub:
         _, call = stub.Stat.with_call(
             pb.StatRequest(id=ABSENT), metadata=(("x-request-id", "caller-id-1"),), timeout=30
@@ -148,6 +151,21 @@ def test_request_ids_come_back_in_trailing_metadata(server: ServerProcess) -> No
         assert error_info(error).reason == "BLOB_NOT_FOUND"  # the details are still there
 
 
+def test_no_request_ids_when_nothing_records_calls(server: ServerProcess) -> None:
+    """Text logs, no access log, no metrics: the observer is not installed (it would cost
+    every call), so no id is made and a caller's is not echoed."""
+    with raw_stub(server.target) as stub:
+        _, call = stub.Stat.with_call(
+            pb.StatRequest(id=ABSENT), metadata=(("x-request-id", "caller-id-3"),), timeout=30
+        )
+        assert "x-request-id" not in dict(call.trailing_metadata())
+        with pytest.raises(grpc.RpcError) as absent:
+            stub.Get(pb.GetRequest(id=ABSENT), metadata=(("x-request-id", "caller-id-4"),))
+        trailers = dict(cast(Sequence[tuple[str, str]], absent.value.trailing_metadata()))
+        assert "x-request-id" not in trailers
+        assert error_info(absent.value).reason == "BLOB_NOT_FOUND"
+
+
 def test_a_metrics_port_in_use_is_a_clear_start_error(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -159,4 +177,76 @@ def test_a_metrics_port_in_use_is_a_clear_start_error(tmp_path: Path) -> None:
         with pytest.raises(RuntimeError, match="exited with 1"):
             server.start()
     assert f"cannot serve metrics on 127.0.0.1:{port}" in server.log()
+    assert "Traceback" not in server.log()
+
+
+async def test_store_gauges_count_what_is_stored(
+    start_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """Blobs and bytes stored: counted once at start, then kept as puts and quarantines
+    come; group-commit batches and the journal; the data folder's file system."""
+    data_dir = tmp_path / "data"
+    first = start_server(data_dir=data_dir)
+    earlier = [os.urandom(100_000 + i) for i in range(3)]
+    async with grpc.aio.insecure_channel(first.target) as channel:
+        stub = pb_grpc.BlobServiceStub(channel)
+        for data in earlier:
+            await stub.Put(pb.PutRequest(data=data), timeout=30)
+    assert first.stop() == 0
+
+    port = free_port()
+    server = start_server("--metrics-address", f"127.0.0.1:{port}", data_dir=data_dir)
+    url = f"http://127.0.0.1:{port}/metrics"
+    files = sorted(p for p in (data_dir / "blobs").glob("??/*"))
+    on_disk = sum(p.stat().st_size for p in files)
+    assert len(files) == 3
+    wait_until(lambda: value(scrape(url), "blobstore_store_counted") == 1, 30, "the count")
+    start = scrape(url)
+    assert value(start, "blobstore_store_blobs") == 3
+    assert value(start, "blobstore_store_bytes") == on_disk
+
+    small = [os.urandom(1000 + i) for i in range(4)]  # through the group-commit journal
+    large = os.urandom(200_000)
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        stub = pb_grpc.BlobServiceStub(channel)
+        replies = await asyncio.gather(
+            *(stub.Put(pb.PutRequest(data=data), timeout=30) for data in small)
+        )
+        assert all(r.created for r in replies)
+        assert (await stub.Put(pb.PutRequest(data=large), timeout=30)).created
+        assert not (await stub.Put(pb.PutRequest(data=small[0]), timeout=30)).created
+        # A stored copy corrupted behind the server's back: its read quarantines it.
+        victim = blob_path(data_dir, sha256_id(earlier[0]))
+        victim_size = victim.stat().st_size
+        flip_byte(victim, victim_size - 1)
+        with pytest.raises(grpc.RpcError) as lost:
+            await stub.Get(pb.GetRequest(id=sha256_id(earlier[0])), timeout=30)
+        assert lost.value.code() == grpc.StatusCode.DATA_LOSS
+
+    after = scrape(url)
+    files = sorted(p for p in (data_dir / "blobs").glob("??/*"))
+    assert value(after, "blobstore_store_blobs") == len(files) == 3 + 4 + 1 - 1
+    assert value(after, "blobstore_store_bytes") == sum(p.stat().st_size for p in files)
+    assert value(after, "blobstore_store_quarantined_files_total") == 1
+    # Every small put went through one batch or another: the batches hold exactly them.
+    assert value(after, "blobstore_group_commit_batch_puts_sum") == 4
+    batches = value(after, "blobstore_group_commit_batch_puts_count")
+    assert 1 <= batches <= 4
+    assert value(after, "blobstore_group_commit_sync_seconds_count") == batches
+    assert value(after, "blobstore_group_commit_batch_bytes_sum") == sum(map(len, small))
+    assert value(after, "blobstore_journal_segments") == len(
+        list((data_dir / "journal").glob("*.log"))
+    )
+    assert (
+        0
+        < value(after, "blobstore_filesystem_free_bytes")
+        <= value(after, "blobstore_filesystem_size_bytes")
+    )
+
+
+def test_a_bad_metrics_address_is_a_clear_start_error(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "data", tmp_path / "server.log", "--metrics-address", "x")
+    with pytest.raises(RuntimeError, match="exited with 1"):
+        server.start()
+    assert "--metrics-address 'x' is not HOST:PORT" in server.log()
     assert "Traceback" not in server.log()

@@ -130,3 +130,21 @@ def test_the_redaction_filter_covers_messages_and_tracebacks(
     line = formatter.format(record)
     assert "s3cr3t" not in line
     assert "got Bearer [redacted]" in line and "Authorization: [redacted]" in line
+
+
+def test_access_log_sampling_keeps_every_failure() -> None:
+    """Sampled access lines: routine calls by the fraction set, failures always."""
+    import grpc
+
+    from blobstore.grpc.metrics import _sampled
+    from jsonrpc_bridge.observe import AccessLog
+
+    assert not any(_sampled(0.0, code) for code in (grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND))
+    assert _sampled(0.0, grpc.StatusCode.DATA_LOSS) and _sampled(0.0, grpc.StatusCode.INTERNAL)
+    assert _sampled(1.0, grpc.StatusCode.OK)
+    kept = sum(_sampled(0.5, grpc.StatusCode.OK) for _ in range(2000))
+    assert 600 < kept < 1400  # about half (the chance of missing this is below 1e-40)
+    quiet = AccessLog(on=True, sample=0.0)
+    assert not quiet.wants(200) and not quiet.wants(404)
+    assert quiet.wants(415) and quiet.wants(503)
+    assert not AccessLog(on=False).wants(500)

@@ -15,6 +15,7 @@ import functools
 from collections.abc import Iterator
 
 from google.protobuf import json_format, struct_pb2
+from google.protobuf.message import DecodeError
 
 from blobstore import errors
 from blobstore.canonical_json import canonicalize_value
@@ -31,8 +32,14 @@ async def canonical_json_of(value: struct_pb2.Value, max_values: int) -> bytes:
     size = value.ByteSize()
     if size <= PROCESS_MIN_BYTES:
         return canonicalize_value(_to_python(value))
+    return await canonical_json_of_serialized(value.SerializeToString(), max_values)
+
+
+async def canonical_json_of_serialized(serialized: bytes, max_values: int) -> bytes:
+    """The same for a Value still in its wire form (a large Put's, grpc/wire.py): parsed,
+    counted and converted in the worker process; InvalidArgument if it is not a Value."""
     convert = functools.partial(_canonical_from_bytes, max_values=max_values)
-    return await offload_to_process(convert, value.SerializeToString())
+    return await offload_to_process(convert, serialized)
 
 
 async def value_of(blob: Blob) -> struct_pb2.Value:
@@ -42,7 +49,12 @@ async def value_of(blob: Blob) -> struct_pb2.Value:
 
 def _canonical_from_bytes(serialized: bytes, max_values: int) -> bytes:
     """Runs in the worker process: parse, count, convert, canonicalise."""
-    value = struct_pb2.Value.FromString(serialized)
+    try:
+        value = struct_pb2.Value.FromString(serialized)
+    except DecodeError:
+        raise errors.InvalidArgument(
+            "the request's json field is not a valid google.protobuf.Value"
+        ) from None
     # Each value takes at least 2 bytes of the encoding: only a long one can be too many.
     if max_values and len(serialized) > 2 * max_values:
         count = _count_values(value, max_values)

@@ -22,31 +22,31 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import random
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from blobstore import logs
-from blobstore.api.stepflow.v1 import blobs_pb2 as stepflow_pb
-from blobstore.proto_names import SERVICE
+from blobstore.grpc.interceptor_base import (
+    Context,
+    GatedInterceptor,
+    Handler,
+    behavior_slot,
+    metadata_value,
+)
 
 log = logging.getLogger("blobstore.access")
 
-_SERVICES = frozenset(
-    service.full_name
-    for service in (SERVICE, stepflow_pb.DESCRIPTOR.services_by_name["BlobService"])
-)
 # From 0.1 ms (a Stat in memory) to 10 s (a large stream): bounds fit for both.
 LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
-_Handler = Any  # grpc's RpcMethodHandler named tuple; grpc-stubs does not type its fields
-_Context = grpc.aio.ServicerContext[Any, Any]
-_SLOTS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+_Handler = Handler
+_Context = Context
 
 
 class RpcMetrics:
@@ -81,34 +81,34 @@ class RpcMetrics:
         )
 
 
-class CallObserver(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+class CallObserver(GatedInterceptor["_Method"]):
     """Wraps each blob service call; see the module docstring. `metrics` None: ids only."""
 
-    def __init__(self, metrics: RpcMetrics | None = None, access_log: bool = False) -> None:
+    keyed_on_handler = False  # the guard's handler differs per call (its ticket bound in)
+
+    def __init__(
+        self,
+        metrics: RpcMetrics | None = None,
+        access_log: bool = False,
+        *,
+        level: int = logging.INFO,
+        sample: float = 1.0,
+    ) -> None:
         self.metrics = metrics
         self.access_log = access_log
-        self._methods: dict[str, _Method] = {}
+        # Sampled lines: a fraction of the calls that went well (OK, NOT_FOUND); the
+        # others are always logged, being the ones an operator looks for.
+        self.access_level = level
+        self.access_sample = sample
+        super().__init__()
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[_Handler]],
-        handler_call_details: grpc.HandlerCallDetails,
+    def build(self, service: Any, name: str, handler: _Handler) -> _Method:
+        return _Method(self, service.full_name, name)
+
+    def intercept(
+        self, method: _Method, handler: _Handler, details: grpc.HandlerCallDetails
     ) -> _Handler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        name: str = handler_call_details.method
-        method = self._methods.get(name)
-        if method is None:
-            service, _, method_name = name[1:].rpartition("/")
-            if service not in _SERVICES:
-                return handler
-            method = self._methods[name] = _Method(self, service, method_name)
-        given = None
-        for key, value in handler_call_details.invocation_metadata or ():
-            if key == logs.REQUEST_ID_KEY:
-                given = value if isinstance(value, str) else None
-                break
+        given = metadata_value(details.invocation_metadata, logs.REQUEST_ID_KEY)
         return method.wrap(handler, logs.accept_request_id(given))
 
 
@@ -122,7 +122,9 @@ class _Method:
         "_serialize",
         "_wrapped_deserialize",
         "_wrapped_serialize",
+        "access_level",
         "access_log",
+        "access_sample",
         "duration",
         "label",
         "labels",
@@ -131,6 +133,8 @@ class _Method:
     def __init__(self, observer: CallObserver, service: str, name: str) -> None:
         self._metrics = observer.metrics
         self.access_log = observer.access_log
+        self.access_level = observer.access_level
+        self.access_sample = observer.access_sample
         self.label = f"/{service}/{name}"
         self.labels = (service, name)
         self._codes: dict[grpc.StatusCode, Any] = {}
@@ -143,10 +147,8 @@ class _Method:
         self._wrapped_serialize: Any = None
 
     def wrap(self, handler: _Handler, rid: str) -> _Handler:
-        for slot in _SLOTS:
-            behavior = getattr(handler, slot)
-            if behavior is not None:
-                break
+        slot = behavior_slot(handler)
+        behavior = getattr(handler, slot)
         # The guard makes every blob service behaviour a coroutine function (GetStream
         # writes its replies itself), so one wrapper fits every kind.
         changes: dict[str, Any] = {slot: functools.partial(_observed, self, behavior, rid)}
@@ -196,8 +198,9 @@ class _Method:
             counter.inc()
             assert self.duration is not None
             self.duration.observe(elapsed)
-        if self.access_log:
-            log.info(
+        if self.access_log and _sampled(self.access_sample, code):
+            log.log(
+                self.access_level,
                 "%s %s %.1f ms",
                 self.label,
                 code.name,
@@ -229,6 +232,13 @@ async def _observed(method: _Method, inner: Any, rid: str, request: Any, context
     finally:
         method.finish(context, started, code)
         logs.request_id.reset(token)
+
+
+def _sampled(sample: float, code: grpc.StatusCode) -> bool:
+    return sample >= 1.0 or code not in _ROUTINE or random.random() < sample
+
+
+_ROUTINE = frozenset((grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND))
 
 
 def _code_of(exc: BaseException) -> grpc.StatusCode:

@@ -97,10 +97,11 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
     def add_to_server(self, server: grpc.aio.Server) -> None:
         """Registers the service; the only way to (pb_grpc's generated registration is not).
 
-        It differs from pb_grpc.add_BlobServiceServicer_to_server in two
+        It differs from pb_grpc.add_BlobServiceServicer_to_server in three
         (de)serializers from blobstore.grpc.wire: GetStream's chunk messages
-        come encoded and pass their serializer as they are, and PutStream
-        chunks are parsed without a copy.
+        come encoded and pass their serializer as they are, PutStream
+        chunks are parsed without a copy, and a large Put's `json` Value is
+        left serialized for the JSON worker.
         """
 
         def unary(method: Any, request: Any, reply: Any) -> grpc.RpcMethodHandler[Any, Any]:
@@ -111,7 +112,11 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
             )
 
         handlers = {
-            "Put": unary(self.Put, pb.PutRequest, pb.PutResponse),
+            "Put": grpc.unary_unary_rpc_method_handler(
+                self.Put,
+                request_deserializer=wire.parse_put_request,
+                response_serializer=pb.PutResponse.SerializeToString,
+            ),
             "Get": unary(self.Get, pb.GetRequest, pb.GetResponse),
             "Stat": unary(self.Stat, pb.StatRequest, pb.StatResponse),
             "FindMissing": unary(self.FindMissing, pb.FindMissingRequest, pb.FindMissingResponse),
@@ -145,7 +150,10 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
                     "a `json` value can only be stored as BLOB_TYPE_JSON or BLOB_TYPE_FLOW"
                 )
             limit = self._store.limits.max_json_values
-            canonical = await json_value.canonical_json_of(request.json, limit)
+            if isinstance(request, wire.JsonPutRequest):
+                canonical = await json_value.canonical_json_of_serialized(request.json_bytes, limit)
+            else:
+                canonical = await json_value.canonical_json_of(request.json, limit)
             result = await self._store.put_canonical_json(
                 canonical, expected, blob_type=blob_type, meta=meta
             )

@@ -1,5 +1,5 @@
 """Assembles and runs the gRPC server: store, servicer, security (service/security.py),
-health, reflection, graceful stop; SIGHUP reloads the tokens."""
+health, reflection, graceful stop; SIGHUP reloads the tokens, JWT keys and TLS files."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from blobstore.grpc.auth import Authenticator
+from blobstore import tracing
 from blobstore.grpc.guard import Guard
 from blobstore.grpc.metrics import CallObserver
 from blobstore.grpc.servicer import BlobServicer
@@ -33,7 +33,9 @@ from blobstore.service.hardening import (
 from blobstore.service.malloc_tuning import MallocTrimmer, MallocTuning, tune_malloc
 from blobstore.service.metrics import ServerMetrics, serve_metrics
 from blobstore.service.security import (
-    authenticator,
+    ReloadableTls,
+    Security,
+    build_security,
     check_exposure,
     server_credentials,
 )
@@ -61,21 +63,34 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
     """Runs the server until SIGTERM/SIGINT (or `stop` is set), then stops gracefully."""
     # Security settings are checked before anything is opened: a refusal leaves no trace.
     check_exposure(config, config.address.rsplit(":", 1)[0], log)
-    auth = authenticator(config)
-    credentials = server_credentials(config)
+    security = build_security(config)
+    tls = server_credentials(config)
     malloc = tune_malloc()
-    metrics = ServerMetrics.create() if config.metrics_port else None
+    try:
+        metrics_endpoint = config.metrics_endpoint
+    except ValueError as exc:
+        raise ListenError(str(exc)) from None
+    _check_access_log(config)
+    metrics = ServerMetrics.create() if metrics_endpoint else None
+    # Off: nothing of OpenTelemetry is imported nor installed (blobstore/tracing.py).
+    traced = (
+        tracing.start("blobstore", config.otlp_endpoint)
+        if tracing.wanted(config.otlp_endpoint)
+        else None
+    )
     storage = open_storage(config.storage_settings, metrics.storage if metrics else None)
     try:
         await storage.start()
         try:
             store = BlobStore(storage.backend, config.limits, storage.retention)
-            await _serve_store(config, store, storage, stop, malloc, auth, credentials, metrics)
+            await _serve_store(config, store, storage, stop, malloc, security, tls, metrics, traced)
         finally:
             await storage.stop()  # again if the server failed: a second call does nothing
     finally:
         shutdown_process_pool()
         storage.close()
+        if traced is not None:
+            traced.shutdown()  # sends the spans still queued
 
 
 async def _serve_store(
@@ -84,9 +99,10 @@ async def _serve_store(
     storage: Storage,
     stop: asyncio.Event | None,
     malloc: MallocTuning,
-    auth: Authenticator | None,
-    credentials: grpc.ServerCredentials | None,
+    security: Security,
+    tls: ReloadableTls | None,
     metrics: ServerMetrics | None = None,
+    traced: tracing.Tracing | None = None,
 ) -> None:
     # Streamed chunks (up to MAX_CHUNK) must fit whatever the unary limit is.
     message_limit = max(config.max_unary_bytes, MAX_CHUNK) + _MESSAGE_OVERHEAD
@@ -98,11 +114,14 @@ async def _serve_store(
     max_connections = connection_cap(config.max_connections, raise_open_file_limit())
     server = grpc.aio.server(
         # The observer first: it sees calls as callers do, every refusal included; then the
-        # authenticator: a refused call takes no admission ticket.
+        # authenticator: a refused call takes no admission ticket; the certificate gate
+        # (mTLS identities) after the guard: it needs the handler's view of the peer.
         interceptors=[
-            CallObserver(metrics.rpc if metrics else None, config.access_log),
-            *([auth] if auth is not None else []),
+            *_tracing_interceptor(traced),
+            *_observer(config, metrics),
+            *([security.authenticator] if security.authenticator is not None else []),
             guard,
+            *([security.gate] if security.gate is not None else []),
         ],
         options=[
             ("grpc.max_receive_message_length", message_limit),
@@ -112,8 +131,8 @@ async def _serve_store(
         ],
     )
     # Delete and Prune: the admin scope with tokens; without, only on loopback or when asked.
-    host = config.address.rsplit(":", 1)[0]
-    removals = auth is not None or config.enable_delete or is_loopback(host.strip("[]"))
+    host = config.address.rsplit(":", 1)[0].strip("[]")
+    removals = security.authority is not None or config.enable_delete or is_loopback(host)
     BlobServicer(store, removals_allowed=removals).add_to_server(server)
     StepflowBlobServicer(store).add_to_server(server)  # Stepflow's API, same store and guard
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
@@ -125,10 +144,10 @@ async def _serve_store(
         )
     _check_bindable(config.address)
     try:
-        if credentials is None:
+        if tls is None:
             port = server.add_insecure_port(config.address)
         else:
-            port = server.add_secure_port(config.address, credentials)
+            port = server.add_secure_port(config.address, tls.credentials())
     except RuntimeError as exc:
         raise ListenError(f"cannot listen on {config.address}: {exc}") from None
     host = config.address.rsplit(":", 1)[0]
@@ -142,11 +161,9 @@ async def _serve_store(
     log.info(
         "security: TLS %s; %s",
         ("on, client certificates required" if config.tls_client_ca else "on")
-        if credentials is not None
+        if tls is not None
         else "off",
-        f"{len(auth.tokens)} bearer token(s); without a token: {auth.describe_anonymous()}"
-        if auth is not None
-        else "no bearer tokens",
+        security.describe(),
     )
     # The "listening" line comes last: scripts and tests take it as the sign of readiness.
     log.info(
@@ -160,8 +177,8 @@ async def _serve_store(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    # SIGHUP reloads the tokens (calls in progress go on); without tokens it is ignored.
-    loop.add_signal_handler(signal.SIGHUP, _reload, auth)
+    # SIGHUP reloads tokens, JWT keys and TLS files (calls in progress go on).
+    loop.add_signal_handler(signal.SIGHUP, _reload, security, tls)
     await stop.wait()
     log.info("stopping: finishing in-flight calls (up to %.0f s)", config.grace_seconds)
     await health_servicer.enter_graceful_shutdown()
@@ -176,23 +193,65 @@ async def _serve_store(
     log.info("stopped")
 
 
-def _reload(auth: Authenticator | None) -> None:
-    if auth is None:
-        log.info("SIGHUP: no --tokens-file, nothing to reload")
+def _reload(security: Security, tls: ReloadableTls | None) -> None:
+    if security.authority is None and tls is None:
+        log.info("SIGHUP: no tokens, JWT keys or TLS files, nothing to reload")
         return
-    auth.tokens.reload()
+    if security.authority is not None:
+        security.authority.reload()
+    if tls is not None:
+        tls.reload()
+
+
+def _observer(config: ServerConfig, metrics: ServerMetrics | None) -> list[Any]:
+    """The per-call observer (grpc/metrics.py), only when something uses what it does:
+    metrics, the access log, or JSON logs (whose lines carry request ids). Otherwise it
+    is not installed - it costs every call a handler copy and a wrapper - and calls have
+    no request id: none is made, and a caller's x-request-id is not returned, as the
+    server records nothing per call to join it to (docs/observability.md)."""
+    if metrics is None and not config.access_log and config.log_format != "json":
+        return []
+    return [
+        CallObserver(
+            metrics.rpc if metrics else None,
+            config.access_log,
+            level=logging.getLevelName(config.access_log_level.upper()),
+            sample=config.access_log_sample,
+        )
+    ]
+
+
+def _tracing_interceptor(traced: tracing.Tracing | None) -> list[Any]:
+    if traced is None:
+        return []
+    from blobstore.grpc.tracing import TracingInterceptor  # imports OpenTelemetry
+
+    return [TracingInterceptor(traced.tracer)]
+
+
+def _check_access_log(config: ServerConfig) -> None:
+    if not isinstance(logging.getLevelName(config.access_log_level.upper()), int):
+        raise ListenError(
+            f"--access-log-level {config.access_log_level!r} is not a level "
+            "(DEBUG, INFO, WARNING, ERROR)"
+        )
+    if not 0.0 <= config.access_log_sample <= 1.0:
+        raise ListenError(
+            f"--access-log-sample {config.access_log_sample} is not a fraction from 0 to 1"
+        )
 
 
 def _start_metrics(config: ServerConfig) -> Any:
     """Serves /metrics (service/metrics.py); raises ListenError if its port is taken."""
+    endpoint = config.metrics_endpoint
+    assert endpoint is not None
+    host, port = endpoint
     try:
-        server = serve_metrics(config.metrics_host, config.metrics_port)
+        server = serve_metrics(host, port)
     except OSError as exc:
-        raise ListenError(
-            f"cannot serve metrics on {config.metrics_host}:{config.metrics_port}: {exc}"
-        ) from None
-    warn_if_exposed(log, config.metrics_host, "the metrics endpoint")
-    log.info("metrics on http://%s:%d/metrics", config.metrics_host, config.metrics_port)
+        raise ListenError(f"cannot serve metrics on {host}:{port}: {exc}") from None
+    warn_if_exposed(log, host, "the metrics endpoint")
+    log.info("metrics on http://%s:%d/metrics", host, server.server_port)
     return server
 
 

@@ -50,6 +50,14 @@ class ServerConfig:
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
+    jwt_secret_file: str = ""
+    jwt_public_key: str = ""
+    jwt_jwks_file: str = ""
+    jwt_issuer: str = ""
+    jwt_audience: str = ""
+    jwt_leeway_seconds: float = 30.0
+    auth_failures_free: int = 10
+    auth_failure_max_delay_seconds: float = 5.0
     allow_unauthenticated: bool = False
     no_reflection: bool = False
     log_format: str = "text"
@@ -60,6 +68,26 @@ class ServerConfig:
     max_blobs: int = 0
     min_age: Seconds = _NO_MIN_AGE
     enable_delete: bool = False
+    metrics_address: str = ""
+    access_log_level: str = "INFO"
+    access_log_sample: float = 1.0
+    otlp_endpoint: str = ""
+
+    @property
+    def metrics_endpoint(self) -> tuple[str, int] | None:
+        """Where /metrics is served: --metrics-address, else --metrics-host/--metrics-port;
+        None: metrics off. Raises ValueError for an address that is not HOST:PORT."""
+        if self.metrics_address:
+            host, sep, port = self.metrics_address.rpartition(":")
+            if not sep or not port.isdigit() or int(port) > 65535:
+                raise ValueError(
+                    f"--metrics-address {self.metrics_address!r} is not HOST:PORT "
+                    "(e.g. 127.0.0.1:9090)"
+                )
+            return host.strip("[]") or "127.0.0.1", int(port)
+        if self.metrics_port:
+            return self.metrics_host, self.metrics_port
+        return None
 
     @property
     def limits(self) -> Limits:
@@ -131,16 +159,29 @@ HELP = {
     "grace_seconds": "on SIGTERM/SIGINT, how long in-flight calls may take to finish",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "tokens_file": "file of bearer tokens, one 'sha256:<hex of the token's SHA-256> NAME "
-    "SCOPE[,SCOPE...]' a line (scopes read, write, admin); turns authentication on; "
+    "SCOPE[,SCOPE...]' a line (scopes read, write, admin), and 'cn:|dns:|uri:NAME ...' "
+    "lines for client certificates; turns authentication on; "
     "reloaded on SIGHUP; empty = no tokens (see docs/security.md)",
     "anonymous": "scopes of callers without a token, per API, e.g. 'stepflow.v1=read,write' "
-    "(several separated by ';'); only with --tokens-file; default none",
-    "tls_cert": "PEM certificate (chain) of the gRPC port; with --tls-key turns TLS on",
+    "(several separated by ';'); only with --tokens-file or a JWT key; default none",
+    "tls_cert": "PEM certificate (chain) of the gRPC port; with --tls-key turns TLS on; "
+    "certificate, key and client CA are reloaded on SIGHUP",
     "tls_key": "PEM private key of --tls-cert",
     "tls_client_ca": "PEM CA certificate(s): clients must present a certificate it signed "
     "(mTLS); needs --tls-cert",
+    "jwt_secret_file": "file holding the HS256 shared secret of JWT bearer tokens (at least "
+    "32 bytes); turns JWT authentication on (see docs/security.md)",
+    "jwt_public_key": "PEM public key of JWT bearer tokens (RSA: RS256, EC P-256: ES256)",
+    "jwt_jwks_file": "JWKS file (JSON) of the public keys of JWT bearer tokens, chosen by kid",
+    "jwt_issuer": "the `iss` a JWT must have; empty = any issuer",
+    "jwt_audience": "the `aud` a JWT must name (required with a JWT key)",
+    "jwt_leeway_seconds": "clock skew allowed when checking a JWT's exp, nbf and iat",
+    "auth_failures_free": "failed authentications a peer (IP) may make in 60 s before each "
+    "further refusal is delayed (0.25 s, doubling)",
+    "auth_failure_max_delay_seconds": "the longest delay of a refusal for a peer that keeps "
+    "failing to authenticate",
     "allow_unauthenticated": "allow listening beyond loopback without authentication "
-    "(no --tokens-file and no --tls-client-ca); without it such a server refuses to start",
+    "(no --tokens-file, JWT key or --tls-client-ca); without it such a server refuses to start",
     "no_reflection": "do not serve gRPC reflection (the API's description)",
     "log_format": "text (one line per record) or json (one JSON object per line: time, level, "
     "logger, message, request_id)",
@@ -156,6 +197,15 @@ HELP = {
     "else is left a put gets STORAGE_FULL (seconds, or 30m, 12h, 7d)",
     "enable_delete": "serve the Delete and Prune calls without --tokens-file beyond loopback "
     "(with tokens they need the admin scope; on a loopback address they are always on)",
+    "metrics_address": "serve Prometheus metrics at http://HOST:PORT/metrics (the same as "
+    "--metrics-host and --metrics-port together, which it overrides); empty = off",
+    "access_log_level": "level of the access log's lines: DEBUG, INFO, WARNING",
+    "access_log_sample": "fraction of calls the access log writes a line for (0-1); calls "
+    "that end in an error other than NOT_FOUND are always logged",
+    "otlp_endpoint": "send OpenTelemetry traces (a span per call, joining the caller's W3C "
+    "traceparent) to this OTLP/HTTP endpoint, e.g. http://127.0.0.1:4318; empty = off "
+    "unless OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set "
+    "(and OTEL_TRACES_EXPORTER is not none)",
 }
 
 

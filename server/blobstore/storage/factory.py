@@ -32,6 +32,7 @@ from blobstore.storage import objectstore
 from blobstore.storage.base import BlobBackend
 from blobstore.storage.eviction import Caps, EvictingBackend
 from blobstore.storage.filesystem import JOURNAL_MAX_BLOB_BYTES, FileSystemBackend
+from blobstore.storage.filesystem import metrics as filesystem_metrics
 from blobstore.storage.metrics import MetricsBackend, StorageMetrics
 from blobstore.storage.read_cache import ReadCache
 from blobstore.storage.retention import ListingRetention, Retention
@@ -102,6 +103,8 @@ def open_storage(settings: StorageSettings, metrics: StorageMetrics | None = Non
     assert isinstance(storage.backend, VerifyingBackend)
     medium = storage.backend.inner
     if metrics is not None:
+        if isinstance(medium, FileSystemBackend):
+            filesystem_metrics.watch(medium, metrics.registry)
         name = "objectstore" if in_object_store else "filesystem"
         medium = MetricsBackend(medium, name, metrics)
         storage = Storage(VerifyingBackend(medium), storage.description, storage.close)

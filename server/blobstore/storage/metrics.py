@@ -40,6 +40,7 @@ class StorageMetrics:
     """The storage metric families, registered in `registry`."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry  # also for a backend's own families (filesystem/metrics.py)
         self.duration = Histogram(
             "blobstore_storage_operation_duration_seconds",
             "Backend operation time by backend, operation and outcome (ok or the error's name)",

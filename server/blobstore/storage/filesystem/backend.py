@@ -57,6 +57,7 @@ from blobstore.storage.filesystem.os_calls import (
 from blobstore.storage.filesystem.publish import Publisher
 from blobstore.storage.filesystem.read import BlobReader, Copy, FileStream
 from blobstore.storage.filesystem.replay import replay
+from blobstore.storage.filesystem.usage import StoreUsage
 from blobstore.storage.filesystem.writer import FileWriter
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,21 @@ class FileSystemBackend:
         if self._journal_max_blob > 0 and syncfs_available():
             self._committer = GroupCommitter(journal, self._file_blob, self._sync_all, io_error)
             self._committer.start()
+
+    # -- what the metrics read (storage/filesystem/metrics.py) -------------------------------
+
+    @property
+    def usage(self) -> StoreUsage:
+        return self.layout.usage
+
+    @property
+    def committer(self) -> GroupCommitter | None:
+        """The group committer (None: every put syncs its own file, or not open yet)."""
+        return self._committer
+
+    def journal_backlog(self) -> int:
+        """Journal segments on disk not yet checkpointed (the active one included)."""
+        return len(Journal(self.layout.journal).segments())
 
     def close(self) -> None:
         if self._committer is not None:

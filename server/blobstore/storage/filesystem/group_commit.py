@@ -26,6 +26,7 @@ import contextlib
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -45,6 +46,9 @@ FileBlob = Callable[[BlobId, BlobType, bytes, BlobMeta], PutResult]
 """Files a blob whose journal record is durable: writes and links it, without fsync."""
 TranslateError = Callable[[OSError, str], Exception]
 """Turns an OSError into the store error a caller sees (StorageFull, Unavailable)."""
+OnBatch = Callable[[int, int, float], None]
+"""Told of each journal append: puts in the batch, their content bytes, seconds the
+write and fdatasync took (the metrics; called on the committer thread)."""
 
 
 @dataclass(eq=False, slots=True)
@@ -88,6 +92,7 @@ class GroupCommitter:
         self._thread = threading.Thread(target=self._run, name="blob-committer", daemon=True)
         self._stopped = False
         self._leftover: _Put | _Barrier | None = None
+        self.on_batch: OnBatch | None = None
 
     def start(self) -> None:
         self._journal.open()
@@ -231,6 +236,7 @@ class GroupCommitter:
             digests.append(digest)
             parts += encode_record(digest, item.blob_type, item.data, item.meta)
         outcomes: dict[BlobId, PutResult | Exception] = {}
+        started = time.perf_counter()
         try:
             self._journal.append(parts, digests)
         except OSError as exc:
@@ -239,6 +245,10 @@ class GroupCommitter:
             for item in puts:
                 outcomes[item.blob_id] = type(error)(*error.args)
         else:
+            if self.on_batch is not None:
+                self.on_batch(
+                    len(puts), sum(len(p.data) for p in puts), time.perf_counter() - started
+                )
             for item in puts:
                 try:
                     outcomes[item.blob_id] = self._file_blob(

@@ -29,6 +29,7 @@ from blobstore.ids import PREFIX, BlobId
 from blobstore.storage.base import StoredBlob
 from blobstore.storage.filesystem.blob_file import HEADER_SIZE, check_file
 from blobstore.storage.filesystem.os_calls import fsync_dir, is_folder
+from blobstore.storage.filesystem.usage import StoreUsage
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class FileSystemLayout:
         self.quarantine_dir = root / "quarantine"
         self.journal = root / "journal"  # created by Journal.open(), not by create()
         self._blobs_dir = str(self.blobs)
+        self.usage = StoreUsage()  # kept by publish.py and quarantine(), read by the metrics
 
     def create(self) -> None:
         """Creates the sub-folders and all 256 shards, durably, if they are missing."""
@@ -157,6 +159,8 @@ class FileSystemLayout:
                 "kept %s: reported corrupt (%s), but the stored copy is sound", blob_id, reason
             )
             return None
+        with contextlib.suppress(OSError):
+            self.usage.removed(os.stat(target).st_size)
         log.error("quarantined %s to %s: %s", blob_id, target, problem)
         return target
 

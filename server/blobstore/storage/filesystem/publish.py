@@ -21,7 +21,12 @@ import secrets
 from blobstore.errors import DataLoss, Unavailable
 from blobstore.ids import BlobId
 from blobstore.model import NO_META, BlobInfo, BlobMeta, BlobType, PutResult
-from blobstore.storage.filesystem.blob_file import FileContent, encode_header, encode_meta
+from blobstore.storage.filesystem.blob_file import (
+    HEADER_SIZE,
+    FileContent,
+    encode_header,
+    encode_meta,
+)
 from blobstore.storage.filesystem.layout import FileSystemLayout
 from blobstore.storage.filesystem.os_calls import (
     fsync_dir,
@@ -186,6 +191,9 @@ class Publisher:
                     # Not durable, so not acknowledged: take it back so a retry writes it again.
                     unlink_quietly(final)
                     raise
+                self._layout.usage.added(
+                    HEADER_SIZE + info.size + (len(encode_meta(info.meta)) if info.meta else 0)
+                )
                 return PutResult(info, created=True)
             raise Unavailable(f"blob {blob_id} kept changing while it was stored; retry")
         except OSError as exc:

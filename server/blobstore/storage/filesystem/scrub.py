@@ -65,8 +65,13 @@ def verify_store(
     *,
     quarantine: bool = True,
     on_problem: Callable[[Problem], None] | None = None,
+    on_progress: Callable[[int, int | None], object] | None = None,
 ) -> VerifyReport:
-    """Checks every blob under `root` against its id; moves bad ones aside if `quarantine`."""
+    """Checks every blob under `root` against its id; moves bad ones aside if `quarantine`.
+
+    `on_progress(bytes done, total)`: told after each file (its bytes, read or not);
+    asking for it costs one stat of every file first, for the total.
+    """
     layout = FileSystemLayout(root)
     if not layout.blobs.is_dir():
         raise NotADataFolder(f"{root} is not a blobstore data folder (it has no blobs/ folder)")
@@ -78,12 +83,20 @@ def verify_store(
         report.problems.append(stray)
         if on_problem is not None:
             on_problem(stray)
-    for path in layout.all_blob_paths():
+    paths = layout.all_blob_paths()
+    sizes = [_size(path) for path in paths] if on_progress is not None else []
+    total, done = sum(sizes), 0
+    for index, path in enumerate(paths):
+        if on_progress is not None:
+            on_progress(done, total)
+            done += sizes[index]
         problem = _check(layout, path, report, quarantine=quarantine)
         if problem is not None:
             report.problems.append(problem)
             if on_problem is not None:
                 on_problem(problem)
+    if on_progress is not None:
+        on_progress(done, total)
     return report
 
 
