@@ -36,6 +36,10 @@ class Pki:
     untrusted_ca: Path
     untrusted_client: Pair
     expired_client: Pair
+    # SAN DNS worker.internal and URI spiffe://blobs/worker-2, CN san-client.
+    san_client: Pair
+    # A server certificate (127.0.0.1/localhost) of the untrusted CA: a rotation to a new CA.
+    rotated_server: Pair
 
 
 def _name(cn: str) -> x509.Name:
@@ -50,6 +54,7 @@ def _issue(
     *,
     server: bool = False,
     expired: bool = False,
+    sans: list[x509.GeneralName] | None = None,
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey, Pair]:
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
@@ -75,6 +80,8 @@ def _issue(
         builder = builder.add_extension(
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
         )
+        if sans:
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     cert = builder.sign(issuer[1] if issuer else key, hashes.SHA256())
     pair = Pair(folder / f"{stem}.crt", folder / f"{stem}.key")
     pair.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
@@ -100,4 +107,26 @@ def make_pki(folder: Path) -> Pki:
         untrusted_ca=other.cert,
         untrusted_client=_issue(folder, "untrusted-client", "intruder", (other_cert, other_key))[2],
         expired_client=_issue(folder, "expired-client", "old", trusted, expired=True)[2],
+        san_client=_issue(
+            folder,
+            "san-client",
+            "san-client",
+            trusted,
+            sans=[
+                x509.DNSName("worker.internal"),
+                x509.UniformResourceIdentifier("spiffe://blobs/worker-2"),
+            ],
+        )[2],
+        rotated_server=_issue(
+            folder, "rotated-server", "rotated server", (other_cert, other_key), server=True
+        )[2],
     )
+
+
+def server_tls_args(pki: Pki, *, client_ca: bool = False) -> list[str]:
+    """`blobstore serve` flags for TLS with the run's server certificate; with `client_ca`,
+    also mTLS against the run's CA."""
+    args = ["--tls-cert", str(pki.server.cert), "--tls-key", str(pki.server.key)]
+    if client_ca:
+        args += ["--tls-client-ca", str(pki.ca)]
+    return args

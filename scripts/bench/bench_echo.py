@@ -148,6 +148,12 @@ class EchoServicer(pb_grpc.BlobServiceServicer):
     ) -> pb.FindMissingResponse:
         return pb.FindMissingResponse()
 
+    async def Delete(self, request: pb.DeleteRequest, context: Any) -> pb.DeleteResponse:
+        return pb.DeleteResponse()
+
+    async def Prune(self, request: pb.PruneRequest, context: Any) -> pb.PruneResponse:
+        return pb.PruneResponse()
+
     async def PutStream(
         self, request_iterator: AsyncIterator[pb.PutStreamRequest], context: Any
     ) -> pb.PutResponse:
@@ -227,6 +233,12 @@ class SyncEchoServicer(pb_grpc.BlobServiceServicer):
 
     def FindMissing(self, request: pb.FindMissingRequest, context: Any) -> pb.FindMissingResponse:
         return pb.FindMissingResponse()
+
+    def Delete(self, request: pb.DeleteRequest, context: Any) -> pb.DeleteResponse:
+        return pb.DeleteResponse()
+
+    def Prune(self, request: pb.PruneRequest, context: Any) -> pb.PruneResponse:
+        return pb.PruneResponse()
 
     def PutStream(self, request_iterator: Any, context: Any) -> pb.PutResponse:
         for _ in request_iterator:

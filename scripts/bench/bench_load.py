@@ -200,8 +200,19 @@ def endless_blob(size: int, unique: bytes, chunk: int = CHUNK) -> Iterator[bytes
 class GrpcCaller:
     """Raw-bytes callables for BlobService's methods (and Stepflow's PutBlob/GetBlob)."""
 
-    def __init__(self, target: str) -> None:
-        self.channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+    def __init__(
+        self,
+        target: str,
+        credentials: grpc.ChannelCredentials | None = None,
+        metadata: tuple[tuple[str, str], ...] | None = None,
+    ) -> None:
+        """`metadata`: sent with every Put and Get (a bearer token, for the tls_* rows)."""
+        self.metadata = metadata
+        self.channel = (
+            grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+            if credentials is None
+            else grpc.aio.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
+        )
         self.put = self.channel.unary_unary(_SERVICE + "Put", None, None)
         self.get = self.channel.unary_unary(_SERVICE + "Get", None, None)
         self.put_stream = self.channel.stream_unary(_SERVICE + "PutStream", None, None)
@@ -218,10 +229,10 @@ class GrpcCaller:
         await asyncio.wait_for(self.channel.channel_ready(), seconds)
 
     async def call_put(self, request: bytes) -> bytes:
-        return cast(bytes, await self.put(request))
+        return cast(bytes, await self.put(request, metadata=self.metadata))
 
     async def call_get(self, request: bytes) -> bytes:
-        return cast(bytes, await self.get(request))
+        return cast(bytes, await self.get(request, metadata=self.metadata))
 
     async def call_batch_put(self, request: bytes) -> bytes:
         return cast(bytes, await self.batch_put(request))

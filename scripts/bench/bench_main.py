@@ -22,9 +22,18 @@ service and its ceilings alike:
 - stepflow.v1 on the same port: stepflow_put (PutBlob of the same 1 KiB
   documents as json_data, as Stepflow workers send them) and stepflow_get
   (GetBlob, JSON back as a protobuf Value), as ratios to put_small/get_small;
+- TLS + a bearer token (issue 14): tls_put_small and tls_get_small against a
+  server with a self-signed certificate and a tokens file (scripts/bench/bench_tls.py),
+  as ratios to put_small/get_small;
 - the JSON-RPC bridge over HTTP: blobs/put and blobs/get (16 callers); a
   bridge that does not start fails the run;
+- put_small_at_cap: put_small on a third server started with --max-bytes and
+  filled to its cap first, so that its puts run while it evicts, as a ratio to
+  put_small (target >= 0.80);
 - the server's peak RSS growth during a 1 GiB streamed put and get.
+
+`--startup-blobs N` instead times a start-up on a folder of N blobs (the usage
+index rebuild; bench_startup.py).
 
 Server side and load generator are separate processes pinned to separate
 cores (bench_procs.CpuSplit); the server runs as shipped (durable puts,
@@ -36,7 +45,7 @@ figure and its ratio to its ceiling, target and PASS/MISS, and writes JSON
 example a `git worktree` of an older commit), interleaved with ours, and
 prints ours/baseline for put_small, get_small, put_large and get_large.
 
-Why one script of ~1040 lines: every row is measured in the same interleaved trial
+Why one script of ~1150 lines: every row is measured in the same interleaved trial
 loop against its ceiling; the servers, ceilings and CPU split it drives live in the
 bench_* modules beside it.
 """
@@ -99,6 +108,7 @@ from bench_procs import (
     start_echo_server,
 )
 from bench_stats import Summary, Trial
+from bench_tls import Secured, start_secured_server
 from google.protobuf import json_format
 
 from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
@@ -190,6 +200,11 @@ TARGETS = [
     # sink): under 15 %.
     Target("tracing_put_small", "ops_per_s", ("put_small",), 0.85),
     Target("tracing_get_small", "ops_per_s", ("get_small",), 0.85),
+    # A third server with TLS and a bearer token (issue 14): the same small calls.
+    Target("tls_put_small", "ops_per_s", ("put_small",), 0.80),
+    Target("tls_get_small", "ops_per_s", ("get_small",), 0.80),
+    # A third server with --max-bytes, filled to its cap first (issue 15): every put evicts.
+    Target("put_small_at_cap", "ops_per_s", ("put_small",), 0.80),
 ]
 SMALL_WORKLOADS = [
     "put_small",
@@ -203,6 +218,9 @@ SMALL_WORKLOADS = [
     "metrics_get_small",
     "tracing_put_small",
     "tracing_get_small",
+    "tls_put_small",
+    "tls_get_small",
+    "put_small_at_cap",
     "bridge_put",
     "bridge_get",
 ]
@@ -228,12 +246,16 @@ class Bench:
         echo_sync: Child | None = None,
         peers: bench_peers.Peers | None = None,
         traced: Child | None = None,
+        secured: tuple[Child, Secured] | None = None,
+        capped: Child | None = None,
     ) -> None:
         self.s = settings
         self.echo_sync = echo_sync
         self.peers = peers
         self.metered = metered
         self.traced = traced
+        self.secured = secured
+        self.capped = capped
         self.work = work
         self.echo = echo
         self.server = server
@@ -255,8 +277,23 @@ class Bench:
         self.ours_c = GrpcCaller(self.server.address)
         self.base_c = GrpcCaller(self.baseline.address) if self.baseline else None
         self.metered_c = GrpcCaller(self.metered.address) if self.metered else None
+        self.capped_c = GrpcCaller(self.capped.address) if self.capped else None
         self.traced_c = GrpcCaller(self.traced.address) if self.traced else None
-        extra = (self.base_c, self.metered_c, self.traced_c, self.sync_c)
+        self.secured_c = (
+            GrpcCaller(
+                self.secured[0].address, self.secured[1].credentials(), self.secured[1].metadata
+            )
+            if self.secured
+            else None
+        )
+        extra = (
+            self.base_c,
+            self.metered_c,
+            self.traced_c,
+            self.secured_c,
+            self.capped_c,
+            self.sync_c,
+        )
         for caller in (self.echo_c, self.ours_c, *extra):
             if caller is not None:
                 await caller.ready()
@@ -268,6 +305,7 @@ class Bench:
         try:
             await self._preflight()
             await self._fill_pool()
+            await self._fill_capped()
             if self.peers is not None:
                 say("storing the read pool in the peers")
                 await self.peers.fill(self.docs, len(self.pool_ids), self.s.concurrency)
@@ -301,7 +339,14 @@ class Bench:
             await self.ours_c.close()
             if self.peers is not None:
                 await self.peers.close()
-            for other in (self.base_c, self.metered_c, self.traced_c, self.sync_c):
+            for other in (
+                self.base_c,
+                self.metered_c,
+                self.traced_c,
+                self.secured_c,
+                self.capped_c,
+                self.sync_c,
+            ):
                 if other is not None:
                     await other.close()
             if self.http is not None:
@@ -406,6 +451,21 @@ class Bench:
                 traced,
             )
             workloads["tracing_get_small"] = (lambda n: traced_c.call_get(pick_get()), KIB, traced)
+        if self.secured_c is not None and self.secured is not None:
+            secured_c, secured = self.secured_c, [self.secured[0].pid]
+            workloads["tls_put_small"] = (
+                lambda n: secured_c.call_put(docs.put_request(n)),
+                KIB,
+                secured,
+            )
+            workloads["tls_get_small"] = (lambda n: secured_c.call_get(pick_get()), KIB, secured)
+        if self.capped_c is not None and self.capped is not None:
+            capped_c, capped = self.capped_c, [self.capped.pid]
+            workloads["put_small_at_cap"] = (
+                lambda n: capped_c.call_put(docs.put_request(n)),
+                KIB,
+                capped,
+            )
         if self.http is not None and self.bridge is not None:
             http = self.http
             both = [self.server.pid, self.bridge.pid]
@@ -483,6 +543,21 @@ class Bench:
         if got.get("data") != json.loads(self.docs.text(seq)):
             raise LoadError("bridge get returned other data than was put")
 
+    async def _fill_capped(self) -> None:
+        """Fills the capped server past its high-water mark, so that its timed puts evict."""
+        caller = self.capped_c
+        if caller is None:
+            return
+        count = capped_bytes(self.s) // KIB
+        say(f"filling the capped server with {count} documents (its cap)")
+        todo = iter(range(count))
+
+        async def worker() -> None:
+            for _ in todo:
+                await caller.call_put(self.docs.put_request(next(self._seq)))
+
+        await asyncio.gather(*(worker() for _ in range(self.s.concurrency)))
+
     async def _fill_pool(self) -> None:
         """Stores the documents that get_small, put_dedup and bridge_get read back."""
         say(f"storing {self.s.pool} documents for the read workloads")
@@ -495,7 +570,7 @@ class Bench:
                 reply = await self.ours_c.call_put(request)
                 ids[n] = pb.PutResponse.FromString(reply).id
                 # The same documents and ids on every other server.
-                for other in (self.base_c, self.metered_c, self.traced_c):
+                for other in (self.base_c, self.metered_c, self.traced_c, self.secured_c):
                     if other is not None:
                         await other.call_put(request)
 
@@ -799,6 +874,8 @@ ORDER = [
     ("stepflow.v1 over gRPC", ["stepflow_put", "stepflow_get"]),
     ("metrics on (--metrics-port)", ["metrics_put_small", "metrics_get_small"]),
     ("tracing on (--otlp-endpoint)", ["tracing_put_small", "tracing_get_small"]),
+    ("TLS + bearer token on", ["tls_put_small", "tls_get_small"]),
+    ("at the --max-bytes cap (LRU eviction)", ["put_small_at_cap"]),
     ("bridge over HTTP", ["bridge_put", "bridge_get"]),
     (
         "baseline tree over gRPC",
@@ -932,6 +1009,18 @@ def start_metered_server(work: Path, cpus: frozenset[int] | None, settings: Sett
     return start_blobstore_server(work, cpus, env)
 
 
+def capped_bytes(settings: Settings) -> int:
+    return (1 if settings.quick else 16) * MIB
+
+
+def start_capped_server(work: Path, cpus: frozenset[int] | None, settings: Settings) -> Child:
+    """Our server with --max-bytes: the put_small_at_cap row, as a ratio to put_small."""
+    work.mkdir(parents=True, exist_ok=True)
+    env = dict(item.split("=", 1) for item in settings.server_env)
+    env["BLOBSTORE_MAX_BYTES"] = str(capped_bytes(settings))
+    return start_blobstore_server(work, cpus, env)
+
+
 def start_traced_server(
     work: Path, cpus: frozenset[int] | None, settings: Settings
 ) -> tuple[Child, Child]:
@@ -996,6 +1085,13 @@ def main(argv: list[str] | None = None) -> int:
         "get_small, put_large and get_large",
     )
     parser.add_argument(
+        "--startup-blobs",
+        type=int,
+        metavar="N",
+        help="instead: time the server's start-up (usage index rebuild) on a folder of N "
+        "blobs, e.g. 1000000 (scripts/bench/bench_startup.py)",
+    )
+    parser.add_argument(
         "--storage",
         choices=["s3"],
         help="s3: benchmark the object-store backend instead, against obstore on a SeaweedFS "
@@ -1008,6 +1104,10 @@ def main(argv: list[str] | None = None) -> int:
         help="leave out BuildGrid and stepflow-server (never run with --quick)",
     )
     args = parser.parse_args(argv)
+    if args.startup_blobs:
+        import bench_startup
+
+        return bench_startup.run(args.startup_blobs, args.work_dir, args.json)
     if args.storage == "s3":
         import bench_s3
 
@@ -1032,6 +1132,11 @@ def main(argv: list[str] | None = None) -> int:
         children.append(metered)
         traced, sink = start_traced_server(work / "traced", split.server, settings)
         children += [traced, sink]
+        server_env = dict(item.split("=", 1) for item in settings.server_env)
+        secured = start_secured_server(work / "secured", split.server, server_env)
+        children.append(secured[0])
+        capped = start_capped_server(work / "capped", split.server, settings)
+        children.append(capped)
         say(f"bridge: {bridge_note}")
         peers = None
         if args.peers and not settings.quick:
@@ -1039,7 +1144,18 @@ def main(argv: list[str] | None = None) -> int:
             peers = bench_peers.start_peers(work, split.server)
             children += peers.children
         bench = Bench(
-            settings, work, echo, server, bridge, baseline, metered, echo_sync, peers, traced
+            settings,
+            work,
+            echo,
+            server,
+            bridge,
+            baseline,
+            metered,
+            echo_sync,
+            peers,
+            traced,
+            secured,
+            capped,
         )
         asyncio.run(bench.run())
     except (

@@ -9,10 +9,12 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from blobstore.client import DEFAULT_TARGET, BlobClient
 from blobstore.credentials import channel_credentials
+from blobstore.durations import parse_duration
 from blobstore.errors import BlobNotFound, BlobStoreError
 from blobstore.model import BlobInfo, BlobMeta, BlobType
 from blobstore.progress import Progress
@@ -153,12 +155,43 @@ def _parser() -> argparse.ArgumentParser:
         "stat", "print a blob's type, size and metadata as JSON; exit 3 if absent"
     )
     stat.add_argument("blob_id")
+    stat.add_argument(
+        "--last-used",
+        action="store_true",
+        help="also print when it was last put or read (last_used, ISO 8601 UTC), if the "
+        "server keeps that",
+    )
     stat.set_defaults(run=_stat)
 
     missing = client_command("find-missing", "print which of the given ids are not stored")
     missing.add_argument("blob_ids", nargs="+")
     missing.set_defaults(run=_find_missing)
+
+    delete = client_command(
+        "delete",
+        "remove blobs (admin scope; idempotent); prints the ids that were stored",
+    )
+    delete.add_argument("blob_ids", nargs="+")
+    delete.set_defaults(run=_delete)
+
+    prune = client_command(
+        "prune",
+        "remove the blobs not used (put or read) for a while (admin scope; the server "
+        "does it while serving); prints their ids, then a JSON summary",
+    )
+    prune.add_argument(
+        "--older-than", required=True, type=_duration, help="e.g. 7d, 12h, 30m, 3600 (seconds)"
+    )
+    prune.add_argument("--dry-run", action="store_true", help="only list what would go")
+    prune.set_defaults(run=_prune)
     return parser
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -252,11 +285,30 @@ def _get(client: BlobClient, args: argparse.Namespace) -> int:
 
 
 def _stat(client: BlobClient, args: argparse.Namespace) -> int:
-    info = client.stat(args.blob_id)
-    if info is None:
+    found = client.stat_last_used(args.blob_id)
+    if found is None:
         print(json.dumps({"blob_id": args.blob_id, "exists": False}))
         return EXIT_NOT_FOUND
-    print(json.dumps(_info_json(info)))
+    info, last_used = found
+    shown = _info_json(info)
+    if args.last_used and last_used is not None:
+        shown["last_used"] = datetime.fromtimestamp(last_used, UTC).isoformat()
+    print(json.dumps(shown))
+    return 0
+
+
+def _delete(client: BlobClient, args: argparse.Namespace) -> int:
+    for blob_id in client.delete(args.blob_ids):
+        print(blob_id)
+    return 0
+
+
+def _prune(client: BlobClient, args: argparse.Namespace) -> int:
+    ids, total = client.prune(args.older_than, dry_run=args.dry_run)
+    for blob_id in ids:
+        print(blob_id)
+    summary = {"dry_run": args.dry_run, "blobs": len(ids), "bytes": total}
+    print(json.dumps(summary))
     return 0
 
 

@@ -163,6 +163,12 @@ def _stat_result(reply: pb.StatResponse) -> BlobInfo | None:
     return _blob_info(reply)
 
 
+def _last_used(reply: pb.StatResponse) -> float | None:
+    if not reply.HasField("last_used"):
+        return None
+    return float(reply.last_used.ToNanoseconds()) / 1e9
+
+
 class _FileReceiver:
     """Writes a streamed blob to a temp file beside `path`, then verifies and renames it."""
 
@@ -432,6 +438,26 @@ class BlobClient:
     def _batch_get(self, request: pb.BatchGetRequest) -> pb.BatchGetResponse:
         return self._call(lambda t: self._stub.BatchGet(request, timeout=t))
 
+    def stat_last_used(self, blob_id: str) -> tuple[BlobInfo, float | None] | None:
+        """Like stat(), with when the blob was last put or read (seconds since the epoch;
+        None if the server does not keep that)."""
+        request = pb.StatRequest(id=parse_blob_id(blob_id))
+        reply = self._call(lambda t: self._stub.Stat(request, timeout=t))
+        info = _stat_result(reply)
+        return None if info is None else (info, _last_used(reply))
+
+    def delete(self, blob_ids: Sequence[str]) -> list[str]:
+        """Removes the blobs (an admin call); returns the ids that were stored. Idempotent."""
+        request = pb.DeleteRequest(ids=[parse_blob_id(i) for i in blob_ids])
+        return list(self._call(lambda t: self._stub.Delete(request, timeout=t)).deleted_ids)
+
+    def prune(self, older_than: float, *, dry_run: bool = False) -> tuple[list[str], int]:
+        """Removes the blobs not used for `older_than` seconds (an admin call); returns
+        their ids and content bytes (with dry_run, what would be removed)."""
+        request = pb.PruneRequest(older_than_seconds=older_than, dry_run=dry_run)
+        reply = self._call(lambda t: self._stub.Prune(request, timeout=t))
+        return list(reply.ids), reply.total_bytes
+
 
 # -- asyncio client -------------------------------------------------------------
 
@@ -617,6 +643,11 @@ class AsyncBlobClient:
 
     async def _batch_get(self, request: pb.BatchGetRequest) -> pb.BatchGetResponse:
         return await self._call(lambda t: self._stub.BatchGet(request, timeout=t))
+
+    async def delete(self, blob_ids: Sequence[str]) -> list[str]:
+        request = pb.DeleteRequest(ids=[parse_blob_id(i) for i in blob_ids])
+        reply = await self._call(lambda t: self._stub.Delete(request, timeout=t))
+        return list(reply.deleted_ids)
 
     async def put_chunks(
         self,

@@ -89,5 +89,10 @@ class Unauthenticated(BlobStoreError):
     """The call has no valid credentials (no token, an unknown or revoked one)."""
 
 
+class InvalidCredentials(Unauthenticated):
+    """Credentials were presented and are wrong (a malformed header, an unknown or revoked
+    token, a JWT that does not verify): a failed attempt, counted per peer (brute force)."""
+
+
 class PermissionDenied(BlobStoreError):
     """The caller is known but its scopes do not include what the call needs."""

@@ -41,6 +41,7 @@ from blobstore.storage.base import (
     ReadLimit,
     StreamIntent,
 )
+from blobstore.storage.retention import PruneReport, Retention
 
 MiB = 1024 * 1024
 TEXT_CACHE_ENTRIES = 4096
@@ -92,9 +93,15 @@ BatchOutcome = PutResult | BlobStoreError
 class BlobStore:
     """Content-addressed puts and verified gets over a backend."""
 
-    def __init__(self, backend: BlobBackend, limits: Limits | None = None) -> None:
+    def __init__(
+        self,
+        backend: BlobBackend,
+        limits: Limits | None = None,
+        retention: Retention | None = None,
+    ) -> None:
         self.backend = backend
         self.limits = limits or Limits()
+        self.retention = retention
         self._text_ids: OrderedDict[bytes, BlobId] = OrderedDict()
 
     async def put(
@@ -444,6 +451,26 @@ class BlobStore:
             )
         unique = list(dict.fromkeys(blob_ids))
         return await self.backend.find_missing(unique)
+
+    async def delete(self, blob_ids: Sequence[BlobId]) -> list[BlobId]:
+        """Removes the blobs; returns those that were stored. Idempotent."""
+        if len(blob_ids) > self.limits.max_find_missing:
+            raise InvalidArgument(
+                f"Delete takes at most {self.limits.max_find_missing} ids, got {len(blob_ids)}"
+            )
+        return await self.backend.delete(list(dict.fromkeys(blob_ids)))
+
+    async def prune(self, older_than: float, *, dry_run: bool = False) -> PruneReport:
+        """Removes the blobs not used for `older_than` seconds (lists them if dry_run)."""
+        if self.retention is None:
+            raise InvalidArgument("this store keeps no last uses: prune is not available")
+        if older_than <= 0:
+            raise InvalidArgument("older_than must be more than 0 seconds")
+        return await self.retention.prune(older_than, dry_run=dry_run)
+
+    def last_use(self, blob_id: BlobId) -> float | None:
+        """When the blob was last put or read, if the store keeps that."""
+        return self.retention.last_use(blob_id) if self.retention is not None else None
 
     def _check_size(self, blob_type: BlobType, size: int) -> None:
         limit = self.limits.max_blob_bytes

@@ -25,7 +25,7 @@ import pytest
 from tests.bridge_processes import BridgeFactory
 from tests.processes import ServerProcess
 from tests.rpc_helpers import blob_path, sha256_id, wait_until
-from tests.tls_certs import Pki
+from tests.tls_certs import Pki, server_tls_args
 
 READ_TOKEN = "bridge-read-token-71c3a9d2"
 WRITE_TOKEN = "bridge-write-token-4e8f0b6a"
@@ -52,10 +52,7 @@ def tls_server(
     return start_server(
         "--tokens-file",
         str(tokens_file),
-        "--tls-cert",
-        str(pki.server.cert),
-        "--tls-key",
-        str(pki.server.key),
+        *server_tls_args(pki),
         "--log-level",
         "DEBUG",
     )
@@ -258,12 +255,7 @@ def test_mtls_to_the_service(
     start_server: Callable[..., ServerProcess], start_bridge: BridgeFactory, pki: Pki
 ) -> None:
     server = start_server(
-        "--tls-cert",
-        str(pki.server.cert),
-        "--tls-key",
-        str(pki.server.key),
-        "--tls-client-ca",
-        str(pki.ca),
+        *server_tls_args(pki, client_ca=True),
     )
     client_cert = ["--upstream-tls-cert", str(pki.client.cert)]
     client_cert += ["--upstream-tls-key", str(pki.client.key)]

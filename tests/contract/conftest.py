@@ -19,6 +19,7 @@ import pytest
 
 from blobstore.ids import BlobId, hex_digest
 from blobstore.storage.base import BlobBackend
+from blobstore.storage.eviction import Caps, EvictingBackend
 from blobstore.storage.filesystem import FileSystemBackend
 from blobstore.storage.memory import MemoryBackend
 from blobstore.storage.objectstore import ObjectStoreBackend, parse
@@ -39,7 +40,7 @@ class Kit:
     """A streamed size that takes the backend's large-blob path."""
 
 
-@pytest.fixture(params=["memory", "filesystem", "objectstore", "read-cache"])
+@pytest.fixture(params=["memory", "filesystem", "objectstore", "read-cache", "evicting"])
 async def kit(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Kit]:
@@ -59,10 +60,13 @@ async def kit(
             behind.corrupt(blob_id, b"not the content")
 
         yield Kit("read-cache", cache, corrupt_behind, lambda: [], 1 << 20)
-    elif request.param == "filesystem":
+    elif request.param in ("filesystem", "evicting"):
         folder = tmp_path / "data"
         files = FileSystemBackend(folder, io_threads=4)
         files.open()
+        # The chain the server runs on a folder: the usage index over the files, capped.
+        evicting = EvictingBackend(files, Caps(max_bytes=1 << 30), snapshot=folder / "usage")
+        await evicting.start()
 
         def corrupt_file(blob_id: BlobId) -> None:
             path = blob_path(folder, blob_id)
@@ -73,7 +77,9 @@ async def kit(
         def temp_files() -> list[str]:
             return [p.name for p in (folder / "tmp").glob("*")] if (folder / "tmp").exists() else []
 
-        yield Kit("filesystem", files, corrupt_file, temp_files, 3 << 20)
+        backend: BlobBackend = files if request.param == "filesystem" else evicting
+        yield Kit(request.param, backend, corrupt_file, temp_files, 3 << 20)
+        await evicting.stop()
         files.close()
     else:
         weed: SeaweedFS = request.getfixturevalue("seaweedfs")

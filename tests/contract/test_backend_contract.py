@@ -6,7 +6,8 @@ commit, reads bounded by a ReadLimit before any content is read, chunks of at mo
 the asked size, and — behind VerifyingBackend, as the server always runs them —
 a damaged copy never served but reported DataLoss and moved out of service. Each
 blob keeps the type, filename and content type of its first writer, whichever road
-(unary, streamed small, streamed large) stored it.
+(unary, streamed small, streamed large) stored it. Deleting is idempotent and final
+(the blob is NOT_FOUND, absent from the listing, and can be put again).
 """
 
 from __future__ import annotations
@@ -245,3 +246,25 @@ async def test_type_and_metadata_are_kept_by_every_road(kit: Kit, road: str) -> 
     plain = os.urandom(100)
     assert (await kit.backend.put(sha256_id(plain), BlobType.BINARY, plain)).info.meta == NO_META
     assert (await kit.backend.stat(sha256_id(plain))).meta == NO_META  # type: ignore[union-attr]
+
+
+async def test_delete_is_idempotent_and_the_listing_follows(kit: Kit) -> None:
+    backend = kit.backend
+    keep, gone = b"keep" * 1000, b"gone" * 1000
+    keep_id, gone_id = sha256_id(keep), sha256_id(gone)
+    await backend.put(keep_id, BlobType.BINARY, keep)
+    await backend.put(gone_id, BlobType.BINARY, gone)
+    listed = {blob.blob_id: blob async for batch in backend.scan() for blob in batch}
+    assert {keep_id, gone_id} <= set(listed)
+    assert listed[keep_id].size >= len(keep)  # at most an upper bound
+    absent = BlobId("sha256:" + "0" * 64)
+    assert await backend.delete([gone_id, gone_id, absent]) == [gone_id]
+    with pytest.raises(BlobNotFound):
+        await backend.get(gone_id)
+    assert await backend.stat(gone_id) is None
+    assert await backend.find_missing([keep_id, gone_id]) == [gone_id]
+    assert await backend.delete([gone_id]) == []
+    after = {blob.blob_id async for batch in backend.scan() for blob in batch}
+    assert keep_id in after and gone_id not in after
+    assert (await backend.put(gone_id, BlobType.BINARY, gone)).created
+    assert (await backend.get(gone_id)).data == gone

@@ -6,6 +6,10 @@
 //
 // input.json (optional) gives the data to store:
 //   {"json_text": "<JSON text>", "binary_base64": "<bytes>", "value": <any JSON value>}
+// TLS and a bearer token come from the environment: BLOBSTORE_TLS_CA (a PEM file to
+// trust; turns TLS on), BLOBSTORE_TOKEN (sent as `authorization: Bearer ...` on every
+// call, as grpc-js call credentials), and BLOBSTORE_DENIED_TOKEN (a token whose Put
+// must be refused: its outcome is reported as `put_denied`).
 // Prints one JSON object on stdout with the outcome of every call; binary content is
 // returned as base64 so the caller can compare it byte for byte. Exits non-zero only
 // if a call that should have succeeded failed (the failure is printed to stderr).
@@ -133,9 +137,22 @@ function blobReply(reply) {
   return out;
 }
 
+function credentials(token) {
+  const caPath = process.env.BLOBSTORE_TLS_CA;
+  if (!caPath) return grpc.credentials.createInsecure();
+  const tls = grpc.credentials.createSsl(fs.readFileSync(caPath));
+  if (!token) return tls;
+  const bearer = grpc.credentials.createFromMetadataGenerator((_params, callback) => {
+    const metadata = new grpc.Metadata();
+    metadata.add('authorization', `Bearer ${token}`);
+    callback(null, metadata);
+  });
+  return grpc.credentials.combineChannelCredentials(tls, bearer);
+}
+
 async function run(target, input) {
   const BlobService = loadService();
-  const client = new BlobService(target, grpc.credentials.createInsecure());
+  const client = new BlobService(target, credentials(process.env.BLOBSTORE_TOKEN));
   const binary = Buffer.from(input.binary_base64, 'base64');
   const result = {};
   try {
@@ -178,6 +195,17 @@ async function run(target, input) {
       blob_type: 'BLOB_TYPE_JSON',
       data: Buffer.from('{"a": 1,}', 'utf8'),
     });
+    if (process.env.BLOBSTORE_DENIED_TOKEN) {
+      const denied = new BlobService(target, credentials(process.env.BLOBSTORE_DENIED_TOKEN));
+      try {
+        result.put_denied = await failure(denied, 'Put', {
+          blob_type: 'BLOB_TYPE_BINARY',
+          data: Buffer.from('a node reader writing', 'utf8'),
+        });
+      } finally {
+        denied.close();
+      }
+    }
   } finally {
     client.close();
   }

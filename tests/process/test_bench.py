@@ -37,7 +37,9 @@ SERVICE = {"put_small", "get_small", "put_dedup", "put_large", "get_large"}
 BATCHES = {"batch_put", "batch_get"}
 STEPFLOW = {"stepflow_put", "stepflow_get", "metrics_put_small", "metrics_get_small"}
 STEPFLOW |= {"tracing_put_small", "tracing_get_small"}
+STEPFLOW |= {"put_small_at_cap"}
 BRIDGE = {"bridge_put", "bridge_get"}
+SECURED = {"tls_put_small", "tls_get_small"}  # TLS + bearer token on (issue 14)
 
 
 def _positive(value: Any) -> bool:
@@ -55,7 +57,7 @@ def test_quick_benchmark_measures_every_workload(tmp_path: Path) -> None:
     )
     assert run.returncode == 0, f"stdout:\n{run.stdout}\nstderr:\n{run.stderr}"
     results = json.loads(results_path.read_text())
-    expected = CEILINGS | SERVICE | BATCHES | STEPFLOW | BRIDGE  # no peers with --quick
+    expected = CEILINGS | SERVICE | BATCHES | STEPFLOW | BRIDGE | SECURED  # no peers
 
     workloads = results["workloads"]
     assert set(workloads) == expected
@@ -70,7 +72,7 @@ def test_quick_benchmark_measures_every_workload(tmp_path: Path) -> None:
         assert _positive(workloads[name]["server_cpu_cores"]), (name, workloads[name])
 
     ratios = {c["workload"]: c for c in results["checks"] if c["kind"] == "ratio"}
-    assert set(ratios) == SERVICE | BATCHES | STEPFLOW | BRIDGE
+    assert set(ratios) == SERVICE | BATCHES | STEPFLOW | BRIDGE | SECURED
     for name, echoes in (("put_small", "echo_put"), ("get_small", "echo_get")):
         # Small calls are held to the faster of the two echo flavours.
         faster = max((echoes, f"{echoes}_sync"), key=lambda e: workloads[e]["ops_per_s"])
@@ -84,7 +86,7 @@ def test_quick_benchmark_measures_every_workload(tmp_path: Path) -> None:
         assert check["ratio"] == check["value"] / check["ceiling_value"]
         assert isinstance(check["pass"], bool)
     tails = {c["workload"] for c in results["checks"] if c["kind"] == "tail"}
-    assert tails == {"put_small", "get_small", "put_dedup"} | BATCHES | STEPFLOW | BRIDGE
+    assert tails == {"put_small", "get_small", "put_dedup"} | BATCHES | STEPFLOW | BRIDGE | SECURED
 
     assert set(results["rss"]) == {"rss_put_stream", "rss_get_stream"}
     for figures in results["rss"].values():

@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 
 import grpc
@@ -104,14 +105,20 @@ def test_put_and_get_binary_file(server: ServerProcess, tmp_path: Path) -> None:
 
     stat = blobstore("stat", blob_id, target=server.target)
     assert stat.returncode == 0, stat.stderr
-    assert json.loads(stat.stdout) == {
+    shown = json.loads(stat.stdout)
+    assert shown == {
         "blob_id": blob_id,
         "exists": True,
         "blob_type": "Binary",
         "size": len(data),
     }
     # With -o the content goes to the file, and what was written is said as stat says it.
-    assert json.loads(to_file.stdout) == json.loads(stat.stdout)
+    assert json.loads(to_file.stdout) == shown
+    # --last-used adds the last use (the get above), as an ISO 8601 time in UTC.
+    used = blobstore("stat", "--last-used", blob_id, target=server.target)
+    with_use = json.loads(used.stdout)
+    assert datetime.fromisoformat(with_use.pop("last_used")).tzinfo is not None
+    assert with_use == shown
 
 
 def test_put_json_file_and_stdin_get_canonical_text(server: ServerProcess, tmp_path: Path) -> None:

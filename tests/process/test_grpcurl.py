@@ -15,20 +15,26 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from blobstore.canonical_json import canonicalize_value
+from blobstore.grpc.auth import token_hash
 from tests.processes import ServerProcess
 from tests.rpc_helpers import grpcurl_dir
+from tests.tls_certs import make_pki, server_tls_args
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 README_ADDRESS = "127.0.0.1:50051"
 SECTION_MARKER = "<!-- grpcurl-section -->"
+TLS_SECTION_MARKER = "<!-- grpcurl-tls-section -->"
 SERVICES = {
     "blobstore.v1.BlobService",
     "grpc.health.v1.Health",
@@ -52,11 +58,11 @@ class Command:
         return json.loads("\n".join(self.shown))
 
 
-def readme_commands() -> list[Command]:
-    """Parses the first ```sh block after the grpcurl section marker."""
+def readme_commands(marker: str = SECTION_MARKER) -> list[Command]:
+    """Parses the first ```sh block after the section marker."""
     text = README.read_text(encoding="utf-8")
-    assert SECTION_MARKER in text, f"README.md has no {SECTION_MARKER} line"
-    section = text.split(SECTION_MARKER, 1)[1]
+    assert marker in text, f"README.md has no {marker} line"
+    section = text.split(marker, 1)[1]
     match = re.search(r"^```sh\n(.*?)^```", section, re.DOTALL | re.MULTILINE)
     assert match, "the README's grpcurl section has no ```sh block"
     return _parse_block(match.group(1))
@@ -84,24 +90,29 @@ def _parse_block(block: str) -> list[Command]:
     return commands
 
 
-def run_in_bash(command: Command, target: str) -> subprocess.CompletedProcess[str]:
+def run_in_bash(
+    command: Command, target: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Runs the command text through bash with the real grpcurl first on PATH."""
     assert command.argv[0] == "grpcurl", f"not a grpcurl command: {command.text}"
     assert README_ADDRESS in command.text, f"command does not use {README_ADDRESS}: {command.text}"
-    env = {**os.environ, "PATH": f"{grpcurl_dir()}{os.pathsep}{os.environ.get('PATH', '')}"}
+    path = f"{grpcurl_dir()}{os.pathsep}{os.environ.get('PATH', '')}"
     return subprocess.run(
         ["bash", "-c", command.text.replace(README_ADDRESS, target)],
         capture_output=True,
         text=True,
-        env=env,
+        env={**os.environ, **(env or {}), "PATH": path},
+        cwd=cwd,
         timeout=60,
         check=False,
     )
 
 
-def run_as_written(command: Command, target: str) -> str:
+def run_as_written(
+    command: Command, target: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> str:
     """Runs a README command against the test server; it must succeed."""
-    done = run_in_bash(command, target)
+    done = run_in_bash(command, target, cwd, env)
     assert done.returncode == 0, f"{command.text}\nexit {done.returncode}:\n{done.stderr}"
     return done.stdout
 
@@ -113,7 +124,12 @@ def assert_shown_output(command: Command, output: str) -> None:
     except json.JSONDecodeError:
         assert output.rstrip("\n").splitlines() == command.shown, command.text
     else:
-        assert json.loads(output) == shown, command.text
+        got = json.loads(output)
+        # A time (Stat's last use) differs from run to run: that there is one is checked.
+        if isinstance(shown, dict) and "last_used" in shown:
+            assert datetime.fromisoformat(got.pop("last_used")).tzinfo is not None
+            shown = {k: v for k, v in shown.items() if k != "last_used"}
+        assert got == shown, command.text
 
 
 def rpc_of(command: Command) -> str:
@@ -173,6 +189,7 @@ def test_readme_grpcurl_commands_work_as_shown(server: ServerProcess) -> None:
             assert reply["id"] == put["id"]
             assert reply["json"] == document
         elif key.startswith("blobstore.v1.BlobService/Stat "):
+            assert isinstance(reply.pop("last_used"), str)
             assert reply == {
                 "id": put["id"],
                 "exists": True,
@@ -207,3 +224,46 @@ def test_grpcurl_shows_error_status_and_reason(
     assert f"Code: {code}" in done.stderr
     assert f'"reason":"{reason}"' in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_readme_tls_commands_work_as_shown(
+    start_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """The README's mTLS + token commands, with certificates made at test time."""
+    pki = make_pki(tmp_path / "pki")
+    for source, name in (
+        (pki.ca, "ca.crt"),
+        (pki.client.cert, "client.crt"),
+        (pki.client.key, "client.key"),
+    ):
+        shutil.copy(source, tmp_path / name)
+    token = "readme-writer-token-5e0c7a"
+    tokens = tmp_path / "tokens"
+    # The README's client certificate is worker-1 (tests/tls_certs.py), with scope read.
+    tokens.write_text(f"{token_hash(token)} readme-writer read,write\ncn:worker-1 worker read\n")
+    server = start_server(
+        "--tokens-file",
+        str(tokens),
+        *server_tls_args(pki, client_ca=True),
+    )
+    commands = readme_commands(TLS_SECTION_MARKER)
+    assert [rpc_of(c) for c in commands] == [
+        "blobstore.v1.BlobService/Put",
+        "blobstore.v1.BlobService/Stat",
+    ]
+    for command in commands:
+        assert {"-cacert", "-cert", "-key"} <= set(command.argv)
+    assert "-H" in commands[0].argv
+    # Without the token the Put is refused: the certificate alone may only read.
+    refused = run_in_bash(commands[0], server.target, tmp_path, {"BLOBSTORE_TOKEN": ""})
+    assert refused.returncode != 0 and "Unauthenticated" in refused.stderr, refused.stderr
+    refused = run_in_bash(
+        Command(commands[0].text.replace(' -H "authorization: Bearer $BLOBSTORE_TOKEN"', ""), []),
+        server.target,
+        tmp_path,
+    )
+    assert refused.returncode != 0 and "PermissionDenied" in refused.stderr, refused.stderr
+    for command in commands:
+        output = run_as_written(command, server.target, tmp_path, {"BLOBSTORE_TOKEN": token})
+        assert_shown_output(command, output)
+    assert token not in server.log()

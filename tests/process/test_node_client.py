@@ -13,14 +13,17 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from blobstore.canonical_json import canonicalize_text, canonicalize_value
+from blobstore.grpc.auth import token_hash
 from tests.processes import ServerProcess
-from tests.rpc_helpers import sha256_id
+from tests.rpc_helpers import blob_path, sha256_id
+from tests.tls_certs import make_pki, server_tls_args
 
 NODE_DIR = Path(__file__).resolve().parents[1] / "node"
 # Non-canonical spelling on purpose: key order, white space, number forms, escapes.
@@ -33,6 +36,9 @@ VALUE = {
 ABSENT_ID = "sha256:" + "0" * 64
 GRPC_NOT_FOUND = 5
 GRPC_INVALID_ARGUMENT = 3
+GRPC_PERMISSION_DENIED = 7
+NODE_WRITER = "node-writer-token-61a9e3"
+NODE_READER = "node-reader-token-2c7b5f"
 
 
 def node_binary() -> str:
@@ -44,7 +50,9 @@ def node_binary() -> str:
     return node
 
 
-def run_node_client(target: str, tmp_path: Path, binary: bytes) -> dict[str, Any]:
+def run_node_client(
+    target: str, tmp_path: Path, binary: bytes, env: dict[str, str] | None = None
+) -> dict[str, Any]:
     node = node_binary()
     version = subprocess.run([node, "--version"], capture_output=True, text=True, check=True)
     major = int(version.stdout.strip().lstrip("v").split(".")[0])
@@ -65,7 +73,7 @@ def run_node_client(target: str, tmp_path: Path, binary: bytes) -> dict[str, Any
         text=True,
         timeout=120,
         check=False,
-        env={**os.environ, "NODE_NO_WARNINGS": "1"},
+        env={**os.environ, "NODE_NO_WARNINGS": "1", **(env or {})},
     )
     assert done.returncode == 0, f"node client failed ({done.returncode}):\n{done.stderr}"
     result: dict[str, Any] = json.loads(done.stdout)
@@ -75,8 +83,52 @@ def run_node_client(target: str, tmp_path: Path, binary: bytes) -> dict[str, Any
 def test_node_client_round_trips_and_errors(server: ServerProcess, tmp_path: Path) -> None:
     # Every byte value, and more than a few 64 KiB stream chunks.
     binary = bytes(range(256)) + os.urandom(300_000)
-    result = run_node_client(server.target, tmp_path, binary)
+    check_node_result(run_node_client(server.target, tmp_path, binary), binary)
 
+
+def test_node_client_over_tls_with_a_token(
+    start_server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """grpc-js with createSsl (a CA made at test time) and a bearer token as call credentials."""
+    pki = make_pki(tmp_path / "pki")
+    tokens = tmp_path / "tokens"
+    tokens.write_text(
+        f"{token_hash(NODE_WRITER)} node-writer read,write\n"
+        f"{token_hash(NODE_READER)} node-reader read\n"
+    )
+    server = start_server(
+        "--tokens-file",
+        str(tokens),
+        *server_tls_args(pki),
+    )
+    binary = bytes(range(256)) + os.urandom(200_000)
+    env = {
+        "BLOBSTORE_TLS_CA": str(pki.ca),
+        "BLOBSTORE_TOKEN": NODE_WRITER,
+        "BLOBSTORE_DENIED_TOKEN": NODE_READER,
+    }
+    result = run_node_client(server.target, tmp_path, binary, env)
+    check_node_result(result, binary)
+    assert result["put_denied"]["code"] == GRPC_PERMISSION_DENIED
+    assert "needs write" in result["put_denied"]["details"]
+    assert not blob_path(server.data_dir, sha256_id(b"a node reader writing")).exists()
+    # Without the token the same client is refused (and a plaintext client cannot connect).
+    env.pop("BLOBSTORE_TOKEN")
+    node = node_binary()
+    done = subprocess.run(
+        [node, str(NODE_DIR / "client.js"), server.target],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "NODE_NO_WARNINGS": "1", **env},
+    )
+    assert done.returncode == 1 and "UNAUTHENTICATED" in done.stderr, done.stderr
+    log = server.log()
+    assert NODE_WRITER not in log and NODE_READER not in log
+
+
+def check_node_result(result: dict[str, Any], binary: bytes) -> None:
     canonical = canonicalize_text(JSON_TEXT)
     json_id, binary_id, value_id = (
         sha256_id(canonical),

@@ -32,7 +32,7 @@ from tests.processes import ServerProcess
 from tests.stepflow.runtime import HttpRuntime, SdkProcess, StdioRuntime, execute_params
 from tests.stepflow.stepflow_helpers import DOC, Orchestrator, run_outputs, server_binary_runs
 from tests.stepflow_venv import StepflowVenv
-from tests.tls_certs import Pki
+from tests.tls_certs import Pki, server_tls_args
 
 TOKEN = "reader-token-c0ffee5eed"
 
@@ -80,10 +80,7 @@ def test_the_sdks_reach_a_token_server_through_the_bridge(
     server = start_server(
         "--tokens-file",
         str(tokens),
-        "--tls-cert",
-        str(pki.server.cert),
-        "--tls-key",
-        str(pki.server.key),
+        *server_tls_args(pki),
     )
     upstream = ("--upstream-tls-ca", str(pki.ca))
     https = ("--tls-cert", str(pki.server.cert), "--tls-key", str(pki.server.key))

@@ -19,6 +19,7 @@ from blobstore.grpc.auth import (
     parse_tokens,
     token_hash,
 )
+from blobstore.security.authority import Authority
 from blobstore.status import to_status
 
 
@@ -28,7 +29,7 @@ def authenticator(tmp_path: Path, anonymous: str = "") -> Authenticator:
         f"# comment\n\n{token_hash('r')} reader read  # trailing comment\n"
         f"{token_hash('w')} writer read,write\n"
     )
-    return Authenticator(TokenTable(path), parse_anonymous(anonymous), 1.0)
+    return Authenticator(Authority(TokenTable(path), parse_anonymous(anonymous)), 1.0)
 
 
 def test_every_gated_method_has_a_scope() -> None:
@@ -44,6 +45,8 @@ def test_every_gated_method_has_a_scope() -> None:
         "FindMissing": "read",
         "GetBlob": "read",
         "BatchGet": "read",
+        "Delete": "admin",
+        "Prune": "admin",
     }
     assert {rule.api for rule in _RULES.values()} == {"blobstore.v1", "stepflow.v1"}
 
@@ -106,12 +109,14 @@ def test_anonymous_policy() -> None:
 
 def test_a_reload_that_fails_keeps_the_tokens(tmp_path: Path) -> None:
     auth = authenticator(tmp_path)
-    auth.tokens.path.write_text("not a tokens file\n")
-    assert not auth.tokens.reload()
-    assert auth.tokens.find("w") is not None
-    auth.tokens.path.write_text(f"{token_hash('n')} new write\n")
-    assert auth.tokens.reload()
-    assert auth.tokens.find("w") is None and auth.tokens.find("n") is not None
+    tokens = auth.authority.tokens
+    assert tokens is not None
+    tokens.path.write_text("not a tokens file\n")
+    assert not tokens.reload()
+    assert tokens.find("w") is not None
+    tokens.path.write_text(f"{token_hash('n')} new write\n")
+    assert tokens.reload()
+    assert tokens.find("w") is None and tokens.find("n") is not None
 
 
 @given(st.text(max_size=200))

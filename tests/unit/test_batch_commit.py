@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from blobstore.ids import blob_id_from_digest
@@ -31,9 +32,9 @@ async def test_one_put_many_is_one_journal_append(tmp_path: Path) -> None:
         journal = committer._journal
         append = journal.append
 
-        def counting(parts: list[bytes]) -> None:
+        def counting(parts: list[bytes], digests: Sequence[bytes] = ()) -> None:
             appends.append(len(parts))
-            append(parts)
+            append(parts, digests)
 
         journal.append = counting  # type: ignore[method-assign]
         items = [_item(bytes([i]) * 500) for i in range(40)]
@@ -66,11 +67,11 @@ async def test_concurrent_batches_and_single_puts_each_get_their_own_outcomes(
         append = journal.append
         appends: list[int] = []
 
-        def slow_first(parts: list[bytes]) -> None:
+        def slow_first(parts: list[bytes], digests: Sequence[bytes] = ()) -> None:
             appends.append(len(parts))
             if len(appends) == 1:
                 time.sleep(0.3)  # the rest queue up meanwhile and are gathered together
-            append(parts)
+            append(parts, digests)
 
         journal.append = slow_first  # type: ignore[method-assign]
         groups = [[_item(b"%d-%d" % (g, i)) for i in range(30)] for g in range(6)]

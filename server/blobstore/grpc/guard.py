@@ -51,18 +51,12 @@ from grpc._cython.cygrpc import ExecuteBatchError  # type: ignore[import-not-fou
 
 from blobstore import errors
 from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
-from blobstore.api.stepflow.v1 import blobs_pb2 as stepflow_pb
+from blobstore.grpc.interceptor_base import Context, GatedInterceptor, Handler
 from blobstore.limits import DEFAULT_CHUNK, clamp_chunk_size
-from blobstore.proto_names import SERVICE
 from blobstore.service.admission import Admission, Ticket
 from blobstore.status import to_status
 
 log = logging.getLogger(__name__)
-# The gated services, by the "/package.Service/" prefix of their method paths.
-_SERVICES = {
-    f"/{service.full_name}/": service
-    for service in (SERVICE, stepflow_pb.DESCRIPTOR.services_by_name["BlobService"])
-}
 # Reserved for each PutStream for its chunk in flight: what our client sends. Larger
 # chunks grow the reservation, which may be refused mid-stream when the budget is spent.
 STREAM_ALLOWANCE = 1024 * 1024 + 1024
@@ -73,8 +67,8 @@ DRAIN_LIMIT = 64 * 1024 * 1024
 GET_STREAM_BUFFERED_CHUNKS = 4
 # Methods whose handler takes a third argument, `reserve(nbytes)`, to size its reply.
 _RESERVING = frozenset({"Get", "GetBlob", "BatchGet"})
-_Handler = Any  # grpc's RpcMethodHandler named tuple; grpc-stubs does not type its fields
-_Context = grpc.aio.ServicerContext[Any, Any]
+_Handler = Handler
+_Context = Context
 
 
 class Malformed:
@@ -91,7 +85,7 @@ class Malformed:
         return self.size
 
 
-class Guard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+class Guard(GatedInterceptor["_Method"]):
     """Wraps each blob service call's handler; see the module docstring."""
 
     def __init__(
@@ -101,10 +95,10 @@ class Guard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         on_release: Callable[[int], None] | None = None,
     ) -> None:
         """`on_release(nbytes)` is told, as each call ends, the bytes it held (malloc trim)."""
+        super().__init__()
         self.admission = admission
         self.stream_idle = stream_idle
         self.on_release = on_release
-        self._methods: dict[str, _Method] = {}
         self._closing: errors.Unavailable | None = None
         self._cut_off: errors.Unavailable | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -131,21 +125,13 @@ class Guard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         for task in list(self._tasks):
             task.cancel()
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[_Handler]],
-        handler_call_details: grpc.HandlerCallDetails,
+    def build(self, service: Any, name: str, handler: _Handler) -> _Method:
+        return _Method(self, service, name, handler)
+
+    def intercept(
+        self, method: _Method, handler: _Handler, details: grpc.HandlerCallDetails
     ) -> _Handler:
-        handler = await continuation(handler_call_details)
-        name: str = handler_call_details.method
-        method = self._methods.get(name)
-        if method is None or method.inner is not handler:
-            prefix, _, method_name = name.rpartition("/")
-            service = _SERVICES.get(prefix + "/")
-            if handler is None or service is None:
-                return handler
-            method = self._methods[name] = _Method(self, service, method_name, handler)
-        drain = self.stream_idle if method.inner.request_streaming else None
+        drain = self.stream_idle if handler.request_streaming else None
         if self._closing is not None:
             return refusal(self._closing, drain)
         try:
@@ -201,14 +187,14 @@ async def _unary_unary(
     task = _enter(guard)
     try:
         if (refused := _refuse_request(ticket, request)) is not None:
-            await _abort(context, refused)
+            await abort_call(context, refused)
         if reserves:
             return await inner(request, context, ticket.grow)
         return await inner(request, context)
     except asyncio.CancelledError:
         if (error := _cut_off(guard, task)) is None:
             raise
-        await _abort(context, error)
+        await abort_call(context, error)
     finally:
         _leave(guard, task, ticket)
 
@@ -226,7 +212,7 @@ async def _unary_stream(
     task = _enter(guard)
     try:
         if type(request) is Malformed:
-            await _abort(context, errors.InvalidArgument(request.message))
+            await abort_call(context, errors.InvalidArgument(request.message))
         chunk = clamp_chunk_size(request.chunk_size)
         await _resize(context, ticket, request.ByteSize() + GET_STREAM_BUFFERED_CHUNKS * chunk)
         loop = asyncio.get_running_loop()
@@ -246,7 +232,7 @@ async def _unary_stream(
     except asyncio.CancelledError:
         if (error := _cut_off(guard, task)) is None:
             raise
-        await _abort(context, error)
+        await abort_call(context, error)
     finally:
         _leave(guard, task, ticket)
 
@@ -265,7 +251,7 @@ async def _stream_unary(
     except asyncio.CancelledError:
         if (error := _cut_off(guard, task)) is None:
             raise
-        await _abort(context, error)
+        await abort_call(context, error)
     finally:
         _leave(guard, task, ticket)
 
@@ -396,18 +382,26 @@ async def _drain(requests: AsyncIterator[Any], idle: float) -> None:
             drained += len(message) if isinstance(message, bytes) else message.ByteSize()
 
 
-def refusal(error: errors.BlobStoreError, drain: float | None) -> _Handler:
+def refusal(
+    error: errors.BlobStoreError,
+    drain: float | None,
+    wait: Callable[[_Context], Awaitable[None]] | None = None,
+) -> _Handler:
     """A handler that answers at once, without parsing the request.
 
     `drain` (the idle timeout; None for unary methods): a client stream is read to its
     end (up to DRAIN_LIMIT, message by message, never held) before the answer, which
-    a client still writing would otherwise lose (see _drain).
+    a client still writing would otherwise lose (see _drain). `wait(context)`, if
+    given, is awaited before the answer (the slow-down of a peer that keeps failing
+    to authenticate, grpc/auth.py).
     """
 
     async def refuse(requests: AsyncIterator[Any], context: _Context) -> Any:
         if drain is not None:
             await _drain(requests, drain)
-        await _abort(context, error)
+        if wait is not None:
+            await wait(context)
+        await abort_call(context, error)
 
     return grpc.stream_unary_rpc_method_handler(refuse)
 
@@ -426,10 +420,10 @@ async def _resize(context: _Context, ticket: Ticket, nbytes: int) -> None:
     try:
         ticket.resize(nbytes)
     except errors.Overloaded as exc:
-        await _abort(context, exc)
+        await abort_call(context, exc)
 
 
-async def _abort(context: _Context, error: errors.BlobStoreError) -> NoReturn:
+async def abort_call(context: _Context, error: errors.BlobStoreError) -> NoReturn:
     code, message, trailers = to_status(error)
     try:
         await context.abort(code, message, trailers)

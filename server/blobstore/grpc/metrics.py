@@ -24,30 +24,29 @@ import functools
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from blobstore import logs
-from blobstore.api.stepflow.v1 import blobs_pb2 as stepflow_pb
-from blobstore.proto_names import SERVICE
+from blobstore.grpc.interceptor_base import (
+    Context,
+    GatedInterceptor,
+    Handler,
+    behavior_slot,
+    metadata_value,
+)
 
 log = logging.getLogger("blobstore.access")
 
-_SERVICES = frozenset(
-    service.full_name
-    for service in (SERVICE, stepflow_pb.DESCRIPTOR.services_by_name["BlobService"])
-)
 # From 0.1 ms (a Stat in memory) to 10 s (a large stream): bounds fit for both.
 LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
-_Handler = Any  # grpc's RpcMethodHandler named tuple; grpc-stubs does not type its fields
-_Context = grpc.aio.ServicerContext[Any, Any]
-_SLOTS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+_Handler = Handler
+_Context = Context
 
 
 class RpcMetrics:
@@ -82,8 +81,10 @@ class RpcMetrics:
         )
 
 
-class CallObserver(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+class CallObserver(GatedInterceptor["_Method"]):
     """Wraps each blob service call; see the module docstring. `metrics` None: ids only."""
+
+    keyed_on_handler = False  # the guard's handler differs per call (its ticket bound in)
 
     def __init__(
         self,
@@ -99,28 +100,15 @@ class CallObserver(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         # others are always logged, being the ones an operator looks for.
         self.access_level = level
         self.access_sample = sample
-        self._methods: dict[str, _Method] = {}
+        super().__init__()
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[_Handler]],
-        handler_call_details: grpc.HandlerCallDetails,
+    def build(self, service: Any, name: str, handler: _Handler) -> _Method:
+        return _Method(self, service.full_name, name)
+
+    def intercept(
+        self, method: _Method, handler: _Handler, details: grpc.HandlerCallDetails
     ) -> _Handler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        name: str = handler_call_details.method
-        method = self._methods.get(name)
-        if method is None:
-            service, _, method_name = name[1:].rpartition("/")
-            if service not in _SERVICES:
-                return handler
-            method = self._methods[name] = _Method(self, service, method_name)
-        given = None
-        for key, value in handler_call_details.invocation_metadata or ():
-            if key == logs.REQUEST_ID_KEY:
-                given = value if isinstance(value, str) else None
-                break
+        given = metadata_value(details.invocation_metadata, logs.REQUEST_ID_KEY)
         return method.wrap(handler, logs.accept_request_id(given))
 
 
@@ -159,10 +147,8 @@ class _Method:
         self._wrapped_serialize: Any = None
 
     def wrap(self, handler: _Handler, rid: str) -> _Handler:
-        for slot in _SLOTS:
-            behavior = getattr(handler, slot)
-            if behavior is not None:
-                break
+        slot = behavior_slot(handler)
+        behavior = getattr(handler, slot)
         # The guard makes every blob service behaviour a coroutine function (GetStream
         # writes its replies itself), so one wrapper fits every kind.
         changes: dict[str, Any] = {slot: functools.partial(_observed, self, behavior, rid)}

@@ -89,8 +89,10 @@ translate_errors = _translate_errors
 class BlobServicer(pb_grpc.BlobServiceServicer):
     """Implements blobstore.v1.BlobService over a BlobStore."""
 
-    def __init__(self, store: BlobStore) -> None:
+    def __init__(self, store: BlobStore, *, removals_allowed: bool = True) -> None:
+        """`removals_allowed`: serve Delete and Prune (the server decides: service/app.py)."""
         self._store = store
+        self._removals_allowed = removals_allowed
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         """Registers the service; the only way to (pb_grpc's generated registration is not).
@@ -130,6 +132,8 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
                 request_deserializer=pb.GetStreamRequest.FromString,
                 response_serializer=wire.serialize_reply,
             ),
+            "Delete": unary(self.Delete, pb.DeleteRequest, pb.DeleteResponse),
+            "Prune": unary(self.Prune, pb.PruneRequest, pb.PruneResponse),
         }
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),)
@@ -231,13 +235,17 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
         info = await self._store.stat(blob_id)
         if info is None:
             return pb.StatResponse(id=blob_id, exists=False)
-        return pb.StatResponse(
+        reply = pb.StatResponse(
             id=blob_id,
             exists=True,
             blob_type=_TO_PB[info.blob_type],
             size=info.size,
             **meta_to_pb(info.meta),
         )
+        last_use = self._store.last_use(blob_id)
+        if last_use is not None:
+            reply.last_used.FromNanoseconds(int(last_use * 1e9))
+        return reply
 
     @_translate_errors
     async def FindMissing(
@@ -246,6 +254,26 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
         ids = [_required_id(text, f"ids[{i}]") for i, text in enumerate(request.ids)]
         missing = await self._store.find_missing(ids)
         return pb.FindMissingResponse(missing_ids=missing)
+
+    @_translate_errors
+    async def Delete(self, request: pb.DeleteRequest, context: Any) -> pb.DeleteResponse:
+        self._check_removals("Delete")
+        ids = [_required_id(text, f"ids[{i}]") for i, text in enumerate(request.ids)]
+        return pb.DeleteResponse(deleted_ids=await self._store.delete(ids))
+
+    @_translate_errors
+    async def Prune(self, request: pb.PruneRequest, context: Any) -> pb.PruneResponse:
+        self._check_removals("Prune")
+        report = await self._store.prune(request.older_than_seconds, dry_run=request.dry_run)
+        return pb.PruneResponse(ids=report.blob_ids, total_bytes=report.total_bytes)
+
+    def _check_removals(self, method: str) -> None:
+        if not self._removals_allowed:
+            raise errors.PermissionDenied(
+                f"{method} is off on this server: it listens beyond loopback without "
+                f"--tokens-file; start it with tokens (then {method} needs the admin scope) "
+                "or --enable-delete"
+            )
 
     @_translate_errors
     async def PutStream(

@@ -14,23 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
 from blobstore import tracing
-from blobstore.api.stepflow.v1 import blobs_pb2 as stepflow_pb
-from blobstore.proto_names import SERVICE
+from blobstore.grpc.interceptor_base import Context, GatedInterceptor, Handler, behavior_slot
 
-_SERVICES = frozenset(
-    service.full_name
-    for service in (SERVICE, stepflow_pb.DESCRIPTOR.services_by_name["BlobService"])
-)
-_Handler = Any  # grpc's RpcMethodHandler named tuple
-_Context = grpc.aio.ServicerContext[Any, Any]
-_SLOTS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+_Handler = Handler
+_Context = Context
 # Codes that say the server (not the caller) failed: the span's status is then ERROR.
 _SERVER_FAULTS = frozenset(
     (
@@ -45,38 +38,48 @@ _SERVER_FAULTS = frozenset(
 )
 
 
-class TracingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+class _Method:
+    """One method's span name and attributes, built once."""
+
+    __slots__ = ("method", "service", "span_name")
+
+    def __init__(self, service: str, method: str) -> None:
+        self.service, self.method = service, method
+        self.span_name = f"{service}/{method}"
+
+
+class TracingInterceptor(GatedInterceptor[_Method]):
     """See the module docstring."""
 
+    keyed_on_handler = False  # the guard's handler differs per call (its ticket bound in)
+
     def __init__(self, tracer: Tracer) -> None:
+        super().__init__()
         self._tracer = tracer
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[_Handler]],
-        handler_call_details: grpc.HandlerCallDetails,
+    def build(self, service: Any, name: str, handler: _Handler) -> _Method:
+        return _Method(service.full_name, name)
+
+    def intercept(
+        self, method: _Method, handler: _Handler, details: grpc.HandlerCallDetails
     ) -> _Handler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        name: str = handler_call_details.method
-        service, _, method = name[1:].rpartition("/")
-        if service not in _SERVICES:
-            return handler
         carrier = {
             key: value
-            for key, value in handler_call_details.invocation_metadata or ()
+            for key, value in details.invocation_metadata or ()
             if key in ("traceparent", "tracestate") and isinstance(value, str)
         }
         parent = tracing.extract(carrier) if carrier else None
-        for slot in _SLOTS:
-            behavior = getattr(handler, slot)
-            if behavior is not None:
-                break
+        slot = behavior_slot(handler)
         # The guard makes every blob service behaviour a coroutine function taking
         # (request or request iterator, context), so one wrapper fits every kind.
         traced = functools.partial(
-            _traced, self._tracer, f"{service}/{method}", service, method, parent, behavior
+            _traced,
+            self._tracer,
+            method.span_name,
+            method.service,
+            method.method,
+            parent,
+            getattr(handler, slot),
         )
         return handler._replace(**{slot: traced})
 

@@ -1,5 +1,5 @@
 """Assembles and runs the gRPC server: store, servicer, security (service/security.py),
-health, reflection, graceful stop; SIGHUP reloads the tokens."""
+health, reflection, graceful stop; SIGHUP reloads the tokens, JWT keys and TLS files."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from blobstore import tracing
-from blobstore.grpc.auth import Authenticator
 from blobstore.grpc.guard import Guard
 from blobstore.grpc.metrics import CallObserver
 from blobstore.grpc.servicer import BlobServicer
@@ -25,15 +24,22 @@ from blobstore.offload import shutdown_process_pool
 from blobstore.proto_names import SERVICE_NAME
 from blobstore.service.admission import Admission
 from blobstore.service.config import ServerConfig
-from blobstore.service.hardening import connection_cap, raise_open_file_limit, warn_if_exposed
+from blobstore.service.hardening import (
+    connection_cap,
+    is_loopback,
+    raise_open_file_limit,
+    warn_if_exposed,
+)
 from blobstore.service.malloc_tuning import MallocTrimmer, MallocTuning, tune_malloc
 from blobstore.service.metrics import ServerMetrics, serve_metrics
 from blobstore.service.security import (
-    authenticator,
+    ReloadableTls,
+    Security,
+    build_security,
     check_exposure,
     server_credentials,
 )
-from blobstore.storage.factory import open_storage
+from blobstore.storage.factory import Storage, open_storage
 from blobstore.store import BlobStore
 
 log = logging.getLogger("blobstore")
@@ -57,8 +63,8 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
     """Runs the server until SIGTERM/SIGINT (or `stop` is set), then stops gracefully."""
     # Security settings are checked before anything is opened: a refusal leaves no trace.
     check_exposure(config, config.address.rsplit(":", 1)[0], log)
-    auth = authenticator(config)
-    credentials = server_credentials(config)
+    security = build_security(config)
+    tls = server_credentials(config)
     malloc = tune_malloc()
     try:
         metrics_endpoint = config.metrics_endpoint
@@ -74,10 +80,12 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
     )
     storage = open_storage(config.storage_settings, metrics.storage if metrics else None)
     try:
-        store = BlobStore(storage.backend, config.limits)
-        await _serve_store(
-            config, store, storage.description, stop, malloc, auth, credentials, metrics, traced
-        )
+        await storage.start()
+        try:
+            store = BlobStore(storage.backend, config.limits, storage.retention)
+            await _serve_store(config, store, storage, stop, malloc, security, tls, metrics, traced)
+        finally:
+            await storage.stop()  # again if the server failed: a second call does nothing
     finally:
         shutdown_process_pool()
         storage.close()
@@ -88,11 +96,11 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
 async def _serve_store(
     config: ServerConfig,
     store: BlobStore,
-    where: str,
+    storage: Storage,
     stop: asyncio.Event | None,
     malloc: MallocTuning,
-    auth: Authenticator | None,
-    credentials: grpc.ServerCredentials | None,
+    security: Security,
+    tls: ReloadableTls | None,
     metrics: ServerMetrics | None = None,
     traced: tracing.Tracing | None = None,
 ) -> None:
@@ -106,12 +114,14 @@ async def _serve_store(
     max_connections = connection_cap(config.max_connections, raise_open_file_limit())
     server = grpc.aio.server(
         # The observer first: it sees calls as callers do, every refusal included; then the
-        # authenticator: a refused call takes no admission ticket.
+        # authenticator: a refused call takes no admission ticket; the certificate gate
+        # (mTLS identities) after the guard: it needs the handler's view of the peer.
         interceptors=[
             *_tracing_interceptor(traced),
             *_observer(config, metrics),
-            *([auth] if auth is not None else []),
+            *([security.authenticator] if security.authenticator is not None else []),
             guard,
+            *([security.gate] if security.gate is not None else []),
         ],
         options=[
             ("grpc.max_receive_message_length", message_limit),
@@ -120,7 +130,10 @@ async def _serve_store(
             *connection_options(config, max_connections),
         ],
     )
-    BlobServicer(store).add_to_server(server)
+    # Delete and Prune: the admin scope with tokens; without, only on loopback or when asked.
+    host = config.address.rsplit(":", 1)[0].strip("[]")
+    removals = security.authority is not None or config.enable_delete or is_loopback(host)
+    BlobServicer(store, removals_allowed=removals).add_to_server(server)
     StepflowBlobServicer(store).add_to_server(server)  # Stepflow's API, same store and guard
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -131,10 +144,10 @@ async def _serve_store(
         )
     _check_bindable(config.address)
     try:
-        if credentials is None:
+        if tls is None:
             port = server.add_insecure_port(config.address)
         else:
-            port = server.add_secure_port(config.address, credentials)
+            port = server.add_secure_port(config.address, tls.credentials())
     except RuntimeError as exc:
         raise ListenError(f"cannot listen on {config.address}: {exc}") from None
     host = config.address.rsplit(":", 1)[0]
@@ -148,26 +161,24 @@ async def _serve_store(
     log.info(
         "security: TLS %s; %s",
         ("on, client certificates required" if config.tls_client_ca else "on")
-        if credentials is not None
+        if tls is not None
         else "off",
-        f"{len(auth.tokens)} bearer token(s); without a token: {auth.describe_anonymous()}"
-        if auth is not None
-        else "no bearer tokens",
+        security.describe(),
     )
     # The "listening" line comes last: scripts and tests take it as the sign of readiness.
     log.info(
         "blobstore gRPC listening on %s:%d; data in %s",
         host,
         port,
-        where,
+        storage.description,
     )
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    # SIGHUP reloads the tokens (calls in progress go on); without tokens it is ignored.
-    loop.add_signal_handler(signal.SIGHUP, _reload, auth)
+    # SIGHUP reloads tokens, JWT keys and TLS files (calls in progress go on).
+    loop.add_signal_handler(signal.SIGHUP, _reload, security, tls)
     await stop.wait()
     log.info("stopping: finishing in-flight calls (up to %.0f s)", config.grace_seconds)
     await health_servicer.enter_graceful_shutdown()
@@ -175,17 +186,21 @@ async def _serve_store(
         log.warning("grace period over: ending %d unfinished call(s)", guard.admission.calls)
         guard.cut_off()
     await server.stop(_CUT_OFF_SECONDS)
+    await storage.stop()  # its background tasks (eviction, snapshots) end here, not in _settle
     await _settle(_SETTLE_SECONDS)
     if metrics_server is not None:
         metrics_server.shutdown()
     log.info("stopped")
 
 
-def _reload(auth: Authenticator | None) -> None:
-    if auth is None:
-        log.info("SIGHUP: no --tokens-file, nothing to reload")
+def _reload(security: Security, tls: ReloadableTls | None) -> None:
+    if security.authority is None and tls is None:
+        log.info("SIGHUP: no tokens, JWT keys or TLS files, nothing to reload")
         return
-    auth.tokens.reload()
+    if security.authority is not None:
+        security.authority.reload()
+    if tls is not None:
+        tls.reload()
 
 
 def _observer(config: ServerConfig, metrics: ServerMetrics | None) -> list[Any]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from blobstore.durations import Seconds, parse_duration
 from blobstore.service.admission import AdmissionLimits
 from blobstore.storage.factory import StorageSettings
 from blobstore.storage.filesystem import JOURNAL_MAX_BLOB_BYTES
@@ -15,6 +16,7 @@ from blobstore.store import Limits
 
 _LIMITS = Limits()
 _ADMISSION = AdmissionLimits()
+_NO_MIN_AGE = Seconds(0)
 
 
 @dataclass(frozen=True)
@@ -49,12 +51,24 @@ class ServerConfig:
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
+    jwt_secret_file: str = ""
+    jwt_public_key: str = ""
+    jwt_jwks_file: str = ""
+    jwt_issuer: str = ""
+    jwt_audience: str = ""
+    jwt_leeway_seconds: float = 30.0
+    auth_failures_free: int = 10
+    auth_failure_max_delay_seconds: float = 5.0
     allow_unauthenticated: bool = False
     no_reflection: bool = False
     log_format: str = "text"
     access_log: bool = False
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
+    max_bytes: int = 0
+    max_blobs: int = 0
+    min_age: Seconds = _NO_MIN_AGE
+    enable_delete: bool = False
     metrics_address: str = ""
     access_log_level: str = "INFO"
     access_log_sample: float = 1.0
@@ -95,6 +109,9 @@ class ServerConfig:
             cache_max_blob_bytes=self.cache_max_blob_bytes,
             io_threads=self.io_threads,
             journal_max_blob_bytes=self.journal_max_blob_bytes,
+            max_bytes=self.max_bytes,
+            max_blobs=self.max_blobs,
+            min_age=float(self.min_age),
         )
 
     @property
@@ -146,16 +163,29 @@ HELP = {
     "grace_seconds": "on SIGTERM/SIGINT, how long in-flight calls may take to finish",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "tokens_file": "file of bearer tokens, one 'sha256:<hex of the token's SHA-256> NAME "
-    "SCOPE[,SCOPE...]' a line (scopes read, write, admin); turns authentication on; "
+    "SCOPE[,SCOPE...]' a line (scopes read, write, admin), and 'cn:|dns:|uri:NAME ...' "
+    "lines for client certificates; turns authentication on; "
     "reloaded on SIGHUP; empty = no tokens (see docs/security.md)",
     "anonymous": "scopes of callers without a token, per API, e.g. 'stepflow.v1=read,write' "
-    "(several separated by ';'); only with --tokens-file; default none",
-    "tls_cert": "PEM certificate (chain) of the gRPC port; with --tls-key turns TLS on",
+    "(several separated by ';'); only with --tokens-file or a JWT key; default none",
+    "tls_cert": "PEM certificate (chain) of the gRPC port; with --tls-key turns TLS on; "
+    "certificate, key and client CA are reloaded on SIGHUP",
     "tls_key": "PEM private key of --tls-cert",
     "tls_client_ca": "PEM CA certificate(s): clients must present a certificate it signed "
     "(mTLS); needs --tls-cert",
+    "jwt_secret_file": "file holding the HS256 shared secret of JWT bearer tokens (at least "
+    "32 bytes); turns JWT authentication on (see docs/security.md)",
+    "jwt_public_key": "PEM public key of JWT bearer tokens (RSA: RS256, EC P-256: ES256)",
+    "jwt_jwks_file": "JWKS file (JSON) of the public keys of JWT bearer tokens, chosen by kid",
+    "jwt_issuer": "the `iss` a JWT must have; empty = any issuer",
+    "jwt_audience": "the `aud` a JWT must name (required with a JWT key)",
+    "jwt_leeway_seconds": "clock skew allowed when checking a JWT's exp, nbf and iat",
+    "auth_failures_free": "failed authentications a peer (IP) may make in 60 s before each "
+    "further refusal is delayed (0.25 s, doubling)",
+    "auth_failure_max_delay_seconds": "the longest delay of a refusal for a peer that keeps "
+    "failing to authenticate",
     "allow_unauthenticated": "allow listening beyond loopback without authentication "
-    "(no --tokens-file and no --tls-client-ca); without it such a server refuses to start",
+    "(no --tokens-file, JWT key or --tls-client-ca); without it such a server refuses to start",
     "no_reflection": "do not serve gRPC reflection (the API's description)",
     "log_format": "text (one line per record) or json (one JSON object per line: time, level, "
     "logger, message, request_id)",
@@ -163,6 +193,14 @@ HELP = {
     "request id)",
     "metrics_port": "serve Prometheus metrics at http://METRICS_HOST:PORT/metrics; 0 = off",
     "metrics_host": "address the metrics endpoint listens on (when --metrics-port is set)",
+    "max_bytes": "cap on the content bytes stored: past 95 %% the least recently used blobs "
+    "are evicted in the background down to 90 %%; 0 = no cap (with s3://: bounds the read "
+    "cache, needs --cache-dir)",
+    "max_blobs": "cap on the number of blobs stored, evicted like --max-bytes; 0 = no cap",
+    "min_age": "blobs used (put or read) within this long are never evicted: when nothing "
+    "else is left a put gets STORAGE_FULL (seconds, or 30m, 12h, 7d)",
+    "enable_delete": "serve the Delete and Prune calls without --tokens-file beyond loopback "
+    "(with tokens they need the admin scope; on a loopback address they are always on)",
     "metrics_address": "serve Prometheus metrics at http://HOST:PORT/metrics (the same as "
     "--metrics-host and --metrics-port together, which it overrides); empty = off",
     "access_log_level": "level of the access log's lines: DEBUG, INFO, WARNING",
@@ -224,4 +262,8 @@ def _converter(type_name: Any, env: str) -> Any:
 
 def _parser_for(type_name: Any) -> Any:
     name = type_name if isinstance(type_name, str) else type_name.__name__
-    return {"int": int, "float": float, "Path": Path, "str": str}[name]
+    return {"int": int, "float": float, "Path": Path, "str": str, "Seconds": duration}[name]
+
+
+def duration(text: str) -> Seconds:
+    return Seconds(parse_duration(text))

@@ -15,9 +15,9 @@ of VerifyingBackend, which wraps every backend the server uses.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Container, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from blobstore.ids import BlobId
 from blobstore.model import NO_META, Blob, BlobInfo, BlobMeta, BlobType, PutResult
@@ -143,6 +143,17 @@ class BlobStream(Protocol):
         ...
 
 
+class StoredBlob(NamedTuple):
+    """One blob as a listing of the medium sees it (scan)."""
+
+    blob_id: BlobId
+    size: int
+    """Content bytes; where only the stored object's size is known cheaply (a file with its
+    header and metadata) an upper bound of it."""
+    last_use: float
+    """When the blob was last stored (seconds since the epoch), as the medium recorded it."""
+
+
 @dataclass(frozen=True, slots=True)
 class StreamIntent:
     """What a streamed put promised before its content: the id the client computed, the
@@ -206,3 +217,89 @@ class BlobBackend(Protocol):
     async def quarantine(self, blob_id: BlobId, reason: str) -> None:
         """Moves a stored blob found to be corrupt out of service, keeping it for analysis."""
         ...
+
+    async def delete(self, blob_ids: Sequence[BlobId]) -> list[BlobId]:
+        """Removes the blobs durably; returns those that were stored, in the given order.
+
+        Idempotent: an id not stored is no error. Once this returns, no crash brings a
+        removed blob back (a journal that still holds it is checkpointed first). A read
+        that already has the blob open may still complete with the whole content.
+        """
+        ...
+
+    def scan(self, known: Container[BlobId] = ()) -> AsyncIterator[list[StoredBlob]]:
+        """Every stored blob, in batches (the medium's listing; the order is the medium's).
+
+        Blobs in `known` may come with size 0 and last_use 0.0: the caller has them
+        already, and the medium need not look them up (a stat per file, at start-up).
+        """
+        ...
+
+
+_FORWARDED = (
+    "put",
+    "put_many",
+    "open_writer",
+    "get",
+    "get_stream",
+    "stat",
+    "find_missing",
+    "quarantine",
+    "delete",
+    "scan",
+)
+
+
+class ForwardingBackend:
+    """A decorator's base: every BlobBackend method goes to `inner` unless overridden.
+
+    A method the subclass does not override is the inner backend's own bound
+    method, set on the instance at construction: forwarding adds no coroutine
+    layer and no call on the hot path (bb-storage's decorators embed their
+    inner BlobAccess the same way). The methods below exist for type checkers
+    and for code that calls them on the class.
+    """
+
+    def __init__(self, inner: BlobBackend) -> None:
+        self._inner = inner
+        cls = type(self)
+        for name in _FORWARDED:
+            if getattr(cls, name) is getattr(ForwardingBackend, name):
+                setattr(self, name, getattr(inner, name))
+
+    @property
+    def inner(self) -> BlobBackend:
+        """The backend this one wraps (the factory puts decorators between)."""
+        return self._inner
+
+    async def put(
+        self, blob_id: BlobId, blob_type: BlobType, data: bytes, meta: BlobMeta = NO_META
+    ) -> PutResult:
+        return await self._inner.put(blob_id, blob_type, data, meta)
+
+    async def put_many(self, items: Sequence[PutItem]) -> list[PutOutcome]:
+        return await self._inner.put_many(items)
+
+    async def open_writer(self, intent: StreamIntent | None = None) -> BlobWriter:
+        return await self._inner.open_writer(intent)
+
+    async def get(self, blob_id: BlobId, limit: ReadLimit = NO_LIMIT) -> Blob:
+        return await self._inner.get(blob_id, limit)
+
+    async def get_stream(self, blob_id: BlobId, chunk_size: int) -> BlobStream:
+        return await self._inner.get_stream(blob_id, chunk_size)
+
+    async def stat(self, blob_id: BlobId) -> BlobInfo | None:
+        return await self._inner.stat(blob_id)
+
+    async def find_missing(self, blob_ids: Sequence[BlobId]) -> list[BlobId]:
+        return await self._inner.find_missing(blob_ids)
+
+    async def quarantine(self, blob_id: BlobId, reason: str) -> None:
+        await self._inner.quarantine(blob_id, reason)
+
+    async def delete(self, blob_ids: Sequence[BlobId]) -> list[BlobId]:
+        return await self._inner.delete(blob_ids)
+
+    def scan(self, known: Container[BlobId] = ()) -> AsyncIterator[list[StoredBlob]]:
+        return self._inner.scan(known)

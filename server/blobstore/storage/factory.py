@@ -15,24 +15,32 @@ MetricsBackend named for it (storage/metrics.py):
 
     VerifyingBackend(MetricsBackend(FileSystemBackend(path), "filesystem"))
 
-New decorators (eviction...) plug in here, each behind a setting.
+Over a local folder, an EvictingBackend (eviction.py) sits under VerifyingBackend
+(above the metrics): it keeps the usage index that Stat's last use, `prune` and, with
+--max-bytes / --max-blobs, LRU eviction work from, and coordinates deletes with puts.
+Over an object store the caps bound the read cache (--cache-dir), and retention
+works from the object listing (retention.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from blobstore.storage import objectstore
 from blobstore.storage.base import BlobBackend
+from blobstore.storage.eviction import Caps, EvictingBackend
 from blobstore.storage.filesystem import JOURNAL_MAX_BLOB_BYTES, FileSystemBackend
 from blobstore.storage.filesystem import metrics as filesystem_metrics
 from blobstore.storage.metrics import MetricsBackend, StorageMetrics
 from blobstore.storage.read_cache import ReadCache
+from blobstore.storage.retention import ListingRetention, Retention
 from blobstore.storage.verifying import VerifyingBackend
 
 FILE_SCHEME = "file://"
+USAGE_SNAPSHOT = "usage.snapshot"
+"""In the data folder: the usage index's snapshot (usage.py)."""
 
 
 class UnknownStorage(ValueError):
@@ -49,15 +57,26 @@ class StorageSettings:
     cache_dir: str = ""
     cache_max_bytes: int = 1 << 30
     cache_max_blob_bytes: int = 1 << 20
+    max_bytes: int = 0
+    max_blobs: int = 0
+    min_age: float = 0.0
+
+
+async def _nothing() -> None:
+    return None
 
 
 @dataclass(frozen=True)
 class Storage:
-    """An opened backend chain: `backend` serves requests; close() releases it all."""
+    """An opened backend chain: `backend` serves requests once start() has run (on the
+    event loop); stop() there, then close(), release it all."""
 
     backend: BlobBackend
     description: str
     close: Callable[[], None]
+    retention: Retention | None = None
+    start: Callable[[], Awaitable[None]] = _nothing
+    stop: Callable[[], Awaitable[None]] = _nothing
 
 
 def local_path(url: str) -> Path | None:
@@ -74,21 +93,33 @@ def open_storage(settings: StorageSettings, metrics: StorageMetrics | None = Non
 
     `metrics`: wrap each backend in a MetricsBackend reporting there (None: no metrics).
     """
+    in_object_store = objectstore.is_object_store(settings.url)
+    if in_object_store and (settings.max_bytes or settings.max_blobs) and not settings.cache_dir:
+        raise UnknownStorage(
+            "--max-bytes and --max-blobs bound the local read cache of an object store: "
+            "give --cache-dir too (the bucket itself is bounded by prune and delete)"
+        )
     storage = _open_medium(settings)
     assert isinstance(storage.backend, VerifyingBackend)
     medium = storage.backend.inner
     if metrics is not None:
         if isinstance(medium, FileSystemBackend):
             filesystem_metrics.watch(medium, metrics.registry)
-        name = "objectstore" if objectstore.is_object_store(settings.url) else "filesystem"
+        name = "objectstore" if in_object_store else "filesystem"
         medium = MetricsBackend(medium, name, metrics)
         storage = Storage(VerifyingBackend(medium), storage.description, storage.close)
+    if not in_object_store:
+        return _with_eviction(storage, medium, settings, metrics)
+    storage = Storage(storage.backend, storage.description, storage.close, ListingRetention(medium))
     if not settings.cache_dir:
         return storage
+    cache_max = settings.cache_max_bytes
+    if settings.max_bytes:
+        cache_max = min(cache_max, settings.max_bytes)
     cache = ReadCache(
         medium,
         Path(settings.cache_dir).resolve(),
-        max_bytes=settings.cache_max_bytes,
+        max_bytes=cache_max,
         max_blob_bytes=settings.cache_max_blob_bytes,
     )
     cache.open()
@@ -97,6 +128,35 @@ def open_storage(settings: StorageSettings, metrics: StorageMetrics | None = Non
         VerifyingBackend(cached),
         f"{storage.description}, read cache in {settings.cache_dir}",
         storage.close,
+        storage.retention,
+    )
+
+
+def _with_eviction(
+    storage: Storage,
+    medium: BlobBackend,
+    settings: StorageSettings,
+    metrics: StorageMetrics | None,
+) -> Storage:
+    folder = local_path(settings.url)
+    assert folder is not None
+    caps = Caps(settings.max_bytes, settings.max_blobs, settings.min_age)
+    evicting = EvictingBackend(
+        medium, caps, snapshot=folder.resolve() / USAGE_SNAPSHOT, metrics=metrics
+    )
+    description = storage.description
+    if caps.capped:
+        description += (
+            f", capped at {settings.max_bytes or 'any'} bytes / {settings.max_blobs or 'any'}"
+            f" blobs (LRU eviction, min age {settings.min_age:g} s)"
+        )
+    return Storage(
+        VerifyingBackend(evicting),
+        description,
+        storage.close,
+        evicting,
+        evicting.start,
+        evicting.stop,
     )
 
 

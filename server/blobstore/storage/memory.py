@@ -9,8 +9,9 @@ damage a stored copy (`corrupt`) to play the disk that flips bits.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import AsyncIterator, Container, Sequence
+from dataclasses import dataclass, field
 
 from blobstore.errors import BlobNotFound
 from blobstore.ids import BlobId
@@ -22,6 +23,7 @@ from blobstore.storage.base import (
     PutItem,
     PutOutcome,
     ReadLimit,
+    StoredBlob,
     StreamIntent,
     put_each,
 )
@@ -32,6 +34,7 @@ class _Stored:
     blob_type: BlobType
     data: bytes
     meta: BlobMeta
+    stored_at: float = field(default_factory=time.time)
 
 
 class MemoryBackend:
@@ -101,6 +104,12 @@ class MemoryBackend:
 
     async def quarantine(self, blob_id: BlobId, reason: str) -> None:
         self._quarantine(blob_id, reason)
+
+    async def delete(self, blob_ids: Sequence[BlobId]) -> list[BlobId]:
+        return [b for b in dict.fromkeys(blob_ids) if self._blobs.pop(b, None) is not None]
+
+    async def scan(self, known: Container[BlobId] = ()) -> AsyncIterator[list[StoredBlob]]:
+        yield [StoredBlob(b, len(s.data), s.stored_at) for b, s in self._blobs.items()]
 
     def _quarantine(self, blob_id: BlobId, reason: str) -> None:
         stored = self._blobs.pop(blob_id, None)

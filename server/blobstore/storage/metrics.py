@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from blobstore.ids import BlobId
 from blobstore.model import NO_META, Blob, BlobInfo, BlobMeta, BlobType, PutResult
@@ -23,6 +23,7 @@ from blobstore.storage.base import (
     BlobStream,
     BlobWriter,
     ChunkHook,
+    ForwardingBackend,
     PutItem,
     PutOutcome,
     ReadLimit,
@@ -67,13 +68,36 @@ class StorageMetrics:
             ("backend",),
             registry=registry,
         )
+        # Bounded storage (storage/eviction.py): what is stored, and what left and why.
+        self.stored_bytes = Gauge(
+            "blobstore_storage_stored_bytes",
+            "Content bytes of the blobs stored (the usage index; --max-bytes caps it)",
+            registry=registry,
+        )
+        self.stored_blobs = Gauge(
+            "blobstore_storage_stored_blobs",
+            "Blobs stored (the usage index; --max-blobs caps it)",
+            registry=registry,
+        )
+        self.removed = Counter(
+            "blobstore_storage_removed_blobs",
+            "Blobs removed, by reason: evicted (LRU past the cap), pruned, deleted",
+            ("reason",),
+            registry=registry,
+        )
+        self.removed_bytes = Counter(
+            "blobstore_storage_removed_bytes",
+            "Content bytes of the blobs removed, by reason (as removed_blobs)",
+            ("reason",),
+            registry=registry,
+        )
 
 
-class MetricsBackend:
+class MetricsBackend(ForwardingBackend):
     """Wraps a backend; see the module docstring."""
 
     def __init__(self, inner: BlobBackend, name: str, metrics: StorageMetrics) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._ok = {op: metrics.duration.labels(name, op, "ok") for op in _OPERATIONS}
         self._failed = metrics.duration
         self._name = name
@@ -84,10 +108,6 @@ class MetricsBackend:
         self._created = metrics.created.labels(name, "created")
         self._deduplicated = metrics.created.labels(name, "deduplicated")
         self._quarantines = metrics.quarantines.labels(name)
-
-    @property
-    def inner(self) -> BlobBackend:
-        return self._inner
 
     def _failure(self, operation: str, started: float, exc: BaseException) -> None:
         self._failed.labels(self._name, operation, type(exc).__name__).observe(

@@ -30,17 +30,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from blobstore.ids import BlobId, hex_digest
-from blobstore.model import NO_META, Blob, BlobInfo, BlobMeta, BlobType, PutResult
+from blobstore.model import Blob, BlobInfo
 from blobstore.storage.base import (
     NO_LIMIT,
     BlobBackend,
     BlobStream,
-    BlobWriter,
+    ForwardingBackend,
     OverLimit,
-    PutItem,
-    PutOutcome,
     ReadLimit,
-    StreamIntent,
 )
 from blobstore.storage.memory import MemoryStream
 
@@ -51,13 +48,13 @@ INLINE_READ = 64 * 1024
 less than a thread hand-off); larger ones in a thread."""
 
 
-class ReadCache:
+class ReadCache(ForwardingBackend):
     """Wraps a backend; see the module docstring."""
 
     def __init__(
         self, inner: BlobBackend, folder: Path, *, max_bytes: int, max_blob_bytes: int
     ) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._folder = folder
         self.max_bytes = max_bytes
         self.max_blob_bytes = max_blob_bytes
@@ -125,24 +122,18 @@ class ReadCache:
         unknown = [blob_id for blob_id in blob_ids if blob_id not in self._index]
         return await self._inner.find_missing(unknown) if unknown else []
 
-    # -- writes and corruption: the backend's ------------------------------------------
-
-    async def put(
-        self, blob_id: BlobId, blob_type: BlobType, data: bytes, meta: BlobMeta = NO_META
-    ) -> PutResult:
-        return await self._inner.put(blob_id, blob_type, data, meta)
-
-    async def put_many(self, items: Sequence[PutItem]) -> list[PutOutcome]:
-        return await self._inner.put_many(items)
-
-    async def open_writer(self, intent: StreamIntent | None = None) -> BlobWriter:
-        return await self._inner.open_writer(intent)
+    # -- corruption: the backend's (puts pass through: ForwardingBackend) ----------------
 
     async def quarantine(self, blob_id: BlobId, reason: str) -> None:
         # Only copies that hashed to their id are served from here, so a bad copy the
         # outer VerifyingBackend found is the backend's.
         self._forget(blob_id)
         await self._inner.quarantine(blob_id, reason)
+
+    async def delete(self, blob_ids: Sequence[BlobId]) -> list[BlobId]:
+        for blob_id in blob_ids:
+            self._forget(blob_id)
+        return await self._inner.delete(blob_ids)
 
     # -- the index -----------------------------------------------------------------------
 

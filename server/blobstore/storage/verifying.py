@@ -11,48 +11,19 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
 from typing import NoReturn
 
 from blobstore.errors import DataLoss
 from blobstore.ids import BlobId, hex_digest
-from blobstore.model import NO_META, Blob, BlobInfo, BlobMeta, BlobType, PutResult
+from blobstore.model import Blob, BlobInfo
 from blobstore.offload import INLINE_LIMIT, offload, sha256_hex
-from blobstore.storage.base import (
-    NO_LIMIT,
-    BlobBackend,
-    BlobStream,
-    BlobWriter,
-    PutItem,
-    PutOutcome,
-    ReadLimit,
-    StreamIntent,
-)
+from blobstore.storage.base import NO_LIMIT, BlobStream, ForwardingBackend, ReadLimit
 
 log = logging.getLogger(__name__)
 
 
-class VerifyingBackend:
-    """Wraps a backend; see the module docstring."""
-
-    def __init__(self, inner: BlobBackend) -> None:
-        self._inner = inner
-
-    @property
-    def inner(self) -> BlobBackend:
-        """The backend whose reads this checks (the factory puts decorators between)."""
-        return self._inner
-
-    async def put(
-        self, blob_id: BlobId, blob_type: BlobType, data: bytes, meta: BlobMeta = NO_META
-    ) -> PutResult:
-        return await self._inner.put(blob_id, blob_type, data, meta)
-
-    async def put_many(self, items: Sequence[PutItem]) -> list[PutOutcome]:
-        return await self._inner.put_many(items)
-
-    async def open_writer(self, intent: StreamIntent | None = None) -> BlobWriter:
-        return await self._inner.open_writer(intent)
+class VerifyingBackend(ForwardingBackend):
+    """Wraps a backend; see the module docstring. Puts and lookups pass through."""
 
     async def get(self, blob_id: BlobId, limit: ReadLimit = NO_LIMIT) -> Blob:
         try:
@@ -82,12 +53,6 @@ class VerifyingBackend:
             return await self._inner.stat(blob_id)
         except DataLoss as exc:
             await self.fail(blob_id, str(exc), exc)
-
-    async def find_missing(self, blob_ids: Sequence[BlobId]) -> list[BlobId]:
-        return await self._inner.find_missing(blob_ids)
-
-    async def quarantine(self, blob_id: BlobId, reason: str) -> None:
-        await self._inner.quarantine(blob_id, reason)
 
     async def fail(self, blob_id: BlobId, reason: str, error: DataLoss | None = None) -> NoReturn:
         """Quarantines the blob and raises DataLoss, even if quarantining fails."""

@@ -9,6 +9,7 @@ does the work:
     publish.py       temp file → fsync → link(2) → fsync folder: every put ends there
     writer.py        streamed puts
     read.py          get / get_stream / stat / find_missing
+    (layout.py)      delete (after a journal checkpoint) and scan
     journal.py       the group-commit journal's segments and records
     group_commit.py  the committer thread batching small puts
     replay.py        journal replay at start-up
@@ -30,21 +31,29 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import logging
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Container, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
 from blobstore.ids import BlobId
 from blobstore.model import NO_META, Blob, BlobInfo, BlobMeta, BlobType, PutResult
-from blobstore.storage.base import NO_LIMIT, PutItem, PutOutcome, ReadLimit, StreamIntent
+from blobstore.storage.base import (
+    NO_LIMIT,
+    PutItem,
+    PutOutcome,
+    ReadLimit,
+    StoredBlob,
+    StreamIntent,
+)
 from blobstore.storage.filesystem.fd_guard import open_on_pool
 from blobstore.storage.filesystem.group_commit import GroupCommitter
 from blobstore.storage.filesystem.journal import SEGMENT_BYTES, Journal
-from blobstore.storage.filesystem.layout import FileSystemLayout
+from blobstore.storage.filesystem.layout import FileSystemLayout, list_shards, remove_blobs
 from blobstore.storage.filesystem.os_calls import (
     fsync_dir,
     io_error,
@@ -265,6 +274,25 @@ class FileSystemBackend:
             await self._run(lambda: self.layout.quarantine(blob_id, reason))
         except OSError as exc:
             raise io_error(exc, "quarantine a corrupt blob") from None
+
+    # -- removal and listing -------------------------------------------------------------
+
+    async def delete(self, blob_ids: Sequence[BlobId]) -> list[BlobId]:
+        # The journal first: a segment still holding a record of one of these blobs
+        # would bring it back at the next start-up's replay.
+        committer = self._committer
+        if committer is not None and committer.holds_any(blob_ids):
+            await committer.checkpoint()
+        try:
+            return await self._run(lambda: remove_blobs(self.layout, blob_ids))
+        except OSError as exc:
+            raise io_error(exc, "delete blobs") from None
+
+    async def scan(self, known: Container[BlobId] = ()) -> AsyncIterator[list[StoredBlob]]:
+        shards = self.layout.shards()
+        for start in range(0, len(shards), 16):  # 16 shards a thread hop
+            group = shards[start : start + 16]
+            yield await self._run(functools.partial(list_shards, group, known))
 
 
 def _discard_temp(created: tuple[int, str]) -> None:

@@ -16,6 +16,11 @@ When a journal segment fills up, a checkpoint on a thread of its own makes
 the blobs filed from it durable (the backend's `make_durable`, a syncfs) and
 deletes the segment; stop() checkpoints what is left. Segments that outlive
 a crash are replayed by the backend at start-up.
+
+checkpoint() is the barrier a delete (or an eviction) passes first: it closes
+the active segment and returns once every segment started before the call is
+checkpointed, so no journal record of a blob removed afterwards is left for a
+replay to bring back.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +65,12 @@ class _Put:
     future: asyncio.Future[PutResult] = field(repr=False)
 
 
+@dataclass(eq=False, slots=True)
+class _Barrier:
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[None] = field(repr=False)
+
+
 _STOP = object()
 
 
@@ -81,7 +92,7 @@ class GroupCommitter:
         self._translate = translate
         self._max_batch_bytes = max_batch_bytes
         # A list is one put_many's group: it goes into a single batch whole.
-        self._queue: queue.SimpleQueue[_Put | list[_Put] | object] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Put | list[_Put] | _Barrier | object] = queue.SimpleQueue()
         self._checkpoints = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blob-checkpoint")
         self._thread = threading.Thread(target=self._run, name="blob-committer", daemon=True)
         self._stopped = False
@@ -101,15 +112,18 @@ class GroupCommitter:
             self._queue.put(_STOP)
             self._thread.join()
         # A put that raced with stop() and queued behind _STOP must not wait forever.
-        late = list(self._leftover or ())
+        late: list[_Put | _Barrier] = list(self._leftover or ())
         while True:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            late.extend(_group(item))
+            if isinstance(item, _Barrier):
+                late.append(item)
+            else:
+                late.extend(_group(item))
         for item in late:
-            refused: PutResult | Exception = Unavailable("server is shutting down; retry shortly")
+            refused = Unavailable("server is shutting down; retry shortly")
             with contextlib.suppress(RuntimeError):
                 item.loop.call_soon_threadsafe(_settle, [(item, refused)])
         self._checkpoints.shutdown(wait=True)
@@ -148,21 +162,40 @@ class GroupCommitter:
                 outcomes.append(exc)
         return outcomes
 
+    def holds_any(self, blob_ids: Sequence[BlobId]) -> bool:
+        """Whether a journal segment still on disk may hold a record of one of these blobs
+        (then a removal of them must checkpoint() first)."""
+        return self._journal.holds_any(bytes.fromhex(hex_digest(b)) for b in blob_ids)
+
+    async def checkpoint(self) -> None:
+        """Returns once every journal segment holding a record appended before this call
+        is checkpointed (its blobs synced, the segment deleted). Raises Unavailable or
+        StorageFull if a checkpoint fails (the segment stays)."""
+        if self._stopped:
+            raise Unavailable("server is shutting down; retry shortly")
+        loop = asyncio.get_running_loop()
+        barrier = _Barrier(loop, loop.create_future())
+        self._queue.put(barrier)
+        await barrier.future
+
     # -- the committer thread -----------------------------------------------------------------
 
     def _run(self) -> None:
         while True:
-            batch, stop = self._gather()
+            batch, control = self._gather()
             if batch:
                 self._commit(batch)
-            if stop:
+            if control is _STOP:
                 return
+            if isinstance(control, _Barrier):
+                self._barrier(control)
 
-    def _gather(self) -> tuple[list[_Put], bool]:
+    def _gather(self) -> tuple[list[_Put], object]:
+        """The next batch, and what ended it: None, _STOP or a _Barrier (after the batch)."""
         first = self._leftover or self._queue.get()
         self._leftover = None
-        if first is _STOP:
-            return [], True
+        if not isinstance(first, _Put | list):
+            return [], first
         # The first group is taken whole, whatever its size: a put_many is never split.
         batch = _group(first)
         size = sum(len(item.data) for item in batch)
@@ -171,8 +204,8 @@ class GroupCommitter:
                 queued = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if queued is _STOP:
-                return batch, True
+            if not isinstance(queued, _Put | list):
+                return batch, queued
             group = _group(queued)
             more = sum(len(item.data) for item in group)
             if size + more > self._max_batch_bytes:
@@ -180,7 +213,30 @@ class GroupCommitter:
                 break
             batch += group
             size += more
-        return batch, False
+        return batch, None
+
+    def _barrier(self, barrier: _Barrier) -> None:
+        # Retired segments already handed to the checkpoint thread are done before the
+        # task below runs there (one thread, in order); it checks the disk anyway, so a
+        # segment whose earlier checkpoint failed is tried again, not skipped.
+        for segment in self._journal.close():
+            self._checkpoints.submit(self._checkpoint, segment)
+        boundary = self._journal.next_sequence
+
+        def finish() -> None:
+            outcome: Exception | None = None
+            try:
+                left = self._journal.segments_before(boundary)
+                if left:
+                    self._make_durable()
+                    for segment in left:
+                        self._journal.retire(segment)
+            except OSError as exc:
+                outcome = self._translate(exc, "checkpoint the journal before a delete")
+            with contextlib.suppress(RuntimeError):
+                barrier.loop.call_soon_threadsafe(_settle, [(barrier, outcome)])
+
+        self._checkpoints.submit(finish)
 
     def _commit(self, batch: list[_Put]) -> None:
         firsts: dict[BlobId, _Put] = {}
@@ -204,13 +260,15 @@ class GroupCommitter:
 
     def _write(self, puts: list[_Put]) -> dict[BlobId, PutResult | Exception]:
         parts: list[bytes] = []
+        digests: list[bytes] = []
         for item in puts:
             digest = bytes.fromhex(hex_digest(item.blob_id))
+            digests.append(digest)
             parts += encode_record(digest, item.blob_type, item.data, item.meta)
         outcomes: dict[BlobId, PutResult | Exception] = {}
         started = time.perf_counter()
         try:
-            self._journal.append(parts)
+            self._journal.append(parts, digests)
         except OSError as exc:
             # Translated (and so logged) once for the batch; each caller gets its own copy.
             error = self._translate(exc, "store the blob")
@@ -252,11 +310,11 @@ def _group(queued: object) -> list[_Put]:
     return []
 
 
-def _settle(settled: list[tuple[_Put, PutResult | Exception]]) -> None:
+def _settle(settled: Sequence[tuple[_Put | _Barrier, PutResult | Exception | None]]) -> None:
     for item, outcome in settled:
         if item.future.done():
             continue
         if isinstance(outcome, Exception):
             item.future.set_exception(outcome)
         else:
-            item.future.set_result(outcome)
+            item.future.set_result(outcome)  # type: ignore[arg-type]  # None for a barrier

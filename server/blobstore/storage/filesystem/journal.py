@@ -33,7 +33,10 @@ import contextlib
 import logging
 import os
 import struct
+import threading
 import zlib
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -142,6 +145,12 @@ class Journal:
         self._size = 0
         self._next_seq = 0
         self._retired: list[Path] = []
+        # Which blobs have a record in a segment not yet deleted (appended by the committer
+        # thread, retired by the checkpoint thread, asked by removals): a removal of blobs
+        # that have none needs no checkpoint first.
+        self._lock = threading.Lock()
+        self._live: Counter[bytes] = Counter()
+        self._digests: dict[Path, list[bytes]] = {}
 
     def segments(self) -> list[Path]:
         """Every segment on disk, oldest first."""
@@ -161,8 +170,16 @@ class Journal:
         existing = self.segments()
         self._next_seq = int(existing[-1].stem) + 1 if existing else 0
 
-    def append(self, parts: list[bytes]) -> None:
+    def holds_any(self, digests: Iterable[bytes]) -> bool:
+        """Whether a segment still on disk may hold a record of one of these blobs."""
+        with self._lock:
+            live = self._live
+            return bool(live) and any(live[d] for d in digests)
+
+    def append(self, parts: list[bytes], digests: Sequence[bytes] = ()) -> None:
         """Writes `parts` at the end of the active segment and waits until they are durable.
+
+        `digests`: the blobs whose records `parts` are (holds_any).
 
         Raises OSError. A failed append may have left a torn record, after
         which replay would not read on, so the segment is closed and retired
@@ -173,7 +190,11 @@ class Journal:
         if self._fd is None:
             self._start_segment()
         fd = self._fd
-        assert fd is not None
+        assert fd is not None and self._path is not None
+        if digests:  # counted before the write: a record on disk is never missed
+            with self._lock:
+                self._live.update(digests)
+                self._digests.setdefault(self._path, []).extend(digests)
         try:
             total = write_all(fd, parts)
             os.fdatasync(fd)
@@ -181,6 +202,16 @@ class Journal:
             self._close_active()
             raise
         self._size += total
+
+    @property
+    def next_sequence(self) -> int:
+        """The sequence number the next segment gets: every segment on disk below it was
+        started before now."""
+        return self._next_seq
+
+    def segments_before(self, sequence: int) -> list[Path]:
+        """Segments on disk started before `sequence` (next_sequence at some earlier time)."""
+        return [path for path in self.segments() if int(path.stem) < sequence]
 
     def take_retired(self) -> list[Path]:
         """The segments closed since the last call: to checkpoint once their blobs are filed."""
@@ -198,6 +229,9 @@ class Journal:
         with contextlib.suppress(FileNotFoundError):
             segment.unlink()
         fsync_dir(self.directory)
+        with self._lock:
+            self._live.subtract(self._digests.pop(segment, ()))
+            self._live = +self._live  # drops the zeros
 
     def _start_segment(self) -> None:
         path = self.directory / f"{self._next_seq:016d}.log"

@@ -21,12 +21,13 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container, Sequence
 from pathlib import Path
 from typing import TypeVar
 
 from blobstore.ids import PREFIX, BlobId
-from blobstore.storage.filesystem.blob_file import check_file
+from blobstore.storage.base import StoredBlob
+from blobstore.storage.filesystem.blob_file import HEADER_SIZE, check_file
 from blobstore.storage.filesystem.os_calls import fsync_dir, is_folder
 from blobstore.storage.filesystem.usage import StoreUsage
 
@@ -35,7 +36,9 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 _HEX = "0123456789abcdef"
+_HEX_SET = frozenset(_HEX)
 _ID_PREFIX = len(PREFIX)
+_ID_PREFIX_TEXT = PREFIX
 
 
 class FileSystemLayout:
@@ -107,6 +110,10 @@ class FileSystemLayout:
     def path_of(self, blob_id: BlobId) -> Path:
         return Path(self.blob_path(blob_id))
 
+    def shards(self) -> list[str]:
+        """The 256 shard folders, as plain strings."""
+        return [f"{self._blobs_dir}/{a}{b}" for a in _HEX for b in _HEX]
+
     def all_blob_paths(self) -> list[Path]:
         """Everything in the shards: blob files, and whatever else was put there."""
         return sorted(self.blobs.glob("??/*"))
@@ -156,3 +163,63 @@ class FileSystemLayout:
             self.usage.removed(os.stat(target).st_size)
         log.error("quarantined %s to %s: %s", blob_id, target, problem)
         return target
+
+
+def list_shard(shard: str, known: Container[BlobId] = ()) -> list[StoredBlob]:
+    """The blob files of one shard folder, with sizes (the file's, less its header: an upper
+    bound of the content's) and mtimes, except for `known` ids (size and time 0: no stat);
+    names that are not ids, and non-files, are skipped."""
+    found = []
+    try:
+        entries = os.scandir(shard)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    with entries:
+        for entry in entries:
+            name = entry.name
+            blob_id = BlobId(_ID_PREFIX_TEXT + name)
+            if blob_id in known:  # a valid id, listed before: no check, no stat
+                found.append(StoredBlob(blob_id, 0, 0.0))
+                continue
+            if len(name) != 64 or not _HEX_SET.issuperset(name):
+                continue
+            if not entry.is_file(follow_symlinks=False):  # the folder entry's type: no stat
+                continue
+            try:
+                stat = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # removed meanwhile
+            size = max(stat.st_size - HEADER_SIZE, 0)
+            found.append(StoredBlob(blob_id, size, stat.st_mtime))
+    return found
+
+
+def list_shards(shards: Sequence[str], known: Container[BlobId] = ()) -> list[StoredBlob]:
+    return [blob for shard in shards for blob in list_shard(shard, known)]
+
+
+def remove_blobs(layout: FileSystemLayout, blob_ids: Sequence[BlobId]) -> list[BlobId]:
+    """Unlinks the blobs' files and syncs their shard folders; returns those that were there.
+
+    Something at a blob's path that unlink cannot remove (a folder) is moved to
+    quarantine/ instead. Raises OSError; the shards of the files unlinked before the
+    failure are synced first.
+    """
+    removed: list[BlobId] = []
+    shards: set[str] = set()
+    try:
+        for blob_id in blob_ids:
+            path = layout.blob_path(blob_id)
+            try:
+                os.unlink(path)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except (IsADirectoryError, PermissionError):
+                if layout.move_aside(path, label="deleted-") is None:
+                    continue
+            removed.append(blob_id)
+            shards.add(os.path.dirname(path))
+    finally:
+        for shard in shards:
+            fsync_dir(shard)
+    return removed

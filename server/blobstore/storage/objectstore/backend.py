@@ -19,14 +19,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Container, Sequence
 from datetime import UTC, datetime, timedelta
 
 import obstore
 from obstore.exceptions import AlreadyExistsError
 
 from blobstore.errors import Unavailable
-from blobstore.ids import BlobId
+from blobstore.ids import BlobId, blob_id_from_digest
 from blobstore.model import NO_META, Blob, BlobInfo, BlobMeta, BlobType, PutResult
 from blobstore.storage.base import (
     NO_LIMIT,
@@ -34,6 +34,7 @@ from blobstore.storage.base import (
     PutItem,
     PutOutcome,
     ReadLimit,
+    StoredBlob,
     StreamIntent,
     put_each,
 )
@@ -203,6 +204,33 @@ class ObjectStoreBackend:
 
         found = await asyncio.gather(*(present(blob_id) for blob_id in blob_ids))
         return [blob_id for blob_id, here in zip(blob_ids, found, strict=True) if not here]
+
+    # -- removal and listing -------------------------------------------------------------
+
+    async def delete(self, blob_ids: Sequence[BlobId]) -> list[BlobId]:
+        # An object store's DELETE succeeds whether or not the object was there: HEAD
+        # first, to say which were. Nothing is journaled here, so nothing can come back.
+        missing = set(await self.find_missing(blob_ids))
+        present = [blob_id for blob_id in dict.fromkeys(blob_ids) if blob_id not in missing]
+        if present:
+            with translated():
+                await obstore.delete_async(self.store, [keys.blob_key(b) for b in present])
+        return present
+
+    async def scan(self, known: Container[BlobId] = ()) -> AsyncIterator[list[StoredBlob]]:
+        # The listing gives size and last-modified time (the put that stored it; a
+        # deduplicated put does not change it: the store has no cheaper "touch").
+        with translated():
+            async for batch in obstore.list(self.store):
+                yield [
+                    StoredBlob(
+                        blob_id_from_digest(meta["path"]),
+                        meta["size"],
+                        meta["last_modified"].timestamp(),
+                    )
+                    for meta in batch
+                    if keys.is_blob_key(meta["path"])
+                ]
 
     # -- corruption ----------------------------------------------------------------------
 

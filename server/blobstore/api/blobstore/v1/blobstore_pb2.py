@@ -23,9 +23,10 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x62lobstore/v1/blobstore.proto\x12\x0c\x62lobstore.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xdf\x01\n\nPutRequest\x12)\n\tblob_type\x18\x01 \x01(\x0e\x32\x16.blobstore.v1.BlobType\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12&\n\x04json\x18\x03 \x01(\x0b\x32\x16.google.protobuf.ValueH\x00\x12\x13\n\x0b\x65xpected_id\x18\x04 \x01(\t\x12\x15\n\x08\x66ilename\x18\x05 \x01(\tH\x01\x88\x01\x01\x12\x19\n\x0c\x63ontent_type\x18\x06 \x01(\tH\x02\x88\x01\x01\x42\t\n\x07\x63ontentB\x0b\n\t_filenameB\x0f\n\r_content_type\"\xb3\x01\n\x0bPutResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12)\n\tblob_type\x18\x02 \x01(\x0e\x32\x16.blobstore.v1.BlobType\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x0f\n\x07\x63reated\x18\x04 \x01(\x08\x12\x15\n\x08\x66ilename\x18\x05 \x01(\tH\x00\x88\x01\x01\x12\x19\n\x0c\x63ontent_type\x18\x06 \x01(\tH\x01\x88\x01\x01\x42\x0b\n\t_filenameB\x0f\n\r_content_type\"/\n\nGetRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\ras_json_value\x18\x02 \x01(\x08\"\xe5\x01\n\x0bGetResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12)\n\tblob_type\x18\x02 \x01(\x0e\x32\x16.blobstore.v1.BlobType\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x0e\n\x04\x64\x61ta\x18\x04 \x01(\x0cH\x00\x12&\n\x04json\x18\x05 \x01(\x0b\x32\x16.google.protobuf.ValueH\x00\x12\x15\n\x08\x66ilename\x18\x06 \x01(\tH\x01\x88\x01\x01\x12\x19\n\x0c\x63ontent_type\x18\x07 \x01(\tH\x02\x88\x01\x01\x42\t\n\x07\x63ontentB\x0b\n\t_filenameB\x0f\n\r_content_type\"\x19\n\x0bStatRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\xb3\x01\n\x0cStatResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x65xists\x18\x02 \x01(\x08\x12)\n\tblob_type\x18\x03 \x01(\x0e\x32\x16.blobstore.v1.BlobType\x12\x0c\n\x04size\x18\x04 \x01(\x04\x12\x15\n\x08\x66ilename\x18\x05 \x01(\tH\x00\x88\x01\x01\x12\x19\n\x0c\x63ontent_type\x18\x06 \x01(\tH\x01\x88\x01\x01\x42\x0b\n\t_filenameB\x0f\n\r_content_type\"!\n\x12\x46indMissingRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\"*\n\x13\x46indMissingResponse\x12\x13\n\x0bmissing_ids\x18\x01 \x03(\t\"\xf9\x01\n\x10PutStreamRequest\x12)\n\tblob_type\x18\x01 \x01(\x0e\x32\x16.blobstore.v1.BlobType\x12\x17\n\ntotal_size\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x13\n\x0b\x65xpected_id\x18\x03 \x01(\t\x12\x13\n\x06offset\x18\x04 \x01(\x04H\x01\x88\x01\x01\x12\r\n\x05\x63hunk\x18\x05 \x01(\x0c\x12\x15\n\x08\x66ilename\x18\x06 \x01(\tH\x02\x88\x01\x01\x12\x19\n\x0c\x63ontent_type\x18\x07 \x01(\tH\x03\x88\x01\x01\x42\r\n\x0b_total_sizeB\t\n\x07_offsetB\x0b\n\t_filenameB\x0f\n\r_content_type\"2\n\x10GetStreamRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nchunk_size\x18\x02 \x01(\r\"X\n\x11GetStreamResponse\x12$\n\x04info\x18\x01 \x01(\x0b\x32\x16.blobstore.v1.BlobInfo\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\r\n\x05\x63hunk\x18\x03 \x01(\x0c\"\x9f\x01\n\x08\x42lobInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12)\n\tblob_type\x18\x02 \x01(\x0e\x32\x16.blobstore.v1.BlobType\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x15\n\x08\x66ilename\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x19\n\x0c\x63ontent_type\x18\x05 \x01(\tH\x01\x88\x01\x01\x42\x0b\n\t_filenameB\x0f\n\r_content_type\"=\n\x0f\x42\x61tchPutRequest\x12*\n\x08requests\x18\x01 \x03(\x0b\x32\x18.blobstore.v1.PutRequest\"A\n\x10\x42\x61tchPutResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.blobstore.v1.BatchPutResult\"e\n\x0e\x42\x61tchPutResult\x12+\n\x08response\x18\x01 \x01(\x0b\x32\x19.blobstore.v1.PutResponse\x12&\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x17.blobstore.v1.ItemError\"5\n\x0f\x42\x61tchGetRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x15\n\ras_json_value\x18\x02 \x01(\x08\"A\n\x10\x42\x61tchGetResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.blobstore.v1.BatchGetResult\"e\n\x0e\x42\x61tchGetResult\x12+\n\x08response\x18\x01 \x01(\x0b\x32\x19.blobstore.v1.GetResponse\x12&\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x17.blobstore.v1.ItemError\"\xa4\x01\n\tItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x37\n\x08metadata\x18\x04 \x03(\x0b\x32%.blobstore.v1.ItemError.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*c\n\x08\x42lobType\x12\x19\n\x15\x42LOB_TYPE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x42LOB_TYPE_JSON\x10\x01\x12\x14\n\x10\x42LOB_TYPE_BINARY\x10\x02\x12\x12\n\x0e\x42LOB_TYPE_FLOW\x10\x03\x32\xc8\x04\n\x0b\x42lobService\x12:\n\x03Put\x12\x18.blobstore.v1.PutRequest\x1a\x19.blobstore.v1.PutResponse\x12:\n\x03Get\x12\x18.blobstore.v1.GetRequest\x1a\x19.blobstore.v1.GetResponse\x12=\n\x04Stat\x12\x19.blobstore.v1.StatRequest\x1a\x1a.blobstore.v1.StatResponse\x12R\n\x0b\x46indMissing\x12 .blobstore.v1.FindMissingRequest\x1a!.blobstore.v1.FindMissingResponse\x12H\n\tPutStream\x12\x1e.blobstore.v1.PutStreamRequest\x1a\x19.blobstore.v1.PutResponse(\x01\x12N\n\tGetStream\x12\x1e.blobstore.v1.GetStreamRequest\x1a\x1f.blobstore.v1.GetStreamResponse0\x01\x12I\n\x08\x42\x61tchPut\x12\x1d.blobstore.v1.BatchPutRequest\x1a\x1e.blobstore.v1.BatchPutResponse\x12I\n\x08\x42\x61tchGet\x12\x1d.blobstore.v1.BatchGetRequest\x1a\x1e.blobstore.v1.BatchGetResponseB.\n\x10\x64\x65v.blobstore.v1P\x01Z\x18\x62lobstore/v1;blobstorev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x62lobstore/v1/blobstore.proto\x12\x0c\x62lobstore.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdf\x01\n\nPutRequest\x12)\n\tblob_type\x18\x01 \x01(\x0e\x32\x16.blobstore.v1.BlobType\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12&\n\x04json\x18\x03 \x01(\x0b\x32\x16.google.protobuf.ValueH\x00\x12\x13\n\x0b\x65xpected_id\x18\x04 \x01(\t\x12\x15\n\x08\x66ilename\x18\x05 \x01(\tH\x01\x88\x01\x01\x12\x19\n\x0c\x63ontent_type\x18\x06 \x01(\tH\x02\x88\x01\x01\x42\t\n\x07\x63ontentB\x0b\n\t_filenameB\x0f\n\r_content_type\"\xb3\x01\n\x0bPutResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12)\n\tblob_type\x18\x02 \x01(\x0e\x32\x16.blobstore.v1.BlobType\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x0f\n\x07\x63reated\x18\x04 \x01(\x08\x12\x15\n\x08\x66ilename\x18\x05 \x01(\tH\x00\x88\x01\x01\x12\x19\n\x0c\x63ontent_type\x18\x06 \x01(\tH\x01\x88\x01\x01\x42\x0b\n\t_filenameB\x0f\n\r_content_type\"/\n\nGetRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\ras_json_value\x18\x02 \x01(\x08\"\xe5\x01\n\x0bGetResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12)\n\tblob_type\x18\x02 \x01(\x0e\x32\x16.blobstore.v1.BlobType\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x0e\n\x04\x64\x61ta\x18\x04 \x01(\x0cH\x00\x12&\n\x04json\x18\x05 \x01(\x0b\x32\x16.google.protobuf.ValueH\x00\x12\x15\n\x08\x66ilename\x18\x06 \x01(\tH\x01\x88\x01\x01\x12\x19\n\x0c\x63ontent_type\x18\x07 \x01(\tH\x02\x88\x01\x01\x42\t\n\x07\x63ontentB\x0b\n\t_filenameB\x0f\n\r_content_type\"\x19\n\x0bStatRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\xe2\x01\n\x0cStatResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x65xists\x18\x02 \x01(\x08\x12)\n\tblob_type\x18\x03 \x01(\x0e\x32\x16.blobstore.v1.BlobType\x12\x0c\n\x04size\x18\x04 \x01(\x04\x12\x15\n\x08\x66ilename\x18\x05 \x01(\tH\x00\x88\x01\x01\x12\x19\n\x0c\x63ontent_type\x18\x06 \x01(\tH\x01\x88\x01\x01\x12-\n\tlast_used\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x0b\n\t_filenameB\x0f\n\r_content_type\"!\n\x12\x46indMissingRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\"*\n\x13\x46indMissingResponse\x12\x13\n\x0bmissing_ids\x18\x01 \x03(\t\"\xf9\x01\n\x10PutStreamRequest\x12)\n\tblob_type\x18\x01 \x01(\x0e\x32\x16.blobstore.v1.BlobType\x12\x17\n\ntotal_size\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x13\n\x0b\x65xpected_id\x18\x03 \x01(\t\x12\x13\n\x06offset\x18\x04 \x01(\x04H\x01\x88\x01\x01\x12\r\n\x05\x63hunk\x18\x05 \x01(\x0c\x12\x15\n\x08\x66ilename\x18\x06 \x01(\tH\x02\x88\x01\x01\x12\x19\n\x0c\x63ontent_type\x18\x07 \x01(\tH\x03\x88\x01\x01\x42\r\n\x0b_total_sizeB\t\n\x07_offsetB\x0b\n\t_filenameB\x0f\n\r_content_type\"2\n\x10GetStreamRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nchunk_size\x18\x02 \x01(\r\"X\n\x11GetStreamResponse\x12$\n\x04info\x18\x01 \x01(\x0b\x32\x16.blobstore.v1.BlobInfo\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\r\n\x05\x63hunk\x18\x03 \x01(\x0c\"\x9f\x01\n\x08\x42lobInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12)\n\tblob_type\x18\x02 \x01(\x0e\x32\x16.blobstore.v1.BlobType\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x15\n\x08\x66ilename\x18\x04 \x01(\tH\x00\x88\x01\x01\x12\x19\n\x0c\x63ontent_type\x18\x05 \x01(\tH\x01\x88\x01\x01\x42\x0b\n\t_filenameB\x0f\n\r_content_type\"\x1c\n\rDeleteRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\"%\n\x0e\x44\x65leteResponse\x12\x13\n\x0b\x64\x65leted_ids\x18\x01 \x03(\t\";\n\x0cPruneRequest\x12\x1a\n\x12older_than_seconds\x18\x01 \x01(\x01\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\"1\n\rPruneResponse\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x04\"=\n\x0f\x42\x61tchPutRequest\x12*\n\x08requests\x18\x01 \x03(\x0b\x32\x18.blobstore.v1.PutRequest\"A\n\x10\x42\x61tchPutResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.blobstore.v1.BatchPutResult\"e\n\x0e\x42\x61tchPutResult\x12+\n\x08response\x18\x01 \x01(\x0b\x32\x19.blobstore.v1.PutResponse\x12&\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x17.blobstore.v1.ItemError\"5\n\x0f\x42\x61tchGetRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x15\n\ras_json_value\x18\x02 \x01(\x08\"A\n\x10\x42\x61tchGetResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.blobstore.v1.BatchGetResult\"e\n\x0e\x42\x61tchGetResult\x12+\n\x08response\x18\x01 \x01(\x0b\x32\x19.blobstore.v1.GetResponse\x12&\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x17.blobstore.v1.ItemError\"\xa4\x01\n\tItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x37\n\x08metadata\x18\x04 \x03(\x0b\x32%.blobstore.v1.ItemError.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*c\n\x08\x42lobType\x12\x19\n\x15\x42LOB_TYPE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x42LOB_TYPE_JSON\x10\x01\x12\x14\n\x10\x42LOB_TYPE_BINARY\x10\x02\x12\x12\n\x0e\x42LOB_TYPE_FLOW\x10\x03\x32\xcf\x05\n\x0b\x42lobService\x12:\n\x03Put\x12\x18.blobstore.v1.PutRequest\x1a\x19.blobstore.v1.PutResponse\x12:\n\x03Get\x12\x18.blobstore.v1.GetRequest\x1a\x19.blobstore.v1.GetResponse\x12=\n\x04Stat\x12\x19.blobstore.v1.StatRequest\x1a\x1a.blobstore.v1.StatResponse\x12R\n\x0b\x46indMissing\x12 .blobstore.v1.FindMissingRequest\x1a!.blobstore.v1.FindMissingResponse\x12H\n\tPutStream\x12\x1e.blobstore.v1.PutStreamRequest\x1a\x19.blobstore.v1.PutResponse(\x01\x12N\n\tGetStream\x12\x1e.blobstore.v1.GetStreamRequest\x1a\x1f.blobstore.v1.GetStreamResponse0\x01\x12\x43\n\x06\x44\x65lete\x12\x1b.blobstore.v1.DeleteRequest\x1a\x1c.blobstore.v1.DeleteResponse\x12@\n\x05Prune\x12\x1a.blobstore.v1.PruneRequest\x1a\x1b.blobstore.v1.PruneResponse\x12I\n\x08\x42\x61tchPut\x12\x1d.blobstore.v1.BatchPutRequest\x1a\x1e.blobstore.v1.BatchPutResponse\x12I\n\x08\x42\x61tchGet\x12\x1d.blobstore.v1.BatchGetRequest\x1a\x1e.blobstore.v1.BatchGetResponseB.\n\x10\x64\x65v.blobstore.v1P\x01Z\x18\x62lobstore/v1;blobstorev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,48 +36,56 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'\n\020dev.blobstore.v1P\001Z\030blobstore/v1;blobstorev1'
   _globals['_ITEMERROR_METADATAENTRY']._loaded_options = None
   _globals['_ITEMERROR_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_BLOBTYPE']._serialized_start=2234
-  _globals['_BLOBTYPE']._serialized_end=2333
-  _globals['_PUTREQUEST']._serialized_start=77
-  _globals['_PUTREQUEST']._serialized_end=300
-  _globals['_PUTRESPONSE']._serialized_start=303
-  _globals['_PUTRESPONSE']._serialized_end=482
-  _globals['_GETREQUEST']._serialized_start=484
-  _globals['_GETREQUEST']._serialized_end=531
-  _globals['_GETRESPONSE']._serialized_start=534
-  _globals['_GETRESPONSE']._serialized_end=763
-  _globals['_STATREQUEST']._serialized_start=765
-  _globals['_STATREQUEST']._serialized_end=790
-  _globals['_STATRESPONSE']._serialized_start=793
-  _globals['_STATRESPONSE']._serialized_end=972
-  _globals['_FINDMISSINGREQUEST']._serialized_start=974
-  _globals['_FINDMISSINGREQUEST']._serialized_end=1007
-  _globals['_FINDMISSINGRESPONSE']._serialized_start=1009
-  _globals['_FINDMISSINGRESPONSE']._serialized_end=1051
-  _globals['_PUTSTREAMREQUEST']._serialized_start=1054
-  _globals['_PUTSTREAMREQUEST']._serialized_end=1303
-  _globals['_GETSTREAMREQUEST']._serialized_start=1305
-  _globals['_GETSTREAMREQUEST']._serialized_end=1355
-  _globals['_GETSTREAMRESPONSE']._serialized_start=1357
-  _globals['_GETSTREAMRESPONSE']._serialized_end=1445
-  _globals['_BLOBINFO']._serialized_start=1448
-  _globals['_BLOBINFO']._serialized_end=1607
-  _globals['_BATCHPUTREQUEST']._serialized_start=1609
-  _globals['_BATCHPUTREQUEST']._serialized_end=1670
-  _globals['_BATCHPUTRESPONSE']._serialized_start=1672
-  _globals['_BATCHPUTRESPONSE']._serialized_end=1737
-  _globals['_BATCHPUTRESULT']._serialized_start=1739
-  _globals['_BATCHPUTRESULT']._serialized_end=1840
-  _globals['_BATCHGETREQUEST']._serialized_start=1842
-  _globals['_BATCHGETREQUEST']._serialized_end=1895
-  _globals['_BATCHGETRESPONSE']._serialized_start=1897
-  _globals['_BATCHGETRESPONSE']._serialized_end=1962
-  _globals['_BATCHGETRESULT']._serialized_start=1964
-  _globals['_BATCHGETRESULT']._serialized_end=2065
-  _globals['_ITEMERROR']._serialized_start=2068
-  _globals['_ITEMERROR']._serialized_end=2232
-  _globals['_ITEMERROR_METADATAENTRY']._serialized_start=2185
-  _globals['_ITEMERROR_METADATAENTRY']._serialized_end=2232
-  _globals['_BLOBSERVICE']._serialized_start=2336
-  _globals['_BLOBSERVICE']._serialized_end=2920
+  _globals['_BLOBTYPE']._serialized_start=2495
+  _globals['_BLOBTYPE']._serialized_end=2594
+  _globals['_PUTREQUEST']._serialized_start=110
+  _globals['_PUTREQUEST']._serialized_end=333
+  _globals['_PUTRESPONSE']._serialized_start=336
+  _globals['_PUTRESPONSE']._serialized_end=515
+  _globals['_GETREQUEST']._serialized_start=517
+  _globals['_GETREQUEST']._serialized_end=564
+  _globals['_GETRESPONSE']._serialized_start=567
+  _globals['_GETRESPONSE']._serialized_end=796
+  _globals['_STATREQUEST']._serialized_start=798
+  _globals['_STATREQUEST']._serialized_end=823
+  _globals['_STATRESPONSE']._serialized_start=826
+  _globals['_STATRESPONSE']._serialized_end=1052
+  _globals['_FINDMISSINGREQUEST']._serialized_start=1054
+  _globals['_FINDMISSINGREQUEST']._serialized_end=1087
+  _globals['_FINDMISSINGRESPONSE']._serialized_start=1089
+  _globals['_FINDMISSINGRESPONSE']._serialized_end=1131
+  _globals['_PUTSTREAMREQUEST']._serialized_start=1134
+  _globals['_PUTSTREAMREQUEST']._serialized_end=1383
+  _globals['_GETSTREAMREQUEST']._serialized_start=1385
+  _globals['_GETSTREAMREQUEST']._serialized_end=1435
+  _globals['_GETSTREAMRESPONSE']._serialized_start=1437
+  _globals['_GETSTREAMRESPONSE']._serialized_end=1525
+  _globals['_BLOBINFO']._serialized_start=1528
+  _globals['_BLOBINFO']._serialized_end=1687
+  _globals['_DELETEREQUEST']._serialized_start=1689
+  _globals['_DELETEREQUEST']._serialized_end=1717
+  _globals['_DELETERESPONSE']._serialized_start=1719
+  _globals['_DELETERESPONSE']._serialized_end=1756
+  _globals['_PRUNEREQUEST']._serialized_start=1758
+  _globals['_PRUNEREQUEST']._serialized_end=1817
+  _globals['_PRUNERESPONSE']._serialized_start=1819
+  _globals['_PRUNERESPONSE']._serialized_end=1868
+  _globals['_BATCHPUTREQUEST']._serialized_start=1870
+  _globals['_BATCHPUTREQUEST']._serialized_end=1931
+  _globals['_BATCHPUTRESPONSE']._serialized_start=1933
+  _globals['_BATCHPUTRESPONSE']._serialized_end=1998
+  _globals['_BATCHPUTRESULT']._serialized_start=2000
+  _globals['_BATCHPUTRESULT']._serialized_end=2101
+  _globals['_BATCHGETREQUEST']._serialized_start=2103
+  _globals['_BATCHGETREQUEST']._serialized_end=2156
+  _globals['_BATCHGETRESPONSE']._serialized_start=2158
+  _globals['_BATCHGETRESPONSE']._serialized_end=2223
+  _globals['_BATCHGETRESULT']._serialized_start=2225
+  _globals['_BATCHGETRESULT']._serialized_end=2326
+  _globals['_ITEMERROR']._serialized_start=2329
+  _globals['_ITEMERROR']._serialized_end=2493
+  _globals['_ITEMERROR_METADATAENTRY']._serialized_start=2446
+  _globals['_ITEMERROR_METADATAENTRY']._serialized_end=2493
+  _globals['_BLOBSERVICE']._serialized_start=2597
+  _globals['_BLOBSERVICE']._serialized_end=3316
 # @@protoc_insertion_point(module_scope)

@@ -64,6 +64,16 @@ class BlobServiceStub:
                 request_serializer=blobstore_dot_v1_dot_blobstore__pb2.GetStreamRequest.SerializeToString,
                 response_deserializer=blobstore_dot_v1_dot_blobstore__pb2.GetStreamResponse.FromString,
                 _registered_method=True)
+        self.Delete = channel.unary_unary(
+                '/blobstore.v1.BlobService/Delete',
+                request_serializer=blobstore_dot_v1_dot_blobstore__pb2.DeleteRequest.SerializeToString,
+                response_deserializer=blobstore_dot_v1_dot_blobstore__pb2.DeleteResponse.FromString,
+                _registered_method=True)
+        self.Prune = channel.unary_unary(
+                '/blobstore.v1.BlobService/Prune',
+                request_serializer=blobstore_dot_v1_dot_blobstore__pb2.PruneRequest.SerializeToString,
+                response_deserializer=blobstore_dot_v1_dot_blobstore__pb2.PruneResponse.FromString,
+                _registered_method=True)
         self.BatchPut = channel.unary_unary(
                 '/blobstore.v1.BlobService/BatchPut',
                 request_serializer=blobstore_dot_v1_dot_blobstore__pb2.BatchPutRequest.SerializeToString,
@@ -130,6 +140,23 @@ class BlobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Delete(self, request, context):
+        """Removes blobs. Idempotent: ids not stored are no error. Needs the admin
+        scope when the server has tokens; without tokens the server serves it on
+        a loopback address or with --enable-delete only (else PERMISSION_DENIED).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Prune(self, request, context):
+        """Removes every blob not used (put or read) for older_than_seconds; with
+        dry_run, only lists them. Same access rule as Delete.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def BatchPut(self, request, context):
         """Stores many blobs in one call, each with its own type, metadata and
         result: an item that fails (bad JSON, digest mismatch, too large...) gets
@@ -187,6 +214,16 @@ def add_BlobServiceServicer_to_server(servicer, server):
                     servicer.GetStream,
                     request_deserializer=blobstore_dot_v1_dot_blobstore__pb2.GetStreamRequest.FromString,
                     response_serializer=blobstore_dot_v1_dot_blobstore__pb2.GetStreamResponse.SerializeToString,
+            ),
+            'Delete': grpc.unary_unary_rpc_method_handler(
+                    servicer.Delete,
+                    request_deserializer=blobstore_dot_v1_dot_blobstore__pb2.DeleteRequest.FromString,
+                    response_serializer=blobstore_dot_v1_dot_blobstore__pb2.DeleteResponse.SerializeToString,
+            ),
+            'Prune': grpc.unary_unary_rpc_method_handler(
+                    servicer.Prune,
+                    request_deserializer=blobstore_dot_v1_dot_blobstore__pb2.PruneRequest.FromString,
+                    response_serializer=blobstore_dot_v1_dot_blobstore__pb2.PruneResponse.SerializeToString,
             ),
             'BatchPut': grpc.unary_unary_rpc_method_handler(
                     servicer.BatchPut,
@@ -361,6 +398,60 @@ class BlobService:
             '/blobstore.v1.BlobService/GetStream',
             blobstore_dot_v1_dot_blobstore__pb2.GetStreamRequest.SerializeToString,
             blobstore_dot_v1_dot_blobstore__pb2.GetStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Delete(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/blobstore.v1.BlobService/Delete',
+            blobstore_dot_v1_dot_blobstore__pb2.DeleteRequest.SerializeToString,
+            blobstore_dot_v1_dot_blobstore__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Prune(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/blobstore.v1.BlobService/Prune',
+            blobstore_dot_v1_dot_blobstore__pb2.PruneRequest.SerializeToString,
+            blobstore_dot_v1_dot_blobstore__pb2.PruneResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -75,6 +75,15 @@ class BlobServiceStub:
     ends with DATA_LOSS before the last chunk, so a reader never gets a
     complete copy of bad data.
     """
+    Delete: _grpc.UnaryUnaryMultiCallable[_blobstore_pb2.DeleteRequest, _blobstore_pb2.DeleteResponse]
+    """Removes blobs. Idempotent: ids not stored are no error. Needs the admin
+    scope when the server has tokens; without tokens the server serves it on
+    a loopback address or with --enable-delete only (else PERMISSION_DENIED).
+    """
+    Prune: _grpc.UnaryUnaryMultiCallable[_blobstore_pb2.PruneRequest, _blobstore_pb2.PruneResponse]
+    """Removes every blob not used (put or read) for older_than_seconds; with
+    dry_run, only lists them. Same access rule as Delete.
+    """
     BatchPut: _grpc.UnaryUnaryMultiCallable[_blobstore_pb2.BatchPutRequest, _blobstore_pb2.BatchPutResponse]
     """Stores many blobs in one call, each with its own type, metadata and
     result: an item that fails (bad JSON, digest mismatch, too large...) gets
@@ -120,6 +129,15 @@ class BlobServiceAsyncStub(BlobServiceStub):
     is checked against its id while it is sent; on a mismatch the stream
     ends with DATA_LOSS before the last chunk, so a reader never gets a
     complete copy of bad data.
+    """
+    Delete: _aio.UnaryUnaryMultiCallable[_blobstore_pb2.DeleteRequest, _blobstore_pb2.DeleteResponse]  # type: ignore[assignment]
+    """Removes blobs. Idempotent: ids not stored are no error. Needs the admin
+    scope when the server has tokens; without tokens the server serves it on
+    a loopback address or with --enable-delete only (else PERMISSION_DENIED).
+    """
+    Prune: _aio.UnaryUnaryMultiCallable[_blobstore_pb2.PruneRequest, _blobstore_pb2.PruneResponse]  # type: ignore[assignment]
+    """Removes every blob not used (put or read) for older_than_seconds; with
+    dry_run, only lists them. Same access rule as Delete.
     """
     BatchPut: _aio.UnaryUnaryMultiCallable[_blobstore_pb2.BatchPutRequest, _blobstore_pb2.BatchPutResponse]  # type: ignore[assignment]
     """Stores many blobs in one call, each with its own type, metadata and
@@ -199,6 +217,27 @@ class BlobServiceServicer(metaclass=_abc_1.ABCMeta):
         is checked against its id while it is sent; on a mismatch the stream
         ends with DATA_LOSS before the last chunk, so a reader never gets a
         complete copy of bad data.
+        """
+
+    @_abc_1.abstractmethod
+    def Delete(
+        self,
+        request: _blobstore_pb2.DeleteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_blobstore_pb2.DeleteResponse, _abc.Awaitable[_blobstore_pb2.DeleteResponse]]:
+        """Removes blobs. Idempotent: ids not stored are no error. Needs the admin
+        scope when the server has tokens; without tokens the server serves it on
+        a loopback address or with --enable-delete only (else PERMISSION_DENIED).
+        """
+
+    @_abc_1.abstractmethod
+    def Prune(
+        self,
+        request: _blobstore_pb2.PruneRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_blobstore_pb2.PruneResponse, _abc.Awaitable[_blobstore_pb2.PruneResponse]]:
+        """Removes every blob not used (put or read) for older_than_seconds; with
+        dry_run, only lists them. Same access rule as Delete.
         """
 
     @_abc_1.abstractmethod
