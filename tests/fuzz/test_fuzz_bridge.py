@@ -180,7 +180,10 @@ def token_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     folder = tmp_path_factory.mktemp("fuzz-auth")
     tokens = folder / "tokens"
     tokens.write_text(f"{token_hash(_FUZZ_TOKEN)} writer read,write\n")
-    with stack(folder, server_args=("--tokens-file", str(tokens))) as running:
+    # Every example is a failed authentication from one peer: without a high free count,
+    # the brute-force slow-down (docs/security.md) delays each refusal up to 5 s.
+    server_args = ("--tokens-file", str(tokens), "--auth-failures-free", "100000")
+    with stack(folder, server_args=server_args) as running:
         yield running
         assert running.bridge.alive(), running.bridge.log()
         assert "Traceback" not in running.bridge.log() + running.server.log()
