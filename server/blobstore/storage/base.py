@@ -303,3 +303,19 @@ class ForwardingBackend:
 
     def scan(self, known: Container[BlobId] = ()) -> AsyncIterator[list[StoredBlob]]:
         return self._inner.scan(known)
+
+
+class CountingWriter:
+    """The BlobWriter of a decorator that counts what a stream writes: writes and abort go
+    to the inner writer, `_written` counts the bytes; subclasses add what their commit does."""
+
+    def __init__(self, inner: BlobWriter) -> None:
+        self._inner = inner
+        self._written = 0
+
+    async def write(self, chunk: bytes | memoryview, before: ChunkHook | None = None) -> None:
+        await self._inner.write(chunk, before)
+        self._written += len(chunk)
+
+    async def abort(self) -> None:
+        await self._inner.abort()

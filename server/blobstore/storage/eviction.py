@@ -49,7 +49,7 @@ from blobstore.storage.base import (
     BlobBackend,
     BlobStream,
     BlobWriter,
-    ChunkHook,
+    CountingWriter,
     ForwardingBackend,
     PutItem,
     PutOutcome,
@@ -466,17 +466,12 @@ class EvictingBackend(ForwardingBackend):
         return PruneReport(victims, total)
 
 
-class _EvictingWriter:
+class _EvictingWriter(CountingWriter):
     """A streamed put: counted as it is written, admitted (and reserved) at commit."""
 
     def __init__(self, owner: EvictingBackend, inner: BlobWriter) -> None:
+        super().__init__(inner)
         self._owner = owner
-        self._inner = inner
-        self._written = 0
-
-    async def write(self, chunk: bytes | memoryview, before: ChunkHook | None = None) -> None:
-        await self._inner.write(chunk, before)
-        self._written += len(chunk)
 
     async def commit(
         self, blob_id: BlobId, blob_type: BlobType, meta: BlobMeta = NO_META
@@ -489,6 +484,3 @@ class _EvictingWriter:
             owner._settle(blob_id, reserved)
         owner._stored(blob_id, result.info.size)
         return result
-
-    async def abort(self) -> None:
-        await self._inner.abort()

@@ -22,7 +22,7 @@ from blobstore.storage.base import (
     BlobBackend,
     BlobStream,
     BlobWriter,
-    ChunkHook,
+    CountingWriter,
     ForwardingBackend,
     PutItem,
     PutOutcome,
@@ -194,17 +194,12 @@ class MetricsBackend(ForwardingBackend):
         await self._inner.quarantine(blob_id, reason)
 
 
-class _MeteredWriter:
+class _MeteredWriter(CountingWriter):
     """A streamed put: bytes counted as written, the commit timed."""
 
     def __init__(self, owner: MetricsBackend, inner: BlobWriter) -> None:
+        super().__init__(inner)
         self._owner = owner
-        self._inner = inner
-        self._written = 0
-
-    async def write(self, chunk: bytes | memoryview, before: ChunkHook | None = None) -> None:
-        await self._inner.write(chunk, before)
-        self._written += len(chunk)
 
     async def commit(
         self, blob_id: BlobId, blob_type: BlobType, meta: BlobMeta = NO_META
@@ -220,9 +215,6 @@ class _MeteredWriter:
         owner._bytes["commit"].inc(self._written)
         owner._stored(result)
         return result
-
-    async def abort(self) -> None:
-        await self._inner.abort()
 
 
 class _MeteredStream:
