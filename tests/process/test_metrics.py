@@ -145,7 +145,7 @@ async def test_open_connections_are_counted(start_server: Callable[..., ServerPr
             await pb_grpc.BlobServiceStub(channel).Stat(pb.StatRequest(id=ABSENT), timeout=30)
         during = await asyncio.to_thread(scrape, url)
         assert value(during, "blobstore_grpc_connections_open") == 3
-        await channels.pop().close()
+        await channels.pop().close(None)
 
         def two_open() -> bool:
             return value(scrape(url), "blobstore_grpc_connections_open") == 2
@@ -153,7 +153,7 @@ async def test_open_connections_are_counted(start_server: Callable[..., ServerPr
         await asyncio.to_thread(wait_until, two_open, 10.0, "the closed connection to go")
     finally:
         for channel in channels:
-            await channel.close()
+            await channel.close(None)
 
 
 def test_request_ids_come_back_in_trailing_metadata(
