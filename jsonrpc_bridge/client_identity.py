@@ -108,15 +108,16 @@ class ClientIdentities:
                 "or 'Authorization: Bearer TOKEN'",
             )
         names = certificate_names(peercert)
-        principal = self.authority.certificate(names)
+        for name in names:  # most specific first: the first line found wins
+            principal = self.authority.certificate([name])
+            if principal is not None:
+                return Caller(f"certificate {principal.name!r} ({name})", principal)
         shown = names[-1] if names else "(without a name)"
-        if principal is None:
-            return Caller(
-                f"certificate {shown!r}",
-                refusal=f"client certificate {shown!r} has no line in the client identities "
-                "file (cn:, dns: or uri:)",
-            )
-        return Caller(f"certificate {principal.name!r} ({shown})", principal)
+        return Caller(
+            f"certificate {shown!r}",
+            refusal=f"client certificate {shown!r} has no line in the client identities "
+            "file (cn:, dns: or uri:)",
+        )
 
 
 def certificate_names(peercert: Mapping[str, Any]) -> list[str]:
