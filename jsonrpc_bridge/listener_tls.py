@@ -13,7 +13,9 @@ the next handshakes use; connections already open keep theirs, so nothing is dro
 asyncio binds a listener to one SSLContext, so the listener's context is a fixed base
 whose server-name callback (called by OpenSSL for every ClientHello, with or without
 SNI) switches each new connection to the current context. Files that do not load
-leave the context in force, and the error is logged.
+leave the context in force, and the error is logged. With a client CA, TLS sessions
+are not resumed (no tickets): a resumed session skips the certificate check against the
+CA in force, which would let a certificate of a CA removed on SIGHUP back in.
 """
 
 from __future__ import annotations
@@ -76,6 +78,11 @@ class ListenerTls:
             context.verify_mode = (
                 ssl.CERT_REQUIRED if self.client_auth == "required" else ssl.CERT_OPTIONAL
             )
+            # No session resumption: a resumed session skips the certificate check, so a
+            # client of a CA removed on SIGHUP could come back on an old session (tickets
+            # are kept by the base context, which a reload does not replace).
+            context.options |= ssl.OP_NO_TICKET
+            context.num_tickets = 0
         return context
 
     def _switch(self, connection: ssl.SSLObject, server_name: str | None, _: object) -> None:

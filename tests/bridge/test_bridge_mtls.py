@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 from collections.abc import Callable
@@ -204,6 +205,21 @@ def connects(bridge: BridgeProcess, ca: Path, cert: Pair) -> bool:
     return True
 
 
+def handshake(
+    bridge: BridgeProcess, context: ssl.SSLContext, session: ssl.SSLSession | None = None
+) -> ssl.SSLSession | None:
+    """A TLS connection (resuming `session` if the bridge allows it) that reads /healthz;
+    its session. Raises OSError if the bridge refuses the certificate."""
+    with (
+        socket.create_connection(("127.0.0.1", bridge.port), timeout=30) as plain,
+        context.wrap_socket(plain, server_hostname="127.0.0.1", session=session) as tls,
+    ):
+        tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        if not tls.recv(100).startswith(b"HTTP/1.1 "):
+            raise OSError("no HTTP answer")
+        return tls.session
+
+
 def test_sighup_revokes_identities_and_rotates_tls_without_dropping_connections(
     server: ServerProcess, start_bridge: BridgeFactory, pki: Pki, tmp_path: Path
 ) -> None:
@@ -220,6 +236,12 @@ def test_sighup_revokes_identities_and_rotates_tls_without_dropping_connections(
     assert handshake_fails(pki, bridge.url, None)
 
     builder = Connection(bridge, pki.ca, pki.san_client)
+    # A client trusting both CAs, keeping its TLS session for later.
+    resuming = ssl.create_default_context(cafile=pki.ca)
+    resuming.load_verify_locations(pki.untrusted_ca)
+    resuming.load_cert_chain(pki.san_client.cert, pki.san_client.key)
+    session = handshake(bridge, resuming)
+    assert session is not None
     reader = Connection(bridge, pki.ca, pki.client)
     assert builder.put("before")[0] == 200
     assert reader.put("reader before")[1]["error"]["code"] == -32011
@@ -250,6 +272,9 @@ def test_sighup_revokes_identities_and_rotates_tls_without_dropping_connections(
     # New connections: the old CA's certificates no longer connect; the new CA's do, and
     # intruder's new line lets it read (not write).
     assert not connects(bridge, pki.untrusted_ca, pki.san_client)
+    # Nor by resuming a TLS session of before (a resumption skips the certificate check).
+    with pytest.raises(OSError):
+        handshake(bridge, resuming, session)
     intruder = Connection(bridge, pki.untrusted_ca, pki.untrusted_client)
     assert intruder.put("intruder")[1]["error"]["code"] == -32011
     # The builder's connection, made before the rotation, was not dropped.
