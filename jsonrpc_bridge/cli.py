@@ -5,7 +5,8 @@ It prints one start-up line on stderr saying where it listens, for example
     blobstore-bridge JSON-RPC on stdio (gRPC target 127.0.0.1:50051)
 (https:// with --tls-cert), and stops gracefully on SIGTERM/SIGINT (and, with --stdio,
 at end of input). SIGHUP reloads the HTTPS certificate, key and client CA
-(listener_tls.py) and the client identities file (client_identity.py).
+(listener_tls.py), the client identities file (client_identity.py) and the service
+token file (upstream_auth.py).
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ def _check_client_certificates(parser: argparse.ArgumentParser, cfg: config.Brid
 
 
 class _Listener:
-    """What SIGHUP reloads: the listener's TLS files and the client identities file."""
+    """The listener's TLS files and client identities; what SIGHUP reloads with them."""
 
     def __init__(
         self,
@@ -136,14 +137,18 @@ class _Listener:
         self.tls = tls
         self.identities = identities
 
-    def reload(self) -> None:
-        if self.tls is None and self.identities is None:
-            log.info("SIGHUP: no HTTPS certificate or client identities, nothing to reload")
+    def reload(self, upstream: upstream_auth.UpstreamAuth) -> None:
+        if self.tls is None and self.identities is None and not upstream.token_file:
+            log.info(
+                "SIGHUP: no HTTPS certificate, client identities or service token file, "
+                "nothing to reload"
+            )
             return
         if self.tls is not None:
             self.tls.reload()
         if self.identities is not None:
             self.identities.reload()
+        upstream.reload()
 
 
 async def _run(
@@ -158,7 +163,7 @@ async def _run(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     # Connections and calls in progress go on; new handshakes and requests see the new files.
-    loop.add_signal_handler(signal.SIGHUP, listener.reload)
+    loop.add_signal_handler(signal.SIGHUP, listener.reload, upstream)
     # Overload is retried too: a refused call did nothing, and the component server on
     # the other side would otherwise see -32005 for a burst the service absorbs in a moment.
     retry = RetryPolicy(attempts=cfg.retry_attempts, retry_overloaded=True)

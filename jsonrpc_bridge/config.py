@@ -93,7 +93,8 @@ HELP = {
     "format) mapping verified client certificates to scopes; the bridge checks them and "
     "calls the gRPC service with its own credentials; reloaded on SIGHUP",
     "upstream_token_file": "file holding the bridge's own token for the gRPC service, sent "
-    "on calls whose caller sent no Authorization header (and on every stdio call); "
+    "on calls whose caller sent no Authorization header (and on every stdio call; with "
+    "--client-identities only on calls of listed client certificates); reloaded on SIGHUP; "
     "else $BLOBSTORE_TOKEN",
     "upstream_tls_ca": "CA certificate(s) to verify the gRPC service's TLS certificate; "
     "turns TLS on for the bridge's gRPC channel",

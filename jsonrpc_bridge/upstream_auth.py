@@ -16,6 +16,8 @@ Such a bridge must have service credentials (a token and/or `--upstream-tls-cert
 A token is sent only where it cannot be read on the way: over TLS
 (`--upstream-tls-ca`/`--upstream-tls-cert`), or in plaintext to a loopback target.
 A plaintext target beyond loopback gets no token (the bridge says so at start).
+SIGHUP reads `--upstream-token-file` again (`reload`), so the service token rotates
+without a restart; `BLOBSTORE_TOKEN` is read once.
 
 The caller's header travels in a context variable set by the HTTP transport for the
 request's task; the interceptors here read it on every upstream call, retries and
@@ -25,6 +27,7 @@ streams included. Nothing here logs a token, and no error message quotes one.
 from __future__ import annotations
 
 import contextvars
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -37,6 +40,8 @@ import grpc
 from blobstore.credentials import channel_credentials
 from blobstore.service.hardening import is_loopback
 from jsonrpc_bridge.client_identity import acting_for_certificate
+
+log = logging.getLogger("jsonrpc_bridge")
 
 AUTHORIZATION = "authorization"
 TOKEN_ENV = "BLOBSTORE_TOKEN"
@@ -59,7 +64,7 @@ def acceptable(value: str) -> bool:
     return _VALID_VALUE.fullmatch(value) is not None
 
 
-@dataclass(frozen=True)
+@dataclass
 class UpstreamAuth:
     """The bridge's own credentials and whether tokens may go on its channel."""
 
@@ -68,6 +73,22 @@ class UpstreamAuth:
     sends_tokens: bool
     certificate_callers: bool = False
     """The service token serves only requests of a listed client certificate."""
+    token_file: str = ""
+    """Where the service token was read from (reload() reads it again); "": not a file."""
+
+    def reload(self) -> bool:
+        """Reads --upstream-token-file again (SIGHUP): calls from now on carry the new
+        token. A file that cannot serve is logged and the token in force stays."""
+        if not self.token_file:
+            return False
+        try:
+            token = _service_token(self.token_file, {})
+        except UpstreamConfigError as exc:
+            log.error("service token not reloaded, the one in force stays: %s", exc)
+            return False
+        self.service_token = token  # one assignment: a call sees the old token or the new
+        log.info("service token reloaded from %s", self.token_file)
+        return True
 
     def token_for_call(self) -> str | None:
         """The `authorization` value of an upstream call made now (None: none is sent)."""
@@ -123,7 +144,7 @@ def configure(
             "--upstream-token-file (or BLOBSTORE_TOKEN) and/or --upstream-tls-cert/"
             "--upstream-tls-key"
         )
-    return UpstreamAuth(token, channel, secure, certificate_callers)
+    return UpstreamAuth(token, channel, secure, certificate_callers, token_file)
 
 
 def loopback_target(target: str) -> bool:

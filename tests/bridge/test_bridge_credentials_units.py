@@ -185,3 +185,18 @@ def test_identities_files_that_cannot_serve(tmp_path: Path) -> None:
     path.write_text("cn:worker-1 reader read,everything\n")
     with pytest.raises(AuthConfigError, match="line 1"):
         ClientIdentities(str(path))
+
+
+def test_sighup_rereads_the_service_token_file(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("first-8\n")
+    auth = configure("127.0.0.1:1", token_file=str(token_file), environ={})
+    token_file.write_text("second-9\n")
+    assert auth.reload() and auth.token_for_call() == "Bearer second-9"
+    for broken in ("", "two words"):  # refused: the token in force stays
+        token_file.write_text(broken)
+        assert not auth.reload() and auth.token_for_call() == "Bearer second-9"
+    token_file.unlink()
+    assert not auth.reload() and auth.token_for_call() == "Bearer second-9"
+    from_env = configure("127.0.0.1:1", environ={"BLOBSTORE_TOKEN": "env-10"})
+    assert not from_env.reload() and from_env.token_for_call() == "Bearer env-10"

@@ -33,7 +33,7 @@ from tests.tls_certs import Pair, Pki, server_tls_args
 READ_TOKEN = "mtls-read-token-3c5e7a91"
 WRITE_TOKEN = "mtls-write-token-8b2d4f60"
 SERVICE_TOKEN = "mtls-service-token-1f9e0c2b"
-SECRETS = (READ_TOKEN, WRITE_TOKEN, SERVICE_TOKEN)
+SECRETS = (READ_TOKEN, WRITE_TOKEN, SERVICE_TOKEN, "mtls-unknown-service-token-77")
 # worker-1 (CN) reads; san-client's SPIFFE URI reads and writes (its DNS line, read only,
 # loses: URIs are looked up first).
 IDENTITIES = (
@@ -280,6 +280,13 @@ def test_sighup_revokes_identities_and_rotates_tls_without_dropping_connections(
     # The builder's connection, made before the rotation, was not dropped.
     assert builder.put("on the old connection")[0] == 200
     assert blob_path(server.data_dir, sha256_id(b'"on the old connection"')).exists()
+
+    # The service token rotates on SIGHUP too: one the server does not know is refused there.
+    (tmp_path / "service-token").write_text("mtls-unknown-service-token-77\n")
+    bridge.signal(signal.SIGHUP)
+    assert wait_until(lambda: "service token reloaded" in bridge.log(), 30)
+    status, answer = builder.put("with an unknown service token")
+    assert status == 200 and answer["error"]["code"] == -32010, answer
 
     # A broken certificate file: logged, the certificate in force stays.
     cert.write_text("not a certificate")
