@@ -10,8 +10,6 @@ own, so a scrape never waits for the event loop nor delays a call.
 
 from __future__ import annotations
 
-import importlib
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -45,11 +43,6 @@ class ServerMetrics:
             ("cap",),
             registry=registry,
         )
-        Gauge(
-            "blobstore_grpc_connections",
-            "Client connections open to the gRPC server (HTTP/2 connections, from channelz)",
-            registry=registry,
-        ).set_function(open_connections)
         return cls(registry, RpcMetrics(registry), StorageMetrics(registry), refusals)
 
     def admission(self, limits: AdmissionLimits) -> Admission:
@@ -88,34 +81,6 @@ class MeteredAdmission(Admission):
         except errors.Overloaded:
             self._by_bytes.inc()
             raise
-
-
-def open_connections() -> int:
-    """Client connections open to the gRPC servers of this process, read at each scrape.
-
-    grpc.aio has no connection hook; gRPC core's channelz keeps every server's sockets
-    (on by default: grpc.enable_channelz). grpcio exposes it only through
-    grpc._cython.cygrpc, the functions the grpcio-channelz service answers from (JSON
-    of channelz.v1's messages), so this reads them there; a grpcio without them gives
-    0 rather than a failed scrape.
-    """
-    try:
-        cygrpc: Any = importlib.import_module("grpc._cython.cygrpc")
-        servers = json.loads(cygrpc.channelz_get_servers(0)).get("server", [])
-        count = 0
-        for server in servers:
-            server_id, start = int(server["ref"]["serverId"]), 0
-            while True:  # pages of sockets: "end" says the last
-                page = json.loads(cygrpc.channelz_get_server_sockets(server_id, start, 0))
-                refs = page.get("socketRef", [])
-                count += len(refs)
-                if page.get("end", True) or not refs:
-                    break
-                start = int(refs[-1]["socketId"]) + 1
-        return count
-    except (AttributeError, ImportError, KeyError, ValueError) as exc:
-        log.debug("no connection count from channelz: %s", exc)
-        return 0
 
 
 def serve_metrics(host: str, port: int, registry: CollectorRegistry = REGISTRY) -> Any:
