@@ -12,9 +12,11 @@ OVERLOADED refusal is a RESOURCE_EXHAUSTED call here). For each call it
   duration, and counts the request and reply bytes as the (de)serializers see them;
 * with the access log on, logs one line: method, code, duration, peer.
 
-Cheap on the hot path: label children are bound once per method (a code's child on
-its first use), the byte counters sit in the method's (de)serializers (built once
-per method), and a call costs one handler copy with its behaviour wrapped.
+Cheap on the hot path: the families are metric_cells' (plain numbers, turned into
+Prometheus families at scrape time, no lock per record), label children are bound
+once per method (a code's child on its first use), the byte counters sit in the
+method's (de)serializers (built once per method), and a call costs one handler copy
+with its behaviour wrapped (scripts/bench/bench_observe.py measures it).
 """
 
 from __future__ import annotations
