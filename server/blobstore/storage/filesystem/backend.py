@@ -283,8 +283,9 @@ class FileSystemBackend:
         committer = self._committer
         if committer is not None and committer.holds_any(blob_ids):
             await committer.checkpoint()
+        sync_all = self._sync_all if syncfs_available() else None
         try:
-            return await self._run(lambda: remove_blobs(self.layout, blob_ids))
+            return await self._run(lambda: remove_blobs(self.layout, blob_ids, sync_all))
         except OSError as exc:
             raise io_error(exc, "delete blobs") from None
 

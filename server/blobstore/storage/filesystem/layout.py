@@ -198,12 +198,22 @@ def list_shards(shards: Sequence[str], known: Container[BlobId] = ()) -> list[St
     return [blob for shard in shards for blob in list_shard(shard, known)]
 
 
-def remove_blobs(layout: FileSystemLayout, blob_ids: Sequence[BlobId]) -> list[BlobId]:
-    """Unlinks the blobs' files and syncs their shard folders; returns those that were there.
+def remove_blobs(
+    layout: FileSystemLayout,
+    blob_ids: Sequence[BlobId],
+    sync_all: Callable[[], None] | None = None,
+) -> list[BlobId]:
+    """Unlinks the blobs' files and makes that durable; returns those that were there.
+
+    Durable: by one `sync_all()` (syncfs of the data folder's file system) if given,
+    else by an fsync of each shard folder touched. A batch of evicted blobs spans
+    most of the 256 shards, and each folder's fsync can be a journal commit and a
+    cache flush of the disk's own: under put load, those fsyncs were most of the
+    cost of eviction (put_small_at_cap, docs/performance.md).
 
     Something at a blob's path that unlink cannot remove (a folder) is moved to
-    quarantine/ instead. Raises OSError; the shards of the files unlinked before the
-    failure are synced first.
+    quarantine/ instead. Raises OSError; what was unlinked before the failure is
+    synced first.
     """
     removed: list[BlobId] = []
     shards: set[str] = set()
@@ -220,6 +230,9 @@ def remove_blobs(layout: FileSystemLayout, blob_ids: Sequence[BlobId]) -> list[B
             removed.append(blob_id)
             shards.add(os.path.dirname(path))
     finally:
-        for shard in shards:
-            fsync_dir(shard)
+        if shards and sync_all is not None:
+            sync_all()
+        else:
+            for shard in shards:
+                fsync_dir(shard)
     return removed
