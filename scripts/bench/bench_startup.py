@@ -8,7 +8,8 @@ and names each blob's path, blob_file.py encodes its header: nothing of either i
 spelled out here), from a few threads (the system calls release the GIL; a put of
 each through the server would take far longer and measure something else). Then it
 starts `blobstore serve --max-bytes` on it three times and reports, each time, the
-seconds until it listens, the index time it logs, and the server's memory:
+seconds until it listens, the server's CPU time by then (what a busy machine does
+not stretch), the index time it logs, and the server's memory:
 
 - startup_no_snapshot: no snapshot (as after an upgrade, or a lost snapshot): the
   folder is listed (a stat per file) before the server listens; then a graceful
@@ -144,9 +145,11 @@ def figures(child: Child, listening: float) -> dict[str, float]:
     if not found:
         raise RuntimeError(f"the server logged no usage index line:\n{child.log()}")
     blobs, nbytes, seconds = found[-1]
-    rss = psutil.Process(child.proc.pid).memory_info().rss
+    process = psutil.Process(child.proc.pid)
+    rss, cpu = process.memory_info().rss, process.cpu_times()
     return {
         "listening_s": round(listening, 2),
+        "cpu_s": round(cpu.user + cpu.system, 2),
         "index_s": float(seconds),
         "blobs": int(blobs),
         "bytes": int(nbytes),
@@ -225,7 +228,8 @@ def table(count: int, rows: dict[str, dict[str, float]]) -> str:
         if "sample_read" in row:
             notes.append(f"{row['sample_read']:.0f} blobs read back")
         lines.append(
-            f"{name:<26}{row['blobs']:>10.0f}{row['listening_s']:>13.2f}{row['index_s']:>10.2f}"
+            f"{name:<26}{row['blobs']:>10.0f}{row['listening_s']:>13.2f}{row['cpu_s']:>8.2f}"
+            f"{row['index_s']:>10.2f}"
             f"{row['rss_mib']:>10.1f}  {'; '.join(notes)}"
         )
     return "\n".join(lines)
