@@ -1233,7 +1233,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.startup_blobs:
         import bench_startup
 
-        return bench_startup.run(args.startup_blobs, args.work_dir, args.json)
+        return bench_startup.run(args.startup_blobs, args.work_dir, args.json, args.keep)
     if args.storage == "s3":
         import bench_s3
 
