@@ -1,9 +1,10 @@
-"""The bridge under the service's faults: overload is reported at once, outages are retried.
+"""The bridge under the service's faults: overload is reported by its deadline, outages are retried.
 
 A real server with a cap of one call sits behind a real HTTP bridge: with the one call
 held open, a blobs/put through the bridge gets the documented -32005 Overloaded error
-once the bridge's deadline has passed (it retries refusals until then). With the server stopped and started again while a request waits, the
-bridge's retries towards the service turn the outage into a late success.
+once the bridge's deadline has passed (it retries the refusals until then). With the
+server stopped and started again while a request waits, the bridge's retries towards the
+service turn the outage into a late success.
 """
 
 from __future__ import annotations
