@@ -21,11 +21,29 @@ from blobstore.ids import BlobId, hex_digest
 from blobstore.storage.base import BlobBackend
 from blobstore.storage.eviction import Caps, EvictingBackend
 from blobstore.storage.filesystem import FileSystemBackend
+from blobstore.storage.filesystem.blob_file import HEADER_SIZE, decode_header
+from blobstore.storage.filesystem.journal import MAGIC as RECORD_MAGIC
 from blobstore.storage.memory import MemoryBackend
 from blobstore.storage.objectstore import ObjectStoreBackend, parse
 from blobstore.storage.read_cache import ReadCache
 from tests.rpc_helpers import blob_path
 from tests.seaweedfs import SeaweedFS
+
+
+def corrupt_pack_record(folder: Path, blob_id: BlobId) -> bool:
+    """Flips the last byte before the CRC of the blob's newest pack record (content or
+    metadata); False if no pack segment holds one."""
+    needle = RECORD_MAGIC + bytes.fromhex(hex_digest(blob_id))
+    for path in sorted((folder / "packs").glob("*.pack"), reverse=True):
+        data = bytearray(path.read_bytes())
+        at = data.rfind(needle)
+        if at < 0:
+            continue
+        header = decode_header(bytes(data[at + 36 : at + 36 + HEADER_SIZE]))
+        data[at + 36 + header.file_size - 1] ^= 0xFF
+        path.write_bytes(bytes(data))
+        return True
+    return False
 
 
 @dataclass
@@ -40,7 +58,7 @@ class Kit:
     """A streamed size that takes the backend's large-blob path."""
 
 
-@pytest.fixture(params=["memory", "filesystem", "objectstore", "read-cache", "evicting"])
+@pytest.fixture(params=["memory", "filesystem", "packs", "objectstore", "read-cache", "evicting"])
 async def kit(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Kit]:
@@ -60,15 +78,18 @@ async def kit(
             behind.corrupt(blob_id, b"not the content")
 
         yield Kit("read-cache", cache, corrupt_behind, lambda: [], 1 << 20)
-    elif request.param in ("filesystem", "evicting"):
+    elif request.param in ("filesystem", "packs", "evicting"):
         folder = tmp_path / "data"
-        files = FileSystemBackend(folder, io_threads=4)
+        small = "packs" if request.param == "packs" else "files"
+        files = FileSystemBackend(folder, io_threads=4, small_blob_store=small)
         files.open()
         # The chain the server runs on a folder: the usage index over the files, capped.
         evicting = EvictingBackend(files, Caps(max_bytes=1 << 30), snapshot=folder / "usage")
         await evicting.start()
 
         def corrupt_file(blob_id: BlobId) -> None:
+            if corrupt_pack_record(folder, blob_id):
+                return
             path = blob_path(folder, blob_id)
             content = bytearray(path.read_bytes())
             content[-1] ^= 0xFF
@@ -77,7 +98,7 @@ async def kit(
         def temp_files() -> list[str]:
             return [p.name for p in (folder / "tmp").glob("*")] if (folder / "tmp").exists() else []
 
-        backend: BlobBackend = files if request.param == "filesystem" else evicting
+        backend: BlobBackend = evicting if request.param == "evicting" else files
         yield Kit(request.param, backend, corrupt_file, temp_files, 3 << 20)
         await evicting.stop()
         files.close()

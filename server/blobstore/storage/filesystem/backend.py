@@ -176,6 +176,7 @@ class FileSystemBackend:
         packs.open()
         self.packs, self.compactor = packs, Compactor(packs)
         packs.appender.on_sealed = self.compactor.request
+        self._publisher.other_copy = packs.existing  # a streamed put of a blob in a pack
         self.compactor.request()  # segments left mostly dead by the last run
         if self._journal_max_blob > 0:
             self._committer = GroupCommitter(

@@ -32,6 +32,7 @@ from blobstore.model import Blob, BlobInfo, BlobMeta, BlobType, PutResult
 from blobstore.storage.base import StoredBlob
 from blobstore.storage.filesystem.blob_file import (
     HEADER_SIZE,
+    FileContent,
     blob_info,
     decode_header,
     file_header,
@@ -223,9 +224,18 @@ class PackStore:
         assert isinstance(raw, bytes)
         return decode(blob_id, raw)
 
-    def existing(self, blob_id: BlobId, data: bytes) -> BlobInfo | None:
+    def existing(self, blob_id: BlobId, data: bytes | FileContent) -> BlobInfo | None:
         """The stored blob's metadata if its record holds exactly `data` (which hashes to the
-        id); a record that does not is quarantined and None returned (blocking)."""
+        id; bytes, or a streamed put's temp file); a record that does not is quarantined and
+        None returned (blocking)."""
+        location = self.location(blob_id)
+        if location is None:
+            return None
+        if isinstance(data, FileContent):
+            if data.size != location.size:
+                self.quarantine(blob_id, "content differs from a put of the same id")
+                return None
+            data = pread_all(data.fd, data.size, HEADER_SIZE)
         try:
             blob = self.read_blob(blob_id)
         except DataLoss as exc:
