@@ -21,29 +21,12 @@ from blobstore.ids import BlobId, hex_digest
 from blobstore.storage.base import BlobBackend
 from blobstore.storage.eviction import Caps, EvictingBackend
 from blobstore.storage.filesystem import FileSystemBackend
-from blobstore.storage.filesystem.blob_file import HEADER_SIZE, decode_header
-from blobstore.storage.filesystem.journal import MAGIC as RECORD_MAGIC
 from blobstore.storage.memory import MemoryBackend
 from blobstore.storage.objectstore import ObjectStoreBackend, parse
 from blobstore.storage.read_cache import ReadCache
+from tests.faults import flip_byte, pack_record
 from tests.rpc_helpers import blob_path
 from tests.seaweedfs import SeaweedFS
-
-
-def corrupt_pack_record(folder: Path, blob_id: BlobId) -> bool:
-    """Flips the last byte before the CRC of the blob's newest pack record (content or
-    metadata); False if no pack segment holds one."""
-    needle = RECORD_MAGIC + bytes.fromhex(hex_digest(blob_id))
-    for path in sorted((folder / "packs").glob("*.pack"), reverse=True):
-        data = bytearray(path.read_bytes())
-        at = data.rfind(needle)
-        if at < 0:
-            continue
-        header = decode_header(bytes(data[at + 36 : at + 36 + HEADER_SIZE]))
-        data[at + 36 + header.file_size - 1] ^= 0xFF
-        path.write_bytes(bytes(data))
-        return True
-    return False
 
 
 @dataclass
@@ -88,7 +71,9 @@ async def kit(
         await evicting.start()
 
         def corrupt_file(blob_id: BlobId) -> None:
-            if corrupt_pack_record(folder, blob_id):
+            found = pack_record(folder, blob_id)
+            if found is not None:
+                flip_byte(found[0], found[1] + found[2] - 5)  # content's or metadata's last
                 return
             path = blob_path(folder, blob_id)
             content = bytearray(path.read_bytes())
