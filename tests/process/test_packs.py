@@ -6,6 +6,8 @@ and the delete/eviction crash tests run with packs too, parametrised beside file
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -195,3 +197,32 @@ def test_the_setting_is_checked(start_server: ServerFactory, tmp_path: Path, opt
     value = f"file://{tmp_path}/d?small=piles" if option == "--storage" else "piles"
     with pytest.raises(RuntimeError, match="piles"):
         start_server(option, value)
+
+
+def _verify(data_dir: Path) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "blobstore.cli", "verify", "-q", "--data-dir", str(data_dir)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_verify_reads_the_packs_and_quarantines_only_without_a_server(
+    start_server: ServerFactory,
+) -> None:
+    server = start_server(*PACKS)
+    blobs = [os.urandom(3000) for _ in range(10)]
+    ids = put_each(server, blobs)
+    found = pack_record(server.data_dir, ids[3])
+    assert found is not None
+    flip_byte(found[0], found[1] + 56 + 7)
+    running = _verify(server.data_dir)
+    assert running.returncode == 4, running.stderr
+    assert f"BAD {ids[3]}" in running.stdout and "left: a running server" in running.stdout
+    assert "checked 9 blob(s)" in running.stdout
+    server.stop()
+    alone = _verify(server.data_dir)
+    assert alone.returncode == 4 and "moved to" in alone.stdout
+    assert len(quarantined(server.data_dir, ids[3])) == 1
+    assert _verify(server.data_dir).returncode == 0  # the tombstone: nothing bad left
+    again = start_server(*PACKS, data_dir=server.data_dir)
+    assert get_code(again, ids[3]) == grpc.StatusCode.NOT_FOUND
+    with BlobClient(again.target) as client:
+        assert [client.get(i).data for i in ids if i != ids[3]] == blobs[:3] + blobs[4:]

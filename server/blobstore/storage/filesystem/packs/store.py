@@ -254,26 +254,33 @@ class PackStore:
         """Takes a broken record out of service: its bytes copied to quarantine/, a tombstone
         appended, the index entry dropped. False if the blob has no record here. A record
         found sound when checked again (a put replaced it meanwhile) is kept."""
+        if not self.holds(blob_id):
+            return False
+        self.take_out(blob_id, reason)
+        return True
+
+    def take_out(self, blob_id: BlobId, reason: str) -> Path | None:
+        """quarantine(): where the record's bytes went (None: no record, or a sound one)."""
         digest = digest_of(blob_id)
         with self.appender.lock:
             raw = self.read(blob_id, wait=True)
             if raw is None:
-                return False
+                return None
             assert isinstance(raw, bytes)
-            problem = _problem(blob_id, raw)
+            problem = problem_of(blob_id, raw)
             if problem is None:
                 log.warning(
                     "kept %s: reported corrupt (%s), but the stored record is sound",
                     blob_id,
                     reason,
                 )
-                return True
+                return None
             target = self._keep_for_analysis(blob_id, raw)
             self.appender.append([encode_tombstone(digest)])
             self.index.remove(digest)
         self.layout.usage.removed(len(raw))
         log.error("quarantined %s to %s: %s", blob_id, target, problem)
-        return True
+        return target
 
     def _keep_for_analysis(self, blob_id: BlobId, raw: bytes) -> Path:
         """Writes a record's blob file part to quarantine/ as a blob file, durably."""
@@ -317,7 +324,7 @@ class PackStore:
         return found
 
 
-def _problem(blob_id: BlobId, raw: bytes) -> str | None:
+def problem_of(blob_id: BlobId, raw: bytes) -> str | None:
     """What is wrong with a record's blob file part (header, metadata, hash), or None."""
     try:
         blob = decode(blob_id, raw)
