@@ -101,8 +101,9 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--work-dir", type=Path, help="where the data folders go (a temp dir)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="bench-packs-", dir=Path.cwd()) as work:
+    with tempfile.TemporaryDirectory(prefix="bench-packs-", dir=args.work_dir) as work:
         servers: dict[str, Child] = {}
         try:
             for name in STORES:

@@ -15,7 +15,7 @@ does the work:
     replay.py        journal replay at start-up
     os_calls.py      system calls the os module lacks; the write loop; io_error
     scrub.py         the offline check (`blobstore verify`)
-    packs/           the pack store of small blobs (`small_blob_store="packs"`)
+    packs/           the pack store of small blobs (`small_blob_store="packs"`; packs/__init__.py)
 
 Small unary puts (up to `journal_max_blob_bytes`, on Linux) take a cheaper
 road to the same promise: group_commit.py makes a batch of them durable with
@@ -38,7 +38,6 @@ the event loop.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import functools
 import logging
@@ -49,7 +48,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from blobstore.errors import BlobNotFound, DataLoss
+from blobstore.errors import BlobNotFound
 from blobstore.ids import BlobId
 from blobstore.model import NO_META, Blob, BlobInfo, BlobMeta, BlobType, PutResult
 from blobstore.storage.base import (
@@ -72,13 +71,7 @@ from blobstore.storage.filesystem.os_calls import (
     syncfs_available,
     unlink_quietly,
 )
-from blobstore.storage.filesystem.packs import (
-    NOT_CACHED,
-    Compactor,
-    PackCommitLog,
-    PackStore,
-    decode,
-)
+from blobstore.storage.filesystem.packs import Compactor, PackCommitLog, PackReads, PackStore
 from blobstore.storage.filesystem.packs.segment import list_segments
 from blobstore.storage.filesystem.publish import Publisher
 from blobstore.storage.filesystem.read import BlobReader, Copy, FileStream
@@ -175,6 +168,7 @@ class FileSystemBackend:
         packs = PackStore(self.layout, self._journal_segment)
         packs.open()
         self.packs, self.compactor = packs, Compactor(packs)
+        self._pack_reads = PackReads(packs, self._pool)
         packs.appender.on_sealed = self.compactor.request
         self._publisher.other_copy = packs.existing  # a streamed put of a blob in a pack
         self.compactor.request()  # segments left mostly dead by the last run
@@ -299,18 +293,8 @@ class FileSystemBackend:
         """The stored copy's metadata if one holds exactly `data`: a pack record (compared
         on the event loop if it is in the page cache, else on the pool, which quarantines
         one that differs), else a file (read.match_now). ABSENT: no copy at all."""
-        packs = self.packs
-        if packs is not None and packs.holds(blob_id):
-            info = None
-            with contextlib.suppress(OSError, DataLoss):
-                raw = packs.read(blob_id, wait=False)
-                if isinstance(raw, bytes) and (blob := decode(blob_id, raw)).data == data:
-                    info = blob.info
-            if info is None:
-                try:
-                    info = await self._run(lambda: packs.existing(blob_id, data))
-                except OSError as exc:
-                    raise io_error(exc, "read the stored copy") from None
+        if self.packs is not None and self.packs.holds(blob_id):
+            info = await self._pack_reads.match(blob_id, data)
             if info is not None:
                 return info
         return self._reader.match_now(blob_id, data)
@@ -335,34 +319,21 @@ class FileSystemBackend:
             return await self._reader.get(blob_id, limit)
         if not limit.admit(location.size):
             raise OverLimit(BlobInfo(blob_id, location.blob_type, location.size))
-        blob = await self._pack_read(blob_id)
+        blob = await self._pack_reads.read(blob_id)
         if blob is None:
             raise BlobNotFound(blob_id)  # removed since the look-up
         return blob
 
-    async def _pack_read(self, blob_id: BlobId) -> Blob | None:
-        """The blob's pack record, read on the event loop if it is in the page cache; None if
-        it has none. DataLoss if its header or metadata is broken."""
-        packs = self.packs
-        assert packs is not None
-        try:
-            raw = packs.read(blob_id, wait=False)
-            if raw is NOT_CACHED:
-                raw = await self._run(lambda: packs.read(blob_id, wait=True))
-        except OSError as exc:
-            raise io_error(exc, "read the blob") from None
-        return decode(blob_id, raw) if isinstance(raw, bytes) else None
-
     async def get_stream(self, blob_id: BlobId, chunk_size: int) -> FileStream | MemoryStream:
         if self.packs is not None and self.packs.holds(blob_id):
-            blob = await self._pack_read(blob_id)
+            blob = await self._pack_reads.read(blob_id)
             if blob is not None:
                 return MemoryStream(blob.info, blob.data, chunk_size)
         return await self._reader.get_stream(blob_id, chunk_size)
 
     async def stat(self, blob_id: BlobId) -> BlobInfo | None:
         if self.packs is not None and self.packs.holds(blob_id):
-            blob = await self._pack_read(blob_id)
+            blob = await self._pack_reads.read(blob_id)
             if blob is not None:
                 return blob.info
         return await self._reader.stat(blob_id)

@@ -83,7 +83,10 @@ class FileSystemCollector(Collector):
 def watch(backend: FileSystemBackend, registry: CollectorRegistry) -> None:
     """Registers the backend's metrics and starts the one-off count of what it holds."""
     registry.register(FileSystemCollector(backend))
-    backend.usage.count_in_background(backend.layout.blobs)
+    packs = backend.packs
+    backend.usage.count_in_background(
+        backend.layout.blobs, None if packs is None else packs.index.totals
+    )
     committer = backend.committer
     if committer is None:
         return

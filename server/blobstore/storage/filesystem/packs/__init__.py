@@ -5,6 +5,7 @@ segments instead of a file per blob.
     index.py       digest -> record location, and the segments' shared descriptors
     appender.py    the one writer: appends to the active segment, one fdatasync each
     store.py       start-up, reads, quarantine, delete, listing
+    reads.py       reads for the event loop: in the page cache right there, else on the pool
     compact.py     copying a mostly-dead segment's live records forward, dropping it
     commit_log.py  the store as the group committer's log
     scrub.py       `blobstore verify` of the segments
@@ -12,6 +13,7 @@ segments instead of a file per blob.
 
 from blobstore.storage.filesystem.packs.commit_log import PackCommitLog
 from blobstore.storage.filesystem.packs.compact import Compactor
-from blobstore.storage.filesystem.packs.store import NOT_CACHED, PackStore, decode
+from blobstore.storage.filesystem.packs.reads import PackReads
+from blobstore.storage.filesystem.packs.store import PackStore
 
-__all__ = ["NOT_CACHED", "Compactor", "PackCommitLog", "PackStore", "decode"]
+__all__ = ["Compactor", "PackCommitLog", "PackReads", "PackStore"]

@@ -6,7 +6,9 @@ bytes (or none) is rewritten: its live records are appended to the active
 segment (as a group commit is: one writev and fdatasync a chunk, under the
 writer's lock, the index moved to the copies), then the segment is unlinked.
 With an eviction cap, old segments empty out first (LRU evicts the oldest
-blobs), so eviction ends in dropping whole old segments.
+blobs), so eviction ends in dropping whole old segments. The active segment is
+sealed early once SEAL_DEAD_BYTES of it are dead, so that dead records never
+take more than that plus half of the sealed segments' bytes.
 
 Tombstones matter only while an older segment may still hold a record of
 their blob: a tombstone whose blob is not live is copied forward too, unless
@@ -38,6 +40,10 @@ LIVE_FRACTION = 0.5
 """A sealed segment whose live records take less than this share of it is compacted."""
 CHUNK_BYTES = 4 * 1024 * 1024
 """Most bytes copied by one append (the writer's lock is held that long)."""
+SEAL_DEAD_BYTES = 1024 * 1024
+"""The active segment is sealed early (and compacted) once this much of it is dead, and
+more than half: under an eviction cap smaller than a segment, dead records would
+otherwise wait for the segment to fill."""
 
 
 class Compactor:
@@ -71,11 +77,17 @@ class Compactor:
     def run_once(self) -> int:
         """Compacts every sealed segment that is due; returns how many were dropped."""
         dropped = 0
+        appender = self._store.appender
         for sequence, size, live in self._store.index.segments():
-            if sequence == self._store.appender.active:
-                continue
             if live >= self._live_fraction * size and live > 0:
                 continue
+            if sequence == appender.active:
+                if size - live < SEAL_DEAD_BYTES:
+                    continue
+                with appender.lock:
+                    if sequence != appender.active:
+                        continue  # sealed meanwhile: the next pass takes it
+                    appender.seal()
             self.compact(sequence)
             dropped += 1
         return dropped

@@ -124,6 +124,12 @@ class PackIndex:
             self._segments[old.segment].live -= old.record_length
         return old
 
+    def totals(self) -> tuple[int, int]:
+        """Blobs with a live record, and the bytes of their blob file parts."""
+        with self.lock:
+            live = sum(segment.live for segment in self._segments.values())
+            return len(self._where), live - len(self._where) * RECORD_OVERHEAD
+
     def records_in(self, sequence: int) -> list[tuple[bytes, Location]]:
         with self.lock:
             return [(d, loc) for d, loc in self._where.items() if loc.segment == sequence]
