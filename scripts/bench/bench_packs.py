@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from bench_load import Documents, GrpcCaller, get_request
-from bench_procs import Child, start_blobstore_server
+from bench_procs import Child, cpu_seconds, start_blobstore_server
 
 from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
 
@@ -56,6 +56,7 @@ async def bench(servers: dict[str, Child], trials: int, seconds: float, callers:
         replies = [await caller.call_put(docs[name].put_request(10**9 + n)) for n in range(POOL)]
         gets[name] = [get_request(pb.PutResponse.FromString(r).id) for r in replies]
     rates: dict[tuple[str, str], list[float]] = {}
+    costs: dict[tuple[str, str], list[float]] = {}  # server CPU microseconds per item
     sequence = {name: 0 for name in servers}
 
     def workloads(name: str) -> dict[str, tuple[Callable[[int], Awaitable[object]], int]]:
@@ -79,19 +80,28 @@ async def bench(servers: dict[str, Child], trials: int, seconds: float, callers:
         for workload in ("put_small", "get_small", "batch_put"):
             for name in order:
                 call, items = workloads(name)[workload]
-                started = time.monotonic()
+                pid = [servers[name].pid]
+                started, cpu = time.monotonic(), cpu_seconds(pid)
                 calls = await drive(call, seconds, callers)
                 rate = calls * items / (time.monotonic() - started)
+                cost = (cpu_seconds(pid) - cpu) * 1e6 / max(1, calls * items)
                 rates.setdefault((workload, name), []).append(rate)
-                print(f"trial {trial} {workload:<10} {name:<6} {rate:9.1f} ops/s", flush=True)
-    print(f"\n{'workload':<12}{'files':>10}{'packs':>10}   packs/files (median, trial range)")
-    for workload in ("put_small", "get_small", "batch_put"):
-        files, packs = rates[(workload, "files")], rates[(workload, "packs")]
-        ratios = [p / f for p, f in zip(packs, files, strict=True)]
-        print(
-            f"{workload:<12}{statistics.median(files):>10.1f}{statistics.median(packs):>10.1f}"
-            f"   {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
-        )
+                costs.setdefault((workload, name), []).append(cost)
+                print(
+                    f"trial {trial} {workload:<10} {name:<6} {rate:9.1f} ops/s "
+                    f"{cost:7.0f} us server CPU/item",
+                    flush=True,
+                )
+    for title, table in (("ops/s", rates), ("server CPU us/item", costs)):
+        print(f"\n{title:<20}{'files':>10}{'packs':>10}   packs/files (median, trial range)")
+        for workload in ("put_small", "get_small", "batch_put"):
+            files, packs = table[(workload, "files")], table[(workload, "packs")]
+            ratios = [p / f for p, f in zip(packs, files, strict=True)]
+            print(
+                f"{workload:<20}{statistics.median(files):>10.1f}"
+                f"{statistics.median(packs):>10.1f}"
+                f"   {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+            )
     for caller in callers_by_store.values():
         await caller.close()
 
