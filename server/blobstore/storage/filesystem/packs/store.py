@@ -149,6 +149,7 @@ class PackStore:
         per digest. Records of blobs already stored are not written again (filed() then
         answers created=False)."""
         assert len(parts) == 3 * len(digests)
+        self._duplicates.clear()  # filed() asks only about this append (a failed one's go)
         with self.appender.lock:
             kept: list[bytes] = []
             new: list[tuple[bytes, list[bytes]]] = []
