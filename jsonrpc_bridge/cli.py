@@ -4,7 +4,9 @@ It prints one start-up line on stderr saying where it listens, for example
     blobstore-bridge JSON-RPC listening on http://127.0.0.1:8080/ (gRPC target 127.0.0.1:50051)
     blobstore-bridge JSON-RPC on stdio (gRPC target 127.0.0.1:50051)
 (https:// with --tls-cert), and stops gracefully on SIGTERM/SIGINT (and, with --stdio,
-at end of input).
+at end of input). SIGHUP reloads the HTTPS certificate, key and client CA
+(listener_tls.py), the client identities file (client_identity.py) and the service
+token file (upstream_auth.py).
 """
 
 from __future__ import annotations
@@ -23,8 +25,16 @@ from blobstore.offload import shutdown_process_pool
 from blobstore.retry import RetryPolicy
 from blobstore.service.hardening import connection_cap, install_throttle, raise_open_file_limit
 from blobstore.targets import channel_target
-from jsonrpc_bridge import config, exposure, observe, stdio_transport, upstream_auth
-from jsonrpc_bridge.methods import BlobMethods
+from jsonrpc_bridge import (
+    client_identity,
+    config,
+    exposure,
+    listener_tls,
+    observe,
+    stdio_transport,
+    upstream_auth,
+)
+from jsonrpc_bridge.methods import SCOPES, BlobMethods
 from jsonrpc_bridge.protocol import JsonRpcCore
 from jsonrpc_bridge.service import BlobService
 
@@ -53,6 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--tls-cert and --tls-key go together")
     if cfg.stdio and cfg.tls_cert:
         parser.error("--tls-cert is for the HTTP listener; stdio has none")
+    _check_client_certificates(parser, cfg)
     logs.configure(cfg.log_level, cfg.log_format)
     install_throttle()
     try:
@@ -62,8 +73,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             tls_ca=cfg.upstream_tls_ca,
             tls_cert=cfg.upstream_tls_cert,
             tls_key=cfg.upstream_tls_key,
+            certificate_callers=bool(cfg.client_identities),
         )
-    except upstream_auth.UpstreamConfigError as exc:
+        tls = (
+            listener_tls.ListenerTls(
+                cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca, cfg.tls_client_auth or "required"
+            )
+            if cfg.tls_cert
+            else None
+        )
+        identities = (
+            client_identity.ClientIdentities(cfg.client_identities)
+            if cfg.client_identities
+            else None
+        )
+    except (
+        upstream_auth.UpstreamConfigError,
+        listener_tls.ListenerTlsError,
+        client_identity.AuthConfigError,
+    ) as exc:
         log.error("%s", exc)
         return EXIT_ERROR
     stdout: BinaryIO | None = None
@@ -74,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(2, 1)
         sys.stdout = sys.stderr
     try:
-        asyncio.run(_run(cfg, upstream, address, stdout))
+        asyncio.run(_run(cfg, upstream, address, stdout, _Listener(tls, identities)))
     # Cannot listen, cannot read or write stdio, an open door: say so, no traceback.
     except (OSError, exposure.ExposureError) as exc:
         log.error("%s", exc)
@@ -82,16 +110,60 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _check_client_certificates(parser: argparse.ArgumentParser, cfg: config.BridgeConfig) -> None:
+    """The client-certificate flags need each other in one direction: identities need a
+    client CA, which needs the HTTPS listener; the mode needs the CA."""
+    if cfg.tls_client_ca and not cfg.tls_cert:
+        parser.error("--tls-client-ca needs the HTTPS listener: --tls-cert and --tls-key")
+    if cfg.tls_client_auth and not cfg.tls_client_ca:
+        parser.error(
+            "--tls-client-auth needs --tls-client-ca (the CA client certificates verify against)"
+        )
+    if cfg.client_identities and not cfg.tls_client_ca:
+        parser.error(
+            "--client-identities needs --tls-client-ca: only a certificate that CA verified "
+            "is looked up"
+        )
+
+
+class _Listener:
+    """The listener's TLS files and client identities; what SIGHUP reloads with them."""
+
+    def __init__(
+        self,
+        tls: listener_tls.ListenerTls | None,
+        identities: client_identity.ClientIdentities | None,
+    ) -> None:
+        self.tls = tls
+        self.identities = identities
+
+    def reload(self, upstream: upstream_auth.UpstreamAuth) -> None:
+        if self.tls is None and self.identities is None and not upstream.token_file:
+            log.info(
+                "SIGHUP: no HTTPS certificate, client identities or service token file, "
+                "nothing to reload"
+            )
+            return
+        if self.tls is not None:
+            self.tls.reload()
+        if self.identities is not None:
+            self.identities.reload()
+        upstream.reload()
+
+
 async def _run(
     cfg: config.BridgeConfig,
     upstream: upstream_auth.UpstreamAuth,
     address: tuple[str, int] | None,
     stdout: BinaryIO | None,
+    listener: _Listener,
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    # Connections and calls in progress go on; new handshakes and requests see the new files.
+    loop.add_signal_handler(signal.SIGHUP, listener.reload, upstream)
     # Overload is retried too: a refused call did nothing, and the component server on
     # the other side would otherwise see -32005 for a burst the service absorbs in a moment.
     retry = RetryPolicy(attempts=cfg.retry_attempts, retry_overloaded=True)
@@ -127,6 +199,9 @@ async def _run(
         service.client, max_get_bytes=cfg.max_get_bytes, type_names=cfg.blob_type_names
     )
     methods, batches = blob_methods.table(), blob_methods.batch_table()
+    if listener.identities is not None:  # the bridge checks certificate callers' scopes
+        methods = client_identity.scoped_methods(methods, SCOPES)
+        batches = client_identity.scoped_batch_methods(batches, SCOPES)
     core = JsonRpcCore(
         observe.observed_methods(methods, metrics) if metrics else methods,
         max_batch_concurrency=cfg.max_batch_concurrency,
@@ -147,7 +222,9 @@ async def _run(
                 stdout=stdout,
             )
         else:
-            await _serve_http(cfg, core, service, upstream, address, stop, metrics, traced)
+            await _serve_http(
+                cfg, core, service, upstream, address, stop, listener, metrics, traced
+            )
     finally:
         await service.close()
         shutdown_process_pool()
@@ -163,6 +240,7 @@ async def _serve_http(
     upstream: upstream_auth.UpstreamAuth,
     address: tuple[str, int],
     stop: asyncio.Event,
+    listener: _Listener,
     metrics: observe.BridgeMetrics | None = None,
     traced: tracing.Tracing | None = None,
 ) -> None:
@@ -175,6 +253,7 @@ async def _serve_http(
         max_request_bytes=cfg.max_request_bytes,
         probe=service.probe,
         body_timeout=cfg.body_timeout_seconds,
+        identities=listener.identities,
     )
     if metrics is not None or cfg.access_log or cfg.log_format == "json":
         access_log = observe.AccessLog(
@@ -197,12 +276,13 @@ async def _serve_http(
         body_timeout=cfg.body_timeout_seconds,
     ).add_to(app)
     max_connections = connection_cap(cfg.max_connections, raise_open_file_limit())
-    ssl_context = (
-        http_transport.server_ssl_context(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert else None
-    )
+    tls = listener.tls
+    ssl_context = tls.context if tls is not None else None
     await exposure.check(
         address[0],
         https=ssl_context is not None,
+        gated=listener.identities is not None
+        or (tls is not None and tls.verifies_clients and tls.client_auth == "required"),
         upstream=upstream,
         client=service.client,
         target=cfg.grpc_target,
@@ -218,6 +298,13 @@ async def _serve_http(
         ssl_context=ssl_context,
     )
     scheme = "https" if ssl_context is not None else "http"
+    if tls is not None and tls.verifies_clients:
+        identified = (
+            listener.identities.describe()
+            if listener.identities is not None
+            else "no client identities (callers' Authorization headers decide)"
+        )
+        log.info("%s; %s", tls.describe(), identified)
     if metrics is not None and runner.server is not None:
         server = runner.server
         metrics.watch_connections(lambda: len(server.connections))

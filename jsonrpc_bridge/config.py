@@ -38,6 +38,9 @@ class BridgeConfig:
     metrics: bool = False
     tls_cert: str = ""
     tls_key: str = ""
+    tls_client_ca: str = ""
+    tls_client_auth: str = ""
+    client_identities: str = ""
     upstream_token_file: str = ""
     upstream_tls_ca: str = ""
     upstream_tls_cert: str = ""
@@ -81,8 +84,17 @@ HELP = {
     "metrics": "serve Prometheus metrics at GET /metrics on the HTTP port",
     "tls_cert": "PEM certificate chain of the HTTP listener: it speaks HTTPS only (with --tls-key)",
     "tls_key": "PEM private key of --tls-cert",
+    "tls_client_ca": "CA certificate(s) (PEM) that client certificates of the HTTPS listener "
+    "must be signed by (mTLS); reloaded on SIGHUP with --tls-cert/--tls-key",
+    "tls_client_auth": "with --tls-client-ca: required (every connection presents a "
+    "certificate; the default, as on the gRPC server) or optional (callers without one "
+    "are decided by their Authorization header as before)",
+    "client_identities": "file of cn:/dns:/uri: lines (the gRPC server's tokens-file "
+    "format) mapping verified client certificates to scopes; the bridge checks them and "
+    "calls the gRPC service with its own credentials; reloaded on SIGHUP",
     "upstream_token_file": "file holding the bridge's own token for the gRPC service, sent "
-    "on calls whose caller sent no Authorization header (and on every stdio call); "
+    "on calls whose caller sent no Authorization header (and on every stdio call; with "
+    "--client-identities only on calls of listed client certificates); reloaded on SIGHUP; "
     "else $BLOBSTORE_TOKEN",
     "upstream_tls_ca": "CA certificate(s) to verify the gRPC service's TLS certificate; "
     "turns TLS on for the bridge's gRPC channel",
@@ -125,7 +137,8 @@ def one_of(*choices: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         value = text.strip().lower()
         if value not in choices:
-            raise argparse.ArgumentTypeError(f"expected {' or '.join(choices)}, not {text!r}")
+            named = " or ".join(c for c in choices if c)  # "": the unset default
+            raise argparse.ArgumentTypeError(f"expected {named}, not {text!r}")
         return value
 
     return parse
@@ -161,6 +174,9 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "metrics": parse_bool,
     "tls_cert": str,
     "tls_key": str,
+    "tls_client_ca": str,
+    "tls_client_auth": one_of("", "optional", "required"),
+    "client_identities": str,
     "upstream_token_file": str,
     "upstream_tls_ca": str,
     "upstream_tls_cert": str,

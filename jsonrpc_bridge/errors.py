@@ -28,8 +28,12 @@ status of the HTTP column.
                                                                  JSON value limit
     -32008  Blob not found             BLOB_NOT_FOUND      404   no blob with that id (data.blob_id)
     -32010  Unauthenticated            UNAUTHENTICATED     401   no credentials, or unknown, revoked
-                                                                 or expired ones
-    -32011  Permission denied          PERMISSION_DENIED   403   the credentials lack the scope
+                                                                 or expired ones; a client
+                                                                 certificate the bridge's
+                                                                 identities file does not list
+    -32011  Permission denied          PERMISSION_DENIED   403   the credentials (a token, or a
+                                                                 client certificate's line) lack
+                                                                 the scope
 
 For refusals `data.reason` is the reason of the service's ErrorInfo (a newer server
 may give a finer one than the row's); the REST routes add `WWW-Authenticate: Bearer`.
@@ -184,10 +188,15 @@ def request_too_large_values(count: int, limit: int) -> RpcError:
 
 def bad_authorization() -> RpcError:
     """The caller's Authorization header cannot be a credential (not printable ASCII)."""
+    return unauthenticated(BAD_AUTHORIZATION)
+
+
+def unauthenticated(detail: str) -> RpcError:
+    """The bridge itself refuses the caller (a client certificate without a line)."""
     return RpcError(
         UNAUTHENTICATED,
         "Unauthenticated",
-        {"reason": "UNAUTHENTICATED", "detail": BAD_AUTHORIZATION, "retryable": False},
+        {"reason": "UNAUTHENTICATED", "detail": clip(detail, 500), "retryable": False},
     )
 
 

@@ -8,7 +8,12 @@ other machines can reach is an open door when either
 - the gRPC service answers a call without a token: asked once at start with an empty
   FindMissing (reads and stores nothing), the answer must be UNAUTHENTICATED or
   PERMISSION_DENIED. A service that cannot be reached cannot be checked: refused too.
-Then the bridge does not start unless --allow-unauthenticated, which warns once, as the
+Neither is a door when the listener is gated by client certificates: with
+--client-identities the bridge refuses a caller that presents neither a listed
+certificate nor a header (and gives its service credentials to listed certificates
+only); with `--tls-client-auth required` only holders of a certificate of the client CA
+connect at all (the CA decides, as `--tls-client-ca` does on the gRPC server).
+Otherwise the bridge does not start unless --allow-unauthenticated, which warns once, as the
 gRPC server does. Loopback stays as easy as it was. Without --tls-cert a listener beyond
 loopback also warns that callers' tokens cross the network in plaintext.
 """
@@ -31,6 +36,7 @@ async def check(
     host: str,
     *,
     https: bool,
+    gated: bool = False,
     upstream: UpstreamAuth,
     client: AsyncBlobClient,
     target: str,
@@ -41,7 +47,7 @@ async def check(
     if is_loopback(host):
         return
     where = host or "all addresses"
-    door = await _open_door(upstream, client, target)
+    door = None if gated else await _open_door(upstream, client, target)
     if door is not None:
         if not allow_unauthenticated:
             raise ExposureError(

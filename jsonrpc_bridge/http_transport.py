@@ -11,11 +11,14 @@ HTTP statuses say what HTTP can say; everything else is JSON-RPC:
 - 413 when the body is over the size limit (JSON-RPC error -32006 body).
 - 408 when the body does not arrive within the body timeout (the connection is closed).
 - 401 when the Authorization header cannot be forwarded (not printable ASCII); a usable
-  one is kept for the request's upstream calls (upstream_auth.py), never logged.
-With an ssl.SSLContext the listener speaks HTTPS only. Connections are kept alive and
-requests are served concurrently. A connection with no request in progress (or still
-sending its headers) for the idle timeout is closed;
-past the connection cap new connections get a bare 503 and are closed at once.
+  one is kept for the request's upstream calls (upstream_auth.py), never logged;
+- 401 (JSON-RPC -32010 body) for a client certificate without a line in the client
+  identities file, or, with identities, a caller presenting neither a certificate nor
+  a header (client_identity.py), before the body is read.
+With an ssl.SSLContext (listener_tls.py) the listener speaks HTTPS only. Connections
+are kept alive and requests are served concurrently. A connection with no request in
+progress (or still sending its headers) for the idle timeout is closed; past the
+connection cap new connections get a bare 503 and are closed at once.
 """
 
 from __future__ import annotations
@@ -25,11 +28,12 @@ import logging
 import re
 import ssl
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 from aiohttp import web
 
-from jsonrpc_bridge import errors, upstream_auth
+from jsonrpc_bridge import client_identity, errors, upstream_auth
 from jsonrpc_bridge.protocol import JsonRpcCore, encode_error
 from jsonrpc_bridge.service import Health
 
@@ -48,28 +52,30 @@ class ListenError(OSError):
     """The HTTP address cannot be bound."""
 
 
-def server_ssl_context(cert: str, key: str) -> ssl.SSLContext:
-    """TLS 1.2+ for the HTTP listener, from PEM files; ListenError names an unusable file."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(cert, key)
-    except (OSError, ssl.SSLError) as exc:
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ListenError(f"--tls-cert/--tls-key ({cert}, {key}) not usable: {why}") from None
-    return context
-
-
 def create_app(
-    core: JsonRpcCore, *, max_request_bytes: int, probe: Probe, body_timeout: float = 60.0
+    core: JsonRpcCore,
+    *,
+    max_request_bytes: int,
+    probe: Probe,
+    body_timeout: float = 60.0,
+    identities: client_identity.ClientIdentities | None = None,
 ) -> web.Application:
-    """The aiohttp application; bodies over max_request_bytes are refused with 413."""
-    app = web.Application(client_max_size=max_request_bytes, middlewares=[_caller_credentials])
+    """The aiohttp application; bodies over max_request_bytes are refused with 413.
+    `identities`: client certificates are looked up there (client_identity.py)."""
+    app = web.Application(
+        client_max_size=max_request_bytes, middlewares=[_caller_credentials(identities)]
+    )
 
     async def rpc(request: web.Request) -> web.StreamResponse:
         if not caller_credentials_usable():
             response = _rpc_error(401, errors.bad_authorization())
             response.headers["WWW-Authenticate"] = 'Bearer realm="blobstore", error="invalid_token"'
+            return response
+        refusal = client_identity.unauthenticated()
+        if refusal is not None:
+            log.warning("refused (401): %s", refusal)
+            response = _rpc_error(401, errors.unauthenticated(refusal))
+            response.headers["WWW-Authenticate"] = 'Bearer realm="blobstore"'
             return response
         lenient = _content_type(request)
         if lenient is None:
@@ -109,14 +115,27 @@ def create_app(
     return app
 
 
-@web.middleware
-async def _caller_credentials(request: web.Request, handler: _Handler) -> web.StreamResponse:
-    """Keeps the caller's Authorization header for the upstream calls of this request."""
-    token = upstream_auth.caller_authorization.set(request.headers.get("Authorization"))
-    try:
-        return await handler(request)
-    finally:
-        upstream_auth.caller_authorization.reset(token)
+def _caller_credentials(identities: client_identity.ClientIdentities | None) -> Any:
+    """A middleware keeping the caller's Authorization header for the upstream calls of
+    the request, and (with `identities`) who its client certificate says it is."""
+
+    @web.middleware
+    async def credentials(request: web.Request, handler: _Handler) -> web.StreamResponse:
+        header = request.headers.get("Authorization")
+        token = upstream_auth.caller_authorization.set(header)
+        caller = None
+        if identities is not None:
+            transport = request.transport
+            peercert = transport.get_extra_info("peercert") if transport is not None else None
+            caller = request[client_identity.CALLER_KEY] = identities.identify(header, peercert)
+        caller_token = client_identity.current_caller.set(caller)
+        try:
+            return await handler(request)
+        finally:
+            client_identity.current_caller.reset(caller_token)
+            upstream_auth.caller_authorization.reset(token)
+
+    return credentials
 
 
 def caller_credentials_usable() -> bool:

@@ -40,6 +40,8 @@ from jsonrpc_bridge.protocol import BatchMethod, Method, Params
 
 PUT = "blobs/put"
 GET = "blobs/get"
+SCOPES = {PUT: "write", GET: "read"}
+"""The scope each method needs of a caller the bridge decides for (client_identity.py)."""
 
 # Keys are case-folded: the schema's names (Stepflow's, shared with stepflow.v1 and REST)
 # and the page's example spellings.

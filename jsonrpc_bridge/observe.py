@@ -4,7 +4,8 @@
   `X-Request-Id` if usable, else a new one; blobstore/logs.py), sets it for the
   request's log lines, returns it in the `X-Request-Id` response header (added as the
   headers go out, so streamed replies have it too), and counts
-  the request by route and status (with --metrics) and logs it (with --access-log).
+  the request by route and status (with --metrics) and logs it (with --access-log;
+  with client identities the line names the caller, client_identity.py).
 * A gRPC client interceptor on the bridge's channel sends that id to the service as
   `x-request-id` metadata, so the server's log lines of the call carry the same id,
   and (with --metrics) times each upstream call by method and status code.
@@ -32,6 +33,7 @@ from blobstore import logs
 from blobstore.errors import BlobStoreError
 from blobstore.grpc.metrics import LATENCY_BUCKETS
 from jsonrpc_bridge import errors
+from jsonrpc_bridge.client_identity import CALLER_KEY
 from jsonrpc_bridge.errors import RpcError
 
 log = logging.getLogger("jsonrpc_bridge.access")
@@ -129,22 +131,25 @@ def middleware(metrics: BridgeMetrics | None, access_log: AccessLog) -> Any:
                 metrics.requests.labels(name, str(status)).inc()
                 metrics.duration.labels(name).observe(elapsed)
             if access_log.wants(status):
+                fields: dict[str, object] = {
+                    "http_method": request.method,
+                    "route": name,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 3),
+                    "peer": request.remote,
+                }
+                caller = request.get(CALLER_KEY)  # with client identities (never a secret)
+                if caller is not None:
+                    fields["caller"] = caller.shown
                 log.log(
                     access_log.level,
-                    "%s %s %d %.1f ms",
+                    "%s %s %d %.1f ms%s",
                     request.method,
                     name,
                     status,
                     elapsed * 1000,
-                    extra={
-                        "fields": {
-                            "http_method": request.method,
-                            "route": name,
-                            "status": status,
-                            "duration_ms": round(elapsed * 1000, 3),
-                            "peer": request.remote,
-                        }
-                    },
+                    "" if caller is None else f" caller={caller.shown}",
+                    extra={"fields": fields},
                 )
             logs.request_id.reset(token)
 

@@ -13,7 +13,9 @@ as "sha256:<hex>" in blobstore.v1. A malformed body, type, file name or id is
 400, an unknown id 404; other store errors get the HTTP status of the bridge's
 one error table (errors.py: 413, 503 with Retry-After, 507, 500 for a stored
 copy found corrupt, which is never served; 401/403 with WWW-Authenticate: Bearer for
-refused credentials). Error bodies are JSON:
+refused credentials). A client certificate identity (client_identity.py) is checked by
+the bridge itself before the body is read: GET needs `read`, POST `write`. Error bodies
+are JSON:
 {"error": {"status", "reason", "message"}}.
 
 Binary bodies go to PutStream as they arrive and binary replies come from
@@ -53,7 +55,7 @@ from blobstore.stepflow_names import (
     content_type_of,
     type_name,
 )
-from jsonrpc_bridge import errors, upstream_auth
+from jsonrpc_bridge import client_identity, errors, upstream_auth
 from jsonrpc_bridge.json_codec import InvalidValue, ParseError, encode_value
 from jsonrpc_bridge.protocol import TooManyValues, decode_body
 
@@ -96,8 +98,8 @@ class RestRoutes:
         self._body_timeout = body_timeout
 
     def add_to(self, app: web.Application) -> None:
-        app.router.add_post(ROUTE, _answering(self.post))
-        app.router.add_get(ROUTE + "/{blob_id}", _answering(self.get))
+        app.router.add_post(ROUTE, _answering(self.post, "write"))
+        app.router.add_get(ROUTE + "/{blob_id}", _answering(self.get, "read"))
 
     async def post(self, request: web.Request) -> web.StreamResponse:
         if request.content_type == OCTET_STREAM:
@@ -303,13 +305,21 @@ def disposition(filename: str) -> str:
     return f"attachment; filename*=UTF-8''{quote(filename, safe='')}"
 
 
-def _answering(handler: _Handler) -> _Handler:
-    """The handler, with errors answered as JSON error bodies."""
+def _answering(handler: _Handler, scope: str) -> _Handler:
+    """The handler, with errors answered as JSON error bodies, behind the bridge's own
+    checks of the caller (a `scope` for a client certificate identity)."""
 
     async def route(request: web.Request) -> web.StreamResponse:
         caller = upstream_auth.caller_authorization.get()
         if caller is not None and not upstream_auth.acceptable(caller):
             return _error_response(RestError(401, "UNAUTHENTICATED", errors.BAD_AUTHORIZATION))
+        refusal = client_identity.unauthenticated()
+        if refusal is not None:
+            log.warning("refused (401): %s", refusal)
+            return _error_response(RestError(401, "UNAUTHENTICATED", refusal))
+        denied = client_identity.denial(scope)
+        if denied is not None:
+            return _error_response(RestError(403, "PERMISSION_DENIED", str(denied)))
         try:
             return await handler(request)
         except RestError as exc:

@@ -7,9 +7,17 @@ Precedence, per call (docs/bridge.md, "Credentials"):
    the only choice over stdio, which has no headers;
 3. otherwise no token: the server's policy for unauthenticated callers applies.
 
+With client-certificate identities on the listener (`--client-identities`,
+client_identity.py) step 2 serves only requests of a listed certificate, which the
+bridge has authorized itself: a caller that presents neither header nor certificate
+is refused before any upstream call, and never acts with the bridge's credentials.
+Such a bridge must have service credentials (a token and/or `--upstream-tls-cert`).
+
 A token is sent only where it cannot be read on the way: over TLS
 (`--upstream-tls-ca`/`--upstream-tls-cert`), or in plaintext to a loopback target.
 A plaintext target beyond loopback gets no token (the bridge says so at start).
+SIGHUP reads `--upstream-token-file` again (`reload`), so the service token rotates
+without a restart; `BLOBSTORE_TOKEN` is read once.
 
 The caller's header travels in a context variable set by the HTTP transport for the
 request's task; the interceptors here read it on every upstream call, retries and
@@ -19,6 +27,7 @@ streams included. Nothing here logs a token, and no error message quotes one.
 from __future__ import annotations
 
 import contextvars
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -30,6 +39,9 @@ import grpc
 
 from blobstore.credentials import channel_credentials
 from blobstore.service.hardening import is_loopback
+from jsonrpc_bridge.client_identity import acting_for_certificate
+
+log = logging.getLogger("jsonrpc_bridge")
 
 AUTHORIZATION = "authorization"
 TOKEN_ENV = "BLOBSTORE_TOKEN"
@@ -52,13 +64,31 @@ def acceptable(value: str) -> bool:
     return _VALID_VALUE.fullmatch(value) is not None
 
 
-@dataclass(frozen=True)
+@dataclass
 class UpstreamAuth:
     """The bridge's own credentials and whether tokens may go on its channel."""
 
     service_token: str | None
     channel: grpc.ChannelCredentials | None  # TLS (and mTLS) of the channel; None: plaintext
     sends_tokens: bool
+    certificate_callers: bool = False
+    """The service token serves only requests of a listed client certificate."""
+    token_file: str = ""
+    """Where the service token was read from (reload() reads it again); "": not a file."""
+
+    def reload(self) -> bool:
+        """Reads --upstream-token-file again (SIGHUP): calls from now on carry the new
+        token. A file that cannot serve is logged and the token in force stays."""
+        if not self.token_file:
+            return False
+        try:
+            token = _service_token(self.token_file, {})
+        except UpstreamConfigError as exc:
+            log.error("service token not reloaded, the one in force stays: %s", exc)
+            return False
+        self.service_token = token  # one assignment: a call sees the old token or the new
+        log.info("service token reloaded from %s", self.token_file)
+        return True
 
     def token_for_call(self) -> str | None:
         """The `authorization` value of an upstream call made now (None: none is sent)."""
@@ -69,7 +99,11 @@ class UpstreamAuth:
             # The routes refuse an unusable header before calling; /healthz, which does
             # not, probes without it rather than fail on metadata gRPC cannot send.
             return caller if acceptable(caller) else None
-        return None if self.service_token is None else f"Bearer {self.service_token}"
+        if self.service_token is None:
+            return None
+        if self.certificate_callers and not acting_for_certificate():
+            return None
+        return f"Bearer {self.service_token}"
 
     def interceptors(self) -> list[Any]:
         """Channel interceptors adding the token of each call (none if none is ever sent)."""
@@ -85,9 +119,13 @@ def configure(
     tls_ca: str = "",
     tls_cert: str = "",
     tls_key: str = "",
+    certificate_callers: bool = False,
     environ: Mapping[str, str] = os.environ,
 ) -> UpstreamAuth:
-    """The upstream credentials for these settings; UpstreamConfigError names a problem."""
+    """The upstream credentials for these settings; UpstreamConfigError names a problem.
+
+    `certificate_callers`: the listener has client-certificate identities, which need
+    the bridge's own credentials."""
     token = _service_token(token_file, environ)
     try:
         channel = channel_credentials(tls_ca=tls_ca or None, tls_cert=tls_cert, tls_key=tls_key)
@@ -99,7 +137,14 @@ def configure(
             f"a service token would cross the network in plaintext to {target}: give "
             "--upstream-tls-ca (the gRPC server's CA) or use a loopback target"
         )
-    return UpstreamAuth(token, channel, sends_tokens=secure)
+    if certificate_callers and token is None and not tls_cert:
+        raise UpstreamConfigError(
+            "--client-identities: the bridge calls the gRPC service for a client "
+            "certificate's caller with its own credentials, and has none: give "
+            "--upstream-token-file (or BLOBSTORE_TOKEN) and/or --upstream-tls-cert/"
+            "--upstream-tls-key"
+        )
+    return UpstreamAuth(token, channel, secure, certificate_callers, token_file)
 
 
 def loopback_target(target: str) -> bool:

@@ -2,7 +2,8 @@
 
 `make_pki(folder)` writes a CA, a server certificate for 127.0.0.1/localhost, a
 client certificate signed by the CA, a second (untrusted) CA with a client
-certificate of its own, and an expired client certificate of the trusted CA.
+certificate of its own, an expired client certificate of the trusted CA, and more
+(see Pki).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class Pki:
     san_client: Pair
     # A server certificate (127.0.0.1/localhost) of the untrusted CA: a rotation to a new CA.
     rotated_server: Pair
+    # A valid client certificate of the trusted CA, CN stranger, that no test lists.
+    stranger_client: Pair
 
 
 def _name(cn: str) -> x509.Name:
@@ -120,6 +123,7 @@ def make_pki(folder: Path) -> Pki:
         rotated_server=_issue(
             folder, "rotated-server", "rotated server", (other_cert, other_key), server=True
         )[2],
+        stranger_client=_issue(folder, "stranger-client", "stranger", trusted)[2],
     )
 
 

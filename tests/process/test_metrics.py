@@ -130,6 +130,32 @@ def test_no_metrics_port_when_off(server: ServerProcess) -> None:
     assert "metrics on" not in server.log()
 
 
+async def test_open_connections_are_counted(start_server: Callable[..., ServerProcess]) -> None:
+    port = free_port()
+    server = start_server("--metrics-port", str(port), "--max-connections", "40")
+    url = f"http://127.0.0.1:{port}/metrics"
+    before = await asyncio.to_thread(scrape, url)
+    assert value(before, "blobstore_grpc_connections_open") == 0
+    assert value(before, "blobstore_grpc_connections_max") == 40
+    # Each channel its own subchannel pool: its own TCP connection, as separate clients have.
+    own = [("grpc.use_local_subchannel_pool", 1)]
+    channels = [grpc.aio.insecure_channel(server.target, options=own) for _ in range(3)]
+    try:
+        for channel in channels:
+            await pb_grpc.BlobServiceStub(channel).Stat(pb.StatRequest(id=ABSENT), timeout=30)
+        during = await asyncio.to_thread(scrape, url)
+        assert value(during, "blobstore_grpc_connections_open") == 3
+        await channels.pop().close(None)
+
+        def two_open() -> bool:
+            return value(scrape(url), "blobstore_grpc_connections_open") == 2
+
+        await asyncio.to_thread(wait_until, two_open, 10.0, "the closed connection to go")
+    finally:
+        for channel in channels:
+            await channel.close(None)
+
+
 def test_request_ids_come_back_in_trailing_metadata(
     start_server: Callable[..., ServerProcess],
 ) -> None:

@@ -233,11 +233,16 @@ class HttpRuntime(Runtime):
         *,
         bridge_ca: Path | None = None,
         authorization: str | None = None,
+        client_cert: tuple[Path, Path] | None = None,
     ) -> None:
         """`bridge_ca`: the CA of an https:// bridge; `authorization`: the header the runtime
-        adds to the requests it forwards to the bridge (as a runtime holding a token would)."""
+        adds to the requests it forwards to the bridge (as a runtime holding a token would);
+        `client_cert`: (certificate, key) the runtime presents to the bridge (mTLS)."""
         super().__init__(bridge, sdk)
         self._bridge_tls = ssl.create_default_context(cafile=bridge_ca) if bridge_ca else None
+        if client_cert is not None:
+            assert self._bridge_tls is not None, "a client certificate needs an https bridge"
+            self._bridge_tls.load_cert_chain(*client_cert)
         self._bridge_headers = {"Authorization": authorization} if authorization else {}
         proc = sdk.start_process()
         assert proc.stdout is not None

@@ -119,3 +119,59 @@ def test_the_sdks_reach_a_token_server_through_the_bridge(
             runtime.close()
     for log in (server.log(), bridge.log(), stdio.log()):
         assert writer not in log and reader not in log
+
+
+def test_the_09_sdk_reaches_the_bridge_with_a_client_certificate(
+    stepflow_sdks: None,
+    start_server: Callable[..., ServerProcess],
+    start_bridge: BridgeFactory,
+    pki: Pki,
+    tmp_path: Path,
+) -> None:
+    """stepflow-py 0.9's blobs/* through a bridge deciding by client certificate.
+
+    The SDK's component server never connects to the bridge itself: it sends blobs/* to
+    the runtime on its event stream, and the runtime (the stand-in) posts them to the
+    bridge - here over mTLS, presenting a certificate and no token. The bridge checks the
+    certificate's line and calls the server with its own service token.
+    """
+    service = "sdk-bridge-service-token-4c1d"
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{token_hash(service)} bridge read,write\n")
+    server = start_server("--tokens-file", str(tokens), *server_tls_args(pki))
+    identities = tmp_path / "identities"
+    identities.write_text(
+        "uri:spiffe://blobs/worker-2 builder read,write\ncn:worker-1 reader read\n"
+    )
+    service_file = tmp_path / "service-token"
+    service_file.write_text(service)
+    bridge = start_bridge(
+        server.target,
+        *("--upstream-tls-ca", str(pki.ca), "--upstream-token-file", str(service_file)),
+        *("--tls-cert", str(pki.server.cert), "--tls-key", str(pki.server.key)),
+        *("--tls-client-ca", str(pki.ca), "--client-identities", str(identities)),
+    )
+    value = {"through": "mTLS", "n": [3, 4.5]}
+    sdks: list[SdkProcess] = []
+    runtimes: list[HttpRuntime] = []
+    try:
+        for pair in (pki.san_client, pki.client):
+            sdks.append(SdkProcess("09", tmp_path / f"sdk-09-{pair.cert.stem}.log"))
+            runtimes.append(
+                HttpRuntime(bridge, sdks[-1], bridge_ca=pki.ca, client_cert=(pair.cert, pair.key))
+            )
+            assert runtimes[-1].initialize()["result"] == {"server_protocol_version": 1}
+        builder, reader = runtimes
+        assert builder.execute("/put_get", {"value": value}) == {
+            "blob_id": json_id(value),
+            "value": value,
+        }
+        reader.call("components/execute", execute_params("/put_get", {"value": {"read": "only"}}))
+        error = reader.traffic.of("blobs/put")[-1].reply_json()["error"]
+        assert (error["code"], error["data"]["reason"]) == (-32011, "PERMISSION_DENIED")
+    finally:
+        for sdk in sdks:
+            sdk.kill()
+        for runtime in runtimes:
+            runtime.close()
+    assert service not in server.log() and service not in bridge.log()

@@ -52,7 +52,13 @@ from blobstore.grpc.interceptor_base import (
 )
 from blobstore.security.authority import APIS, Authority, Principal, parse_anonymous
 from blobstore.security.failures import FailedAttempts
-from blobstore.security.tokens import AuthConfigError, TokenTable, parse_tokens, token_hash
+from blobstore.security.tokens import (
+    AuthConfigError,
+    TokenTable,
+    identity_names,
+    parse_tokens,
+    token_hash,
+)
 
 __all__ = [
     "AuthConfigError",
@@ -171,12 +177,11 @@ def certificate_names(auth_context: Mapping[str, Iterable[bytes]]) -> list[str]:
     SAN entries by kind (peer_dns, peer_uri); the URIs come first, then DNS names, then
     the CN, so the most specific line wins.
     """
-    names: list[str] = []
-    for key, kind in (("peer_uri", "uri"), ("peer_dns", "dns"), ("x509_common_name", "cn")):
-        names += [
-            f"{kind}:{value.decode('utf-8', 'replace')}" for value in auth_context.get(key, ())
-        ]
-    return names
+
+    def values(key: str) -> list[str]:
+        return [value.decode("utf-8", "replace") for value in auth_context.get(key, ())]
+
+    return identity_names(values("peer_uri"), values("peer_dns"), values("x509_common_name"))
 
 
 class _Gated:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
@@ -48,6 +49,20 @@ class TokenEntry:
     name: str
     scopes: frozenset[str]
     identity: str = ""  # "cn:worker-1", "dns:...", "uri:..." for a certificate line
+
+
+def identity_names(
+    uris: Iterable[str], dns_names: Iterable[str], common_names: Iterable[str]
+) -> list[str]:
+    """A verified client certificate's names as lines spell them, most specific first:
+    its SAN URIs, then its SAN DNS names, then its subject's common name(s). The gRPC
+    server (grpc/auth.py) and the bridge's HTTPS listener both look lines up in this order.
+    """
+    return (
+        [f"uri:{name}" for name in uris]
+        + [f"dns:{name}" for name in dns_names]
+        + [f"cn:{name}" for name in common_names]
+    )
 
 
 def token_hash(token: str) -> str:

@@ -22,6 +22,7 @@ from blobstore.grpc.stepflow_servicer import StepflowBlobServicer
 from blobstore.limits import MAX_CHUNK
 from blobstore.offload import shutdown_process_pool
 from blobstore.proto_names import SERVICE_NAME
+from blobstore.service import connections
 from blobstore.service.admission import Admission
 from blobstore.service.config import ServerConfig
 from blobstore.service.hardening import (
@@ -152,6 +153,8 @@ async def _serve_store(
         raise ListenError(f"cannot listen on {config.address}: {exc}") from None
     host = config.address.rsplit(":", 1)[0]
     # Before the gRPC server starts, so a metrics port in use stops the start cleanly.
+    if metrics:
+        connections.register(metrics.registry, max_connections)
     metrics_server = _start_metrics(config) if metrics else None
     await server.start()
     for name in (SERVICE_NAME, STEPFLOW_SERVICE_NAME):
