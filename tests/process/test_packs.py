@@ -118,9 +118,27 @@ def test_a_torn_tail_is_cut_back_and_loses_only_the_unacknowledged_record(
     again = start_server(*PACKS, data_dir=server.data_dir)
     assert "cut back a torn tail" in again.log()
     assert segment.stat().st_size == whole
+    assert list((again.data_dir / "quarantine").iterdir()) == []  # debris, not damage
     with BlobClient(again.target) as client:
         assert [client.get(i).data for i in ids] == blobs
         assert client.find_missing([sha256_id(torn)]) == [sha256_id(torn)]
+
+
+def test_garbage_after_the_last_record_is_cut_back_and_kept(start_server: ServerFactory) -> None:
+    server = start_server(*PACKS)
+    blobs = [os.urandom(3000) for _ in range(3)]
+    ids = put_each(server, blobs)
+    server.kill()
+    (segment,) = sorted((server.data_dir / "packs").glob("*.pack"))
+    whole = segment.stat().st_size
+    with open(segment, "ab") as file:
+        file.write(b"\0" * 4096)  # not an entry cut short: damage (or a file system's zeros)
+    again = start_server(*PACKS, data_dir=server.data_dir)
+    assert segment.stat().st_size == whole
+    (kept,) = (again.data_dir / "quarantine").iterdir()
+    assert kept.name.startswith("pack-tail-") and kept.read_bytes() == b"\0" * 4096
+    with BlobClient(again.target) as client:
+        assert [client.get(i).data for i in ids] == blobs
 
 
 def test_a_broken_header_mid_segment_loses_only_that_record(start_server: ServerFactory) -> None:

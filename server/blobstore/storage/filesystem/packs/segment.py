@@ -156,5 +156,20 @@ def scan_segment(data: bytes) -> SegmentScan:
     return SegmentScan(entries, valid_end, len(data), skipped)
 
 
+def torn_append(tail: bytes) -> bool:
+    """Whether bytes after the last entry are the start of an entry cut short - what an
+    append that never finished leaves - rather than damage."""
+    magic = tail[:4]
+    if not (RECORD_MAGIC.startswith(magic) or TOMBSTONE_MAGIC.startswith(magic)):
+        return False
+    if len(tail) < RECORD_PREFIX + HEADER_SIZE or magic == TOMBSTONE_MAGIC:
+        return True  # too short to tell more (a tombstone is whole at 40 bytes)
+    try:
+        header = decode_header(tail[RECORD_PREFIX : RECORD_PREFIX + HEADER_SIZE])
+    except CorruptHeader:
+        return False
+    return len(tail) < RECORD_OVERHEAD + header.file_size
+
+
 def read_segment(path: Path) -> SegmentScan:
     return scan_segment(path.read_bytes())

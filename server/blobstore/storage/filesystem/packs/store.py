@@ -53,6 +53,7 @@ from blobstore.storage.filesystem.packs.segment import (
     encode_tombstone,
     list_segments,
     read_segment,
+    torn_append,
 )
 
 log = logging.getLogger(__name__)
@@ -95,14 +96,21 @@ class PackStore:
             scan = read_segment(path)
             if scan.valid_end < scan.size:
                 # An append that never finished (never acknowledged): cut back so the bytes
-                # are not mistaken for damage at every start.
+                # are not read again at every start. Anything else there is damage, kept
+                # in quarantine/ for analysis.
                 with open(path, "r+b") as file:
+                    file.seek(scan.valid_end)
+                    tail = file.read()
+                    kept = None
+                    if not torn_append(tail):
+                        kept = self._keep_for_analysis(f"pack-tail-{path.name}", tail)
                     file.truncate(scan.valid_end)
                     os.fsync(file.fileno())
                 log.warning(
-                    "pack segment %s: cut back a torn tail of %d bytes",
+                    "pack segment %s: cut back a torn tail of %d bytes%s",
                     path.name,
-                    scan.size - scan.valid_end,
+                    len(tail),
+                    "" if kept is None else f" (not an entry cut short: kept as {kept})",
                 )
             for start, end in scan.skipped:
                 log.error(
@@ -276,17 +284,17 @@ class PackStore:
                     reason,
                 )
                 return None
-            target = self._keep_for_analysis(blob_id, raw)
+            target = self._keep_for_analysis(hex_digest(blob_id), raw)
             self.appender.append([encode_tombstone(digest)])
             self.index.remove(digest)
         self.layout.usage.removed(len(raw))
         log.error("quarantined %s to %s: %s", blob_id, target, problem)
         return target
 
-    def _keep_for_analysis(self, blob_id: BlobId, raw: bytes) -> Path:
-        """Writes a record's blob file part to quarantine/ as a blob file, durably."""
+    def _keep_for_analysis(self, name: str, raw: bytes) -> Path:
+        """Writes `raw` (a record's blob file part: a blob file) to quarantine/, durably."""
         folder = self.layout.quarantine_dir
-        target = folder / f"{hex_digest(blob_id)}.{time.time_ns()}"
+        target = folder / f"{name}.{time.time_ns()}"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         fd = self.layout.in_folder(folder, lambda: os.open(target, flags, 0o644))
         try:
