@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+_datasync = getattr(os, "fdatasync", os.fsync)  # fdatasync is Linux's; fsync elsewhere
+
+
 class Appender:
     """The active segment and the write lock; see the module docstring."""
 
@@ -67,7 +70,7 @@ class Appender:
         assert fd is not None and sequence is not None
         try:
             written = write_all(fd, parts)
-            os.fdatasync(fd)
+            _datasync(fd)
         except OSError:
             self.seal()
             raise
