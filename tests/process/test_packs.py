@@ -174,6 +174,32 @@ def test_deleted_blobs_stay_deleted_after_kill_and_a_files_setting(
         assert [client.get(i).data for i in ids[10:]] == blobs[10:]
 
 
+def test_index_files_spare_the_scan_and_a_bad_one_is_not_believed(
+    start_server: ServerFactory,
+) -> None:
+    server = start_server(*PACKS)
+    blobs = [os.urandom(2000) for _ in range(20)]
+    ids = put_each(server, blobs)
+    with BlobClient(server.target) as client:
+        client.delete(ids[:5])
+    server.stop()
+    again = start_server(*PACKS, data_dir=server.data_dir)  # reads the segment, indexes it
+    assert "(0 from their index files)" in again.log()
+    again.stop()
+    (index,) = (server.data_dir / "packs").glob("*.idx")
+    third = start_server(*PACKS, data_dir=server.data_dir)
+    assert "(1 from their index files)" in third.log()
+    with BlobClient(third.target) as client:
+        assert client.find_missing(ids) == ids[:5]  # the tombstones are in the index file too
+    third.stop()
+    flip_byte(index, 20)  # a torn or damaged index file: its CRC fails
+    fourth = start_server(*PACKS, data_dir=server.data_dir)
+    assert "(0 from their index files)" in fourth.log()
+    with BlobClient(fourth.target) as client:
+        assert client.find_missing(ids) == ids[:5]
+        assert [client.get(i).data for i in ids[5:]] == blobs[5:]
+
+
 async def test_compaction_drops_dead_segments_and_a_restart_keeps_the_rest(
     tmp_path: Path,
 ) -> None:
@@ -196,6 +222,8 @@ async def test_compaction_drops_dead_segments_and_a_restart_keeps_the_rest(
             return len(list((folder / "packs").glob("*.pack"))) <= written // 2
 
         assert wait_until(compacted, timeout=30)
+        packs = {p.stem for p in (folder / "packs").glob("*.pack")}
+        assert {p.stem for p in (folder / "packs").glob("*.idx")} <= packs
     finally:
         backend.close()
     reopened = FileSystemBackend(folder, io_threads=4, small_blob_store="packs")

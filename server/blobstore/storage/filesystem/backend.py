@@ -169,7 +169,7 @@ class FileSystemBackend:
         packs.open()
         self.packs, self.compactor = packs, Compactor(packs)
         self._pack_reads = PackReads(packs, self._pool)
-        packs.appender.on_sealed = self.compactor.request
+        packs.appender.on_sealed = self.compactor.request  # index file, then compaction
         self._publisher.other_copy = packs.existing  # a streamed put of a blob in a pack
         self.compactor.request()  # segments left mostly dead by the last run
         if self._journal_max_blob > 0:

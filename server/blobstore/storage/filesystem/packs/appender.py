@@ -43,7 +43,7 @@ class Appender:
         index: PackIndex,
         segment_bytes: int,
         layout: FileSystemLayout,
-        on_sealed: Callable[[], None] = lambda: None,
+        on_sealed: Callable[[int], None] = lambda sequence: None,
     ) -> None:
         self.folder = folder
         self.lock = threading.RLock()
@@ -80,11 +80,12 @@ class Appender:
 
     def seal(self) -> None:
         """Closes the active segment for writing: it is never appended to again."""
-        if self._fd is None:
+        if self._fd is None or self.active is None:
             return
         os.close(self._fd)
+        sealed = self.active
         self._fd, self.active, self._size = None, None, 0
-        self.on_sealed()
+        self.on_sealed(sealed)
 
     def _start(self) -> None:
         sequence = self.next_sequence

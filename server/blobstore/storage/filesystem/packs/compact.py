@@ -26,9 +26,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 from blobstore.storage.filesystem.os_calls import fsync_dir
 from blobstore.storage.filesystem.packs.index import Location
+from blobstore.storage.filesystem.packs.index_file import remove_index, write_index
 from blobstore.storage.filesystem.packs.segment import (
     RECORD_PREFIX,
     Entry,
+    read_segment,
     scan_segment,
     segment_name,
 )
@@ -56,13 +58,27 @@ class Compactor:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blob-compact")
         self._pending = False
 
-    def request(self) -> None:
-        """Looks for segments to compact soon (coalesced: one pass queued at a time)."""
-        if self._pending:
-            return
-        self._pending = True
+    def request(self, sealed: int | None = None) -> None:
+        """Looks for segments to compact soon (coalesced: one pass queued at a time);
+        `sealed`: a segment just sealed, whose index file is written first."""
         with contextlib.suppress(RuntimeError):  # shut down
+            if sealed is not None:
+                self._thread.submit(self._index, sealed)
+            if self._pending:
+                return
+            self._pending = True
             self._thread.submit(self._pass)
+
+    def _index(self, sequence: int) -> None:
+        path = self._store.folder / segment_name(sequence)
+        try:
+            scan = read_segment(path)
+            if scan.valid_end == scan.size:  # a torn tail is cut back (and indexed) at start
+                write_index(path, scan)
+        except FileNotFoundError:
+            pass  # compacted away meanwhile
+        except OSError as exc:
+            log.warning("no index file for pack segment %s (read at start): %s", path.name, exc)
 
     def stop(self) -> None:
         self._thread.shutdown(wait=True, cancel_futures=True)
@@ -112,6 +128,7 @@ class Compactor:
             if left:  # cannot happen: nothing is appended to a sealed segment
                 log.error("pack segment %d still holds %d record(s): kept", sequence, len(left))
                 return
+            remove_index(path)  # first: a stale index file must not outlive its segment
             path.unlink(missing_ok=True)
             fsync_dir(store.folder)
             store.index.drop_segment(sequence)

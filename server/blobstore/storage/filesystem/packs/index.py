@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 from blobstore.model import BlobType
@@ -113,6 +113,20 @@ class PackIndex:
             self._unlink(digest)
             self._where[digest] = location
             self._segments[location.segment].live += location.record_length
+
+    def load(self, sequence: int, changes: Iterable[tuple[bytes, Location | None]]) -> None:
+        """Applies a segment's entries read at start-up, in order (None: a tombstone); one
+        lock for all of them."""
+        with self.lock:
+            where, segments = self._where, self._segments
+            segment = segments[sequence]
+            for digest, location in changes:
+                old = where.pop(digest, None)
+                if old is not None:
+                    segments[old.segment].live -= old.record_length
+                if location is not None:
+                    where[digest] = location
+                    segment.live += location.record_length
 
     def remove(self, digest: bytes) -> Location | None:
         with self.lock:

@@ -19,6 +19,7 @@ Blobs larger than the committer takes (and streamed puts) stay files
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -47,9 +48,13 @@ from blobstore.storage.filesystem.os_calls import (
 )
 from blobstore.storage.filesystem.packs.appender import Appender
 from blobstore.storage.filesystem.packs.index import Location, PackIndex
+from blobstore.storage.filesystem.packs.index_file import SUFFIX as INDEX_SUFFIX
+from blobstore.storage.filesystem.packs.index_file import load_index, write_index
 from blobstore.storage.filesystem.packs.segment import (
     RECORD_OVERHEAD,
     RECORD_PREFIX,
+    SUFFIX,
+    Entry,
     encode_tombstone,
     list_segments,
     read_segment,
@@ -91,8 +96,16 @@ class PackStore:
             self.layout.make_folder(self.folder, quietly=True)
         started = time.monotonic()
         segments = list_segments(self.folder)
-        entries = tombstones = 0
+        _remove_orphans(self.folder, {path for _, path in segments})
+        entries = indexed = 0
         for sequence, path in segments:
+            size = path.stat().st_size
+            found = load_index(path, size)
+            if found is not None:
+                indexed += 1
+                self._load(sequence, path, size, found)
+                entries += len(found)
+                continue
             scan = read_segment(path)
             if scan.valid_end < scan.size:
                 # An append that never finished (never acknowledged): cut back so the bytes
@@ -119,32 +132,44 @@ class PackStore:
                     start,
                     end,
                 )
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            self.index.add_segment(sequence, fd, scan.valid_end, os.fstat(fd).st_mtime)
-            for entry in scan.entries:
-                entries += 1
-                if entry.header is None:
-                    tombstones += 1
-                    self.index.remove(entry.digest)
-                    continue
-                location = Location(
-                    sequence,
-                    entry.file_offset,
-                    entry.file_length,
-                    entry.header.size,
-                    entry.header.blob_type,
-                )
-                self.index.put(entry.digest, location)
+            self._load(sequence, path, scan.valid_end, scan.entries)
+            entries += len(scan.entries)
+            with contextlib.suppress(OSError):  # only slower without: read again next time
+                write_index(path, scan if scan.valid_end == scan.size else read_segment(path))
         if segments:
             self.appender.next_sequence = segments[-1][0] + 1
             log.info(
-                "read %d pack segment(s) in %.2f s: %d record(s) and tombstone(s), "
-                "%d blob(s) stored",
+                "read %d pack segment(s) (%d from their index files) in %.2f s: %d record(s) "
+                "and tombstone(s), %d blob(s) stored",
                 len(segments),
+                indexed,
                 time.monotonic() - started,
                 entries,
                 len(self.index),
             )
+
+    def _load(self, sequence: int, path: Path, size: int, entries: list[Entry]) -> None:
+        """Applies a segment's entries to the index, in order."""
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self.index.add_segment(sequence, fd, size, os.fstat(fd).st_mtime)
+        self.index.load(
+            sequence,
+            (
+                (
+                    digest,
+                    None
+                    if header is None
+                    else Location(
+                        sequence,
+                        offset + RECORD_PREFIX,
+                        length - RECORD_OVERHEAD,
+                        header.size,
+                        header.blob_type,
+                    ),
+                )
+                for digest, offset, length, header, _ in entries
+            ),
+        )
 
     def close(self) -> None:
         self.appender.close()
@@ -331,6 +356,14 @@ class PackStore:
             else:
                 found.append(StoredBlob(blob_id, location.size, written))
         return found
+
+
+def _remove_orphans(folder: Path, segments: set[Path]) -> None:
+    """Index files whose segment is gone (compaction removes the index file first, but a
+    crash may come between) and half-written ones."""
+    for path in folder.glob(f"*{INDEX_SUFFIX}*"):
+        if path.name.endswith(".tmp") or path.with_suffix(SUFFIX) not in segments:
+            path.unlink(missing_ok=True)
 
 
 def problem_of(blob_id: BlobId, raw: bytes) -> str | None:
