@@ -7,6 +7,7 @@ segments instead of a file per blob.
     store.py       start-up, reads, quarantine, delete, listing
     reads.py       reads for the event loop: in the page cache right there, else on the pool
     compact.py     copying a mostly-dead segment's live records forward, dropping it
+    index_file.py  a sealed segment's entries, so start-up need not read the segment
     commit_log.py  the store as the group committer's log
     scrub.py       `blobstore verify` of the segments
 """
