@@ -17,8 +17,10 @@ header has its own CRC, so a record whose header is sound but whose whole-record
 CRC fails is damage to content or metadata - it is indexed, and every read of it
 ends in DATA_LOSS and quarantine (VerifyingBackend), as a flipped byte in a blob
 file does. Bytes that are no entry at all (a broken header, a torn write) are
-skipped to the next place an entry parses; if none does, they are the torn tail
-of an append that never finished (never acknowledged) and are cut back.
+skipped to the next place an entry parses; if none does, they are the tail
+after the last entry, cut back at start-up: the start of an entry cut short
+(torn_append: an append that never finished, never acknowledged) is dropped,
+anything else kept in quarantine/ first.
 """
 
 from __future__ import annotations

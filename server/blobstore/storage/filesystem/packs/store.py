@@ -3,8 +3,9 @@
 The group committer (group_commit.py) appends each batch of small puts here
 with one writev and one fdatasync (appender.py) and that is all a put writes:
 no blob file, no later syncfs checkpoint. An in-memory index (index.py) says
-where each record is; it is rebuilt at start-up by reading the segments in
-order (segment.py), cutting back a torn tail. A read is one pread of the
+where each record is; it is rebuilt at start-up from the segments' index files
+(index_file.py) or, where one is missing or not believed, by reading the segment
+(segment.py), cutting back a torn tail. A read is one pread of the
 record (on the event loop when it is in the page cache, as read.py does for
 small files), checked like every read by VerifyingBackend one layer up.
 
