@@ -272,3 +272,31 @@ def test_verify_reads_the_packs_and_quarantines_only_without_a_server(
     assert get_code(again, ids[3]) == grpc.StatusCode.NOT_FOUND
     with BlobClient(again.target) as client:
         assert [client.get(i).data for i in ids if i != ids[3]] == blobs[:3] + blobs[4:]
+
+
+async def test_compaction_takes_a_record_damaged_since_it_was_indexed_out_of_service(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "data"
+    backend = FileSystemBackend(
+        folder, io_threads=4, small_blob_store="packs", journal_segment_bytes=16 * 1024
+    )
+    backend.open()
+    blobs = [os.urandom(1000) for _ in range(60)]
+    ids = [sha256_id(b) for b in blobs]
+    try:
+        for blob_id, blob in zip(ids, blobs, strict=True):
+            await backend.put(blob_id, BlobType.BINARY, blob)
+        found = pack_record(folder, ids[0])
+        assert found is not None and found[0].name == "0000000000000000.pack"
+        flip_byte(found[0], found[1] + 36 + 3)  # its header: the compaction scan skips it
+        await backend.delete(ids[1:])
+
+        def dropped() -> bool:
+            return not found[0].exists()
+
+        assert wait_until(dropped, timeout=30)
+        assert [p for p in (folder / "quarantine").iterdir() if p.name.startswith(ids[0][7:])]
+        assert await backend.find_missing(ids[:1]) == ids[:1]
+    finally:
+        backend.close()

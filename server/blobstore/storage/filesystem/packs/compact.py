@@ -24,6 +24,7 @@ import contextlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
+from blobstore.ids import blob_id_from_digest
 from blobstore.storage.filesystem.os_calls import fsync_dir
 from blobstore.storage.filesystem.packs.index import Location
 from blobstore.storage.filesystem.packs.index_file import remove_index, write_index
@@ -124,8 +125,13 @@ class Compactor:
                 chunk, size = [], 0
         self._copy(sequence, data, chunk, keep_tombstones=not oldest)
         with store.appender.lock:
+            # A live record the scan did not find is one damaged since it was indexed (its
+            # header): out of service like any damaged record, so the segment can go.
+            for digest, _ in store.index.records_in(sequence):
+                blob_id = blob_id_from_digest(digest.hex())
+                store.take_out(blob_id, "record damaged (found by compaction)")
             left = store.index.records_in(sequence)
-            if left:  # cannot happen: nothing is appended to a sealed segment
+            if left:
                 log.error("pack segment %d still holds %d record(s): kept", sequence, len(left))
                 return
             remove_index(path)  # first: a stale index file must not outlive its segment
