@@ -30,7 +30,15 @@ service and its ceilings alike:
 - put_small_at_cap: put_small on a third server started with --max-bytes and
   filled to its cap first, so that its puts run while it evicts, as a ratio to
   put_small (target >= 0.80);
-- the server's peak RSS growth during a 1 GiB streamed put and get.
+- the server's peak RSS growth during a 1 GiB streamed put and get;
+- an A/A control: control_put_small and control_get_small on a second plain server,
+  configured like the first, as ratios to put_small/get_small (~1.00 if the method
+  is fair; its spread is the run's noise).
+
+Rows that are our server another way (stepflow_*, metrics_*, tracing_*, tls_*,
+put_small_at_cap, bridge_*, control_*: PAIRED) are not divided by the put_small or
+get_small row: each of their trials runs beside a trial of put_small/get_small of
+its own, in ABBA order, and the ratio is the median of the per-trial ratios.
 
 `--startup-blobs N` instead times a start-up on a folder of N blobs (the usage
 index rebuild; bench_startup.py).
@@ -45,7 +53,7 @@ figure and its ratio to its ceiling, target and PASS/MISS, and writes JSON
 example a `git worktree` of an older commit), interleaved with ours, and
 prints ours/baseline for put_small, get_small, put_large and get_large.
 
-Why one script of ~1150 lines: every row is measured in the same interleaved trial
+Why one script of ~1300 lines: every row is measured in the same interleaved trial
 loop against its ceiling; the servers, ceilings and CPU split it drives live in the
 bench_* modules beside it.
 """
@@ -62,6 +70,7 @@ import random
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -205,7 +214,20 @@ TARGETS = [
     Target("tls_get_small", "ops_per_s", ("get_small",), 0.80),
     # A third server with --max-bytes, filled to its cap first (issue 15): every put evicts.
     Target("put_small_at_cap", "ops_per_s", ("put_small",), 0.80),
+    # The A/A control: a second plain server, configured like the first. Its paired ratio
+    # should be ~1.00; how far it strays shows how fair and how noisy the run was.
+    Target("control_put_small", "ops_per_s", ("put_small",), 0.0),
+    Target("control_get_small", "ops_per_s", ("get_small",), 0.0),
 ]
+# Rows that are our server another way (another API, a feature on, another server
+# configured so), divided by the plain server's put_small or get_small. Each trial of
+# such a row runs right beside a trial of its reference made for it alone, their order
+# alternating (ABBA), and its ratio is the median of those per-trial pairs: a reference
+# trial minutes away, or right after the batch_put burst (whose file writeback lands on
+# the next trials), skewed these rows by 10-20 % (docs/performance.md).
+PAIRED = {
+    t.workload: t.ceilings[0] for t in TARGETS if t.ceilings in (("put_small",), ("get_small",))
+}
 SMALL_WORKLOADS = [
     "put_small",
     "batch_put",
@@ -223,6 +245,8 @@ SMALL_WORKLOADS = [
     "put_small_at_cap",
     "bridge_put",
     "bridge_get",
+    "control_put_small",
+    "control_get_small",
 ]
 MAX_TAIL_RATIO = 4.0
 MAX_RSS_GROWTH = 100 * MIB
@@ -248,8 +272,10 @@ class Bench:
         traced: Child | None = None,
         secured: tuple[Child, Secured] | None = None,
         capped: Child | None = None,
+        control: Child | None = None,
     ) -> None:
         self.s = settings
+        self.control = control
         self.echo_sync = echo_sync
         self.peers = peers
         self.metered = metered
@@ -262,6 +288,8 @@ class Bench:
         self.bridge = bridge
         self.baseline = baseline
         self.trials: dict[str, list[Trial]] = {}
+        # PAIRED row -> the trials of its reference run beside its own, trial i with trial i.
+        self.references: dict[str, list[Trial]] = {}
         self.rss: dict[str, dict[str, float]] = {}
         self.docs = Documents()
         self.pool_ids: list[str] = []
@@ -278,6 +306,7 @@ class Bench:
         self.base_c = GrpcCaller(self.baseline.address) if self.baseline else None
         self.metered_c = GrpcCaller(self.metered.address) if self.metered else None
         self.capped_c = GrpcCaller(self.capped.address) if self.capped else None
+        self.control_c = GrpcCaller(self.control.address) if self.control else None
         self.traced_c = GrpcCaller(self.traced.address) if self.traced else None
         self.secured_c = (
             GrpcCaller(
@@ -293,6 +322,7 @@ class Bench:
             self.secured_c,
             self.capped_c,
             self.sync_c,
+            self.control_c,
         )
         for caller in (self.echo_c, self.ours_c, *extra):
             if caller is not None:
@@ -317,10 +347,14 @@ class Bench:
                 await self._loop(op, 1, self.s.warmup, pids)
             for trial in range(self.s.trials):
                 say(f"small-call trial {trial + 1}/{self.s.trials}")
-                for name in paired_order(list(small), trial):
+                for name, variant in trial_order(list(small), trial):
                     op, payload, pids = small[name]
                     items = BATCH if "batch" in name else 1
-                    self.add(name, await self._loop(op, payload, self.s.seconds, pids, items))
+                    result = await self._loop(op, payload, self.s.seconds, pids, items)
+                    if variant is None:
+                        self.add(name, result)
+                    else:
+                        self.references.setdefault(variant, []).append(result)
             # Not interleaved with the calls above: a burst of thousands of new files
             # leaves ext4 slower at creating the next ones for a while (without a
             # journal it scans inode tables for recently freed inodes), which cut
@@ -346,6 +380,7 @@ class Bench:
                 self.secured_c,
                 self.capped_c,
                 self.sync_c,
+                self.control_c,
             ):
                 if other is not None:
                     await other.close()
@@ -431,41 +466,23 @@ class Bench:
                     KIB,
                     base,
                 )
-        if self.metered_c is not None and self.metered is not None:
-            metered_c, metered = self.metered_c, [self.metered.pid]
-            workloads["metrics_put_small"] = (
-                lambda n: metered_c.call_put(docs.put_request(n)),
-                KIB,
-                metered,
-            )
-            workloads["metrics_get_small"] = (
-                lambda n: metered_c.call_get(pick_get()),
-                KIB,
-                metered,
-            )
-        if self.traced_c is not None and self.traced is not None:
-            traced_c, traced = self.traced_c, [self.traced.pid]
-            workloads["tracing_put_small"] = (
-                lambda n: traced_c.call_put(docs.put_request(n)),
-                KIB,
-                traced,
-            )
-            workloads["tracing_get_small"] = (lambda n: traced_c.call_get(pick_get()), KIB, traced)
-        if self.secured_c is not None and self.secured is not None:
-            secured_c, secured = self.secured_c, [self.secured[0].pid]
-            workloads["tls_put_small"] = (
-                lambda n: secured_c.call_put(docs.put_request(n)),
-                KIB,
-                secured,
-            )
-            workloads["tls_get_small"] = (lambda n: secured_c.call_get(pick_get()), KIB, secured)
-        if self.capped_c is not None and self.capped is not None:
-            capped_c, capped = self.capped_c, [self.capped.pid]
-            workloads["put_small_at_cap"] = (
-                lambda n: capped_c.call_put(docs.put_request(n)),
-                KIB,
-                capped,
-            )
+        # Our server configured another way: the same 1 KiB puts and gets, paired rows.
+        variants: list[tuple[str | None, str | None, GrpcCaller | None, Child | None]] = [
+            ("metrics_put_small", "metrics_get_small", self.metered_c, self.metered),
+            ("tracing_put_small", "tracing_get_small", self.traced_c, self.traced),
+            (
+                "tls_put_small",
+                "tls_get_small",
+                self.secured_c,
+                self.secured[0] if self.secured else None,
+            ),
+            ("put_small_at_cap", None, self.capped_c, self.capped),
+            ("control_put_small", "control_get_small", self.control_c, self.control),
+        ]
+        for put_name, get_name, caller, child in variants:
+            if caller is None or child is None:
+                continue
+            workloads.update(_put_get_rows(caller, [child.pid], put_name, get_name, docs, pick_get))
         if self.http is not None and self.bridge is not None:
             http = self.http
             both = [self.server.pid, self.bridge.pid]
@@ -570,7 +587,14 @@ class Bench:
                 reply = await self.ours_c.call_put(request)
                 ids[n] = pb.PutResponse.FromString(reply).id
                 # The same documents and ids on every other server.
-                for other in (self.base_c, self.metered_c, self.traced_c, self.secured_c):
+                others = (
+                    self.base_c,
+                    self.metered_c,
+                    self.traced_c,
+                    self.secured_c,
+                    self.control_c,
+                )
+                for other in others:
                     if other is not None:
                         await other.call_put(request)
 
@@ -682,6 +706,23 @@ class Bench:
             }
 
 
+def _put_get_rows(
+    caller: GrpcCaller,
+    pids: list[int],
+    put_name: str | None,
+    get_name: str | None,
+    docs: Documents,
+    pick_get: Callable[[], bytes],
+) -> dict[str, tuple[Op, int, list[int]]]:
+    """put_small's and get_small's workloads sent to another server of ours, under these names."""
+    rows: dict[str, tuple[Op, int, list[int]]] = {}
+    if put_name:
+        rows[put_name] = (lambda n: caller.call_put(docs.put_request(n)), KIB, pids)
+    if get_name:
+        rows[get_name] = (lambda n: caller.call_get(pick_get()), KIB, pids)
+    return rows
+
+
 def paired_order(names: list[str], trial: int) -> list[str]:
     """The workloads of one trial, each `base_X` right next to its `X`, taking turns first.
 
@@ -695,6 +736,27 @@ def paired_order(names: list[str], trial: int) -> list[str]:
             continue
         pair = [name, f"base_{name}"] if f"base_{name}" in names else [name]
         order += pair[::-1] if trial % 2 else pair
+    return order
+
+
+def trial_order(names: list[str], trial: int) -> list[tuple[str, str | None]]:
+    """The runs of one trial: (workload, the PAIRED row it is the reference for, or None).
+
+    As `paired_order`, and each PAIRED row whose reference is measured gets a
+    reference run of its own right beside it: reference first in one trial and
+    second in the next, and from one row to the next within a trial (ABBA), so
+    that neither side always follows the other or the same workload.
+    """
+    order: list[tuple[str, str | None]] = []
+    turn = trial
+    for name in paired_order(names, trial):
+        reference = PAIRED.get(name)
+        if reference is None or reference not in names:
+            order.append((name, None))
+            continue
+        pair: list[tuple[str, str | None]] = [(reference, name), (name, None)]
+        order += pair[::-1] if turn % 2 else pair
+        turn += 1
     return order
 
 
@@ -713,8 +775,18 @@ async def _retry(call: Callable[[], Awaitable[Any]], seconds: float = 10.0) -> A
 # -- results -----------------------------------------------------------------------------
 
 
-def checks(summaries: dict[str, Summary], rss: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
-    """Every target of issue 5 with its measured value and verdict."""
+def checks(
+    summaries: dict[str, Summary],
+    rss: dict[str, dict[str, float]],
+    references: dict[str, list[Trial]] | None = None,
+) -> list[dict[str, Any]]:
+    """Every target of issue 5 with its measured value and verdict.
+
+    A PAIRED row with `references` (its reference's trials run beside its own) is
+    held to the median of its per-trial ratios; `ceiling_value` is then the median
+    of those reference trials, and `trial_ratios` lists the pairs' ratios.
+    """
+    references = references or {}
     found: list[dict[str, Any]] = []
     peer_targets = [
         Target(t.workload, t.metric, t.ceilings, t.minimum) for t in bench_peers.TARGETS
@@ -722,6 +794,9 @@ def checks(summaries: dict[str, Summary], rss: dict[str, dict[str, float]]) -> l
     for target in [*TARGETS, *peer_targets]:
         present = [c for c in target.ceilings if c in summaries]
         if target.workload not in summaries or not present:
+            continue
+        if target.workload in references:
+            found.append(_paired_check(target, summaries[target.workload], references))
             continue
         value = getattr(summaries[target.workload], target.metric)
         pick = max if target.fastest else min
@@ -768,6 +843,32 @@ def checks(summaries: dict[str, Summary], rss: dict[str, dict[str, float]]) -> l
             }
         )
     return found
+
+
+def _paired_check(
+    target: Target, ours: Summary, references: dict[str, list[Trial]]
+) -> dict[str, Any]:
+    beside = references[target.workload]
+    paired = [
+        getattr(a, target.metric) / getattr(b, target.metric)
+        for a, b in zip(ours.trials, beside, strict=True)
+    ]
+    ratio = statistics.median(paired)
+    return {
+        "name": f"{target.workload} / {target.ceilings[0]}",
+        "workload": target.workload,
+        "kind": "ratio",
+        "metric": target.metric,
+        "value": getattr(ours, target.metric),
+        "ceiling": target.ceilings[0],
+        "ceiling_value": statistics.median(getattr(t, target.metric) for t in beside),
+        "ratio": ratio,
+        "paired": True,
+        "trial_ratios": paired,
+        "target": f">= {target.minimum:.2f}" if target.minimum else "info",
+        "pass": ratio >= target.minimum,
+        "counted": bool(target.minimum),
+    }
 
 
 BASELINE_WORKLOADS = ("put_small", "get_small", "batch_put", "put_large", "get_large")
@@ -877,6 +978,7 @@ ORDER = [
     ("TLS + bearer token on", ["tls_put_small", "tls_get_small"]),
     ("at the --max-bytes cap (LRU eviction)", ["put_small_at_cap"]),
     ("bridge over HTTP", ["bridge_put", "bridge_get"]),
+    ("A/A control: a second plain server", ["control_put_small", "control_get_small"]),
     (
         "baseline tree over gRPC",
         ["base_put_small", "base_get_small", "base_batch_put", "base_put_large", "base_get_large"],
@@ -912,6 +1014,7 @@ def table(
             check = ratio_of.get(name)
             if check:
                 vs = f"{check['ratio']:.2f} x {check['ceiling']}"
+                vs += " (paired)" if check.get("paired") else ""
                 line += f"  {vs:<32}{check['target']:>8}{_verdict(check):>6}"
             elif name in tail_of:
                 line += f"  {'':<32}{'':>8}{'':>6}"
@@ -930,6 +1033,16 @@ def table(
                     f" of {figures['blob_bytes'] // MIB} MiB"
                     f"  (target {check['target']}){_verdict(check):>6}"
                 )
+    paired = [c for c in found if c.get("paired")]
+    if paired:
+        lines.append("[paired ratios: each trial / its reference's trial run beside it]")
+        for check in paired:
+            each = ", ".join(f"{r:.2f}" for r in check["trial_ratios"])
+            lines.append(
+                f"{check['workload']:<26}{check['ratio']:.2f} x {check['ceiling']:<12}"
+                f"(range {min(check['trial_ratios']):.2f}-{max(check['trial_ratios']):.2f};"
+                f" per trial {each})"
+            )
     counted = [c for c in found if c.get("counted", True)]
     peers = [c for c in counted if c["kind"] == "ratio" and c["ceiling"] in bench_peers.ROWS]
     if peers:
@@ -1107,7 +1220,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.startup_blobs:
         import bench_startup
 
-        return bench_startup.run(args.startup_blobs, args.work_dir, args.json)
+        return bench_startup.run(args.startup_blobs, args.work_dir, args.json, args.keep)
     if args.storage == "s3":
         import bench_s3
 
@@ -1137,6 +1250,9 @@ def main(argv: list[str] | None = None) -> int:
         children.append(secured[0])
         capped = start_capped_server(work / "capped", split.server, settings)
         children.append(capped)
+        (work / "control").mkdir()
+        control = start_blobstore_server(work / "control", split.server, server_env)
+        children.append(control)
         say(f"bridge: {bridge_note}")
         peers = None
         if args.peers and not settings.quick:
@@ -1156,6 +1272,7 @@ def main(argv: list[str] | None = None) -> int:
             traced,
             secured,
             capped,
+            control,
         )
         asyncio.run(bench.run())
     except (
@@ -1177,7 +1294,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
 
     summaries = {name: Summary.of(trials) for name, trials in bench.trials.items()}
-    found = checks(summaries, bench.rss)
+    found = checks(summaries, bench.rss, bench.references)
     versus = baseline_ratios(summaries)
     results = {
         "version": 1,
@@ -1192,6 +1309,10 @@ def main(argv: list[str] | None = None) -> int:
         "bridge": bridge_note,
         "settings": asdict(settings),
         "workloads": {name: s.to_json() for name, s in summaries.items()},
+        # The reference trials run beside each PAIRED row (put_small or get_small again).
+        "references": {
+            name: Summary.of(trials).to_json() for name, trials in bench.references.items()
+        },
         "rss": bench.rss,
         "checks": found,
         "baseline": {"tree": str(args.baseline_tree), "ratios": versus} if versus else None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,9 @@ STEPFLOW |= {"tracing_put_small", "tracing_get_small"}
 STEPFLOW |= {"put_small_at_cap"}
 BRIDGE = {"bridge_put", "bridge_get"}
 SECURED = {"tls_put_small", "tls_get_small"}  # TLS + bearer token on (issue 14)
+CONTROL = {"control_put_small", "control_get_small"}  # the A/A control: a second plain server
+# Rows held to put_small/get_small trials run beside each of theirs (bench_main.PAIRED).
+PAIRED = STEPFLOW | BRIDGE | SECURED | CONTROL
 
 
 def _positive(value: Any) -> bool:
@@ -57,7 +61,7 @@ def test_quick_benchmark_measures_every_workload(tmp_path: Path) -> None:
     )
     assert run.returncode == 0, f"stdout:\n{run.stdout}\nstderr:\n{run.stderr}"
     results = json.loads(results_path.read_text())
-    expected = CEILINGS | SERVICE | BATCHES | STEPFLOW | BRIDGE | SECURED  # no peers
+    expected = CEILINGS | SERVICE | BATCHES | STEPFLOW | BRIDGE | SECURED | CONTROL  # no peers
 
     workloads = results["workloads"]
     assert set(workloads) == expected
@@ -72,7 +76,7 @@ def test_quick_benchmark_measures_every_workload(tmp_path: Path) -> None:
         assert _positive(workloads[name]["server_cpu_cores"]), (name, workloads[name])
 
     ratios = {c["workload"]: c for c in results["checks"] if c["kind"] == "ratio"}
-    assert set(ratios) == SERVICE | BATCHES | STEPFLOW | BRIDGE | SECURED
+    assert set(ratios) == SERVICE | BATCHES | STEPFLOW | BRIDGE | SECURED | CONTROL
     for name, echoes in (("put_small", "echo_put"), ("get_small", "echo_get")):
         # Small calls are held to the faster of the two echo flavours.
         faster = max((echoes, f"{echoes}_sync"), key=lambda e: workloads[e]["ops_per_s"])
@@ -83,10 +87,25 @@ def test_quick_benchmark_measures_every_workload(tmp_path: Path) -> None:
     for check in ratios.values():
         assert _positive(check["ratio"]), check
         assert check["ceiling"] in workloads, check
-        assert check["ratio"] == check["value"] / check["ceiling_value"]
         assert isinstance(check["pass"], bool)
+        if check["workload"] not in PAIRED:
+            assert check["ratio"] == check["value"] / check["ceiling_value"]
+            continue
+        # A paired row: one reference trial beside each of its trials, the median of their
+        # ratios; the reference trials are in the results beside its own.
+        assert check["paired"] is True, check
+        assert check["ceiling"] in ("put_small", "get_small"), check
+        beside = results["references"][check["workload"]]["trials"]
+        own = workloads[check["workload"]]["trials"]
+        assert len(beside) == len(own) == len(check["trial_ratios"]), check
+        expected_ratios = [
+            a["ops_per_s"] / b["ops_per_s"] for a, b in zip(own, beside, strict=True)
+        ]
+        assert check["trial_ratios"] == expected_ratios
+        assert check["ratio"] == statistics.median(expected_ratios)
+    assert set(results["references"]) == PAIRED
     tails = {c["workload"] for c in results["checks"] if c["kind"] == "tail"}
-    assert tails == {"put_small", "get_small", "put_dedup"} | BATCHES | STEPFLOW | BRIDGE | SECURED
+    assert tails == {"put_small", "get_small", "put_dedup"} | BATCHES | PAIRED
 
     assert set(results["rss"]) == {"rss_put_stream", "rss_get_stream"}
     for figures in results["rss"].values():

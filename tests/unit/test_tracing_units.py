@@ -4,6 +4,7 @@ the memory backend) and of the bridge's aiohttp middleware and client intercepto
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 
 import grpc
@@ -36,8 +37,10 @@ def exporter() -> InMemorySpanExporter:
     return InMemorySpanExporter()
 
 
-@pytest.fixture
-async def target(exporter: InMemorySpanExporter) -> AsyncIterator[str]:
+@contextlib.asynccontextmanager
+async def _served(exporter: InMemorySpanExporter) -> AsyncIterator[str]:
+    """An in-process server with the tracing interceptor, tracing started now (so with
+    the OTEL_* variables set now)."""
     traced = tracing.start("blobstore-test", "", exporter=exporter)
     guard = Guard(Admission(AdmissionLimits()), stream_idle=60.0)
     server = grpc.aio.server(interceptors=[TracingInterceptor(traced.tracer), guard])
@@ -49,6 +52,12 @@ async def target(exporter: InMemorySpanExporter) -> AsyncIterator[str]:
     finally:
         await server.stop(None)
         traced.shutdown()
+
+
+@pytest.fixture
+async def target(exporter: InMemorySpanExporter) -> AsyncIterator[str]:
+    async with _served(exporter) as address:
+        yield address
 
 
 def _hex(value: int, digits: int) -> str:
@@ -92,6 +101,49 @@ async def test_without_traceparent_a_call_starts_a_trace(
     assert spans[0].attributes["rpc.grpc.status_code"] == grpc.StatusCode.NOT_FOUND.value[0]
     code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert spans[1].attributes["rpc.grpc.status_code"] == code
+
+
+async def _put(target: str, data: bytes, traceparent: str | None = None) -> None:
+    metadata = (("traceparent", traceparent),) if traceparent else None
+    async with grpc.aio.insecure_channel(target) as channel:
+        await pb_grpc.BlobServiceStub(channel).Put(pb.PutRequest(data=data), metadata=metadata)
+
+
+async def test_a_callers_unsampled_trace_is_followed(
+    target: str, exporter: InMemorySpanExporter
+) -> None:
+    """parentbased_always_on (the default): a caller that did not sample its trace gets
+    no span from us either; one that did, and one without a trace, do."""
+    await _put(target, b"not sampled", f"00-{TRACE_ID}-{PARENT}-00")
+    assert exporter.get_finished_spans() == ()
+    await _put(target, b"sampled", TRACEPARENT)
+    await _put(target, b"no trace")
+    spans = exporter.get_finished_spans()
+    assert [s.parent is not None for s in spans] == [True, False]
+    assert all(s.context.trace_flags.sampled for s in spans)
+
+
+@pytest.mark.parametrize(
+    ("sampler", "arg", "recorded"),
+    [("always_off", "", False), ("traceidratio", "1.0", True), ("traceidratio", "0", False)],
+)
+async def test_the_sampler_of_the_environment_decides(
+    monkeypatch: pytest.MonkeyPatch,
+    exporter: InMemorySpanExporter,
+    sampler: str,
+    arg: str,
+    recorded: bool,
+) -> None:
+    """OTEL_TRACES_SAMPLER other than the default: the SDK's sampler is asked per call."""
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", sampler)
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", arg)
+    async with _served(exporter) as address:
+        await _put(address, b"sampled or not", TRACEPARENT)
+    spans = exporter.get_finished_spans()
+    assert len(spans) == (1 if recorded else 0)
+    for span in spans:  # not parent-based, yet still the caller's trace and its child
+        assert _hex(span.context.trace_id, 32) == TRACE_ID
+        assert span.parent is not None and _hex(span.parent.span_id, 16) == PARENT
 
 
 async def test_the_bridge_passes_its_span_to_the_service(

@@ -12,9 +12,11 @@ OVERLOADED refusal is a RESOURCE_EXHAUSTED call here). For each call it
   duration, and counts the request and reply bytes as the (de)serializers see them;
 * with the access log on, logs one line: method, code, duration, peer.
 
-Cheap on the hot path: label children are bound once per method (a code's child on
-its first use), the byte counters sit in the method's (de)serializers (built once
-per method), and a call costs one handler copy with its behaviour wrapped.
+Cheap on the hot path: the families are metric_cells' (plain numbers, turned into
+Prometheus families at scrape time, no lock per record), label children are bound
+once per method (a code's child on its first use), the byte counters sit in the
+method's (de)serializers (built once per method), and a call costs one handler copy
+with its behaviour wrapped (scripts/bench/bench_observe.py measures it).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import time
 from typing import Any
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry
 
 from blobstore import logs
 from blobstore.grpc.interceptor_base import (
@@ -37,6 +39,7 @@ from blobstore.grpc.interceptor_base import (
     behavior_slot,
     metadata_value,
 )
+from blobstore.metric_cells import CellCounter, CellHistogram
 
 log = logging.getLogger("blobstore.access")
 
@@ -50,30 +53,31 @@ _Context = Context
 
 
 class RpcMetrics:
-    """The per-call metric families, registered in `registry`."""
+    """The per-call metric families, registered in `registry` (metric_cells: recorded
+    without locks, from the event loop's thread)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         labels = ("service", "method")
-        self.calls = Counter(
+        self.calls = CellCounter(
             "blobstore_rpc_calls",
             "Finished calls by service, method and gRPC status code",
             (*labels, "code"),
             registry=registry,
         )
-        self.duration = Histogram(
+        self.duration = CellHistogram(
             "blobstore_rpc_duration_seconds",
             "Time from the start of a call's handler to its status, by service and method",
             labels,
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
-        self.received = Counter(
+        self.received = CellCounter(
             "blobstore_rpc_received_bytes",
             "Request message bytes received (serialized protobuf), by service and method",
             labels,
             registry=registry,
         )
-        self.sent = Counter(
+        self.sent = CellCounter(
             "blobstore_rpc_sent_bytes",
             "Reply message bytes sent (serialized protobuf), by service and method",
             labels,

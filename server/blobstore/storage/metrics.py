@@ -13,9 +13,10 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from blobstore.ids import BlobId
+from blobstore.metric_cells import CellCounter, CellHistogram, CountCell
 from blobstore.model import NO_META, Blob, BlobInfo, BlobMeta, BlobType, PutResult
 from blobstore.storage.base import (
     NO_LIMIT,
@@ -43,20 +44,22 @@ class StorageMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry  # also for a backend's own families (filesystem/metrics.py)
-        self.duration = Histogram(
+        # The per-call families record without locks (metric_cells): MetricsBackend's
+        # methods run on the event loop's thread.
+        self.duration = CellHistogram(
             "blobstore_storage_operation_duration_seconds",
             "Backend operation time by backend, operation and outcome (ok or the error's name)",
             ("backend", "operation", "outcome"),
             buckets=STORAGE_BUCKETS,
             registry=registry,
         )
-        self.bytes = Counter(
+        self.bytes = CellCounter(
             "blobstore_storage_bytes",
             "Content bytes written (put, commit) or read (get, get_stream) by the backend",
             ("backend", "operation"),
             registry=registry,
         )
-        self.created = Counter(
+        self.created = CellCounter(
             "blobstore_storage_puts",
             "Puts and stream commits by result: created (new blob) or deduplicated",
             ("backend", "result"),
@@ -220,7 +223,7 @@ class _MeteredWriter(CountingWriter):
 class _MeteredStream:
     """A streamed read whose chunks are counted as they pass."""
 
-    def __init__(self, inner: BlobStream, counter: Counter) -> None:
+    def __init__(self, inner: BlobStream, counter: CountCell) -> None:
         self._inner = inner
         self._count = counter.inc
         self.info = inner.info
