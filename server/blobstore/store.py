@@ -464,8 +464,9 @@ class BlobStore:
         """Removes the blobs not used for `older_than` seconds (lists them if dry_run)."""
         if self.retention is None:
             raise InvalidArgument("this store keeps no last uses: prune is not available")
-        if older_than <= 0:
-            raise InvalidArgument("older_than must be more than 0 seconds")
+        if not older_than > 0:  # NaN too: every comparison with it is false, and so
+            # "not used since now - NaN" would have taken every blob
+            raise InvalidArgument(f"older_than must be more than 0 seconds, not {older_than}")
         return await self.retention.prune(older_than, dry_run=dry_run)
 
     def last_use(self, blob_id: BlobId) -> float | None:

@@ -340,3 +340,42 @@ def test_identities_close_the_door_beyond_loopback(
     assert "result" in answer, answer
     status, answer = rpc_status(pki, bridge.url, {"data": "no door"})
     assert status == 401
+
+
+def test_upstream_mtls_as_the_only_service_credential(
+    start_server: Callable[..., ServerProcess],
+    start_bridge: BridgeFactory,
+    pki: Pki,
+    tmp_path: Path,
+) -> None:
+    """No service token: the bridge's own client certificate (worker-1) is its credential
+    upstream, and the gRPC server's line for it decides what the bridge may do at most."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text(
+        f"cn:worker-1 bridge read,write\n{token_hash(WRITE_TOKEN)} writer read,write\n"
+    )
+    server = start_server("--tokens-file", str(tokens), *server_tls_args(pki, client_ca=True))
+    identities = tmp_path / "identities"
+    identities.write_text("uri:spiffe://blobs/worker-2 builder read,write\ncn:stranger st read\n")
+    env = {k: v for k, v in os.environ.items() if k != "BLOBSTORE_TOKEN"}
+    bridge = start_bridge(
+        server.target,
+        *upstream_tls(pki),
+        *("--upstream-tls-cert", str(pki.client.cert), "--upstream-tls-key", str(pki.client.key)),
+        *https(pki),
+        *("--tls-client-ca", str(pki.ca), "--tls-client-auth", "optional"),
+        *("--client-identities", str(identities)),
+        env=env,
+    )
+    stored = rpc(pki, bridge.url, "blobs/put", {"data": "over two mTLS hops"}, cert=pki.san_client)
+    blob_id = stored["result"]["blob_id"]
+    got = rpc(pki, bridge.url, "blobs/get", {"blob_id": blob_id}, cert=pki.stranger_client)
+    assert got["result"]["data"] == "over two mTLS hops"
+    refused = rpc(pki, bridge.url, "blobs/put", {"data": "stranger"}, cert=pki.stranger_client)
+    assert refused["error"]["code"] == -32011
+    assert not blob_path(server.data_dir, sha256_id(b'"stranger"')).exists()
+    # Without a certificate a caller's token still decides at the server.
+    passed = rpc(pki, bridge.url, "blobs/put", {"data": "token"}, bearer(WRITE_TOKEN))
+    assert "result" in passed, passed
+    assert rpc_status(pki, bridge.url, {"data": "nothing presented"})[0] == 401
+    assert_no_secret(bridge.log(), server.log())

@@ -45,7 +45,21 @@ ALLOWED = {
     grpc.StatusCode.RESOURCE_EXHAUSTED,
     grpc.StatusCode.FAILED_PRECONDITION,
 }
-METHODS = ("Put", "Get", "Stat", "FindMissing", "PutStream", "GetStream")
+METHODS = (
+    "Put",
+    "Get",
+    "Stat",
+    "FindMissing",
+    "PutStream",
+    "GetStream",
+    "Delete",
+    "Prune",
+    "BatchPut",
+    "BatchGet",
+)
+REMOVING = ("Delete", "Prune")
+"""Served to this loopback server without tokens: they may remove the kept blobs, which
+the tests then put back (Target.restore)."""
 
 
 class Target:
@@ -56,6 +70,10 @@ class Target:
         self.channel = grpc.insecure_channel(server.target, options=CHANNEL_OPTIONS)
         self.stub = pb_grpc.BlobServiceStub(self.channel)
         self.kept: dict[str, bytes] = {}
+        self.restore()
+
+    def restore(self) -> None:
+        """Puts the kept blobs (again, after a Delete or Prune that may have removed them)."""
         for data in (b"kept binary", b'{"kept":"json"}', bytes(range(256)) * 300):
             blob_type = pb.BLOB_TYPE_JSON if data.startswith(b"{") else pb.BLOB_TYPE_BINARY
             reply = self.stub.Put(pb.PutRequest(blob_type=blob_type, data=data), timeout=30)
@@ -217,6 +235,36 @@ def test_any_id_on_every_read_gets_a_well_formed_answer(
     )
 
 
+@FUZZ
+@given(
+    ids=st.lists(blob_ids(), max_size=12),
+    older_than=st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.sampled_from([0.0, -1.0, 1e-300, 5e-324, 1e308, 10 * 365 * 86400.0]),
+    ),
+    dry_run=st.booleans(),
+)
+@example(ids=["sha256:" + "3" * 64] * 10_001, older_than=float("nan"), dry_run=False)
+def test_any_delete_or_prune_gets_a_well_formed_answer(
+    target: Target, ids: list[str], older_than: float, dry_run: bool
+) -> None:
+    stub = target.stub
+    try:
+        deleted = target.check(lambda: stub.Delete(pb.DeleteRequest(ids=ids), timeout=30))
+        if deleted is not None:  # only ids asked for, each once
+            assert len(set(deleted.deleted_ids)) == len(deleted.deleted_ids)
+            asked = {i if i.startswith("sha256:") else "sha256:" + i for i in ids}
+            assert set(deleted.deleted_ids) <= asked
+        request = pb.PruneRequest(older_than_seconds=older_than, dry_run=dry_run)
+        pruned = target.check(lambda: stub.Prune(request, timeout=30))
+        if pruned is not None and not (older_than > 0):
+            pytest.fail(f"a Prune of older_than_seconds={older_than} was accepted")
+    finally:
+        target.restore()
+    for blob_id, data in target.kept.items():
+        assert stub.Get(pb.GetRequest(id=blob_id), timeout=30).data == data
+
+
 @st.composite
 def put_streams(draw: st.DrawFn) -> list[pb.PutStreamRequest]:
     """Chunk sequences, honest or lying about offsets, sizes and first-message fields."""
@@ -292,6 +340,12 @@ def test_streams_abandoned_half_way_leave_nothing_behind(
                         blob_type=pb.BLOB_TYPE_JSON, total_size=3, offset=0, chunk=b"[1]"
                     ),
                     pb.FindMissingRequest(ids=["sha256:" + "2" * 64] * 3),
+                    pb.DeleteRequest(ids=["sha256:" + "4" * 64, "5" * 64]),
+                    pb.PruneRequest(older_than_seconds=10 * 365 * 86400.0, dry_run=True),
+                    pb.BatchPutRequest(
+                        requests=[pb.PutRequest(blob_type=pb.BLOB_TYPE_JSON, data=b"[2]")] * 2
+                    ),
+                    pb.BatchGetRequest(ids=["sha256:" + "6" * 64] * 2),
                 ]
             ).map(lambda m: m.SerializeToString()),
             st.integers(0, 200),
@@ -313,6 +367,8 @@ def test_raw_bytes_to_any_method_get_a_well_formed_answer(
     else:
         unary = channel.unary_unary(path, None, None)
         target.check(lambda: unary(payload, timeout=30))
+    if method in REMOVING:
+        target.restore()
 
 
 def _mutate(valid: bytes, cut: int, flips: list[tuple[int, int]]) -> bytes:

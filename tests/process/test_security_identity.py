@@ -103,6 +103,7 @@ def test_client_certificates_get_the_scopes_of_their_lines(
         san.put_bytes(b"uri writing")
         # GetStream through the gate: allowed for a certificate with read...
         san.get_to_file(sha256_id(b"by CN"), tmp_path / "streamed")
+        assert san.get(sha256_id(b"by CN")).data == b"by CN"  # unary Get (a reserving call)
         assert (tmp_path / "streamed").read_bytes() == b"by CN"
     with client_of(server, pki, pki.client) as removed, pytest.raises(errors.PermissionDenied):
         removed.get_to_file(sha256_id(b"by CN"), tmp_path / "refused")  # ...refused without

@@ -124,6 +124,8 @@ async def test_prune_and_delete_are_idempotent() -> None:
 
 def test_snapshot_round_trip_and_damage(tmp_path: Path) -> None:
     index = UsageIndex()
+    ticks = iter(range(1, 100))
+    index.clock = lambda: float(next(ticks))  # distinct times: the order read back is by use
     ids = [blob(seed)[0] for seed in range(3)]
     for blob_id in ids:
         index.stored(blob_id, 100)
@@ -132,6 +134,9 @@ def test_snapshot_round_trip_and_damage(tmp_path: Path) -> None:
     save_snapshot(path, index.records())
     known = load_snapshot(path)
     assert list(known) == [ids[1], ids[2], ids[0]]  # least recently used first
+    loaded = UsageIndex()
+    assert loaded.load(path)
+    assert list(loaded.entries) == [ids[1], ids[2], ids[0]]
     # Rebuilt from a listing: what is not on disk is dropped, new files join by their time.
     new_id = blob(7)[0]
     listing = [StoredBlob(ids[0], 0, 0.0), StoredBlob(ids[2], 0, 0.0), StoredBlob(new_id, 50, 1.0)]

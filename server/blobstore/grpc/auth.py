@@ -231,11 +231,12 @@ class CertificateGate(GatedInterceptor[_Gated]):
 
 
 async def _gated_call(
-    gate: CertificateGate, rule: _Rule, inner: Any, request: Any, context: Context
+    gate: CertificateGate, rule: _Rule, inner: Any, request: Any, context: Context, *rest: Any
 ) -> Any:
+    """`rest`: what the guard passes on besides request and context (Get's reservation)."""
     if (error := gate.refusal(rule, context)) is not None:
         await abort_call(context, error)  # a PutStream's context reads its stream first
-    return await inner(request, context)
+    return await inner(request, context, *rest)
 
 
 async def _gated_stream(

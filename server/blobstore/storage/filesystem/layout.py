@@ -198,28 +198,42 @@ def list_shards(shards: Sequence[str], known: Container[BlobId] = ()) -> list[St
     return [blob for shard in shards for blob in list_shard(shard, known)]
 
 
-def remove_blobs(layout: FileSystemLayout, blob_ids: Sequence[BlobId]) -> list[BlobId]:
-    """Unlinks the blobs' files and syncs their shard folders; returns those that were there.
+def unlink_blobs(
+    layout: FileSystemLayout, blob_ids: Sequence[BlobId], touched: set[str]
+) -> list[BlobId]:
+    """Unlinks the blobs' files; returns those that were there. Adds each shard folder it
+    changed to `touched` (also when it raises OSError), for sync_folders() after.
 
     Something at a blob's path that unlink cannot remove (a folder) is moved to
-    quarantine/ instead. Raises OSError; the shards of the files unlinked before the
-    failure are synced first.
+    quarantine/ instead.
     """
     removed: list[BlobId] = []
-    shards: set[str] = set()
-    try:
-        for blob_id in blob_ids:
-            path = layout.blob_path(blob_id)
-            try:
-                os.unlink(path)
-            except (FileNotFoundError, NotADirectoryError):
+    for blob_id in blob_ids:
+        path = layout.blob_path(blob_id)
+        try:
+            os.unlink(path)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except (IsADirectoryError, PermissionError):
+            if layout.move_aside(path, label="deleted-") is None:
                 continue
-            except (IsADirectoryError, PermissionError):
-                if layout.move_aside(path, label="deleted-") is None:
-                    continue
-            removed.append(blob_id)
-            shards.add(os.path.dirname(path))
-    finally:
-        for shard in shards:
-            fsync_dir(shard)
+        removed.append(blob_id)
+        touched.add(os.path.dirname(path))
     return removed
+
+
+def sync_folders(touched: set[str], sync_all: Callable[[], None] | None) -> None:
+    """Makes the unlinks in the `touched` shard folders durable: by one `sync_all()` (syncfs
+    of the data folder's file system) if given, else by an fsync of each folder.
+
+    A batch of evicted blobs spans most of the 256 shards, and each folder's fsync
+    may cost a journal commit and a flush of the disk's cache: under put load, those
+    fsyncs were a large part of eviction's cost (put_small_at_cap, docs/performance.md).
+    """
+    if not touched:
+        return
+    if sync_all is not None:
+        sync_all()
+        return
+    for shard in touched:
+        fsync_dir(shard)
