@@ -466,53 +466,23 @@ class Bench:
                     KIB,
                     base,
                 )
-        if self.metered_c is not None and self.metered is not None:
-            metered_c, metered = self.metered_c, [self.metered.pid]
-            workloads["metrics_put_small"] = (
-                lambda n: metered_c.call_put(docs.put_request(n)),
-                KIB,
-                metered,
-            )
-            workloads["metrics_get_small"] = (
-                lambda n: metered_c.call_get(pick_get()),
-                KIB,
-                metered,
-            )
-        if self.traced_c is not None and self.traced is not None:
-            traced_c, traced = self.traced_c, [self.traced.pid]
-            workloads["tracing_put_small"] = (
-                lambda n: traced_c.call_put(docs.put_request(n)),
-                KIB,
-                traced,
-            )
-            workloads["tracing_get_small"] = (lambda n: traced_c.call_get(pick_get()), KIB, traced)
-        if self.secured_c is not None and self.secured is not None:
-            secured_c, secured = self.secured_c, [self.secured[0].pid]
-            workloads["tls_put_small"] = (
-                lambda n: secured_c.call_put(docs.put_request(n)),
-                KIB,
-                secured,
-            )
-            workloads["tls_get_small"] = (lambda n: secured_c.call_get(pick_get()), KIB, secured)
-        if self.capped_c is not None and self.capped is not None:
-            capped_c, capped = self.capped_c, [self.capped.pid]
-            workloads["put_small_at_cap"] = (
-                lambda n: capped_c.call_put(docs.put_request(n)),
-                KIB,
-                capped,
-            )
-        if self.control_c is not None and self.control is not None:
-            control_c, control = self.control_c, [self.control.pid]
-            workloads["control_put_small"] = (
-                lambda n: control_c.call_put(docs.put_request(n)),
-                KIB,
-                control,
-            )
-            workloads["control_get_small"] = (
-                lambda n: control_c.call_get(pick_get()),
-                KIB,
-                control,
-            )
+        # Our server configured another way: the same 1 KiB puts and gets, paired rows.
+        variants: list[tuple[str | None, str | None, GrpcCaller | None, Child | None]] = [
+            ("metrics_put_small", "metrics_get_small", self.metered_c, self.metered),
+            ("tracing_put_small", "tracing_get_small", self.traced_c, self.traced),
+            (
+                "tls_put_small",
+                "tls_get_small",
+                self.secured_c,
+                self.secured[0] if self.secured else None,
+            ),
+            ("put_small_at_cap", None, self.capped_c, self.capped),
+            ("control_put_small", "control_get_small", self.control_c, self.control),
+        ]
+        for put_name, get_name, caller, child in variants:
+            if caller is None or child is None:
+                continue
+            workloads.update(_put_get_rows(caller, [child.pid], put_name, get_name, docs, pick_get))
         if self.http is not None and self.bridge is not None:
             http = self.http
             both = [self.server.pid, self.bridge.pid]
@@ -734,6 +704,23 @@ class Bench:
                 "seconds": seconds,
                 "mb_per_s": size / seconds / 1e6,
             }
+
+
+def _put_get_rows(
+    caller: GrpcCaller,
+    pids: list[int],
+    put_name: str | None,
+    get_name: str | None,
+    docs: Documents,
+    pick_get: Callable[[], bytes],
+) -> dict[str, tuple[Op, int, list[int]]]:
+    """put_small's and get_small's workloads sent to another server of ours, under these names."""
+    rows: dict[str, tuple[Op, int, list[int]]] = {}
+    if put_name:
+        rows[put_name] = (lambda n: caller.call_put(docs.put_request(n)), KIB, pids)
+    if get_name:
+        rows[get_name] = (lambda n: caller.call_get(pick_get()), KIB, pids)
+    return rows
 
 
 def paired_order(names: list[str], trial: int) -> list[str]:
