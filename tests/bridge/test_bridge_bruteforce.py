@@ -7,7 +7,9 @@ only ever sees the bridge) and delays its refusals past the free ones, by at lea
 documented 0.25 s doubling to the maximum (lower bounds on a sleep; no upper bounds).
 Ordering, not timing, shows that nobody else waits: a good caller of the same address
 and a guesser from another loopback address (127.0.0.2) are answered while the slowed
-guesser is still waiting. docs/security.md's brute-force row for the bridge points here.
+guesser is still waiting. The bridge's own refusals of presented credentials (a header
+it cannot forward, a client certificate without a line) count too; presenting nothing
+does not. docs/security.md's brute-force row for the bridge points here.
 """
 
 from __future__ import annotations
@@ -22,9 +24,12 @@ from pathlib import Path
 import pytest
 
 from blobstore.security.tokens import token_hash
+from tests.bridge.test_bridge_mtls import JSON, SERVICE_TOKEN, identity_args
 from tests.bridge_processes import BridgeFactory, BridgeProcess
+from tests.https_clients import curl, https
 from tests.processes import ServerProcess
 from tests.rpc_helpers import wait_until
+from tests.tls_certs import Pki, server_tls_args
 
 GOOD_TOKEN = "bruteforce-good-token-5b1e7c0d"
 WRONG_TOKEN = "bruteforce-wrong-token-a83f6e92"
@@ -184,3 +189,35 @@ def test_an_unusable_header_counts_too(bridge: BridgeProcess) -> None:
     log = bridge.log()
     assert "failed authentication from 127.0.0.1" in log, log
     assert "not a usable credential" in log
+
+
+def test_an_unknown_client_certificate_counts_and_presenting_nothing_does_not(
+    start_server: Callable[..., ServerProcess],
+    start_bridge: BridgeFactory,
+    pki: Pki,
+    tmp_path: Path,
+) -> None:
+    """The bridge's own refusal of a certificate its identities file does not list is a
+    failed attempt of that client; a caller with neither certificate nor header is not."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{token_hash(SERVICE_TOKEN)} bridge read,write\n")
+    server = start_server("--tokens-file", str(tokens), *server_tls_args(pki))
+    bridge = start_bridge(
+        server.target,
+        *https(pki),
+        *identity_args(pki, tmp_path, "--tls-client-auth", "optional"),
+        *("--auth-failures-free", str(FREE), "--auth-failure-max-delay-seconds", str(MAX_DELAY)),
+    )
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "blobs/get", "params": {}}).encode()
+    for _ in range(FREE + 2):
+        status, _, _ = curl(pki, "POST", bridge.url, body, JSON)
+        assert status == 401
+    for failure in range(1, FREE + 4):
+        started = time.monotonic()
+        status, _, payload = curl(pki, "POST", bridge.url, body, JSON, cert=pki.stranger_client)
+        assert status == 401 and b"'cn:stranger' has no line" in payload, payload
+        assert time.monotonic() - started >= expected_delay(failure), failure
+    log = bridge.log()
+    assert "failed authentication from 127.0.0.1 (1 in its current 60 s window)" in log, log
+    assert "'cn:stranger' has no line" in log
+    assert SERVICE_TOKEN not in log
