@@ -20,6 +20,7 @@ import pytest
 from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
 from blobstore.status import reason_of
 from blobstore.storage.filesystem.blob_file import HEADER_SIZE, decode_header
+from blobstore.storage.filesystem.journal import MAGIC as RECORD_MAGIC
 from tests import rpc_helpers
 from tests.rpc_helpers import temp_files
 
@@ -100,6 +101,19 @@ def flip_byte(path: Path, offset: int) -> None:
         (byte,) = file.read(1)
         file.seek(offset)
         file.write(bytes([byte ^ 0x01]))
+
+
+def pack_record(data_dir: Path, blob_id: str) -> tuple[Path, int, int] | None:
+    """The newest pack record of a blob: (segment, offset, length of the whole record),
+    found by its magic and digest and sized by its blob file header; None if none."""
+    needle = RECORD_MAGIC + bytes.fromhex(blob_id.removeprefix("sha256:"))
+    for path in sorted((data_dir / "packs").glob("*.pack"), reverse=True):
+        data = path.read_bytes()
+        at = data.rfind(needle)
+        if at >= 0:
+            header = decode_header(data[at + 36 : at + 36 + HEADER_SIZE])
+            return path, at, 36 + header.file_size + 4
+    return None
 
 
 def check_blob_file(path: Path) -> bytes:

@@ -224,7 +224,11 @@ class SeaweedFS:
             if exc.code == 404:  # no upload was ever started in the bucket
                 return []
             raise
-        keys = [base64.b64decode(e.get("Extended", {}).get("key", "")).decode() for e in entries]
+        # An upload's folder caught while it is made or removed has no attributes yet or
+        # any more ("Extended": null): no key to tell whose it is, so not counted.
+        keys = [
+            base64.b64decode((e.get("Extended") or {}).get("key", "")).decode() for e in entries
+        ]
         return [key for key in keys if key.startswith(prefix)]
 
     def log(self) -> str:

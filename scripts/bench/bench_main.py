@@ -854,6 +854,13 @@ def _paired_check(
         for a, b in zip(ours.trials, beside, strict=True)
     ]
     ratio = statistics.median(paired)
+    # For information: the same pairs' server CPU per call, reference / row. Outside load
+    # moves it less than ops/s (a call's CPU stays, the waits for the core go).
+    cpu = [
+        _cpu_per_call(b) / _cpu_per_call(a)
+        for a, b in zip(ours.trials, beside, strict=True)
+        if _cpu_per_call(a) and _cpu_per_call(b)
+    ]
     return {
         "name": f"{target.workload} / {target.ceilings[0]}",
         "workload": target.workload,
@@ -865,10 +872,15 @@ def _paired_check(
         "ratio": ratio,
         "paired": True,
         "trial_ratios": paired,
+        "cpu_ratio": statistics.median(cpu) if cpu else None,
         "target": f">= {target.minimum:.2f}" if target.minimum else "info",
         "pass": ratio >= target.minimum,
         "counted": bool(target.minimum),
     }
+
+
+def _cpu_per_call(trial: Trial) -> float:
+    return (trial.server_cpu or 0.0) / trial.ops_per_s
 
 
 BASELINE_WORKLOADS = ("put_small", "get_small", "batch_put", "put_large", "get_large")
@@ -1035,11 +1047,15 @@ def table(
                 )
     paired = [c for c in found if c.get("paired")]
     if paired:
-        lines.append("[paired ratios: each trial / its reference's trial run beside it]")
+        lines.append(
+            "[paired ratios: each trial / its reference's trial run beside it;"
+            " cpu: the reference's server CPU per call / the row's, for information]"
+        )
         for check in paired:
             each = ", ".join(f"{r:.2f}" for r in check["trial_ratios"])
             lines.append(
                 f"{check['workload']:<26}{check['ratio']:.2f} x {check['ceiling']:<12}"
+                f"cpu {_fmt(check['cpu_ratio'], 2):<6}"
                 f"(range {min(check['trial_ratios']):.2f}-{max(check['trial_ratios']):.2f};"
                 f" per trial {each})"
             )

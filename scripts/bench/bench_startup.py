@@ -217,7 +217,10 @@ def measure(data: Path, logs: Path, count: int) -> dict[str, dict[str, float]]:
 
 
 def table(count: int, rows: dict[str, dict[str, float]]) -> str:
-    head = f"{'workload':<26}{'blobs':>10}{'listening s':>13}{'index s':>10}{'RSS MiB':>10}  notes"
+    head = (
+        f"{'workload':<26}{'blobs':>10}{'listening s':>13}{'cpu s':>8}{'index s':>10}"
+        f"{'RSS MiB':>10}  notes"
+    )
     lines = [head, "-" * len(head), f"[start-up on {count} blobs (issue 15)]"]
     for name, row in rows.items():
         notes = []

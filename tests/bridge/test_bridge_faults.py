@@ -1,9 +1,10 @@
-"""The bridge under the service's faults: overload is reported at once, outages are retried.
+"""The bridge under the service's faults: overload is reported by its deadline, outages are retried.
 
 A real server with a cap of one call sits behind a real HTTP bridge: with the one call
 held open, a blobs/put through the bridge gets the documented -32005 Overloaded error
-straight away. With the server stopped and started again while a request waits, the
-bridge's retries towards the service turn the outage into a late success.
+once the bridge's deadline has passed (it retries the refusals until then). With the
+server stopped and started again while a request waits, the bridge's retries towards the
+service turn the outage into a late success.
 """
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ async def test_overload_behind_the_bridge_is_a_prompt_documented_error(
     start_server: Callable[..., ServerProcess], tmp_path: Path
 ) -> None:
     server = start_server("--max-concurrent-rpcs", "1")
-    bridge = BridgeProcess(server.target, tmp_path / "bridge.log").start()
+    # The bridge retries OVERLOADED refusals until its deadline and only then answers
+    # -32005: a 3 s deadline instead of the default 30 s (the same retries, then the error).
+    bridge = BridgeProcess(server.target, tmp_path / "bridge.log", "--deadline-seconds", "3")
+    bridge.start()
     rpc = HttpRpc(bridge.url)
     try:
         async with grpc.aio.insecure_channel(server.target, options=CHANNEL_OPTIONS) as channel:

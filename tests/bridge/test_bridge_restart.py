@@ -17,6 +17,7 @@ import pytest
 
 from tests.bridge_processes import BridgeProcess, HttpRpc
 from tests.bridge_seed import json_id
+from tests.faults import wait_until
 from tests.processes import ServerProcess
 
 
@@ -96,7 +97,8 @@ def test_bridge_retries_until_the_service_comes_back(
         pending: dict[str, Any] = {}
         caller = threading.Thread(target=lambda: pending.update(put(rpc, value)))
         caller.start()
-        time.sleep(1.0)  # the call is now retrying against a closed port
+        # The call is now retrying against a closed port: the bridge's log says so.
+        wait_until(lambda: "retrying" in bridge.log(), 30, "the bridge retrying")
         assert caller.is_alive(), pending
         start_server(port=port)
         caller.join(120)

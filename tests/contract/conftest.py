@@ -24,6 +24,7 @@ from blobstore.storage.filesystem import FileSystemBackend
 from blobstore.storage.memory import MemoryBackend
 from blobstore.storage.objectstore import ObjectStoreBackend, parse
 from blobstore.storage.read_cache import ReadCache
+from tests.faults import flip_byte, pack_record
 from tests.rpc_helpers import blob_path
 from tests.seaweedfs import SeaweedFS
 
@@ -40,7 +41,7 @@ class Kit:
     """A streamed size that takes the backend's large-blob path."""
 
 
-@pytest.fixture(params=["memory", "filesystem", "objectstore", "read-cache", "evicting"])
+@pytest.fixture(params=["memory", "filesystem", "packs", "objectstore", "read-cache", "evicting"])
 async def kit(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Kit]:
@@ -60,15 +61,20 @@ async def kit(
             behind.corrupt(blob_id, b"not the content")
 
         yield Kit("read-cache", cache, corrupt_behind, lambda: [], 1 << 20)
-    elif request.param in ("filesystem", "evicting"):
+    elif request.param in ("filesystem", "packs", "evicting"):
         folder = tmp_path / "data"
-        files = FileSystemBackend(folder, io_threads=4)
+        small = "packs" if request.param == "packs" else "files"
+        files = FileSystemBackend(folder, io_threads=4, small_blob_store=small)
         files.open()
         # The chain the server runs on a folder: the usage index over the files, capped.
         evicting = EvictingBackend(files, Caps(max_bytes=1 << 30), snapshot=folder / "usage")
         await evicting.start()
 
         def corrupt_file(blob_id: BlobId) -> None:
+            found = pack_record(folder, blob_id)
+            if found is not None:
+                flip_byte(found[0], found[1] + found[2] - 5)  # content's or metadata's last
+                return
             path = blob_path(folder, blob_id)
             content = bytearray(path.read_bytes())
             content[-1] ^= 0xFF
@@ -77,7 +83,7 @@ async def kit(
         def temp_files() -> list[str]:
             return [p.name for p in (folder / "tmp").glob("*")] if (folder / "tmp").exists() else []
 
-        backend: BlobBackend = files if request.param == "filesystem" else evicting
+        backend: BlobBackend = evicting if request.param == "evicting" else files
         yield Kit(request.param, backend, corrupt_file, temp_files, 3 << 20)
         await evicting.stop()
         files.close()

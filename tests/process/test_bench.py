@@ -103,6 +103,7 @@ def test_quick_benchmark_measures_every_workload(tmp_path: Path) -> None:
         ]
         assert check["trial_ratios"] == expected_ratios
         assert check["ratio"] == statistics.median(expected_ratios)
+        assert _positive(check["cpu_ratio"]), check  # server CPU per call, pairs' median
     assert set(results["references"]) == PAIRED
     tails = {c["workload"] for c in results["checks"] if c["kind"] == "tail"}
     assert tails == {"put_small", "get_small", "put_dedup"} | BATCHES | PAIRED

@@ -34,7 +34,7 @@ from blobstore.canonical_json import canonicalize_text
 from blobstore.client import CHANNEL_OPTIONS, BlobClient
 from blobstore.errors import Unavailable
 from tests.processes import ServerProcess
-from tests.rpc_helpers import sha256_id
+from tests.rpc_helpers import serve_for_module, sha256_id
 
 ABSENT_ID = "sha256:" + "0" * 64
 EXIT_ERROR = 1
@@ -80,6 +80,14 @@ def closed_port() -> int:
 
 
 # -- client commands --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server for the module: the client commands use content of their own (or none),
+    and `serve` only tries its address and folder. The tests that stop a server, or read
+    its log from the start, start their own (start_server)."""
+    yield from serve_for_module(tmp_path_factory)
 
 
 def test_put_and_get_binary_file(server: ServerProcess, tmp_path: Path) -> None:
@@ -321,7 +329,10 @@ def test_serve_with_bad_setting_in_environment_is_a_usage_error(tmp_path: Path) 
     assert "BLOBSTORE_IO_THREADS" in err and "'many'" in err
 
 
-def test_start_up_lines_say_where_and_how_malloc_was_tuned(server: ServerProcess) -> None:
+def test_start_up_lines_say_where_and_how_malloc_was_tuned(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    server = start_server()
     lines = server.log().strip().splitlines()
     assert len(lines) == 4, server.log()
     assert re.search(r"INFO blobstore\.service\.malloc_tuning: malloc tuning: \S", lines[0]), lines
@@ -333,7 +344,10 @@ def test_start_up_lines_say_where_and_how_malloc_was_tuned(server: ServerProcess
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_signal_stops_gracefully(server: ServerProcess, signum: signal.Signals) -> None:
+def test_signal_stops_gracefully(
+    start_server: Callable[..., ServerProcess], signum: signal.Signals
+) -> None:
+    server = start_server()
     with BlobClient(server.target, timeout=30) as client:
         client.put_bytes(b"before the stop")
     server.signal(signum)

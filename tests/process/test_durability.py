@@ -187,10 +187,11 @@ def _storm_worker(target: str, seed: int, ack_path: str, scratch: str) -> None:
             acks.flush()
 
 
+@pytest.mark.parametrize("small", ["files", "packs"])
 def test_kill_9_during_put_storm_loses_nothing_acknowledged(
-    start_server: ServerFactory, tmp_path: Path
+    start_server: ServerFactory, tmp_path: Path, small: str
 ) -> None:
-    first = start_server()
+    first = start_server("--small-blob-store", small)
     data_dir = first.data_dir
     scratch = tmp_path / "scratch"
     scratch.mkdir()
@@ -226,7 +227,7 @@ def test_kill_9_during_put_storm_loses_nothing_acknowledged(
 
     debris = temp_files(data_dir)
     (data_dir / "tmp" / "planted.tmp").write_bytes(b"half a blob")
-    second = start_server(data_dir=data_dir)
+    second = start_server("--small-blob-store", small, data_dir=data_dir)
 
     assert temp_files(data_dir) == []
     assert "unfinished temporary file" in second.log()

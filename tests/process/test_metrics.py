@@ -206,13 +206,15 @@ def test_a_metrics_port_in_use_is_a_clear_start_error(tmp_path: Path) -> None:
     assert "Traceback" not in server.log()
 
 
+@pytest.mark.parametrize("small_store", ["files", "packs"])
 async def test_store_gauges_count_what_is_stored(
-    start_server: Callable[..., ServerProcess], tmp_path: Path
+    start_server: Callable[..., ServerProcess], tmp_path: Path, small_store: str
 ) -> None:
     """Blobs and bytes stored: counted once at start, then kept as puts and quarantines
-    come; group-commit batches and the journal; the data folder's file system."""
+    come; group-commit batches and the journal (or the packs); the file system."""
     data_dir = tmp_path / "data"
-    first = start_server(data_dir=data_dir)
+    store = ("--small-blob-store", small_store)
+    first = start_server(*store, data_dir=data_dir)
     earlier = [os.urandom(100_000 + i) for i in range(3)]
     async with grpc.aio.insecure_channel(first.target) as channel:
         stub = pb_grpc.BlobServiceStub(channel)
@@ -221,7 +223,7 @@ async def test_store_gauges_count_what_is_stored(
     assert first.stop() == 0
 
     port = free_port()
-    server = start_server("--metrics-address", f"127.0.0.1:{port}", data_dir=data_dir)
+    server = start_server(*store, "--metrics-address", f"127.0.0.1:{port}", data_dir=data_dir)
     url = f"http://127.0.0.1:{port}/metrics"
     files = sorted(p for p in (data_dir / "blobs").glob("??/*"))
     on_disk = sum(p.stat().st_size for p in files)
@@ -251,8 +253,20 @@ async def test_store_gauges_count_what_is_stored(
 
     after = scrape(url)
     files = sorted(p for p in (data_dir / "blobs").glob("??/*"))
-    assert value(after, "blobstore_store_blobs") == len(files) == 3 + 4 + 1 - 1
-    assert value(after, "blobstore_store_bytes") == sum(p.stat().st_size for p in files)
+    packs = sorted((data_dir / "packs").glob("*.pack"))
+    packed = sum(p.stat().st_size for p in packs)
+    if small_store == "files":
+        assert value(after, "blobstore_store_blobs") == len(files) == 3 + 4 + 1 - 1
+        assert value(after, "blobstore_store_bytes") == sum(p.stat().st_size for p in files)
+    else:  # the small ones are records: their bytes are those of the blob file each holds
+        assert len(files) == 3 - 1 + 1
+        assert value(after, "blobstore_store_blobs") == 3 + 4 + 1 - 1
+        records = packed - 4 * 40  # magic, digest and CRC of each record
+        on_disk = sum(p.stat().st_size for p in files)
+        assert value(after, "blobstore_store_bytes") == on_disk + records
+        assert value(after, "blobstore_pack_segments") == len(packs) == 1
+        assert value(after, "blobstore_pack_bytes") == packed
+        assert value(after, "blobstore_pack_live_bytes") == packed
     assert value(after, "blobstore_store_quarantined_files_total") == 1
     # Every small put went through one batch or another: the batches hold exactly them.
     assert value(after, "blobstore_group_commit_batch_puts_sum") == 4

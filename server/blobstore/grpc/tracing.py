@@ -29,6 +29,7 @@ import asyncio
 import functools
 import time
 import traceback
+from collections.abc import Mapping
 from typing import Any
 
 import grpc
@@ -80,22 +81,29 @@ class _Spans:
         self.resource = tracer.resource
         self.scope = tracer._instrumentation_scope  # the SDK keeps it private; spans need it
 
-    def start(self, method: _Method, parent: Any) -> tuple[trace.SpanContext, Any, bool]:
+    def start(
+        self, method: _Method, parent: Any
+    ) -> tuple[trace.SpanContext, Any, Mapping[str, Any] | None]:
         """A new span under `parent` (the caller's trace context, or None): its context,
-        its parent's span context (or None), and whether it is recorded."""
+        its parent's span context (or None), and its attributes as the sampler gave them
+        (None: not recorded)."""
         remote = trace.get_current_span(parent).get_span_context() if parent else None
         if remote is not None and not remote.is_valid:
             remote = None
         trace_id = remote.trace_id if remote is not None else self.ids.generate_trace_id()
+        attributes: Mapping[str, Any] | None = method.attributes
         if self.default_sampler:  # parentbased_always_on: follow the caller, else record
             sampled = remote is None or remote.trace_flags.sampled
-            recorded, state = sampled, remote.trace_state if remote is not None else None
+            state = remote.trace_state if remote is not None else None
+            attributes = attributes if sampled else None
         else:
             result = self.sampler.should_sample(
                 parent, trace_id, method.span_name, SpanKind.SERVER, method.attributes
             )
-            sampled, recorded = result.decision.is_sampled(), result.decision.is_recording()
-            state = result.trace_state
+            sampled, state = result.decision.is_sampled(), result.trace_state
+            # As the SDK: the span starts with the attributes the sampler returns.
+            recorded = result.decision.is_recording()
+            attributes = (result.attributes or attributes) if recorded else None
         flags = trace.TraceFlags.SAMPLED if sampled else trace.TraceFlags.DEFAULT
         if remote.trace_flags.random_trace_id if remote is not None else self.random_ids:
             flags |= trace.TraceFlags.RANDOM_TRACE_ID
@@ -106,18 +114,19 @@ class _Spans:
             trace_flags=trace.TraceFlags(flags),
             trace_state=state,
         )
-        return span_context, remote, recorded
+        return span_context, remote, attributes
 
     def end(
         self,
         method: _Method,
         span_context: trace.SpanContext,
         remote: Any,
-        start_ns: int,
+        started: tuple[int, Mapping[str, Any]],
         code: grpc.StatusCode,
         exc: BaseException | None,
     ) -> None:
-        attributes: dict[str, Any] = dict(method.attributes)
+        start_ns, initial = started
+        attributes = dict(initial)
         attributes["rpc.grpc.status_code"] = code.value[0]
         end_ns = time.time_ns()
         self.processor.on_end(
@@ -184,7 +193,7 @@ async def _traced(
     spans: _Spans, method: _Method, parent: Any, inner: Any, request: Any, context: _Context
 ) -> Any:
     start_ns = time.time_ns()
-    span_context, remote, recorded = spans.start(method, parent)
+    span_context, remote, attributes = spans.start(method, parent)
     token = otel_context.attach(
         trace.set_span_in_context(trace.NonRecordingSpan(span_context), parent)
     )
@@ -205,5 +214,5 @@ async def _traced(
         otel_context.detach(token)
         if code is grpc.StatusCode.OK:
             code = context.code() or grpc.StatusCode.OK
-        if recorded:
-            spans.end(method, span_context, remote, start_ns, code, failure)
+        if attributes is not None:  # recorded
+            spans.end(method, span_context, remote, (start_ns, attributes), code, failure)

@@ -44,6 +44,7 @@ class ServerConfig:
     max_batch_items: int = _LIMITS.max_batch_items
     io_threads: int = 32
     journal_max_blob_bytes: int = JOURNAL_MAX_BLOB_BYTES
+    small_blob_store: str = "files"
     grace_seconds: float = 10.0
     log_level: str = "INFO"
     tokens_file: str = ""
@@ -109,6 +110,7 @@ class ServerConfig:
             cache_max_blob_bytes=self.cache_max_blob_bytes,
             io_threads=self.io_threads,
             journal_max_blob_bytes=self.journal_max_blob_bytes,
+            small_blob_store=self.small_blob_store,
             max_bytes=self.max_bytes,
             max_blobs=self.max_blobs,
             min_age=float(self.min_age),
@@ -160,6 +162,9 @@ HELP = {
     "journal_max_blob_bytes": "unary puts up to this size are made durable in batches, by one "
     "journal write and fdatasync for all puts arriving together (group commit, Linux); "
     "0 = every put fsyncs its own file and folder",
+    "small_blob_store": "where unary puts up to --journal-max-blob-bytes are kept: 'files' (a "
+    "file each, after the journal) or 'packs' (records in append-only segments under packs/, "
+    "no file per blob; see docs/architecture.md); a folder holding packs keeps using them",
     "grace_seconds": "on SIGTERM/SIGINT, how long in-flight calls may take to finish",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "tokens_file": "file of bearer tokens, one 'sha256:<hex of the token's SHA-256> NAME "

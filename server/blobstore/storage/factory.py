@@ -33,6 +33,7 @@ from blobstore.storage.base import BlobBackend
 from blobstore.storage.eviction import Caps, EvictingBackend
 from blobstore.storage.filesystem import JOURNAL_MAX_BLOB_BYTES, FileSystemBackend
 from blobstore.storage.filesystem import metrics as filesystem_metrics
+from blobstore.storage.filesystem.backend import SMALL_BLOB_STORES
 from blobstore.storage.metrics import MetricsBackend, StorageMetrics
 from blobstore.storage.read_cache import ReadCache
 from blobstore.storage.retention import ListingRetention, Retention
@@ -54,6 +55,8 @@ class StorageSettings:
     url: str
     io_threads: int = 32
     journal_max_blob_bytes: int = JOURNAL_MAX_BLOB_BYTES
+    small_blob_store: str = "files"
+    """'files' or 'packs' (filesystem/packs/); a `file://PATH?small=packs` URL says so too."""
     cache_dir: str = ""
     cache_max_bytes: int = 1 << 30
     cache_max_blob_bytes: int = 1 << 20
@@ -82,7 +85,7 @@ class Storage:
 def local_path(url: str) -> Path | None:
     """The folder a `file://PATH` or plain-path setting names; None for other schemes."""
     if url.startswith(FILE_SCHEME):
-        return Path(url[len(FILE_SCHEME) :])
+        return Path(url[len(FILE_SCHEME) :].partition("?")[0])  # options: _small_blob_store
     if "://" in url:
         return None
     return Path(url)
@@ -164,6 +167,12 @@ def _open_medium(settings: StorageSettings) -> Storage:
     if objectstore.is_object_store(settings.url):
         return _open_object_store(settings.url)
     path = local_path(settings.url)
+    small = _small_blob_store(settings)
+    if small not in SMALL_BLOB_STORES:
+        raise UnknownStorage(
+            f"small blob store {small!r} is not supported: give one of "
+            f"{', '.join(SMALL_BLOB_STORES)}"
+        )
     if path is None or not str(path):
         raise UnknownStorage(
             f"storage {settings.url!r} is not supported: give file://PATH, a folder path "
@@ -174,9 +183,23 @@ def _open_medium(settings: StorageSettings) -> Storage:
         folder,
         io_threads=settings.io_threads,
         journal_max_blob_bytes=settings.journal_max_blob_bytes,
+        small_blob_store=small,
     )
     backend.open()
     return Storage(VerifyingBackend(backend), str(folder), backend.close)
+
+
+def _small_blob_store(settings: StorageSettings) -> str:
+    """--small-blob-store, or the `small=` option of a `file://PATH?small=packs` setting."""
+    small = settings.small_blob_store
+    if not settings.url.startswith(FILE_SCHEME) or "?" not in settings.url:
+        return small
+    for option in settings.url.partition("?")[2].split("&"):
+        name, _, value = option.partition("=")
+        if name != "small":
+            raise UnknownStorage(f"file:// storage has no option {name!r} (only small=)")
+        small = value
+    return small
 
 
 def _open_object_store(url: str) -> Storage:

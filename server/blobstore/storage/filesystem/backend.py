@@ -15,12 +15,18 @@ does the work:
     replay.py        journal replay at start-up
     os_calls.py      system calls the os module lacks; the write loop; io_error
     scrub.py         the offline check (`blobstore verify`)
+    packs/           the pack store of small blobs (`small_blob_store="packs"`; packs/__init__.py)
 
 Small unary puts (up to `journal_max_blob_bytes`, on Linux) take a cheaper
 road to the same promise: group_commit.py makes a batch of them durable with
 one journal write and one fdatasync, then publishes each file without its
 own fsyncs; a checkpoint syncs those files later, and start-up replays
 whatever journal a crash left behind, before the first request is served.
+
+With `small_blob_store="packs"` the committed record is the blob's home, in the
+pack store (packs/): every call asks it first, the files second; large blobs and
+streamed puts are files. A folder holding packs is opened with them whatever the setting.
+(Why over 400 lines: which store holds a blob is decided in each call, here.)
 
 Content is checked against the id by VerifyingBackend, one layer up.
 Blocking work runs on a private thread pool; writes and fsyncs never run on
@@ -40,10 +46,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from blobstore.errors import BlobNotFound
 from blobstore.ids import PREFIX, BlobId
 from blobstore.model import NO_META, Blob, BlobInfo, BlobMeta, BlobType, PutResult
 from blobstore.storage.base import (
     NO_LIMIT,
+    OverLimit,
     PutItem,
     PutOutcome,
     ReadLimit,
@@ -66,17 +74,22 @@ from blobstore.storage.filesystem.os_calls import (
     syncfs_available,
     unlink_quietly,
 )
+from blobstore.storage.filesystem.packs import Compactor, PackCommitLog, PackReads, PackStore
+from blobstore.storage.filesystem.packs.segment import list_segments
 from blobstore.storage.filesystem.publish import Publisher
 from blobstore.storage.filesystem.read import BlobReader, Copy, FileStream
 from blobstore.storage.filesystem.replay import replay
 from blobstore.storage.filesystem.usage import StoreUsage
 from blobstore.storage.filesystem.writer import FileWriter
+from blobstore.storage.memory import MemoryStream
 
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 JOURNAL_MAX_BLOB_BYTES = 64 * 1024
 """Largest unary put made durable through the group-commit journal (0: none)."""
+SMALL_BLOB_STORES = ("files", "packs")
+"""Where small puts end up: a file each (after the journal), or pack segments."""
 UNLINK_THREADS = 8
 """Pool threads a large delete (an eviction round) unlinks from at once."""
 _SHARD = slice(len(PREFIX), len(PREFIX) + 2)
@@ -96,7 +109,10 @@ class FileSystemBackend:
         io_threads: int = 32,
         journal_max_blob_bytes: int = JOURNAL_MAX_BLOB_BYTES,
         journal_segment_bytes: int = SEGMENT_BYTES,
+        small_blob_store: str = "files",
     ) -> None:
+        if small_blob_store not in SMALL_BLOB_STORES:
+            raise ValueError(f"small blob store {small_blob_store!r}: not {SMALL_BLOB_STORES}")
         self.layout = FileSystemLayout(root)
         self._pool = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="blob-io")
         self._journal_max_blob = journal_max_blob_bytes
@@ -106,6 +122,9 @@ class FileSystemBackend:
         self._root_fd: int | None = None
         self._reader = BlobReader(self.layout, self._pool)
         self._publisher = Publisher(self.layout, self._reader)
+        self._small_store = small_blob_store
+        self.packs: PackStore | None = None
+        self.compactor: Compactor | None = None
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -140,8 +159,26 @@ class FileSystemBackend:
             log.info("removed %d unfinished temporary file(s) from %s", removed, self.layout.tmp)
         journal = Journal(self.layout.journal, self._journal_segment, self.layout)
         replay(journal, self.layout, self._publisher, self._sync_all)
-        if self._journal_max_blob > 0 and syncfs_available():
+        if self._small_store == "packs" or list_segments(root / "packs"):
+            if self._small_store != "packs":
+                log.warning("%s holds pack segments: small blobs are stored there", root)
+            self._open_packs()
+        elif self._journal_max_blob > 0 and syncfs_available():
             self._committer = GroupCommitter(journal, self._file_blob, self._sync_all, io_error)
+            self._committer.start()
+
+    def _open_packs(self) -> None:
+        packs = PackStore(self.layout, self._journal_segment)
+        packs.open()
+        self.packs, self.compactor = packs, Compactor(packs)
+        self._pack_reads = PackReads(packs, self._pool)
+        packs.appender.on_sealed = self.compactor.request  # index file, then compaction
+        self._publisher.other_copy = packs.existing  # a streamed put of a blob in a pack
+        self.compactor.request()  # segments left mostly dead by the last run
+        if self._journal_max_blob > 0:
+            self._committer = GroupCommitter(
+                PackCommitLog(packs), packs.filed, lambda: None, io_error
+            )
             self._committer.start()
 
     # -- what the metrics read (storage/filesystem/metrics.py) -------------------------------
@@ -163,6 +200,10 @@ class FileSystemBackend:
         if self._committer is not None:
             self._committer.stop()
             self._committer = None
+        if self.compactor is not None:
+            self.compactor.stop()
+        if self.packs is not None:
+            self.packs.close()
         self._pool.shutdown(wait=True)
         if self._root_fd is not None:
             os.close(self._root_fd)
@@ -189,7 +230,7 @@ class FileSystemBackend:
         # or small and cached), or its file is missing. Any other copy is compared on
         # the pool, which quarantines it if it does not match so that this put stores
         # a sound one.
-        found = self._reader.match_now(blob_id, data)
+        found = await self._stored_copy(blob_id, data)
         if isinstance(found, BlobInfo):
             return PutResult(found, created=False)
         absent = found is Copy.ABSENT  # a writer that gets there first meets link(2)
@@ -211,7 +252,7 @@ class FileSystemBackend:
         journaled: list[int] = []
         published: list[tuple[int, bool]] = []
         for index, item in enumerate(items):
-            found = self._reader.match_now(item.blob_id, item.data)
+            found = await self._stored_copy(item.blob_id, item.data)
             if isinstance(found, BlobInfo):
                 outcomes[index] = PutResult(found, created=False)
                 continue
@@ -251,6 +292,16 @@ class FileSystemBackend:
         assert len(done) == len(items), "every item of a put_many gets an outcome"
         return done
 
+    async def _stored_copy(self, blob_id: BlobId, data: bytes) -> BlobInfo | Copy:
+        """The stored copy's metadata if one holds exactly `data`: a pack record (compared
+        on the event loop if it is in the page cache, else on the pool, which quarantines
+        one that differs), else a file (read.match_now). ABSENT: no copy at all."""
+        if self.packs is not None and self.packs.holds(blob_id):
+            info = await self._pack_reads.match(blob_id, data)
+            if info is not None:
+                return info
+        return self._reader.match_now(blob_id, data)
+
     def _file_blob(
         self, blob_id: BlobId, blob_type: BlobType, data: bytes, meta: BlobMeta
     ) -> PutResult:
@@ -266,19 +317,45 @@ class FileSystemBackend:
     # -- reads ------------------------------------------------------------------------------
 
     async def get(self, blob_id: BlobId, limit: ReadLimit = NO_LIMIT) -> Blob:
-        return await self._reader.get(blob_id, limit)
+        location = None if self.packs is None else self.packs.location(blob_id)
+        if location is None:
+            return await self._reader.get(blob_id, limit)
+        if not limit.admit(location.size):
+            raise OverLimit(BlobInfo(blob_id, location.blob_type, location.size))
+        blob = await self._pack_reads.read(blob_id)
+        if blob is None:
+            raise BlobNotFound(blob_id)  # removed since the look-up
+        return blob
 
-    async def get_stream(self, blob_id: BlobId, chunk_size: int) -> FileStream:
+    async def _packed(self, blob_id: BlobId) -> Blob | None:
+        """The blob as its pack record holds it (None: it has none)."""
+        packed = self.packs is not None and self.packs.holds(blob_id)
+        return await self._pack_reads.read(blob_id) if packed else None
+
+    async def get_stream(self, blob_id: BlobId, chunk_size: int) -> FileStream | MemoryStream:
+        if (blob := await self._packed(blob_id)) is not None:
+            return MemoryStream(blob.info, blob.data, chunk_size)
         return await self._reader.get_stream(blob_id, chunk_size)
 
     async def stat(self, blob_id: BlobId) -> BlobInfo | None:
-        return await self._reader.stat(blob_id)
+        blob = await self._packed(blob_id)
+        return blob.info if blob is not None else await self._reader.stat(blob_id)
 
     async def find_missing(self, blob_ids: Sequence[BlobId]) -> list[BlobId]:
+        packs = self.packs
+        if packs is not None:
+            blob_ids = [blob_id for blob_id in blob_ids if not packs.holds(blob_id)]
+            if not blob_ids:
+                return []
         return await self._reader.find_missing(blob_ids)
 
     async def quarantine(self, blob_id: BlobId, reason: str) -> None:
+        packs, compactor = self.packs, self.compactor
         try:
+            if packs is not None and await self._run(lambda: packs.quarantine(blob_id, reason)):
+                if compactor is not None:
+                    compactor.request()  # the tombstone may leave a segment mostly dead
+                return
             await self._run(lambda: self.layout.quarantine(blob_id, reason))
         except OSError as exc:
             raise io_error(exc, "quarantine a corrupt blob") from None
@@ -288,7 +365,7 @@ class FileSystemBackend:
     async def delete(self, blob_ids: Sequence[BlobId]) -> list[BlobId]:
         # The journal first: a segment still holding a record of one of these blobs
         # would bring it back at the next start-up's replay.
-        committer = self._committer
+        committer, packs = self._committer, self.packs
         if committer is not None and committer.holds_any(blob_ids):
             await committer.checkpoint()
         # Unlinks from a few pool threads at once, each its own shards: one thread took
@@ -309,12 +386,20 @@ class FileSystemBackend:
             for outcome in outcomes:
                 if isinstance(outcome, BaseException):
                     raise outcome
+            # A pack record is removed by a tombstone: the next start does not read it back.
+            packed = [] if packs is None else await self._run(lambda: packs.delete(blob_ids))
         except OSError as exc:
             raise io_error(exc, "delete blobs") from None
         removed = {b for outcome in outcomes if isinstance(outcome, list) for b in outcome}
+        if packed and self.compactor is not None:
+            removed.update(packed)
+            self.compactor.request()
         return [b for b in dict.fromkeys(blob_ids) if b in removed]
 
     async def scan(self, known: Container[BlobId] = ()) -> AsyncIterator[list[StoredBlob]]:
+        packs = self.packs
+        if packs is not None:
+            yield await self._run(lambda: packs.listing(known))
         shards = self.layout.shards()
         for start in range(0, len(shards), 16):  # 16 shards a thread hop
             group = shards[start : start + 16]

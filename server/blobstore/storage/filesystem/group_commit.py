@@ -31,15 +31,16 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from blobstore.errors import Unavailable
 from blobstore.ids import BlobId, hex_digest
 from blobstore.model import NO_META, BlobMeta, BlobType, PutResult
-from blobstore.storage.filesystem.journal import Journal, encode_record
+from blobstore.storage.filesystem.journal import encode_record
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,28 @@ TranslateError = Callable[[OSError, str], Exception]
 OnBatch = Callable[[int, int, float], None]
 """Told of each journal append: puts in the batch, their content bytes, seconds the
 write and fdatasync took (the metrics; called on the committer thread)."""
+
+
+class CommitLog(Protocol):
+    """Where the committer appends: the journal (journal.Journal), or the pack store
+    (packs/commit_log.py), which has no segments to checkpoint."""
+
+    def open(self) -> None: ...
+
+    def append(self, parts: list[bytes], digests: Sequence[bytes] = ()) -> None: ...
+
+    def holds_any(self, digests: Iterable[bytes]) -> bool: ...
+
+    @property
+    def next_sequence(self) -> int: ...
+
+    def segments_before(self, sequence: int) -> list[Path]: ...
+
+    def take_retired(self) -> list[Path]: ...
+
+    def close(self) -> list[Path]: ...
+
+    def retire(self, segment: Path) -> None: ...
 
 
 @dataclass(eq=False, slots=True)
@@ -79,7 +102,7 @@ class GroupCommitter:
 
     def __init__(
         self,
-        journal: Journal,
+        journal: CommitLog,
         file_blob: FileBlob,
         make_durable: Callable[[], None],
         translate: TranslateError,

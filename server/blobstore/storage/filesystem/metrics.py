@@ -64,6 +64,24 @@ class FileSystemCollector(Collector):
             "the backlog a crash would replay",
             value=backend.journal_backlog(),
         )
+        if backend.packs is not None:
+            segments = backend.packs.index.segments()
+            yield GaugeMetricFamily(
+                "blobstore_pack_segments",
+                "Pack segments of small blobs (packs/), the active one included",
+                value=len(segments),
+            )
+            yield GaugeMetricFamily(
+                "blobstore_pack_bytes",
+                "Bytes of the pack segments; those not live are removed records and "
+                "tombstones that compaction gives back",
+                value=sum(size for _, size, _ in segments),
+            )
+            yield GaugeMetricFamily(
+                "blobstore_pack_live_bytes",
+                "Bytes of the live records in the pack segments",
+                value=sum(live for _, _, live in segments),
+            )
         try:
             vfs = os.statvfs(backend.layout.root)
         except OSError:
@@ -83,7 +101,10 @@ class FileSystemCollector(Collector):
 def watch(backend: FileSystemBackend, registry: CollectorRegistry) -> None:
     """Registers the backend's metrics and starts the one-off count of what it holds."""
     registry.register(FileSystemCollector(backend))
-    backend.usage.count_in_background(backend.layout.blobs)
+    packs = backend.packs
+    backend.usage.count_in_background(
+        backend.layout.blobs, None if packs is None else packs.index.totals
+    )
     committer = backend.committer
     if committer is None:
         return

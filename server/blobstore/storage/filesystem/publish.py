@@ -17,6 +17,7 @@ import errno
 import itertools
 import os
 import secrets
+from collections.abc import Callable
 
 from blobstore.errors import DataLoss, Unavailable
 from blobstore.ids import BlobId
@@ -49,6 +50,8 @@ class Publisher:
         self._anonymous_temp = False
         self._temp_prefix = f"{layout.tmp}/{secrets.token_hex(6)}-"
         self._temp_seq = itertools.count()
+        self.other_copy: Callable[[BlobId, bytes | FileContent], BlobInfo | None] | None = None
+        """Where else a copy may be stored (the pack store): asked first by existing()."""
 
     def open(self, root_fd: int) -> None:
         """Starts publishing through `root_fd`, the data folder's descriptor."""
@@ -135,6 +138,10 @@ class Publisher:
         """The stored blob's metadata if its copy holds exactly `content` (bytes, or the
         content of an open temp file); a copy that does not is quarantined so that the
         put stores a sound one, and None returned."""
+        if self.other_copy is not None:
+            found = self.other_copy(blob_id, content)
+            if found is not None:
+                return found
         try:
             return self._reader.matching_copy(blob_id, content)
         except DataLoss as exc:

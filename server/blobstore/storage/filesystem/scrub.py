@@ -10,6 +10,7 @@ the move and puts it back if a put replaced it with a sound copy meanwhile.
 Files in the shards that are not named after a blob id are moved aside too, and
 so is anything that is not a regular file (a folder, FIFO, socket or symlink), and
 anything in blobs/ named like a shard that is not a folder (the folder is made again).
+Pack segments (packs/) are read front to back by packs/scrub.py.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from blobstore.ids import BlobId
 from blobstore.storage.filesystem.blob_file import HEADER_SIZE, check_file
 from blobstore.storage.filesystem.journal import Journal
 from blobstore.storage.filesystem.layout import FileSystemLayout
+from blobstore.storage.filesystem.packs.scrub import PackCheck, verify_packs
 
 _BLOB_NAME = re.compile(r"[0-9a-f]{64}")
 
@@ -97,6 +99,14 @@ def verify_store(
                 on_problem(problem)
     if on_progress is not None:
         on_progress(done, total)
+    check = PackCheck()
+    for bad in verify_packs(layout, check, quarantine=quarantine):
+        problem = Problem(bad.segment, bad.blob_id, bad.reason, bad.quarantined_to)
+        report.problems.append(problem)
+        if on_problem is not None:
+            on_problem(problem)
+    report.checked += check.checked
+    report.bytes_checked += check.bytes_checked
     return report
 
 

@@ -8,7 +8,9 @@ and metadata block), what the blobs take on disk before block rounding.
 
 A blob published while the start-up count runs may be counted twice (by the walk
 and as a change): the figures are exact once `counted` is true, up to such races,
-which leave an error of at most the puts made during the count.
+which leave an error of at most the puts made during the count. Blobs in the pack
+store (packs/) are counted from its index, with the walk; a record's bytes are those
+of the blob file it holds.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -54,12 +57,14 @@ class StoreUsage:
             self._bytes -= file_bytes
             self.quarantined += 1
 
-    def count(self, blobs_dir: Path) -> None:
-        """Walks blobs/??/* once and takes its totals as the base (blocking: run on a thread)."""
+    def count(self, blobs_dir: Path, packed: Callable[[], tuple[int, int]] | None = None) -> None:
+        """Walks blobs/??/* once and takes its totals as the base (blocking: run on a thread).
+
+        `packed`: the blobs and bytes of the pack store (packs/), taken with the walk."""
         started = time.monotonic()
         with self._lock:
             self._blobs = self._bytes = 0  # what changes from here on comes on top of the walk
-        blobs = total = 0
+            blobs, total = packed() if packed is not None else (0, 0)
         try:
             with os.scandir(blobs_dir) as shards:
                 for shard in shards:
@@ -86,9 +91,11 @@ class StoreUsage:
             time.monotonic() - started,
         )
 
-    def count_in_background(self, blobs_dir: Path) -> threading.Thread:
+    def count_in_background(
+        self, blobs_dir: Path, packed: Callable[[], tuple[int, int]] | None = None
+    ) -> threading.Thread:
         thread = threading.Thread(
-            target=self.count, args=(blobs_dir,), name="blob-usage-count", daemon=True
+            target=self.count, args=(blobs_dir, packed), name="blob-usage-count", daemon=True
         )
         thread.start()
         return thread
