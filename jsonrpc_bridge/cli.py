@@ -26,6 +26,7 @@ from blobstore.retry import RetryPolicy
 from blobstore.service.hardening import connection_cap, install_throttle, raise_open_file_limit
 from blobstore.targets import channel_target
 from jsonrpc_bridge import (
+    auth_failures,
     client_identity,
     config,
     exposure,
@@ -254,6 +255,11 @@ async def _serve_http(
         probe=service.probe,
         body_timeout=cfg.body_timeout_seconds,
         identities=listener.identities,
+        failures=auth_failures.FailedAttempts(
+            auth_failures.FailureLimits(
+                free=cfg.auth_failures_free, max_delay=cfg.auth_failure_max_delay_seconds
+            )
+        ),
     )
     if metrics is not None or cfg.access_log or cfg.log_format == "json":
         access_log = observe.AccessLog(

@@ -59,6 +59,9 @@ class Caller:
     """A certificate identity: the bridge checks its scopes and uses its own credentials."""
     refusal: str = ""
     """Not empty: the request is refused as unauthenticated, for this reason."""
+    failed: bool = False
+    """The refusal is of a certificate the caller presented: a failed authentication,
+    counted against its address (auth_failures.py); presenting nothing is not."""
 
 
 current_caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar(
@@ -117,6 +120,7 @@ class ClientIdentities:
             f"certificate {shown!r}",
             refusal=f"client certificate {shown!r} has no line in the client identities "
             "file (cn:, dns: or uri:)",
+            failed=True,
         )
 
 

@@ -45,6 +45,8 @@ class BridgeConfig:
     upstream_tls_ca: str = ""
     upstream_tls_cert: str = ""
     upstream_tls_key: str = ""
+    auth_failures_free: int = 10
+    auth_failure_max_delay_seconds: float = 5.0
     allow_unauthenticated: bool = False
     otlp_endpoint: str = ""
 
@@ -100,6 +102,11 @@ HELP = {
     "turns TLS on for the bridge's gRPC channel",
     "upstream_tls_cert": "client certificate (PEM) for mTLS to the gRPC service; turns TLS on",
     "upstream_tls_key": "private key of --upstream-tls-cert",
+    "auth_failures_free": "failed authentications an HTTP client (IP) may make in 60 s "
+    "before each further refusal is delayed (0.25 s, doubling); as the gRPC server's flag, "
+    "for the callers the server cannot see behind the bridge",
+    "auth_failure_max_delay_seconds": "the longest delay of a refusal for an HTTP client "
+    "that keeps failing to authenticate (0 = no delay)",
     "allow_unauthenticated": "listen beyond loopback even where anyone who connects could "
     "read and store blobs (a service token for callers without one, or a gRPC service "
     "that takes calls without a token); warns once",
@@ -128,6 +135,16 @@ def positive(convert: Callable[[str], float]) -> Callable[[str], float]:
         value = convert(text)
         if value <= 0:
             raise argparse.ArgumentTypeError(f"must be greater than 0, not {text}")
+        return value
+
+    return parse
+
+
+def non_negative(convert: Callable[[str], float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = convert(text)
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
         return value
 
     return parse
@@ -181,6 +198,8 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "upstream_tls_ca": str,
     "upstream_tls_cert": str,
     "upstream_tls_key": str,
+    "auth_failures_free": non_negative(int),
+    "auth_failure_max_delay_seconds": non_negative(float),
     "allow_unauthenticated": parse_bool,
     "otlp_endpoint": str,
 }

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 
 from blobstore import errors
 from blobstore.status import RemoteError
+from jsonrpc_bridge import auth_failures
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -210,6 +211,7 @@ def from_store_error(exc: errors.BlobStoreError, field: str) -> RpcError:
 
     `field` names the parameter an InvalidArgument is about.
     """
+    auth_failures.note(exc)  # an UNAUTHENTICATED answer counts against the HTTP caller
     if isinstance(exc, errors.InvalidArgument):
         reason = next((r for cls, r in _INVALID_REASONS if isinstance(exc, cls)), "INVALID_PARAMS")
         return invalid_params(field, str(exc), reason)
@@ -233,6 +235,7 @@ def http_error(exc: errors.BlobStoreError) -> tuple[int, str, bool]:
     An InvalidArgument (a malformed id or value) is 400 with the reason the
     JSON-RPC side gives it; errors no row knows are 502 SERVICE_ERROR.
     """
+    auth_failures.note(exc)
     if isinstance(exc, errors.InvalidArgument):
         reason = next(
             (r for cls, r in _INVALID_REASONS if isinstance(exc, cls)), "INVALID_ARGUMENT"

@@ -15,6 +15,9 @@ HTTP statuses say what HTTP can say; everything else is JSON-RPC:
 - 401 (JSON-RPC -32010 body) for a client certificate without a line in the client
   identities file, or, with identities, a caller presenting neither a certificate nor
   a header (client_identity.py), before the body is read.
+A refusal of credentials the caller presented (a header the bridge or the gRPC server
+refused, a certificate without a line) counts against the client's IP, and past the
+free failures is sent after a wait (auth_failures.py), for the JSON-RPC and REST routes.
 With an ssl.SSLContext (listener_tls.py) the listener speaks HTTPS only. Connections
 are kept alive and requests are served concurrently. A connection with no request in
 progress (or still sending its headers) for the idle timeout is closed; past the
@@ -33,7 +36,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from jsonrpc_bridge import client_identity, errors, upstream_auth
+from jsonrpc_bridge import auth_failures, client_identity, errors, upstream_auth
 from jsonrpc_bridge.protocol import JsonRpcCore, encode_error
 from jsonrpc_bridge.service import Health
 
@@ -59,12 +62,13 @@ def create_app(
     probe: Probe,
     body_timeout: float = 60.0,
     identities: client_identity.ClientIdentities | None = None,
+    failures: auth_failures.FailedAttempts | None = None,
 ) -> web.Application:
     """The aiohttp application; bodies over max_request_bytes are refused with 413.
-    `identities`: client certificates are looked up there (client_identity.py)."""
-    app = web.Application(
-        client_max_size=max_request_bytes, middlewares=[_caller_credentials(identities)]
-    )
+    `identities`: client certificates are looked up there (client_identity.py);
+    `failures`: failed authentications per client IP (default limits if None)."""
+    middleware = _caller_credentials(identities, failures or auth_failures.FailedAttempts())
+    app = web.Application(client_max_size=max_request_bytes, middlewares=[middleware])
 
     async def rpc(request: web.Request) -> web.StreamResponse:
         if not caller_credentials_usable():
@@ -115,9 +119,12 @@ def create_app(
     return app
 
 
-def _caller_credentials(identities: client_identity.ClientIdentities | None) -> Any:
+def _caller_credentials(
+    identities: client_identity.ClientIdentities | None, failures: auth_failures.FailedAttempts
+) -> Any:
     """A middleware keeping the caller's Authorization header for the upstream calls of
-    the request, and (with `identities`) who its client certificate says it is."""
+    the request, and (with `identities`) who its client certificate says it is; a
+    request whose credentials were refused is counted in `failures` and may wait."""
 
     @web.middleware
     async def credentials(request: web.Request, handler: _Handler) -> web.StreamResponse:
@@ -129,13 +136,33 @@ def _caller_credentials(identities: client_identity.ClientIdentities | None) -> 
             peercert = transport.get_extra_info("peercert") if transport is not None else None
             caller = request[client_identity.CALLER_KEY] = identities.identify(header, peercert)
         caller_token = client_identity.current_caller.set(caller)
+        attempt, watching = auth_failures.watch()
         try:
-            return await handler(request)
+            response = await handler(request)
         finally:
+            auth_failures.stop(watching)
             client_identity.current_caller.reset(caller_token)
             upstream_auth.caller_authorization.reset(token)
+        reason = _failed_authentication(header, caller, attempt)
+        if reason:
+            await failures.slow_down(request.remote or "(unknown peer)", reason)
+        return response
 
     return credentials
+
+
+def _failed_authentication(
+    header: str | None, caller: client_identity.Caller | None, attempt: auth_failures.Attempt
+) -> str:
+    """Why the request is a failed authentication ("": it is not one). Only credentials
+    the caller presented count; the reasons never quote them."""
+    if header is not None and not upstream_auth.acceptable(header):
+        return "an Authorization header that is not a usable credential"
+    if caller is not None and caller.failed:
+        return caller.refusal
+    if header is not None and attempt.reason:
+        return attempt.reason
+    return ""
 
 
 def caller_credentials_usable() -> bool:

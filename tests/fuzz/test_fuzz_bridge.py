@@ -181,9 +181,11 @@ def token_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tokens = folder / "tokens"
     tokens.write_text(f"{token_hash(_FUZZ_TOKEN)} writer read,write\n")
     # Every example is a failed authentication from one peer: without a high free count,
-    # the brute-force slow-down (docs/security.md) delays each refusal up to 5 s.
-    server_args = ("--tokens-file", str(tokens), "--auth-failures-free", "100000")
-    with stack(folder, server_args=server_args) as running:
+    # the brute-force slow-down (docs/security.md) delays each refusal up to 5 s - the
+    # server's (the bridge is its peer) and the bridge's own (127.0.0.1 is the caller).
+    free = ("--auth-failures-free", "100000")
+    server_args = ("--tokens-file", str(tokens), *free)
+    with stack(folder, *free, server_args=server_args) as running:
         yield running
         assert running.bridge.alive(), running.bridge.log()
         assert "Traceback" not in running.bridge.log() + running.server.log()

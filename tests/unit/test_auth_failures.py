@@ -80,3 +80,29 @@ def test_certificate_lines_and_names() -> None:
     )
     assert names == ["uri:spiffe://a/b", "dns:w.internal", "cn:worker-1"]
     assert certificate_names({}) == []
+
+
+def test_each_peers_line_passes_the_process_wide_log_throttle(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The throttle of repeated warnings keys on the format string; the failure lines,
+    limited per peer here, must not hide a second peer's first line behind the first's."""
+    from blobstore.service.hardening import ThrottledLogs
+
+    throttle = ThrottledLogs(interval=10.0, clock=Clock())
+    caplog.handler.addFilter(throttle)
+    try:
+        with caplog.at_level(logging.WARNING, logger="blobstore.security"):
+            attempts = FailedAttempts(clock=Clock())
+            attempts.failed("10.0.0.1", "x")
+            attempts.failed("10.0.0.2", "x")
+            logging.getLogger("blobstore.security").warning("a repeated line")
+            logging.getLogger("blobstore.security").warning("a repeated line")
+    finally:
+        caplog.handler.removeFilter(throttle)
+    lines = [record.getMessage() for record in caplog.records]
+    assert [line.split(" (")[0] for line in lines] == [
+        "failed authentication from 10.0.0.1",
+        "failed authentication from 10.0.0.2",
+        "a repeated line",
+    ]

@@ -31,7 +31,6 @@ entry (NAME), a JWT's subject or a certificate's name at most.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -159,15 +158,7 @@ class Authenticator(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
     async def _slow_down(self, reason: str, context: Context) -> None:
         """Counts a failed attempt of the call's peer and waits as its count says."""
-        failures = self.failures
-        delay = failures.failed(context.peer(), reason)
-        if delay <= 0:
-            return
-        failures.waiting += 1
-        try:
-            await asyncio.sleep(delay)
-        finally:
-            failures.waiting -= 1
+        await self.failures.slow_down(context.peer(), reason)
 
 
 def certificate_names(auth_context: Mapping[str, Iterable[bytes]]) -> list[str]:

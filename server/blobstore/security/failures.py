@@ -18,10 +18,15 @@ new connections at will).
   and the last reason (never the credentials), and at most `max_log_peers` peers per
   interval in all.
 * Memory: at most `max_peers` peers are remembered; the oldest window goes first.
+
+Used by the gRPC server (grpc/auth.py, the peer is the gRPC client) and by the JSON-RPC
+bridge (jsonrpc_bridge/auth_failures.py, the peer is the HTTP client): `slow_down` is
+the one place a refusal is counted and made to wait.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -87,6 +92,18 @@ class FailedAttempts:
         self.delayed += 1
         return float(min(limits.first_delay * 2 ** min(over - 1, 30), limits.max_delay))
 
+    async def slow_down(self, peer: str, reason: str) -> None:
+        """Counts a failure of `peer` and waits as its count says (in the refusal's own
+        task: nothing else waits)."""
+        delay = self.failed(peer, reason)
+        if delay <= 0:
+            return
+        self.waiting += 1
+        try:
+            await asyncio.sleep(delay)
+        finally:
+            self.waiting -= 1
+
     def failures(self, peer: str) -> int:
         """Failures of the peer in its current window (for tests and metrics)."""
         state = self._peers.get(peer_host(peer))
@@ -110,6 +127,7 @@ class FailedAttempts:
             limits.window,
             f"; {state.unlogged} not logged since the last line" if state.unlogged else "",
             reason,
+            extra={"rate_limited": True},  # limited here, per peer: not by hardening's throttle
         )
         state.logged_at, state.unlogged = now, 0
 

@@ -85,7 +85,8 @@ def connection_cap(configured: int, open_file_limit: int) -> int:
 
 
 class ThrottledLogs(logging.Filter):
-    """Passes each distinct message at most once per `interval` seconds; counts the rest."""
+    """Passes each distinct message at most once per `interval` seconds; counts the rest.
+    Records marked `rate_limited` (extra=) are limited by their emitter and pass."""
 
     def __init__(self, interval: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
@@ -94,7 +95,9 @@ class ThrottledLogs(logging.Filter):
         self._last: dict[tuple[str, int, str, str], tuple[float, int]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING:
+        if record.levelno < logging.WARNING or getattr(record, "rate_limited", False):
+            # rate_limited: the emitter limits its own lines, per peer (security/failures.py);
+            # throttling by format here would drop every other peer's line for `interval`.
             return True
         error = record.exc_info[0].__name__ if record.exc_info and record.exc_info[0] else ""
         key = (record.name, record.levelno, str(record.msg), error)
