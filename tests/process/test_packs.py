@@ -16,6 +16,7 @@ import pytest
 
 from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
 from blobstore.client import BlobClient
+from blobstore.ids import BlobId
 from blobstore.model import BlobType
 from blobstore.storage.filesystem import FileSystemBackend
 from blobstore.storage.filesystem.journal import encode_record
@@ -200,19 +201,31 @@ def test_index_files_spare_the_scan_and_a_bad_one_is_not_believed(
         assert [client.get(i).data for i in ids[5:]] == blobs[5:]
 
 
-async def test_compaction_drops_dead_segments_and_a_restart_keeps_the_rest(
-    tmp_path: Path,
-) -> None:
-    folder = tmp_path / "data"
+async def _small_segments(
+    folder: Path, count: int
+) -> tuple[FileSystemBackend, list[bytes], list[BlobId]]:
+    """An open packs backend with 16 KiB segments holding `count` new 1000-byte blobs."""
     backend = FileSystemBackend(
         folder, io_threads=4, small_blob_store="packs", journal_segment_bytes=16 * 1024
     )
     backend.open()
-    blobs = [os.urandom(1000) for _ in range(300)]
+    blobs = [os.urandom(1000) for _ in range(count)]
     ids = [sha256_id(b) for b in blobs]
     try:
         for blob_id, blob in zip(ids, blobs, strict=True):
             await backend.put(blob_id, BlobType.BINARY, blob)
+    except BaseException:
+        backend.close()
+        raise
+    return backend, blobs, ids
+
+
+async def test_compaction_drops_dead_segments_and_a_restart_keeps_the_rest(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "data"
+    backend, blobs, ids = await _small_segments(folder, 300)
+    try:
         written = len(list((folder / "packs").glob("*.pack")))
         assert written > 10
         keep = set(ids[::4])
@@ -278,15 +291,8 @@ async def test_compaction_takes_a_record_damaged_since_it_was_indexed_out_of_ser
     tmp_path: Path,
 ) -> None:
     folder = tmp_path / "data"
-    backend = FileSystemBackend(
-        folder, io_threads=4, small_blob_store="packs", journal_segment_bytes=16 * 1024
-    )
-    backend.open()
-    blobs = [os.urandom(1000) for _ in range(60)]
-    ids = [sha256_id(b) for b in blobs]
+    backend, _blobs, ids = await _small_segments(folder, 60)
     try:
-        for blob_id, blob in zip(ids, blobs, strict=True):
-            await backend.put(blob_id, BlobType.BINARY, blob)
         found = pack_record(folder, ids[0])
         assert found is not None and found[0].name == "0000000000000000.pack"
         flip_byte(found[0], found[1] + 36 + 3)  # its header: the compaction scan skips it
