@@ -4,6 +4,7 @@ the memory backend) and of the bridge's aiohttp middleware and client intercepto
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -91,6 +92,12 @@ async def test_without_traceparent_a_call_starts_a_trace(
         with pytest.raises(grpc.aio.AioRpcError):
             # A garbled traceparent is ignored, never an error of the call.
             await stub.Get(pb.GetRequest(id="bad"), metadata=(("traceparent", "00-zz"),))
+    # An error is sent by context.abort() before the handler unwinds, so the caller can
+    # see it before the server's span ends: wait (bounded) for the second span.
+    for _ in range(200):
+        if len(exporter.get_finished_spans()) >= 2:
+            break
+        await asyncio.sleep(0.01)
     spans: tuple[ReadableSpan, ...] = exporter.get_finished_spans()
     assert [s.name for s in spans] == ["blobstore.v1.BlobService/Get"] * 2
     for span in spans:
