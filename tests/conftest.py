@@ -1,18 +1,51 @@
-"""Shared fixtures: a real blobstore server process per test (or per module), on a free port."""
+"""Shared fixtures: a real blobstore server process per test (or per module), on a free port;
+and the hooks that let `exclusive` tests run alone in a parallel run (tests/machine_lock.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import shutil
+import tempfile
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from blobstore.client import BlobClient
+from tests import machine_lock
 from tests.bridge_processes import BridgeFactory, BridgeProcess, HttpRpc, Stack, stack
 from tests.processes import ServerProcess
 from tests.seaweedfs import SeaweedFS
 from tests.tls_certs import Pki, make_pki
+
+_LOCK_FOLDER = pytest.StashKey[Path]()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """pytest-xdist's controller, per worker: hands each worker the path of the run's lock."""
+    config: pytest.Config = node.config
+    if _LOCK_FOLDER not in config.stash:
+        config.stash[_LOCK_FOLDER] = Path(tempfile.mkdtemp(prefix="blobstore-tests-"))
+    node.workerinput["machine_lock"] = str(config.stash[_LOCK_FOLDER] / "machine.lock")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _LOCK_FOLDER in config.stash:
+        shutil.rmtree(config.stash[_LOCK_FOLDER], ignore_errors=True)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
+    """In an xdist worker, runs the test (set-up to tear-down) under the run's lock: shared,
+    or alone if it is marked `exclusive`. Outside pytest-timeout's own wrapper, so the
+    wait for the lock is not counted against the test's timeout."""
+    workerinput: dict[str, Any] | None = getattr(item.config, "workerinput", None)
+    if workerinput is None or "machine_lock" not in workerinput:
+        return (yield)
+    exclusive = item.get_closest_marker("exclusive") is not None
+    with machine_lock.held(Path(workerinput["machine_lock"]), exclusive=exclusive):
+        return (yield)
 
 
 @pytest.fixture

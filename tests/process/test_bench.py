@@ -16,6 +16,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+# The benchmark pins its server and its load generator to one core each: it needs both.
+pytestmark = pytest.mark.exclusive
+
 ROOT = Path(__file__).resolve().parents[2]
 
 CEILINGS = {

@@ -108,6 +108,7 @@ def test_the_json_workers_end_when_their_server_and_bridge_are_killed(
     assert alive == [], [(p.pid, p.cmdline()) for p in alive]
 
 
+@pytest.mark.exclusive  # bounds how long a Stat may wait: alone, not beside another test
 async def test_a_large_json_value_put_does_not_stall_other_calls(
     start_server: Callable[..., ServerProcess],
 ) -> None:
