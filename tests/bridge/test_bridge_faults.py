@@ -62,7 +62,11 @@ def test_bridge_retries_while_the_service_restarts(
     start_server: Callable[..., ServerProcess], tmp_path: Path
 ) -> None:
     server = start_server()
-    bridge = BridgeProcess(server.target, tmp_path / "bridge.log").start()
+    # The default 6 attempts wait about 3-6 s in all (jittered): a restart on a busy machine
+    # (a new Python process importing gRPC) took longer than that once. 20 attempts let the
+    # call wait up to the bridge's 30 s deadline, which still bounds it.
+    bridge = BridgeProcess(server.target, tmp_path / "bridge.log", "--retry-attempts", "20")
+    bridge.start()
     rpc = HttpRpc(bridge.url)
     try:
         assert "result" in rpc.rpc("blobs/put", {"data": "before"})
