@@ -105,11 +105,12 @@ def test_client_certificates_get_the_scopes_of_their_lines(
         san.get_to_file(sha256_id(b"by CN"), tmp_path / "streamed")
         assert san.get(sha256_id(b"by CN")).data == b"by CN"  # unary Get (a reserving call)
         assert (tmp_path / "streamed").read_bytes() == b"by CN"
-    with client_of(server, pki, pki.client) as removed, pytest.raises(errors.PermissionDenied):
+    with client_of(server, pki, pki.client) as removed, pytest.raises(errors.Unauthenticated):
         removed.get_to_file(sha256_id(b"by CN"), tmp_path / "refused")  # ...refused without
     assert not (tmp_path / "refused").exists()
+    # A certificate without a line names no caller: UNAUTHENTICATED, as the bridge's 401.
     refused = grpcurl(*with_cert(pki.client), server.target, put, data=put_body(b"CN removed"))
-    assert_refused(refused, "PermissionDenied", "PERMISSION_DENIED")
+    assert_refused(refused, "Unauthenticated", "UNAUTHENTICATED")
     assert "has no line in the tokens file" in refused.stderr
     assert not blob_path(server.data_dir, sha256_id(b"CN removed")).exists()
     # Without a certificate there is no TLS handshake at all.
