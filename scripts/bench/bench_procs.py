@@ -89,12 +89,15 @@ def start_child(
     cpus: frozenset[int] | None,
     log_path: Path,
     ready: re.Pattern[str],
-    timeout: float = 30.0,
+    timeout: float = 120.0,
     env: dict[str, str] | None = None,
 ) -> Child:
     """Starts `argv` pinned to `cpus` and waits for `ready` (group 1 = address) in its log.
 
-    `env` adds to (or overrides) this process's environment for the child only.
+    `env` adds to (or overrides) this process's environment for the child only. The
+    start-up is not what is measured, so the wait is long: pinned to one core that another
+    benchmark's processes also had (a shared machine), a server took 30 s to listen and the
+    suite's --quick run failed.
     """
     command = list(argv)
     preexec = None
