@@ -5,16 +5,10 @@ whose header is broken is never served: the copy is quarantined through the
 inner backend and the read fails with DataLoss. Streams hold the last chunk
 back until the whole content has been hashed, so a reader never receives a
 complete copy of bad data.
-
-A stream hashes a large chunk in a thread while the next one is fetched and the
-previous one sent (hashlib releases the GIL), one chunk at a time and in order:
-the hash of a chunk is awaited before the next one's starts, so at most one
-chunk is being hashed besides the one held back.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 from typing import NoReturn
@@ -80,7 +74,6 @@ class _VerifiedStream:
         self._size = 0
         self._held: bytes | None = None
         self._finished = False
-        self._hashing: asyncio.Future[None] | None = None
 
     def __aiter__(self) -> _VerifiedStream:
         return self
@@ -103,7 +96,7 @@ class _VerifiedStream:
                 await self._owner.fail(
                     self.info.blob_id, f"content is longer than the header's {self.info.size} bytes"
                 )
-            await self._hash(chunk)
+            await offload(len(chunk), self._hasher.update, chunk)
             held, self._held = self._held, chunk
             if held is not None:
                 return held
@@ -112,23 +105,7 @@ class _VerifiedStream:
             raise StopAsyncIteration
         return held
 
-    async def _hash(self, chunk: bytes) -> None:
-        """Adds chunk to the hash: inline if small, else in a thread left running while
-        the caller goes on (the previous chunk's hashing is finished first)."""
-        await self._hashed()
-        if len(chunk) <= INLINE_LIMIT:
-            self._hasher.update(chunk)
-        else:
-            self._hashing = asyncio.ensure_future(asyncio.to_thread(self._hasher.update, chunk))
-
-    async def _hashed(self) -> None:
-        """Waits for the chunk being hashed in a thread, if any."""
-        if self._hashing is not None:
-            hashing, self._hashing = self._hashing, None
-            await hashing
-
     async def _verify_whole(self) -> None:
-        await self._hashed()
         if self._size != self.info.size:
             await self._owner.fail(
                 self.info.blob_id,
@@ -139,7 +116,4 @@ class _VerifiedStream:
 
     async def aclose(self) -> None:
         self._held = None
-        if self._hashing is not None:  # the thread runs on; nothing waits for its result
-            self._hashing.cancel()
-            self._hashing = None
         await self._inner.aclose()
