@@ -19,11 +19,16 @@ id, which lets the server upload in place); our reads through a bare stub, as th
 echo's: the client's own end-to-end hash of what it received is load-generator work
 that obstore's direct read does not do either.
 
-Beside get_small and get_large it prints what bounds them: the same calls to the
-gRPC echo (scripts/bench/bench_echo.py: a BlobService that stores nothing, pinned
-like ours), as a ratio to obstore. Our server answers over Python gRPC and then
-asks the store, so it cannot beat the echo: where the echo itself is under the
-target, the target is out of reach for any Python gRPC front (docs/scale-out.md).
+Beside get_small and get_large it prints what bounds them, as ratios to obstore:
+the same calls to the gRPC echo (scripts/bench/bench_echo.py: a BlobService that
+stores nothing, pinned like ours) and to the forwarder (bench_forward.py: Get and
+GetStream only forwarded to obstore, no checks, no hashing, pinned like ours). Our
+server answers over Python gRPC and asks the store with the same obstore calls, so
+it cannot beat the forwarder: where the forwarder is under the target, the target
+is out of reach for any Python gRPC front on obstore (docs/scale-out.md). Then the
+server CPU per call of our s3 server and the forwarder (all threads, psutil), which
+moves less with other load than the rates. `--baseline-tree DIR` adds our server
+from another source tree to the get rows (A/B in the same minutes).
 
 Each row is ours / the reference, with its target (issue 13): ≥ 0.70 small,
 ≥ 0.80 large, ≥ 0.80 cached. The server side is pinned to one core, the load
