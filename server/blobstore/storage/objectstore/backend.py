@@ -50,6 +50,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+FIND_MISSING_CONCURRENCY = 32
+"""HEAD requests in flight for one FindMissing or a batch of Stats."""
+TEMP_MAX_AGE = timedelta(minutes=30)
+"""A temporary older than this belongs to no live put (commit publishes it at once)."""
+SWEEP_INTERVAL = 600.0
+
 
 def _length(result: GetResult) -> int:
     """The object's length, from the byte range a whole-object GET (or HEAD) returned.
@@ -60,13 +66,6 @@ def _length(result: GetResult) -> int:
     """
     start, end = result.range
     return end - start
-
-
-FIND_MISSING_CONCURRENCY = 32
-"""HEAD requests in flight for one FindMissing or a batch of Stats."""
-TEMP_MAX_AGE = timedelta(minutes=30)
-"""A temporary older than this belongs to no live put (commit publishes it at once)."""
-SWEEP_INTERVAL = 600.0
 
 
 class ObjectStoreBackend:
