@@ -21,22 +21,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
-import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc
 import obstore
-from bench_echo import DEFAULT_CHUNK, server_options
+from bench_echo import DEFAULT_CHUNK, serve_servicer
 
 from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
 from blobstore.api.blobstore.v1 import blobstore_pb2_grpc as pb_grpc
 from blobstore.ids import BlobId
+from blobstore.model import BlobType
+from blobstore.proto_names import BLOB_TYPE_TO_PB
 from blobstore.service.malloc_tuning import tune_malloc
-from blobstore.storage.objectstore import keys, location
-
-TYPES = {"JSON": pb.BLOB_TYPE_JSON, "Binary": pb.BLOB_TYPE_BINARY, "Flow": pb.BLOB_TYPE_FLOW}
+from blobstore.storage.objectstore import keys, location, metadata
 
 
 class ForwardServicer(pb_grpc.BlobServiceServicer):
@@ -47,7 +44,7 @@ class ForwardServicer(pb_grpc.BlobServiceServicer):
 
     async def Get(self, request: pb.GetRequest, context: Any) -> pb.GetResponse:
         result = await obstore.get_async(self._store, keys.blob_key(BlobId(request.id)))
-        blob_type = TYPES.get(str(result.attributes.get("blob-type")), pb.BLOB_TYPE_BINARY)
+        blob_type = BLOB_TYPE_TO_PB[BlobType(result.attributes.get(metadata.TYPE_KEY))]
         return pb.GetResponse(blob_type=blob_type, data=bytes(await result.bytes_async()))
 
     async def GetStream(
@@ -55,7 +52,7 @@ class ForwardServicer(pb_grpc.BlobServiceServicer):
     ) -> AsyncIterator[pb.GetStreamResponse]:
         chunk_size = request.chunk_size or DEFAULT_CHUNK
         result = await obstore.get_async(self._store, keys.blob_key(BlobId(request.id)))
-        yield pb.GetStreamResponse(info=pb.BlobInfo(id=request.id, size=result.meta["size"]))
+        yield pb.GetStreamResponse(info=pb.BlobInfo(id=request.id, size=result.range[1]))
         offset = 0
         async for piece in result.stream(min_chunk_size=chunk_size):
             view = memoryview(piece)
@@ -66,20 +63,9 @@ class ForwardServicer(pb_grpc.BlobServiceServicer):
 
 
 async def serve(address: str, storage: str) -> None:
-    server = grpc.aio.server(options=server_options())
-    store = location.parse(storage).store()
     # Only Get and GetStream are served: the rest stay the generated base's UNIMPLEMENTED.
-    servicer = ForwardServicer(store)  # type: ignore[abstract]
-    pb_grpc.add_BlobServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port(address)
-    await server.start()
-    print(f"echo gRPC listening on {address.rsplit(':', 1)[0]}:{port}", file=sys.stderr, flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
-    await server.stop(1.0)
+    servicer = ForwardServicer(location.parse(storage).store())  # type: ignore[abstract]
+    await serve_servicer(servicer, address)
 
 
 def main() -> None:
