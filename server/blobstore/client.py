@@ -493,6 +493,14 @@ class AsyncBlobClient:
     async def close(self) -> None:
         await self._channel.close(None)
 
+    def use_channel(self, channel: grpc.aio.Channel) -> grpc.aio.Channel:
+        """Makes calls from now on on `channel` (new credentials, e.g. a rotated client
+        certificate); returns the channel used until now, for the caller to close once
+        the calls still on it are done."""
+        old, self._channel = self._channel, channel
+        self._stub = pb_grpc.BlobServiceStub(channel)
+        return old
+
     async def _call(self, attempt: Callable[[float | None], Awaitable[_T]]) -> _T:
         with _translated():
             return await retry.call_async(self.retry, self.timeout, attempt)
