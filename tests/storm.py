@@ -4,7 +4,8 @@ acknowledged blob reads back.
 - WriteStorm: threads in the test's process putting random blobs through one client until
   stopped (a replica or a storage node is killed; the client lives on).
 - storm_until_killed: writers in spawned processes, one client a thread, each acknowledgement
-  logged to a file, until the server is killed -9 under them (kill -9 of the server itself).
+  logged to a file, until the server is killed -9 under them (kill -9 of the server itself);
+  kill_mid_storm and ack_lines, its parts, for a storm whose processes a test writes itself.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import TracebackType
 
@@ -153,17 +155,27 @@ def storm_until_killed(
         context.Process(target=_storm_process, args=(server.target, n, str(path), writers, put))
         for n, path in enumerate(ack_paths)
     ]
+    kill_mid_storm(server, storms, lambda: len(ack_lines(ack_paths)) >= enough, timeout)
+    return ack_lines(ack_paths)
+
+
+def kill_mid_storm(
+    server: ServerProcess, storms: Sequence[BaseProcess], ready: Callable[[], bool], timeout: float
+) -> None:
+    """Starts `storms` (processes writing to `server`), kills the server -9 once `ready()`
+    holds (or `timeout` seconds pass: then the test fails) and waits for the storms to end,
+    killing any that linger."""
     for storm in storms:
         storm.start()
-
-    def acknowledged() -> list[str]:
-        return [line for p in ack_paths if p.exists() for line in p.read_text().splitlines()]
-
-    storming = wait_until(lambda: len(acknowledged()) >= enough, timeout=timeout)
+    storming = wait_until(ready, timeout=timeout)
     server.kill()
     for storm in storms:
         storm.join(timeout=60)
         if storm.is_alive():
             storm.kill()
     assert storming, "the storm never got going"
-    return acknowledged()
+
+
+def ack_lines(paths: Sequence[Path]) -> list[str]:
+    """The lines the storm processes have logged so far in their ack files `paths`."""
+    return [line for p in paths if p.exists() for line in p.read_text().splitlines()]
