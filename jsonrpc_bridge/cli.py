@@ -30,6 +30,7 @@ from jsonrpc_bridge import (
     client_identity,
     config,
     exposure,
+    forwarded,
     listener_tls,
     observe,
     stdio_transport,
@@ -65,6 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cfg.stdio and cfg.tls_cert:
         parser.error("--tls-cert is for the HTTP listener; stdio has none")
     _check_client_certificates(parser, cfg)
+    try:
+        forwarded.parse_trusted(cfg.trusted_proxies)
+    except forwarded.TrustedProxiesError as exc:
+        parser.error(str(exc))
     logs.configure(cfg.log_level, cfg.log_format)
     install_throttle()
     try:
@@ -260,6 +265,7 @@ async def _serve_http(
                 free=cfg.auth_failures_free, max_delay=cfg.auth_failure_max_delay_seconds
             )
         ),
+        trusted_proxies=forwarded.parse_trusted(cfg.trusted_proxies),
     )
     if metrics is not None or cfg.access_log or cfg.log_format == "json":
         access_log = observe.AccessLog(

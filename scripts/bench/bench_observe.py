@@ -125,22 +125,34 @@ def variants() -> dict[str, Call]:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
     from blobstore.grpc.tracing import TracingInterceptor
+    from blobstore.otlp_encoding import SpanEncoder
+
+    lean = SpanEncoder(encode_spans)
 
     class _Drop(SpanExporter):
         def export(self, spans: Any) -> SpanExportResult:
             return SpanExportResult.SUCCESS
 
     class _Encode(SpanExporter):
-        """The OTLP/HTTP exporter's work short of the HTTP post: the protobuf encoding."""
+        """The OTLP/HTTP exporter's work short of the HTTP post: the protobuf encoding,
+        the library's (`otlp-library`) or ours, as tracing.start installs it (`otlp`)."""
+
+        def __init__(self, encode: Any) -> None:
+            self.encode = encode
 
         def export(self, spans: Any) -> SpanExportResult:
-            encode_spans(spans).SerializePartialToString()
+            self.encode(spans).SerializePartialToString()
             return SpanExportResult.SUCCESS
 
     # As blobstore.tracing.start makes it, with an exporter that sends nothing
     # ("tracing": the span alone) or encodes the batches as OTLP does ("tracing+otlp":
     # the batch thread's encoding too, a cost of every span).
-    for name, exporter in (("tracing", _Drop()), ("tracing+otlp", _Encode())):
+    exporters = {
+        "tracing": _Drop(),
+        "tracing+otlp": _Encode(lean.encode_request),
+        "+otlp-library": _Encode(encode_spans),
+    }
+    for name, exporter in exporters.items():
         provider = TracerProvider(resource=Resource.create({SERVICE_NAME: "bench"}))
         provider.add_span_processor(BatchSpanProcessor(exporter))
         tracer = provider.get_tracer("blobstore")

@@ -15,7 +15,9 @@ machine than ops/s does, so it is the figure to compare changes by.
 `--baseline DIR` (repeatable) adds a server of ours run from another source
 tree (e.g. `git archive HEAD | tar -x -C DIR`; see
 bench_procs.start_baseline_server), interleaved with the rest: before/after
-figures from the same minutes.
+figures from the same minutes. `--variant NAME[@DIR]:VAR=VALUE,...` (repeatable)
+adds a server (this tree's, or DIR's) with environment settings, e.g.
+`--variant metrics:BLOBSTORE_METRICS_PORT=0`: what a feature costs per call.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ from bench_stats import Trial
 from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
 
 POOL = 1000
+ECHO_OF = {"get_small": "echo_get", "put_dedup": "echo_put", "put_dedup_binary": "echo_put"}
+"""Each workload of ours and the echo workload its ratio is taken to."""
 
 
 async def workloads(
@@ -90,8 +94,13 @@ async def workloads(
     return ops
 
 
-async def run(servers: dict[str, Child], trials: int, seconds: float) -> dict[str, list[Trial]]:
+async def run(
+    servers: dict[str, Child], trials: int, seconds: float, kinds: list[str]
+) -> dict[str, list[Trial]]:
     ops = await workloads(servers)
+    if kinds:  # only these workloads, with the echo figures they are divided by
+        wanted = {*kinds, *(ECHO_OF[kind] for kind in kinds)}
+        ops = {name: op for name, op in ops.items() if name.split("[")[0] in wanted}
     results: dict[str, list[Trial]] = {name: [] for name in ops}
     for op, pid in ops.values():  # warm-up
         await closed_loop(op, concurrency=16, seconds=0.5, payload=KIB, server_pids=[pid])
@@ -124,12 +133,7 @@ def report(results: dict[str, list[Trial]]) -> str:
         )
     lines.append("ratios to echo per trial (ops/s), median (min-max):")
     for name, trials in results.items():
-        kind = name.split("[")[0]
-        echo = {
-            "get_small": "echo_get",
-            "put_dedup": "echo_put",
-            "put_dedup_binary": "echo_put",
-        }.get(kind)
+        echo = ECHO_OF.get(name.split("[")[0])
         if echo is None:
             continue
         ratios = [t.ops_per_s / e.ops_per_s for t, e in zip(trials, results[echo], strict=True)]
@@ -137,6 +141,14 @@ def report(results: dict[str, list[Trial]]) -> str:
             f"  {name:22} {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
         )
     return "\n".join(lines)
+
+
+def parse_variant(spec: str) -> tuple[str, Path | None, dict[str, str]]:
+    """`NAME[@DIR]:VAR=VALUE,...` -> (name, source tree or None, environment)."""
+    head, _, settings = spec.partition(":")
+    name, _, tree = head.partition("@")
+    env = dict(item.split("=", 1) for item in settings.split(",") if item)
+    return name, Path(tree) if tree else None, env
 
 
 def main() -> int:
@@ -149,6 +161,20 @@ def main() -> int:
         action="append",
         default=[],
         help="a copy of the code to compare against (repeatable)",
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME[@DIR]:VAR=VALUE,...",
+        help="a server configured by environment variables (repeatable)",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        choices=sorted(ECHO_OF),
+        help="run only this workload (repeatable; its echo runs too)",
     )
     args = parser.parse_args()
     split = CpuSplit.detect()
@@ -167,7 +193,16 @@ def main() -> int:
                 name = f"base{i}" if len(args.baseline) > 1 else "base"
                 servers[name] = start_baseline_server(code.resolve(), work / name, split.server)
                 children.append(servers[name])
-            results = asyncio.run(run(servers, args.trials, args.seconds))
+            for spec in args.variant:
+                name, tree, env = parse_variant(spec)
+                (work / name).mkdir()
+                servers[name] = (
+                    start_baseline_server(tree.resolve(), work / name, split.server, env)
+                    if tree is not None
+                    else start_blobstore_server(work / name, split.server, env)
+                )
+                children.append(servers[name])
+            results = asyncio.run(run(servers, args.trials, args.seconds, args.only))
         finally:
             for child in children:
                 child.stop()

@@ -79,6 +79,10 @@ def start(service_name: str, endpoint: str, exporter: Any = None) -> Tracing:
     else:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
+        from blobstore import otlp_encoding
+
+        if not otlp_encoding.install():
+            log.info("spans are encoded by the OTLP exporter's own encoder (slower)")
         otlp: SpanExporter = OTLPSpanExporter(endpoint=traces_url(endpoint) if endpoint else None)
         processor = BatchSpanProcessor(otlp)
         log.info("traces to %s", traces_url(endpoint) if endpoint else "the OTEL_* endpoint")

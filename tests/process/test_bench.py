@@ -91,8 +91,8 @@ def test_quick_benchmark_measures_every_workload(tmp_path: Path) -> None:
         if check["workload"] not in PAIRED:
             assert check["ratio"] == check["value"] / check["ceiling_value"]
             continue
-        # A paired row: one reference trial beside each of its trials, the median of their
-        # ratios; the reference trials are in the results beside its own.
+        # A paired row: one reference trial beside each of its trials, its ratio from
+        # theirs; the reference trials are in the results beside its own.
         assert check["paired"] is True, check
         assert check["ceiling"] in ("put_small", "get_small"), check
         beside = results["references"][check["workload"]]["trials"]
@@ -102,7 +102,7 @@ def test_quick_benchmark_measures_every_workload(tmp_path: Path) -> None:
             a["ops_per_s"] / b["ops_per_s"] for a, b in zip(own, beside, strict=True)
         ]
         assert check["trial_ratios"] == expected_ratios
-        assert check["ratio"] == statistics.median(expected_ratios)
+        assert check["ratio"] == _balanced(expected_ratios)
         assert _positive(check["cpu_ratio"]), check  # server CPU per call, pairs' median
     assert set(results["references"]) == PAIRED
     tails = {c["workload"] for c in results["checks"] if c["kind"] == "tail"}
@@ -140,3 +140,28 @@ def test_quick_object_store_benchmark_prints_every_row() -> None:
     assert [cells[1] for cells in bounds] == ["get_small", "get_large"], run.stdout
     for cells in bounds:  # bound: ROW of a gRPC echo that stores nothing: RATE = RATIO x obstore
         assert _positive(float(cells[-5])) and _positive(float(cells[-3])), cells
+
+
+def _balanced(per_trial: list[float]) -> float:
+    """bench_main.balanced_ratio, as its docstring defines it."""
+    couples = [math.sqrt(a * b) for a, b in zip(per_trial[0::2], per_trial[1::2], strict=False)]
+    return statistics.median(couples) if couples else per_trial[0]
+
+
+def test_the_paired_ratio_cancels_what_running_second_costs() -> None:
+    """A row whose trials alternate reference-first and reference-second: a penalty for
+    running second (q) moves each trial's ratio up or down, not the row's."""
+    sys.path.insert(0, str(ROOT / "scripts" / "bench"))
+    try:
+        from bench_main import balanced_ratio
+    finally:
+        sys.path.remove(str(ROOT / "scripts" / "bench"))
+    q = 0.85
+    for true in (0.7, 1.0, 1.3):
+        # Reference first in trial 0: the row runs second and pays q; then the other way.
+        per_trial = [true * q, true / q, true * q, true / q, true * q]
+        assert math.isclose(balanced_ratio(per_trial), true)
+        # The median of the trials, as before, took the order that ran more often.
+        assert math.isclose(statistics.median(per_trial), true * q)
+    assert balanced_ratio([0.9]) == 0.9
+    assert balanced_ratio(per_trial) == _balanced(per_trial)

@@ -137,19 +137,27 @@ class Authenticator(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Handler:
-        rule = _RULES.get(handler_call_details.method)
+        refused = self.before(handler_call_details)
+        return refused if refused is not None else await continuation(handler_call_details)
+
+    def before(self, details: grpc.HandlerCallDetails) -> Handler:
+        """A handler that refuses the call, or None to let it go on."""
+        rule = _RULES.get(details.method)
         if rule is None:  # health, reflection, or an unknown method (UNIMPLEMENTED)
-            return await continuation(handler_call_details)
-        header = metadata_value(handler_call_details.invocation_metadata, AUTHORIZATION)
+            return None
+        header = metadata_value(details.invocation_metadata, AUTHORIZATION)
         if header is None and self.certificates:
-            return await continuation(handler_call_details)  # the CertificateGate decides
+            return None  # the CertificateGate decides
         error = self.check(rule, header)
         if error is None:
-            return await continuation(handler_call_details)
+            return None
         drain = self.drain_seconds if rule.client_streaming else None
         if isinstance(error, errors.InvalidCredentials):
             return refusal(error, drain, functools.partial(self._slow_down, str(error)))
         return refusal(error, drain)
+
+    def after(self, handler: Handler, details: grpc.HandlerCallDetails) -> Handler:
+        return handler  # it decides before the lookup only
 
     def check(self, rule: _Rule, header: str | None) -> errors.BlobStoreError | None:
         """None if the call may go on, else the error to refuse it with."""
@@ -213,7 +221,9 @@ class CertificateGate(GatedInterceptor[_Gated]):
         principal = self.authority.certificate(names)
         if principal is None:
             shown = names[-1] if names else "(without a name)"
-            return errors.PermissionDenied(
+            # UNAUTHENTICATED, as gRPC's codes say when the caller cannot be identified
+            # (PERMISSION_DENIED is for a known caller), and as the bridge answers (401).
+            return errors.Unauthenticated(
                 f"client certificate {shown!r} has no line in the tokens file (cn:, dns: or "
                 f"uri:); this call needs {rule.scope}"
             )

@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 
 from blobstore import tracing
 from blobstore.grpc.guard import Guard
+from blobstore.grpc.interceptor_base import InterceptorChain
 from blobstore.grpc.metrics import CallObserver
 from blobstore.grpc.servicer import BlobServicer
 from blobstore.grpc.stepflow_servicer import SERVICE_NAME as STEPFLOW_SERVICE_NAME
@@ -118,11 +119,15 @@ async def _serve_store(
         # authenticator: a refused call takes no admission ticket; the certificate gate
         # (mTLS identities) after the guard: it needs the handler's view of the peer.
         interceptors=[
-            *_tracing_interceptor(traced),
-            *_observer(config, metrics),
-            *([security.authenticator] if security.authenticator is not None else []),
-            guard,
-            *([security.gate] if security.gate is not None else []),
+            InterceptorChain(
+                [
+                    *_tracing_interceptor(traced),
+                    *_observer(config, metrics),
+                    *([security.authenticator] if security.authenticator is not None else []),
+                    guard,
+                    *([security.gate] if security.gate is not None else []),
+                ]
+            )
         ],
         options=[
             ("grpc.max_receive_message_length", message_limit),

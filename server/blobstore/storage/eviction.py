@@ -24,7 +24,7 @@ blob back; blobs never reported removed are still there after a kill -9.
 Also the server's retention tools: prune() (blobs not used for a given time) and
 last_use() for Stat.
 
-Why one module of ~440 lines: the cap, the races and the removals share one set of
+Why one module of ~500 lines: the cap, the races and the removals share one set of
 counters (reserved, waiting, being removed, in progress) decided on the event loop;
 split apart they would have to share that private state. The index and its
 snapshot are in usage.py, the Retention interface in retention.py.
@@ -111,7 +111,9 @@ class EvictingBackend(ForwardingBackend):
         self._freed = asyncio.Event()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._stored_since: set[BlobId] | None = None  # puts while the listing is compared
+        # Puts, and removals, while the listing is compared (None: no listing under way).
+        self._stored_since: set[BlobId] | None = None
+        self._removed_since: set[BlobId] = set()
         self._metrics = metrics
         self._unlogged = [0, 0]  # evicted blobs and bytes not logged yet
         self._logged_at = 0.0
@@ -166,7 +168,8 @@ class EvictingBackend(ForwardingBackend):
             return
         finally:
             kept, self._stored_since = self._stored_since or set(), None
-        added, dropped = self.index.apply(new, gone, kept)
+            removed, self._removed_since = self._removed_since, set()
+        added, dropped = self.index.apply(new, gone, kept, removed)
         log.info(
             "usage index checked against %d stored blob(s) in %.2f s: %d added, %d dropped",
             len(listing),
@@ -402,6 +405,8 @@ class EvictingBackend(ForwardingBackend):
             for blob_id in blob_ids:
                 use = self.index.pop(blob_id)
                 freed += use.size if use is not None else 0
+            if self._stored_since is not None:  # a listing under way may have seen them
+                self._removed_since.update(blob_ids)
         finally:
             self._evicting_bytes -= sizes
             self._evicting_blobs -= len(blob_ids)

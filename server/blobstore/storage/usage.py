@@ -28,7 +28,7 @@ import os
 import struct
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Set
 from operator import itemgetter
 from pathlib import Path
 
@@ -139,22 +139,32 @@ class UsageIndex:
         self.dirty = False
         return records is not None
 
-    def reconcile(self, listing: list[StoredBlob], kept: set[BlobId]) -> tuple[int, int]:
+    def reconcile(
+        self, listing: list[StoredBlob], kept: set[BlobId], removed: Set[BlobId] = frozenset()
+    ) -> tuple[int, int]:
         """Makes the index agree with a listing taken while it was in use (ids it knew may
         come with size 0): entries of blobs not listed are dropped, unless in `kept`
-        (stored since); blobs it did not know join as used when they were stored.
+        (stored since); blobs it did not know join as used when they were stored, unless
+        in `removed` (deleted or evicted since: listed, but gone).
         Returns (added, dropped). All at once: the server runs compare() on a thread
         and apply() on the event loop instead (eviction.py)."""
-        return self.apply(*compare(listing, list(dict.keys(self.entries))), kept)
+        return self.apply(*compare(listing, list(dict.keys(self.entries))), kept, removed)
 
     def apply(
-        self, new: list[StoredBlob], gone: list[BlobId], kept: set[BlobId]
+        self,
+        new: list[StoredBlob],
+        gone: list[BlobId],
+        kept: set[BlobId],
+        removed: Set[BlobId] = frozenset(),
     ) -> tuple[int, int]:
         """What compare() found, applied: a few dict operations per change, none per blob
         that is in both. Returns (added, dropped)."""
         added = 0
         for blob in new:
-            if blob.blob_id not in self.entries:
+            # A blob removed after the listing saw it would come back as an entry
+            # without a file (counted against the cap, never found); one stored again
+            # after that is in the index already.
+            if blob.blob_id not in self.entries and blob.blob_id not in removed:
                 self.entries[blob.blob_id] = Use(blob.size, blob.last_use)
                 self.total_bytes += blob.size
                 added += 1
