@@ -5,8 +5,9 @@ by the bridge for the callers the server cannot see.
 The bridge passes a caller's Authorization header through, so the gRPC server sees the
 bridge as the peer of every call: it cannot tell one guesser from the bridge's other
 callers. The bridge therefore keeps its own `FailedAttempts`, keyed by the HTTP client's
-IP (aiohttp's `request.remote`: the TCP peer; a reverse proxy in front would be counted
-as one peer, as on the server). One HTTP request is at most one failure, counted when:
+IP (aiohttp's `request.remote`: the TCP peer, or behind a proxy of --trusted-proxies
+the client its X-Forwarded-For names, forwarded.py). One HTTP request is at most one
+failure, counted when:
 
 * it presented an Authorization header and the gRPC server answered one of its calls
   UNAUTHENTICATED (a wrong, expired or revoked token passed through; `note` is told by

@@ -30,6 +30,7 @@ from jsonrpc_bridge import (
     client_identity,
     config,
     exposure,
+    forwarded,
     listener_tls,
     observe,
     stdio_transport,
@@ -65,6 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cfg.stdio and cfg.tls_cert:
         parser.error("--tls-cert is for the HTTP listener; stdio has none")
     _check_client_certificates(parser, cfg)
+    try:
+        forwarded.parse_trusted(cfg.trusted_proxies)
+    except forwarded.TrustedProxiesError as exc:
+        parser.error(str(exc))
     logs.configure(cfg.log_level, cfg.log_format)
     install_throttle()
     try:
@@ -138,11 +143,17 @@ class _Listener:
         self.tls = tls
         self.identities = identities
 
-    def reload(self, upstream: upstream_auth.UpstreamAuth) -> None:
-        if self.tls is None and self.identities is None and not upstream.token_file:
+    def reload(self, upstream: upstream_auth.UpstreamAuth, service: BlobService) -> None:
+        upstream_tls = any(upstream.tls_files)
+        if (
+            self.tls is None
+            and self.identities is None
+            and not upstream.token_file
+            and not upstream_tls
+        ):
             log.info(
-                "SIGHUP: no HTTPS certificate, client identities or service token file, "
-                "nothing to reload"
+                "SIGHUP: no HTTPS certificate, client identities, service token file or "
+                "upstream TLS files, nothing to reload"
             )
             return
         if self.tls is not None:
@@ -150,6 +161,9 @@ class _Listener:
         if self.identities is not None:
             self.identities.reload()
         upstream.reload()
+        credentials = upstream.reload_tls() if upstream_tls else None
+        if credentials is not None:
+            service.use_credentials(credentials)
 
 
 async def _run(
@@ -163,8 +177,6 @@ async def _run(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    # Connections and calls in progress go on; new handshakes and requests see the new files.
-    loop.add_signal_handler(signal.SIGHUP, listener.reload, upstream)
     # Overload is retried too: a refused call did nothing, and the component server on
     # the other side would otherwise see -32005 for a burst the service absorbs in a moment.
     retry = RetryPolicy(attempts=cfg.retry_attempts, retry_overloaded=True)
@@ -196,6 +208,9 @@ async def _run(
         [*interceptors, *upstream.interceptors()],
         upstream.channel,
     )
+    # Connections and calls in progress go on; new handshakes and requests (and upstream
+    # calls, on a new channel) see the new files.
+    loop.add_signal_handler(signal.SIGHUP, listener.reload, upstream, service)
     blob_methods = BlobMethods(
         service.client, max_get_bytes=cfg.max_get_bytes, type_names=cfg.blob_type_names
     )
@@ -260,6 +275,7 @@ async def _serve_http(
                 free=cfg.auth_failures_free, max_delay=cfg.auth_failure_max_delay_seconds
             )
         ),
+        trusted_proxies=forwarded.parse_trusted(cfg.trusted_proxies),
     )
     if metrics is not None or cfg.access_log or cfg.log_format == "json":
         access_log = observe.AccessLog(

@@ -47,6 +47,7 @@ class BridgeConfig:
     upstream_tls_key: str = ""
     auth_failures_free: int = 10
     auth_failure_max_delay_seconds: float = 5.0
+    trusted_proxies: str = ""
     allow_unauthenticated: bool = False
     otlp_endpoint: str = ""
 
@@ -100,13 +101,18 @@ HELP = {
     "else $BLOBSTORE_TOKEN",
     "upstream_tls_ca": "CA certificate(s) to verify the gRPC service's TLS certificate; "
     "turns TLS on for the bridge's gRPC channel",
-    "upstream_tls_cert": "client certificate (PEM) for mTLS to the gRPC service; turns TLS on",
+    "upstream_tls_cert": "client certificate (PEM) for mTLS to the gRPC service; turns TLS on; "
+    "reloaded on SIGHUP with --upstream-tls-ca and --upstream-tls-key",
     "upstream_tls_key": "private key of --upstream-tls-cert",
     "auth_failures_free": "failed authentications an HTTP client (IP) may make in 60 s "
     "before each further refusal is delayed (0.25 s, doubling); as the gRPC server's flag, "
     "for the callers the server cannot see behind the bridge",
     "auth_failure_max_delay_seconds": "the longest delay of a refusal for an HTTP client "
     "that keeps failing to authenticate (0 = no delay)",
+    "trusted_proxies": "addresses or networks (comma-separated, e.g. 10.0.0.0/8) of reverse "
+    "proxies in front of the bridge: a request from one of them names its client by "
+    "X-Forwarded-For (the right-most address not trusted), for failed-authentication "
+    "counting and the access log; empty = the TCP peer is the client",
     "allow_unauthenticated": "listen beyond loopback even where anyone who connects could "
     "read and store blobs (a service token for callers without one, or a gRPC service "
     "that takes calls without a token); warns once",
@@ -199,6 +205,7 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "upstream_tls_cert": str,
     "upstream_tls_key": str,
     "auth_failures_free": non_negative(int),
+    "trusted_proxies": str,
     "auth_failure_max_delay_seconds": non_negative(float),
     "allow_unauthenticated": parse_bool,
     "otlp_endpoint": str,

@@ -30,13 +30,13 @@ import asyncio
 import logging
 import re
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from jsonrpc_bridge import auth_failures, client_identity, errors, upstream_auth
+from jsonrpc_bridge import auth_failures, client_identity, errors, forwarded, upstream_auth
 from jsonrpc_bridge.protocol import JsonRpcCore, encode_error
 from jsonrpc_bridge.service import Health
 
@@ -63,12 +63,15 @@ def create_app(
     body_timeout: float = 60.0,
     identities: client_identity.ClientIdentities | None = None,
     failures: auth_failures.FailedAttempts | None = None,
+    trusted_proxies: Sequence[forwarded.Network] = (),
 ) -> web.Application:
     """The aiohttp application; bodies over max_request_bytes are refused with 413.
     `identities`: client certificates are looked up there (client_identity.py);
-    `failures`: failed authentications per client IP (default limits if None)."""
+    `failures`: failed authentications per client IP (default limits if None);
+    `trusted_proxies`: whose X-Forwarded-For names the client (forwarded.py)."""
     middleware = _caller_credentials(identities, failures or auth_failures.FailedAttempts())
-    app = web.Application(client_max_size=max_request_bytes, middlewares=[middleware])
+    middlewares = [forwarded.middleware(trusted_proxies)] if trusted_proxies else []
+    app = web.Application(client_max_size=max_request_bytes, middlewares=[*middlewares, middleware])
 
     async def rpc(request: web.Request) -> web.StreamResponse:
         if not caller_credentials_usable():

@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import http.client
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -71,9 +74,12 @@ def post(
     *,
     source: str = "127.0.0.1",
     content_type: str = "application/json",
+    forwarded_for: str | None = None,
 ) -> Reply:
     """One POST on a new connection from `source`, timed from before the connect."""
     headers = {"Content-Type": content_type}
+    if forwarded_for is not None:
+        headers["X-Forwarded-For"] = forwarded_for
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
     started = time.monotonic()
@@ -89,7 +95,7 @@ def post(
     return Reply(response.status, payload, time.monotonic() - started)
 
 
-def rpc_put(bridge: BridgeProcess, token: str | None, value: object, **kw: str) -> Reply:
+def rpc_put(bridge: BridgeProcess, token: str | None, value: object, **kw: Any) -> Reply:
     message = {"jsonrpc": "2.0", "id": 1, "method": "blobs/put", "params": {"data": value}}
     return post(bridge, "/", json.dumps(message).encode(), token, **kw)
 
@@ -221,3 +227,67 @@ def test_an_unknown_client_certificate_counts_and_presenting_nothing_does_not(
     assert "failed authentication from 127.0.0.1 (1 in its current 60 s window)" in log, log
     assert "'cn:stranger' has no line" in log
     assert SERVICE_TOKEN not in log
+
+
+def test_behind_a_trusted_proxy_each_forwarded_client_is_counted(
+    start_server: Callable[..., ServerProcess], start_bridge: BridgeFactory, tmp_path: Path
+) -> None:
+    """With --trusted-proxies, the clients a proxy forwards (X-Forwarded-For) are counted
+    and slowed one by one, not as the proxy; a client's own forged header, and the header
+    of a peer that is not a trusted proxy, change nothing."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{token_hash(GOOD_TOKEN)} writer read,write\n")
+    server = start_server("--tokens-file", str(tokens), "--auth-failures-free", "100000")
+    bridge = start_bridge(
+        server.target,
+        "--auth-failures-free",
+        str(FREE),
+        "--auth-failure-max-delay-seconds",
+        str(MAX_DELAY),
+        "--trusted-proxies",
+        "127.0.0.1, 10.0.0.0/8",
+    )
+    # The proxy (127.0.0.1) forwards a guesser at 203.0.113.7, which forged a header of
+    # its own: "198.51.100.1" on the left, and the proxy's hop (10.1.2.3) on the right.
+    guesser = "198.51.100.1, 203.0.113.7, 10.1.2.3"
+    for failure in range(1, FREE + 3):
+        reply = rpc_put(bridge, WRONG_TOKEN, f"guess {failure}", forwarded_for=guesser)
+        assert_refused(reply, rest=False)
+        assert reply.seconds >= expected_delay(failure), (failure, reply.seconds)
+    # Another client behind the same proxy is not slowed by the guesser's count: its
+    # first failures are free (the guesser's next refusal would wait 0.5 s or more).
+    other = rpc_put(bridge, WRONG_TOKEN, "other client", forwarded_for="203.0.113.8")
+    assert_refused(other, rest=False)
+    assert other.seconds < expected_delay(FREE + 3), other.seconds
+    # A peer that is not a trusted proxy (127.0.0.2) is counted as itself, whatever it
+    # writes in X-Forwarded-For.
+    spoof = rpc_put(bridge, WRONG_TOKEN, "spoofed", source="127.0.0.2", forwarded_for="10.9.9.9")
+    assert_refused(spoof, rest=False)
+    wait_until(lambda: "failed authentication from 127.0.0.2" in bridge.log(), timeout=10)
+    log = bridge.log()
+    # (One line per client and window: the delays above showed the counts.)
+    assert "failed authentication from 203.0.113.7 (1 in its" in log, log
+    assert "failed authentication from 203.0.113.8 (1 in its" in log, log
+    for never in ("198.51.100.1", "10.1.2.3", "10.9.9.9", "from 127.0.0.1 "):
+        assert f"failed authentication from {never}" not in log, (never, log)
+    # A good caller through the proxy works, and a proxy's header that is not a list of
+    # addresses is refused with a message saying so.
+    good = rpc_put(bridge, GOOD_TOKEN, {"through": "the proxy"}, forwarded_for="203.0.113.9")
+    assert "result" in good.json(), good.body
+    bad = rpc_put(bridge, GOOD_TOKEN, "bad header", forwarded_for="203.0.113.9, not-an-ip")
+    assert bad.status == 400, bad.body
+    assert b"X-Forwarded-For from a trusted proxy holds 'not-an-ip'" in bad.body
+    assert "Traceback" not in bridge.log()
+
+
+def test_trusted_proxies_that_are_not_addresses_stop_the_start() -> None:
+    flags = ["--http", "127.0.0.1:0", "--trusted-proxies", "10.0.0.0/8, proxy.example"]
+    started = subprocess.run(
+        [sys.executable, "-m", "jsonrpc_bridge.cli", "--grpc-target", "127.0.0.1:1", *flags],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert started.returncode == 2, started
+    assert "'proxy.example' is neither an IP address nor a network" in started.stderr
+    assert "Traceback" not in started.stderr

@@ -5,8 +5,11 @@ Real servers, real TLS handshakes with certificates made at test time, real grpc
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -105,11 +108,12 @@ def test_client_certificates_get_the_scopes_of_their_lines(
         san.get_to_file(sha256_id(b"by CN"), tmp_path / "streamed")
         assert san.get(sha256_id(b"by CN")).data == b"by CN"  # unary Get (a reserving call)
         assert (tmp_path / "streamed").read_bytes() == b"by CN"
-    with client_of(server, pki, pki.client) as removed, pytest.raises(errors.PermissionDenied):
+    with client_of(server, pki, pki.client) as removed, pytest.raises(errors.Unauthenticated):
         removed.get_to_file(sha256_id(b"by CN"), tmp_path / "refused")  # ...refused without
     assert not (tmp_path / "refused").exists()
+    # A certificate without a line names no caller: UNAUTHENTICATED, as the bridge's 401.
     refused = grpcurl(*with_cert(pki.client), server.target, put, data=put_body(b"CN removed"))
-    assert_refused(refused, "PermissionDenied", "PERMISSION_DENIED")
+    assert_refused(refused, "Unauthenticated", "UNAUTHENTICATED")
     assert "has no line in the tokens file" in refused.stderr
     assert not blob_path(server.data_dir, sha256_id(b"CN removed")).exists()
     # Without a certificate there is no TLS handshake at all.
@@ -191,6 +195,72 @@ def test_sighup_rotates_the_tls_certificate_without_dropping_calls(
         credentials=channel_credentials(tls_ca=pki.untrusted_ca),
     ) as rotated:
         assert rotated.stat(sha256_id(b"after the rotation")) is not None
+    assert server.alive() and "Traceback" not in server.log()
+
+
+def _h2_handshake(
+    server: ServerProcess, context: ssl.SSLContext, session: ssl.SSLSession | None = None
+) -> tuple[ssl.SSLSession | None, bool, bytes]:
+    """A TLS connection speaking HTTP/2's preface: its session, whether it resumed
+    `session`, and the server's first bytes (its SETTINGS frame if it let us in; none if
+    it refused our certificate, which under TLS 1.3 shows after the handshake)."""
+    host, port = server.target.rsplit(":", 1)
+    with (
+        socket.create_connection((host, int(port)), timeout=30) as plain,
+        context.wrap_socket(plain, server_hostname="127.0.0.1", session=session) as tls,
+    ):
+        tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes.fromhex("000000040000000000"))
+        try:
+            answer = tls.recv(64)
+        except OSError:
+            answer = b""
+        # TLS 1.3 tickets arrive after the handshake: read on so the session holds one.
+        with contextlib.suppress(OSError):
+            tls.settimeout(0.5)
+            tls.recv(64)
+        return tls.session, bool(tls.session_reused), answer
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_a_tls_session_of_before_a_client_ca_rotation_is_not_resumed(
+    start_server: Callable[..., ServerProcess],
+    pki: Pki,
+    tmp_path: Path,
+    version: ssl.TLSVersion,
+) -> None:
+    """A resumed TLS session skips the client-certificate check. After SIGHUP replaces
+    the client CA, a session made with the old CA's certificate must not bring it back:
+    gRPC core makes a new TLS context for the new files, whose tickets the old ones are
+    not (the bridge, on Python's ssl, issues no tickets at all with a client CA)."""
+    cert, key, ca = tmp_path / "server.crt", tmp_path / "server.key", tmp_path / "ca.crt"
+    for source, target in ((pki.server.cert, cert), (pki.server.key, key), (pki.ca, ca)):
+        shutil.copy(source, target)
+    tokens = identities(tmp_path / "tokens", "cn:worker-1 worker read,write")
+    server = start_server(
+        "--tls-cert", str(cert), "--tls-key", str(key), "--tls-client-ca", str(ca),
+        "--tokens-file", str(tokens),
+    )  # fmt: skip
+    context = ssl.create_default_context(cafile=pki.ca)
+    context.load_verify_locations(pki.untrusted_ca)  # trusts the server before and after
+    context.load_cert_chain(pki.client.cert, pki.client.key)
+    context.set_alpn_protocols(["h2"])
+    context.minimum_version = context.maximum_version = version
+    session, resumed, answer = _h2_handshake(server, context)
+    assert session is not None and not resumed and answer, answer
+    # Resumption works while nothing changed (so the check below can fail).
+    _, resumed, answer = _h2_handshake(server, context, session)
+    assert resumed and answer
+
+    shutil.copy(pki.rotated_server.cert, cert)
+    shutil.copy(pki.rotated_server.key, key)
+    shutil.copy(pki.untrusted_ca, ca)
+    server.signal(signal.SIGHUP)
+    assert wait_until(lambda: "TLS certificate, key and client CA reloaded" in server.log(), 30)
+    try:
+        _, resumed, answer = _h2_handshake(server, context, session)
+    except OSError:  # TLS 1.2: the server refuses in the handshake
+        resumed, answer = False, b""
+    assert not resumed and not answer, (resumed, answer)
     assert server.alive() and "Traceback" not in server.log()
 
 

@@ -7,10 +7,13 @@ import os
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from blobstore.errors import DataLoss
 from blobstore.ids import BlobId, hex_digest
 from blobstore.model import NO_META, BlobMeta, BlobType
+from blobstore.storage import read_cache_metrics
 from blobstore.storage.base import OverLimit, ReadLimit
 from blobstore.storage.memory import MemoryBackend
 from blobstore.storage.read_cache import ReadCache
@@ -97,3 +100,27 @@ async def test_limits_are_applied_before_reading(cache: ReadCache) -> None:
     with pytest.raises(OverLimit):
         await cache.get(blob_id, ReadLimit(max_size=100, reserve=reserved.append))
     assert reserved == [] and cache.hits == 0
+
+
+async def test_the_caches_metrics_count_hits_misses_and_evictions(cache: ReadCache) -> None:
+    """The read cache's own families (read_cache_metrics.py), as a scrape shows them."""
+    registry = CollectorRegistry()
+    read_cache_metrics.watch(cache, registry)
+    ids = [await put(cache, os.urandom(3000)) for _ in range(4)]
+    for blob_id in ids:  # 4 misses; the 4th copy passes the 10 000-byte bound: 1 eviction
+        await cache.get(blob_id)
+    await cache.get(ids[-1])  # a hit
+    scraped = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(generate_latest(registry).decode())
+        for sample in family.samples
+        if not sample.name.endswith("_created")
+    }
+    assert scraped == {
+        "blobstore_read_cache_hits_total": 1.0,
+        "blobstore_read_cache_misses_total": 4.0,
+        "blobstore_read_cache_evictions_total": 1.0,
+        "blobstore_read_cache_blobs": 3.0,
+        "blobstore_read_cache_bytes": 9000.0,
+        "blobstore_read_cache_max_bytes": 10000.0,
+    }

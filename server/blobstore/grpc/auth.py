@@ -221,7 +221,9 @@ class CertificateGate(GatedInterceptor[_Gated]):
         principal = self.authority.certificate(names)
         if principal is None:
             shown = names[-1] if names else "(without a name)"
-            return errors.PermissionDenied(
+            # UNAUTHENTICATED, as gRPC's codes say when the caller cannot be identified
+            # (PERMISSION_DENIED is for a known caller), and as the bridge answers (401).
+            return errors.Unauthenticated(
                 f"client certificate {shown!r} has no line in the tokens file (cn:, dns: or "
                 f"uri:); this call needs {rule.scope}"
             )

@@ -24,7 +24,7 @@ blob back; blobs never reported removed are still there after a kill -9.
 Also the server's retention tools: prune() (blobs not used for a given time) and
 last_use() for Stat.
 
-Why one module of ~440 lines: the cap, the races and the removals share one set of
+Why one module of ~500 lines: the cap, the races and the removals share one set of
 counters (reserved, waiting, being removed, in progress) decided on the event loop;
 split apart they would have to share that private state. The index and its
 snapshot are in usage.py, the Retention interface in retention.py.

@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from blobstore.storage import objectstore
+from blobstore.storage import objectstore, read_cache_metrics
 from blobstore.storage.base import BlobBackend
 from blobstore.storage.eviction import Caps, EvictingBackend
 from blobstore.storage.filesystem import JOURNAL_MAX_BLOB_BYTES, FileSystemBackend
@@ -126,6 +126,8 @@ def open_storage(settings: StorageSettings, metrics: StorageMetrics | None = Non
         max_blob_bytes=settings.cache_max_blob_bytes,
     )
     cache.open()
+    if metrics is not None:
+        read_cache_metrics.watch(cache, metrics.registry)
     cached: BlobBackend = cache if metrics is None else MetricsBackend(cache, "read_cache", metrics)
     return Storage(
         VerifyingBackend(cached),

@@ -60,8 +60,14 @@ class ReadCache(ForwardingBackend):
         self.max_blob_bytes = max_blob_bytes
         self._index: OrderedDict[BlobId, BlobInfo] = OrderedDict()
         self.cached_bytes = 0
+        # Plain counts, exported at scrape time (read_cache_metrics.py).
         self.hits = 0
         self.misses = 0
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        """Blobs held."""
+        return len(self._index)
 
     def open(self) -> None:
         """Empties the folder (what a previous run left is not trusted, nor indexed)."""
@@ -157,6 +163,7 @@ class ReadCache(ForwardingBackend):
         while self.cached_bytes > self.max_bytes:
             oldest = next(iter(self._index))
             self._forget(oldest)
+            self.evictions += 1
 
     def _write(self, blob_id: BlobId, data: bytes) -> None:
         # Written aside and renamed: a reader never opens a half-written file.
