@@ -143,11 +143,17 @@ class _Listener:
         self.tls = tls
         self.identities = identities
 
-    def reload(self, upstream: upstream_auth.UpstreamAuth) -> None:
-        if self.tls is None and self.identities is None and not upstream.token_file:
+    def reload(self, upstream: upstream_auth.UpstreamAuth, service: BlobService) -> None:
+        upstream_tls = any(upstream.tls_files)
+        if (
+            self.tls is None
+            and self.identities is None
+            and not upstream.token_file
+            and not upstream_tls
+        ):
             log.info(
-                "SIGHUP: no HTTPS certificate, client identities or service token file, "
-                "nothing to reload"
+                "SIGHUP: no HTTPS certificate, client identities, service token file or "
+                "upstream TLS files, nothing to reload"
             )
             return
         if self.tls is not None:
@@ -155,6 +161,9 @@ class _Listener:
         if self.identities is not None:
             self.identities.reload()
         upstream.reload()
+        credentials = upstream.reload_tls() if upstream_tls else None
+        if credentials is not None:
+            service.use_credentials(credentials)
 
 
 async def _run(
@@ -168,8 +177,6 @@ async def _run(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    # Connections and calls in progress go on; new handshakes and requests see the new files.
-    loop.add_signal_handler(signal.SIGHUP, listener.reload, upstream)
     # Overload is retried too: a refused call did nothing, and the component server on
     # the other side would otherwise see -32005 for a burst the service absorbs in a moment.
     retry = RetryPolicy(attempts=cfg.retry_attempts, retry_overloaded=True)
@@ -201,6 +208,9 @@ async def _run(
         [*interceptors, *upstream.interceptors()],
         upstream.channel,
     )
+    # Connections and calls in progress go on; new handshakes and requests (and upstream
+    # calls, on a new channel) see the new files.
+    loop.add_signal_handler(signal.SIGHUP, listener.reload, upstream, service)
     blob_methods = BlobMethods(
         service.client, max_get_bytes=cfg.max_get_bytes, type_names=cfg.blob_type_names
     )

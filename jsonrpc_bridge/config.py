@@ -101,7 +101,8 @@ HELP = {
     "else $BLOBSTORE_TOKEN",
     "upstream_tls_ca": "CA certificate(s) to verify the gRPC service's TLS certificate; "
     "turns TLS on for the bridge's gRPC channel",
-    "upstream_tls_cert": "client certificate (PEM) for mTLS to the gRPC service; turns TLS on",
+    "upstream_tls_cert": "client certificate (PEM) for mTLS to the gRPC service; turns TLS on; "
+    "reloaded on SIGHUP with --upstream-tls-ca and --upstream-tls-key",
     "upstream_tls_key": "private key of --upstream-tls-cert",
     "auth_failures_free": "failed authentications an HTTP client (IP) may make in 60 s "
     "before each further refusal is delayed (0.25 s, doubling); as the gRPC server's flag, "

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import orjson
 
@@ -51,6 +52,8 @@ BLOB_TYPES: dict[str, BlobType] = {
 }
 _TYPE_NAMES = "data, flow or binary (any case; also Json)"
 _MISSING = object()
+_Item = TypeVar("_Item")
+_Outcome = TypeVar("_Outcome")
 
 TYPE_NAMES: dict[str, dict[BlobType, str]] = {
     # The schema's enum: what every Stepflow SDK decodes.
@@ -94,27 +97,7 @@ class BlobMethods:
 
     async def put_batch(self, batch: list[Params]) -> list[object]:
         """put() of each params, the valid ones stored by one client.put_many."""
-        answers: list[object] = [None] * len(batch)
-        blobs: list[tuple[int, NewBlob]] = []
-        for index, params in enumerate(batch):
-            try:
-                blobs.append((index, _new_blob(params)))
-            except errors.RpcError as exc:
-                answers[index] = exc
-        if not blobs:
-            return answers
-        try:
-            outcomes: list[PutResult | BlobStoreError] = list(
-                await self._client.put_many([blob for _, blob in blobs])
-            )
-        except BlobStoreError as exc:  # the whole call failed: each element's error
-            outcomes = [exc] * len(blobs)
-        for (index, _), outcome in zip(blobs, outcomes, strict=True):
-            if isinstance(outcome, BlobStoreError):
-                answers[index] = errors.from_store_error(outcome, "params.data")
-            else:
-                answers[index] = _put_answer(outcome)
-        return answers
+        return await _batched(batch, _new_blob, self._client.put_many, _put_answer, "params.data")
 
     async def get(self, params: Params) -> dict[str, object]:
         blob_id = _blob_id(params)
@@ -126,29 +109,11 @@ class BlobMethods:
 
     async def get_batch(self, batch: list[Params]) -> list[object]:
         """get() of each params, the valid ones read by one client.get_many."""
-        answers: list[object] = [None] * len(batch)
-        ids: list[tuple[int, BlobId]] = []
-        for index, params in enumerate(batch):
-            try:
-                ids.append((index, _blob_id(params)))
-            except errors.RpcError as exc:
-                answers[index] = exc
-        if not ids:
-            return answers
-        try:
-            outcomes: list[Blob | BlobStoreError] = list(
-                await self._client.get_many(
-                    [blob_id for _, blob_id in ids], max_size=self._max_get_bytes
-                )
-            )
-        except BlobStoreError as exc:  # the whole call failed: each element's error
-            outcomes = [exc] * len(ids)
-        for (index, _), outcome in zip(ids, outcomes, strict=True):
-            if isinstance(outcome, BlobStoreError):
-                answers[index] = errors.from_store_error(outcome, "params.blob_id")
-            else:
-                answers[index] = self._get_answer(outcome)
-        return answers
+
+        async def get_many(ids: list[BlobId]) -> Sequence[Blob | BlobStoreError]:
+            return await self._client.get_many(ids, max_size=self._max_get_bytes)
+
+        return await _batched(batch, _blob_id, get_many, self._get_answer, "params.blob_id")
 
     def _get_answer(self, blob: Blob) -> dict[str, object]:
         if blob.info.blob_type.is_json:
@@ -160,6 +125,37 @@ class BlobMethods:
             "blob_type": self._type_names[blob.info.blob_type],
         }
         return _with_filename(result, blob.info.meta)
+
+
+async def _batched(
+    batch: list[Params],
+    parse: Callable[[Params], _Item],
+    call: Callable[[list[_Item]], Awaitable[Sequence[_Outcome | BlobStoreError]]],
+    answer: Callable[[_Outcome], dict[str, object]],
+    field: str,
+) -> list[object]:
+    """The answer (or RpcError) of each params of a batch: each parsed alone (its own
+    Invalid params), the valid ones sent in one `call`, whose per-item errors (or whole
+    failure, then each element's) are mapped naming `field`."""
+    answers: list[object] = [None] * len(batch)
+    items: list[tuple[int, _Item]] = []
+    for index, params in enumerate(batch):
+        try:
+            items.append((index, parse(params)))
+        except errors.RpcError as exc:
+            answers[index] = exc
+    if not items:
+        return answers
+    try:
+        outcomes: list[_Outcome | BlobStoreError] = list(await call([item for _, item in items]))
+    except BlobStoreError as exc:  # the whole call failed: each element's error
+        outcomes = [exc] * len(items)
+    for (index, _), outcome in zip(items, outcomes, strict=True):
+        if isinstance(outcome, BlobStoreError):
+            answers[index] = errors.from_store_error(outcome, field)
+        else:
+            answers[index] = answer(outcome)
+    return answers
 
 
 def _new_blob(params: Params) -> NewBlob:

@@ -10,6 +10,7 @@ gRPC's default two minutes. With `credentials` the channel speaks TLS
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -45,20 +46,33 @@ class BlobService:
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.target = target
-        # The client's options, reconnect backoff included (capped at a second);
+        self.deadline = deadline
         # `interceptors` pass request ids on and time calls (observe.py) and add each
         # call's token (upstream_auth.py); `credentials`: TLS to the service.
-        grpc_target, options = channel_args(target)
-        if credentials is None:
-            self._channel = grpc.aio.insecure_channel(
-                grpc_target, options, interceptors=list(interceptors) or None
-            )
-        else:
-            self._channel = grpc.aio.secure_channel(
-                grpc_target, credentials, options, interceptors=list(interceptors) or None
-            )
+        self._interceptors = list(interceptors)
+        self._channel = self._new_channel(credentials)
         self.client = AsyncBlobClient(target, timeout=deadline, channel=self._channel, retry=retry)
         self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._retired: set[asyncio.Task[None]] = set()
+
+    def _new_channel(self, credentials: grpc.ChannelCredentials | None) -> grpc.aio.Channel:
+        # The client's options, reconnect backoff included (capped at a second).
+        grpc_target, options = channel_args(self.target)
+        interceptors = self._interceptors or None
+        if credentials is None:
+            return grpc.aio.insecure_channel(grpc_target, options, interceptors=interceptors)
+        return grpc.aio.secure_channel(grpc_target, credentials, options, interceptors=interceptors)
+
+    def use_credentials(self, credentials: grpc.ChannelCredentials) -> None:
+        """Moves to a new channel with these credentials (SIGHUP: rotated upstream TLS
+        files): calls from now on use it; those still on the old channel finish there
+        (it is closed with a grace of one deadline)."""
+        self._channel = self._new_channel(credentials)
+        old = self.client.use_channel(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+        task = asyncio.ensure_future(old.close(self.deadline))
+        self._retired.add(task)
+        task.add_done_callback(self._retired.discard)
 
     async def probe(self) -> Health:
         """Asks the service's standard health service whether BlobService is serving."""
@@ -73,3 +87,5 @@ class BlobService:
 
     async def close(self) -> None:
         await self.client.close()
+        for task in list(self._retired):
+            task.cancel()

@@ -17,7 +17,8 @@ A token is sent only where it cannot be read on the way: over TLS
 (`--upstream-tls-ca`/`--upstream-tls-cert`), or in plaintext to a loopback target.
 A plaintext target beyond loopback gets no token (the bridge says so at start).
 SIGHUP reads `--upstream-token-file` again (`reload`), so the service token rotates
-without a restart; `BLOBSTORE_TOKEN` is read once.
+without a restart; `BLOBSTORE_TOKEN` is read once. It reads the `--upstream-tls-*`
+files again too (`reload_tls`): the bridge then moves to a new channel with them.
 
 The caller's header travels in a context variable set by the HTTP transport for the
 request's task; the interceptors here read it on every upstream call, retries and
@@ -30,6 +31,7 @@ import contextvars
 import logging
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +77,26 @@ class UpstreamAuth:
     """The service token serves only requests of a listed client certificate."""
     token_file: str = ""
     """Where the service token was read from (reload() reads it again); "": not a file."""
+    tls_files: tuple[str, str, str] = ("", "", "")
+    """--upstream-tls-ca, -cert and -key (reload_tls() reads them again)."""
+
+    def reload_tls(self) -> grpc.ChannelCredentials | None:
+        """Reads the --upstream-tls-* files again (SIGHUP): the channel credentials to use
+        from now on, or None if there are no such files or they do not load (logged; the
+        credentials in force stay). A channel's credentials are fixed when it is made, so
+        the caller makes a new channel with them (service.BlobService.use_credentials)."""
+        ca, cert, key = self.tls_files
+        if not (ca or cert):
+            return None
+        try:
+            _check_tls_files(ca, cert, key)
+            channel = channel_credentials(tls_ca=ca or None, tls_cert=cert, tls_key=key)
+        except (ValueError, OSError) as exc:
+            log.error("upstream TLS files not reloaded, the ones in force stay: %s", exc)
+            return None
+        self.channel = channel
+        log.info("upstream TLS files reloaded; new upstream calls use them")
+        return channel
 
     def reload(self) -> bool:
         """Reads --upstream-token-file again (SIGHUP): calls from now on carry the new
@@ -144,7 +166,19 @@ def configure(
             "--upstream-token-file (or BLOBSTORE_TOKEN) and/or --upstream-tls-cert/"
             "--upstream-tls-key"
         )
-    return UpstreamAuth(token, channel, secure, certificate_callers, token_file)
+    return UpstreamAuth(
+        token, channel, secure, certificate_callers, token_file, (tls_ca, tls_cert, tls_key)
+    )
+
+
+def _check_tls_files(ca: str, cert: str, key: str) -> None:
+    """Raises ssl.SSLError (an OSError) or OSError if the files are not a usable CA and
+    certificate with its key: gRPC would take them and fail every handshake after."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if ca:
+        context.load_verify_locations(ca)
+    if cert:
+        context.load_cert_chain(cert, key)
 
 
 def loopback_target(target: str) -> bool:

@@ -195,8 +195,13 @@ async def serve(
     durable: DurableWriter | None = None,
     committer: GroupCommitter | None = None,
 ) -> None:
+    await serve_servicer(EchoServicer(hops, durable, committer), address)
+
+
+async def serve_servicer(servicer: Any, address: str) -> None:
+    """Serves `servicer` as the echo is served, until SIGTERM or SIGINT."""
     server = grpc.aio.server(options=server_options())
-    pb_grpc.add_BlobServiceServicer_to_server(EchoServicer(hops, durable, committer), server)
+    pb_grpc.add_BlobServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port(address)
     await server.start()
     print(f"echo gRPC listening on {address.rsplit(':', 1)[0]}:{port}", file=sys.stderr, flush=True)

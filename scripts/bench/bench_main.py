@@ -147,6 +147,8 @@ class Settings:
     bridge_cpu: str
     server_env: tuple[str, ...]
     """NAME=VALUE settings for every server-side process (echo, ours, bridge); none as shipped."""
+    only: tuple[str, ...] = ()
+    """Small-call rows to run alone (with the rows they are paired with); () = all."""
 
     @staticmethod
     def from_args(args: argparse.Namespace) -> Settings:
@@ -168,6 +170,7 @@ class Settings:
             disk_threads=16,
             bridge_cpu=args.bridge_cpu,
             server_env=tuple(args.server_env),
+            only=tuple(args.only),
         )
 
 
@@ -345,6 +348,9 @@ class Bench:
             small = self._small_workloads()
             if self.peers is not None:
                 small.update(self.peers.small_workloads(self.docs, BATCH))
+            if self.s.only:  # these rows and their references, nothing else
+                wanted = {*self.s.only, *(PAIRED[n] for n in self.s.only if n in PAIRED)}
+                small = {name: row for name, row in small.items() if name in wanted}
             say(f"warming up ({len(small)} workloads x {self.s.warmup:.1f} s)")
             for op, _payload, pids in small.values():
                 await self._loop(op, 1, self.s.warmup, pids)
@@ -362,6 +368,8 @@ class Bench:
             # leaves ext4 slower at creating the next ones for a while (without a
             # journal it scans inode tables for recently freed inodes), which cut
             # the following put_small trial by 30-45 %. No target uses these rows.
+            if self.s.only:
+                return
             bench_disk.prepare_small_files(self.work / "disk")
             for trial in range(self.s.trials):
                 for name, dirsync in (
@@ -1191,6 +1199,15 @@ def main(argv: list[str] | None = None) -> int:
         description="Benchmark the blob store against the machine's ceilings (issue 5).",
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes: only shows it works")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        choices=SMALL_WORKLOADS,
+        metavar="ROW",
+        help="run only this small-call row (repeatable), with the row it is paired with; "
+        "no disk, large-blob or RSS rows (e.g. a quiet re-run of --only metrics_get_small)",
+    )
     parser.add_argument(
         "--json", type=Path, default=Path("bench-results.json"), help="results file"
     )

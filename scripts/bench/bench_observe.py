@@ -117,7 +117,7 @@ def variants() -> dict[str, Call]:
     found = {
         "none": variant([], None, memory),
         "ids": variant([CallObserver(None)], None, memory),
-        "metrics": variant([CallObserver(rpc)], metered, memory),
+        "metrics": variant([CallObserver(rpc, request_ids=False)], metered, memory),
     }
     from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource

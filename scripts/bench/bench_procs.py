@@ -172,9 +172,15 @@ def start_blobstore_server(
 
 
 def start_baseline_server(
-    tree: Path, work: Path, cpus: frozenset[int] | None, env: dict[str, str] | None = None
+    tree: Path,
+    work: Path,
+    cpus: frozenset[int] | None,
+    env: dict[str, str] | None = None,
+    storage: tuple[str, ...] = (),
 ) -> Child:
     """Our server as another source tree has it (a `git worktree` or `git archive` of a commit).
+
+    It stores in work/data unless `storage` gives other serve options (`--storage URL`).
 
     The tree's own code is imported, not this one's: `-P` keeps the working
     folder off sys.path and PYTHONPATH points at the tree's source root. Trees
@@ -198,8 +204,7 @@ def start_baseline_server(
             "serve",
             "--address",
             "127.0.0.1:0",
-            "--data-dir",
-            str(work / "data"),
+            *(storage or ("--data-dir", str(work / "data"))),
         ),
         cpus=cpus,
         log_path=work / "server.log",

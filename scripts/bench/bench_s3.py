@@ -19,11 +19,16 @@ id, which lets the server upload in place); our reads through a bare stub, as th
 echo's: the client's own end-to-end hash of what it received is load-generator work
 that obstore's direct read does not do either.
 
-Beside get_small and get_large it prints what bounds them: the same calls to the
-gRPC echo (scripts/bench/bench_echo.py: a BlobService that stores nothing, pinned
-like ours), as a ratio to obstore. Our server answers over Python gRPC and then
-asks the store, so it cannot beat the echo: where the echo itself is under the
-target, the target is out of reach for any Python gRPC front (docs/scale-out.md).
+Beside get_small and get_large it prints what bounds them, as ratios to obstore:
+the same calls to the gRPC echo (scripts/bench/bench_echo.py: a BlobService that
+stores nothing, pinned like ours) and to the forwarder (bench_forward.py: Get and
+GetStream only forwarded to obstore, no checks, no hashing, pinned like ours). Our
+server answers over Python gRPC and asks the store with the same obstore calls, so
+it cannot beat the forwarder: where the forwarder is under the target, the target
+is out of reach for any Python gRPC front on obstore (docs/scale-out.md). Then the
+server CPU per call of our s3 server and the forwarder (all threads, psutil), which
+moves less with other load than the rates. `--baseline-tree DIR` adds our server
+from another source tree to the get rows (A/B in the same minutes).
 
 Each row is ours / the reference, with its target (issue 13): ≥ 0.70 small,
 ≥ 0.80 large, ≥ 0.80 cached. The server side is pinned to one core, the load
@@ -35,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import statistics
 import sys
@@ -48,13 +54,16 @@ from typing import Any
 
 import grpc
 import obstore
+import psutil
 from bench_procs import (
+    ECHO_READY,
     ROOT,
     SERVER_READY,
     Child,
     CpuSplit,
     pin_self,
     python_argv,
+    start_baseline_server,
     start_child,
     start_echo_server,
 )
@@ -74,8 +83,11 @@ CACHED_TARGET = 0.80
 Call = Callable[[], Awaitable[Any]]
 
 
-async def closed_loop(make: Callable[[int], Call], callers: int, seconds: float) -> float:
-    """Operations per second of `callers` loops each calling make(i)() until time is up."""
+async def closed_loop(
+    make: Callable[[int], Call], callers: int, seconds: float
+) -> tuple[float, int]:
+    """Operations per second of `callers` loops each calling make(i)() until time is up,
+    and how many operations that was."""
     done = 0
     end = time.monotonic() + seconds
 
@@ -88,7 +100,7 @@ async def closed_loop(make: Callable[[int], Call], callers: int, seconds: float)
 
     started = time.monotonic()
     await asyncio.gather(*(caller(i) for i in range(callers)))
-    return done / (time.monotonic() - started)
+    return done / (time.monotonic() - started), done
 
 
 async def timed(call: Call, reps: int) -> float:
@@ -123,10 +135,25 @@ class S3Bench:
         self.reps = args.reps or (2 if self.quick else 3)
         self.callers = args.concurrency
         self.work = work
+        self.baseline_tree: Path | None = args.baseline_tree
         self.rates: dict[str, list[float]] = {}
+        self.cpu: dict[str, list[float]] = {}
 
     def add(self, name: str, value: float) -> None:
         self.rates.setdefault(name, []).append(value)
+
+    async def measured(
+        self, name: str, pid: int | None, run: Callable[[], Awaitable[tuple[float, int]]]
+    ) -> None:
+        """Adds the rate of run() (which returns it and its count of operations) to `name`;
+        with the pid of the server it called, also that server's CPU microseconds per
+        operation, which other load on the machine moves less than the rate."""
+        before = _cpu(pid) if pid is not None else 0.0
+        rate, ops = await run()
+        if pid is not None:
+            used = _cpu(pid) - before
+            self.cpu.setdefault(name, []).append(used / max(ops, 1) * 1e6)
+        self.add(name, rate)
 
     async def run(self) -> None:
         split = CpuSplit.detect()
@@ -136,9 +163,8 @@ class S3Bench:
             env = weed.env
             prefix = f"bench/{uuid.uuid4().hex}"
             url = weed.url(prefix)
-            children.append(
-                _server("s3 server", self.work, split.server, "--storage", url, env=env)
-            )
+            ours = _server("s3 server", self.work, split.server, "--storage", url, env=env)
+            children.append(ours)
             cache = str(self.work / "cache")
             children.append(
                 _server(
@@ -156,7 +182,27 @@ class S3Bench:
             children.append(
                 _server("fs server", self.work, split.server, "--data-dir", data, env=env)
             )
-            children.append(start_echo_server(self.work / "echo.log", split.server))
+            readers = {
+                "ours": ours,
+                "echo": start_echo_server(self.work / "echo.log", split.server),
+                "forward": start_child(
+                    "forward server",
+                    python_argv(str(BENCH / "bench_forward.py"), "--storage", url),
+                    cpus=split.server,
+                    log_path=self.work / "forward.log",
+                    ready=ECHO_READY,
+                    env=env,
+                ),
+            }
+            if self.baseline_tree is not None:
+                readers["base"] = start_baseline_server(
+                    self.baseline_tree.resolve(),
+                    self.work / "baseline",
+                    split.server,
+                    env,
+                    ("--storage", url),
+                )
+            children.extend(child for name, child in readers.items() if name != "ours")
             pin_self(split.load)
             print(f"SeaweedFS at {weed.endpoint}; {split.describe()}", flush=True)
             direct = weed.store(f"{prefix}-direct")
@@ -166,14 +212,19 @@ class S3Bench:
             # its unary attempt before GetStream and its join into one bytes) is work in the
             # load generator that obstore's direct read does not do either.
             options = [("grpc.max_receive_message_length", 8 * MIB)]
-            echo = grpc.aio.insecure_channel(children[3].address, options=options)
-            bare = grpc.aio.insecure_channel(children[0].address, options=options)
+            channels = {
+                name: grpc.aio.insecure_channel(child.address, options=options)
+                for name, child in readers.items()
+            }
             try:
-                stubs = Stubs(pb_grpc.BlobServiceStub(bare), pb_grpc.BlobServiceStub(echo))
+                stubs = {
+                    name: Reader(pb_grpc.BlobServiceStub(channel), readers[name].pid)
+                    for name, channel in channels.items()
+                }
                 await self._measure(direct, clients[0], clients[1], clients[2], stubs)
             finally:
-                await echo.close(None)
-                await bare.close(None)
+                for channel in channels.values():
+                    await channel.close(None)
                 for client in clients:
                     await client.close()
         finally:
@@ -187,7 +238,7 @@ class S3Bench:
         ours: AsyncBlobClient,
         cached: AsyncBlobClient,
         files: AsyncBlobClient,
-        stubs: Stubs,
+        readers: dict[str, Reader],
     ) -> None:
         pool = [os.urandom(KIB) for _ in range(32 if self.quick else 256)]
         keys = [uuid.uuid4().hex for _ in pool]
@@ -210,31 +261,41 @@ class S3Bench:
 
             return next_item
 
-        small: dict[str, Callable[[int], Call]] = {
-            "put_small ours": lambda i: lambda: ours.put_bytes(os.urandom(KIB)),
-            "put_small obstore": lambda i: (
-                lambda: obstore.put_async(
-                    direct,
-                    uuid.uuid4().hex,
-                    os.urandom(KIB),
-                    mode="create",
-                    attributes={"blob-type": "Binary"},
-                )
+        gets = [pb.GetRequest(id=blob_id) for blob_id in ids]
+        small: dict[str, tuple[Callable[[int], Call], int | None]] = {
+            "put_small ours": (lambda i: lambda: ours.put_bytes(os.urandom(KIB)), None),
+            "put_small obstore": (
+                lambda i: (
+                    lambda: obstore.put_async(
+                        direct,
+                        uuid.uuid4().hex,
+                        os.urandom(KIB),
+                        mode="create",
+                        attributes={"blob-type": "Binary"},
+                    )
+                ),
+                None,
             ),
-            "get_small ours": lambda i: (lambda nxt: lambda: stubs.ours.Get(nxt()))(
-                pick(i, [pb.GetRequest(id=blob_id) for blob_id in ids])
+            "get_small obstore": (
+                lambda i: (lambda nxt: lambda: _get_all(direct, nxt()))(pick(i, keys)),
+                None,
             ),
-            "get_small obstore": lambda i: (lambda nxt: lambda: _get_all(direct, nxt()))(
-                pick(i, keys)
+            "get_small echo": (lambda i: lambda: readers["echo"].stub.Get(ECHO_GET), None),
+            "get_small_cached ours": (
+                lambda i: (lambda nxt: lambda: cached.get(nxt()))(pick(i, ids)),
+                None,
             ),
-            "get_small echo": lambda i: lambda: stubs.echo.Get(ECHO_GET),
-            "get_small_cached ours": lambda i: (lambda nxt: lambda: cached.get(nxt()))(
-                pick(i, ids)
-            ),
-            "get_small_cached filesystem": lambda i: (lambda nxt: lambda: files.get(nxt()))(
-                pick(i, ids)
+            "get_small_cached filesystem": (
+                lambda i: (lambda nxt: lambda: files.get(nxt()))(pick(i, ids)),
+                None,
             ),
         }
+        for name in ("ours", "forward", "base"):
+            if name in readers:
+                small[f"get_small {name}"] = (
+                    functools.partial(_unary_gets, readers[name].stub, pick, gets),
+                    readers[name].pid,
+                )
         large_blob = os.urandom(self.large)
         large_id = (await ours.put_bytes(large_blob)).info.blob_id
         await obstore.put_async(direct, "large", large_blob)
@@ -254,21 +315,32 @@ class S3Bench:
                 direct, uuid.uuid4().hex, parts(), chunk_size=5 * MIB, max_concurrency=2
             )
 
-        echo_stream = pb.GetStreamRequest(id=str(self.large))
         large_request = pb.GetStreamRequest(id=large_id)
-        large: dict[str, Call] = {
-            "put_large ours": put_large_ours,
-            "put_large obstore": put_large_direct,
-            "get_large ours": lambda: _drain(stubs.ours.GetStream(large_request)),
-            "get_large obstore": lambda: _get_all(direct, "large", streamed=True),
-            "get_large echo": lambda: _drain(stubs.echo.GetStream(echo_stream)),
+        echo_stream = pb.GetStreamRequest(id=str(self.large))
+        large: dict[str, tuple[Call, int | None]] = {
+            "put_large ours": (put_large_ours, None),
+            "put_large obstore": (put_large_direct, None),
+            "get_large obstore": (lambda: _get_all(direct, "large", streamed=True), None),
+            "get_large echo": (lambda: _drain(readers["echo"].stub.GetStream(echo_stream)), None),
         }
+        for name in ("ours", "forward", "base"):
+            if name in readers:
+                large[f"get_large {name}"] = (
+                    functools.partial(_streamed_get, readers[name].stub, large_request),
+                    readers[name].pid,
+                )
+
+        async def timed_rate(call: Call) -> tuple[float, int]:
+            return self.large / await timed(call, self.reps) / MIB, self.reps
+
         for trial in range(self.trials):
-            names = list(small) if trial % 2 == 0 else list(reversed(small))
-            for name in names:
-                self.add(name, await closed_loop(small[name], self.callers, self.seconds))
-            for name in large if trial % 2 == 0 else reversed(list(large)):
-                self.add(name, self.large / await timed(large[name], self.reps) / MIB)
+            for name in list(small) if trial % 2 == 0 else list(reversed(small)):
+                make, server = small[name]
+                loop = functools.partial(closed_loop, make, self.callers, self.seconds)
+                await self.measured(name, server, loop)
+            for name in list(large) if trial % 2 == 0 else list(reversed(large)):
+                call, server = large[name]
+                await self.measured(name, server, functools.partial(timed_rate, call))
             print(f"trial {trial + 1}/{self.trials} done", flush=True)
 
     def report(self) -> bool:
@@ -295,24 +367,61 @@ class S3Bench:
             print(f"{row:<18}{a:>10.1f}{b:>11.1f}  {unit:<6}{ratio:>7.2f}{target:>8.2f}  {verdict}")
         print("reference: obstore on the same SeaweedFS (get_small_cached: our file-system server)")
         for row in ("get_small", "get_large"):
-            ceiling = statistics.median(self.rates[f"{row} echo"])
             obstore_rate = statistics.median(self.rates[f"{row} obstore"])
+            for name, what in BOUNDS.items():
+                if f"{row} {name}" in self.rates:
+                    rate = statistics.median(self.rates[f"{row} {name}"])
+                    print(
+                        f"{'A/B' if name == 'base' else 'bound'}: {row} of {what}: "
+                        f"{rate:.1f} = {rate / obstore_rate:.2f} x obstore"
+                    )
+        print("server CPU per call, median (min-max) over the trials:")
+        for name, values in self.cpu.items():
+            unit, scale = ("ms", 1e-3) if name.startswith("get_large") else ("us", 1.0)
             print(
-                f"bound: {row} of a gRPC echo that stores nothing: {ceiling:.1f} "
-                f"= {ceiling / obstore_rate:.2f} x obstore"
+                f"  {name:<20}{statistics.median(values) * scale:9.1f} {unit}"
+                f"  ({min(values) * scale:.0f}-{max(values) * scale:.0f})"
             )
         return ok
+
+
+BENCH = Path(__file__).resolve().parent
+BOUNDS = {
+    "echo": "a gRPC echo that stores nothing",
+    "forward": "a gRPC server that only forwards to obstore (bench_forward.py)",
+    "base": "our server from --baseline-tree",
+}
 
 
 ECHO_GET = pb.GetRequest(id="sha256:" + "0" * 64)
 
 
 @dataclass(frozen=True)
-class Stubs:
-    """Bare BlobService stubs: our s3 server's and the echo's."""
+class Reader:
+    """A bare BlobService stub, and the pid of the server it calls."""
 
-    ours: Any
-    echo: Any
+    stub: Any
+    pid: int
+
+
+def _cpu(pid: int) -> float:
+    """The process's CPU seconds, of the threads that ended too (schedstat sums only live
+    ones, and grpc's and the executor's threads come and go); 10 ms steps, fine over trials
+    of seconds."""
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
+def _unary_gets(
+    stub: Any, pick: Callable[[int, list[Any]], Callable[[], Any]], gets: list[Any], i: int
+) -> Call:
+    """Caller i's Get: the next of `gets` in its own order, through a bare stub."""
+    nxt = pick(i, gets)
+    return lambda: stub.Get(nxt())
+
+
+async def _streamed_get(stub: Any, request: pb.GetStreamRequest) -> int:
+    return await _drain(stub.GetStream(request))
 
 
 async def _drain(call: Any) -> int:

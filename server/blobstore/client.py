@@ -99,10 +99,24 @@ def _put_result(reply: pb.PutResponse) -> PutResult:
     return PutResult(_blob_info(reply), reply.created)
 
 
+def _put_request(data: bytes, blob_type: BlobType, meta: BlobMeta) -> pb.PutRequest:
+    return pb.PutRequest(blob_type=_TO_PB[blob_type], data=data, **meta_to_pb(meta))
+
+
 def _json_request(value: object, blob_type: BlobType, meta: BlobMeta) -> pb.PutRequest:
-    return pb.PutRequest(
-        blob_type=_TO_PB[blob_type], data=canonicalize_value(value), **meta_to_pb(meta)
-    )
+    return _put_request(canonicalize_value(value), blob_type, meta)
+
+
+def _stream_head(
+    blob_type: BlobType, total_size: int | None, meta: BlobMeta, expected_id: str | None = None
+) -> pb.PutStreamRequest:
+    """The first message of a PutStream: what the blob is, before its chunks."""
+    head = pb.PutStreamRequest(blob_type=_TO_PB[blob_type], **meta_to_pb(meta))
+    if total_size is not None:
+        head.total_size = total_size
+    if expected_id is not None:
+        head.expected_id = expected_id
+    return head
 
 
 def _stream_requests(
@@ -112,12 +126,7 @@ def _stream_requests(
     meta: BlobMeta,
     expected_id: str | None = None,
 ) -> Iterator[pb.PutStreamRequest]:
-    first = pb.PutStreamRequest(blob_type=_TO_PB[blob_type], **meta_to_pb(meta))
-    if total_size is not None:
-        first.total_size = total_size
-    if expected_id is not None:
-        first.expected_id = expected_id
-    yield first
+    yield _stream_head(blob_type, total_size, meta, expected_id)
     for chunk in chunks:
         yield pb.PutStreamRequest(chunk=chunk)
 
@@ -302,7 +311,7 @@ class BlobClient:
     ) -> PutResult:
         """Stores bytes (Binary, or JSON text for Json and Flow); large ones are streamed."""
         if len(data) <= UNARY_LIMIT:
-            request = pb.PutRequest(blob_type=_TO_PB[blob_type], data=data, **meta_to_pb(meta))
+            request = _put_request(data, blob_type, meta)
             return _put_result(self._call(lambda t: self._stub.Put(request, timeout=t)))
 
         promised = _promised_id(data, blob_type)
@@ -493,6 +502,14 @@ class AsyncBlobClient:
     async def close(self) -> None:
         await self._channel.close(None)
 
+    def use_channel(self, channel: grpc.aio.Channel) -> grpc.aio.Channel:
+        """Makes calls from now on on `channel` (new credentials, e.g. a rotated client
+        certificate); returns the channel used until now, for the caller to close once
+        the calls still on it are done."""
+        old, self._channel = self._channel, channel
+        self._stub = pb_grpc.BlobServiceStub(channel)
+        return old
+
     async def _call(self, attempt: Callable[[float | None], Awaitable[_T]]) -> _T:
         with _translated():
             return await retry.call_async(self.retry, self.timeout, attempt)
@@ -513,7 +530,7 @@ class AsyncBlobClient:
         self, data: bytes, blob_type: BlobType = BlobType.BINARY, *, meta: BlobMeta = NO_META
     ) -> PutResult:
         if len(data) <= UNARY_LIMIT:
-            request = pb.PutRequest(blob_type=_TO_PB[blob_type], data=data, **meta_to_pb(meta))
+            request = _put_request(data, blob_type, meta)
             return _put_result(await self._call(lambda t: self._stub.Put(request, timeout=t)))
 
         promised = await asyncio.to_thread(_promised_id, data, blob_type)
@@ -537,10 +554,7 @@ class AsyncBlobClient:
                 size = os.fstat(stream.fileno()).st_size
 
                 async def requests() -> AsyncIterator[pb.PutStreamRequest]:
-                    head = pb.PutStreamRequest(
-                        blob_type=_TO_PB[blob_type], total_size=size, **meta_to_pb(meta)
-                    )
-                    yield head
+                    yield _stream_head(blob_type, size, meta)
                     while chunk := await asyncio.to_thread(stream.read, CHUNK_SIZE):
                         yield pb.PutStreamRequest(chunk=chunk)
 
@@ -664,10 +678,7 @@ class AsyncBlobClient:
         """
 
         async def requests() -> AsyncIterator[pb.PutStreamRequest]:
-            head = pb.PutStreamRequest(blob_type=_TO_PB[blob_type], **meta_to_pb(meta))
-            if total_size is not None:
-                head.total_size = total_size
-            yield head
+            yield _stream_head(blob_type, total_size, meta)
             async for chunk in chunks:
                 if chunk:
                     yield pb.PutStreamRequest(chunk=chunk)

@@ -23,6 +23,8 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from blobstore.grpc.wire import varint
+
 _CACHE_LIMIT = 4096
 # The span flags the library sets: "has is-remote" (0x100), and "is remote" (0x200)
 # when the parent came from another process.
@@ -34,16 +36,10 @@ _SPAN_KIND = {"INTERNAL": 1, "SERVER": 2, "CLIENT": 3, "PRODUCER": 4, "CONSUMER"
 
 
 def _varint(value: int) -> bytes:
+    """A varint; a negative int64 as protobuf writes it (ten bytes of two's complement)."""
     if 0 <= value < 0x80:
         return _SMALL[value]
-    if value < 0:
-        value += 1 << 64  # int64 as protobuf writes it: ten bytes of two's complement
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
+    return varint(value + (1 << 64) if value < 0 else value)
 
 
 _NOTHING = object()

@@ -7,7 +7,7 @@ metadata fields on its own.
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import Literal, Protocol, TypedDict
 
 from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
 from blobstore.model import NO_META, BlobMeta, BlobType
@@ -26,15 +26,17 @@ BLOB_TYPE_FROM_PB: dict[pb.BlobType.ValueType, BlobType] = {
 }
 
 
-_HasMeta = (
-    pb.PutRequest
-    | pb.PutStreamRequest
-    | pb.PutResponse
-    | pb.GetResponse
-    | pb.StatResponse
-    | pb.BlobInfo
-)
-"""The blobstore.v1 messages with the optional `filename` and `content_type` fields."""
+class _HasMeta(Protocol):
+    """A blobstore.v1 message with the optional `filename` and `content_type` fields (or
+    what reads as one: grpc/wire.JsonPutRequest)."""
+
+    @property
+    def filename(self) -> str: ...
+
+    @property
+    def content_type(self) -> str: ...
+
+    def HasField(self, name: Literal["filename", "content_type"], /) -> bool: ...
 
 
 def meta_from_pb(message: _HasMeta) -> BlobMeta:

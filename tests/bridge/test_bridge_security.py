@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
+import signal
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -296,3 +298,50 @@ def test_binary_put_through_https_rest_is_stored_exactly(
         bearer(READ_TOKEN),
     )
     assert base64.b64decode(answer["result"]["data"]) == content
+
+
+def test_sighup_rotates_the_bridges_upstream_client_certificate(
+    start_server: Callable[..., ServerProcess],
+    start_bridge: BridgeFactory,
+    pki: Pki,
+    tmp_path: Path,
+) -> None:
+    """--upstream-tls-cert/-key are read again on SIGHUP and new upstream calls use them
+    (a new channel); files that do not load leave the ones in force."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text("cn:worker-1 bridge read,write\n")
+    server = start_server(*server_tls_args(pki, client_ca=True), "--tokens-file", str(tokens))
+    cert, key = tmp_path / "upstream.crt", tmp_path / "upstream.key"
+    shutil.copy(pki.client.cert, cert)  # CN worker-1
+    shutil.copy(pki.client.key, key)
+    bridge = start_bridge(
+        server.target,
+        *upstream_tls(pki),
+        *("--upstream-tls-cert", str(cert), "--upstream-tls-key", str(key)),
+        *https(pki),
+        "--retry-attempts",
+        "1",
+    )
+    assert "result" in rpc(pki, bridge.url, "blobs/put", {"data": "as worker-1"})
+    # The service now knows the new certificate only: the bridge's old one is refused.
+    tokens.write_text("cn:san-client bridge read,write\n")
+    server.signal(signal.SIGHUP)
+    assert wait_until(lambda: "tokens reloaded" in server.log(), 30)
+    refused = rpc(pki, bridge.url, "blobs/put", {"data": "old certificate"})
+    assert refused["error"]["code"] == -32010, refused
+    # A certificate file that does not load: logged, the credentials in force stay.
+    cert.write_text("not a certificate\n")
+    bridge.signal(signal.SIGHUP)
+    assert wait_until(lambda: "upstream TLS files not reloaded" in bridge.log(), 30)
+    refused = rpc(pki, bridge.url, "blobs/put", {"data": "still the old certificate"})
+    assert refused["error"]["code"] == -32010, refused
+    # The rotated files (CN san-client), then SIGHUP: the bridge calls with them.
+    shutil.copy(pki.san_client.cert, cert)
+    shutil.copy(pki.san_client.key, key)
+    bridge.signal(signal.SIGHUP)
+    assert wait_until(lambda: "upstream TLS files reloaded" in bridge.log(), 30)
+    stored = rpc(pki, bridge.url, "blobs/put", {"data": "as san-client"})
+    assert "result" in stored, stored
+    got = rpc(pki, bridge.url, "blobs/get", {"blob_id": stored["result"]["blob_id"]})
+    assert got["result"]["data"] == "as san-client", got
+    assert bridge.alive() and "Traceback" not in bridge.log()

@@ -5,7 +5,6 @@ grpcurl, and kill -9 in the middle of batches (every acknowledged batch reads ba
 from __future__ import annotations
 
 import json
-import multiprocessing
 import random
 import subprocess
 import threading
@@ -25,13 +24,13 @@ from blobstore.batching import NewBlob
 from blobstore.canonical_json import canonicalize_value
 from blobstore.client import BlobClient
 from blobstore.credentials import channel_credentials
-from blobstore.errors import BlobStoreError
 from blobstore.grpc.auth import token_hash
 from blobstore.model import Blob, BlobMeta, BlobType, PutResult
 from blobstore.retry import RetryPolicy
 from blobstore.status import from_item_error, reason_of
 from tests.processes import ServerProcess
 from tests.rpc_helpers import blob_file_problem, blob_files, grpcurl_dir, sha256_id, wait_until
+from tests.storm import Turn, storm_until_killed
 
 ServerFactory = Callable[..., ServerProcess]
 MISSING = "sha256:" + "0" * 64
@@ -266,38 +265,22 @@ def _value(doc: dict[str, Any]) -> struct_pb2.Value:
 # -- kill -9 in the middle of batches ------------------------------------------------------
 
 
-def _batch_storm(target: str, seed: int, ack_path: str) -> None:
-    """BatchPuts of 20 small blobs (4 threads) until the server dies; logs each acknowledged
-    batch's ids on one line."""
-    lock = threading.Lock()
-    deadline = time.monotonic() + 60
-
-    def worker(n: int) -> None:
-        rng = random.Random(seed * 100 + n)
-        with BlobClient(target, timeout=30, retry=RetryPolicy.off()) as client:
-            for i in range(100_000):
-                if time.monotonic() > deadline:
-                    return
-                items = [
-                    NewBlob(json.dumps({"s": seed, "w": n, "i": i, "j": j}).encode(), BlobType.JSON)
-                    if j % 2
-                    else NewBlob(rng.randbytes(rng.choice((100, 1000, 70_000))))
-                    for j in range(20)
-                ]
-                try:
-                    outcomes = client.put_many(items)
-                except BlobStoreError:
-                    return
-                ids = [o.info.blob_id for o in outcomes if isinstance(o, PutResult)]
-                assert len(ids) == len(items), outcomes
-                with lock, open(ack_path, "a") as acks:
-                    acks.write(" ".join(ids) + "\n")
-
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+def _batch_turn(client: BlobClient, turn: Turn) -> str:
+    """A BatchPut of 20 small blobs (half JSON); logs the acknowledged batch's ids on one line."""
+    rng = turn.rng
+    items = [
+        NewBlob(
+            json.dumps({"s": turn.seed, "w": turn.worker, "i": turn.i, "j": j}).encode(),
+            BlobType.JSON,
+        )
+        if j % 2
+        else NewBlob(rng.randbytes(rng.choice((100, 1000, 70_000))))
+        for j in range(20)
+    ]
+    outcomes = client.put_many(items)
+    ids = [o.info.blob_id for o in outcomes if isinstance(o, PutResult)]
+    assert len(ids) == len(items), outcomes
+    return " ".join(ids)
 
 
 def test_kill_9_during_batch_puts_keeps_every_acknowledged_batch_whole(
@@ -305,31 +288,11 @@ def test_kill_9_during_batch_puts_keeps_every_acknowledged_batch_whole(
 ) -> None:
     first = start_server()
     data_dir = first.data_dir
-    ack_paths = [tmp_path / f"acks-{n}.txt" for n in range(2)]
-    context = multiprocessing.get_context("spawn")
-    storms = [
-        context.Process(target=_batch_storm, args=(first.target, n, str(ack_paths[n])))
-        for n in range(len(ack_paths))
-    ]
-    for storm in storms:
-        storm.start()
-
-    def batches() -> list[list[str]]:
-        return [
-            line.split() for p in ack_paths if p.exists() for line in p.read_text().splitlines()
-        ]
-
-    storming = wait_until(lambda: len(batches()) >= 30, timeout=90)
-    first.kill()
-    for storm in storms:
-        storm.join(timeout=60)
-        if storm.is_alive():
-            storm.kill()
-    assert storming, "the storm never got going"
+    lines = storm_until_killed(first, _batch_turn, tmp_path, writers=4, enough=30, timeout=90)
 
     second = start_server(data_dir=data_dir)
     assert [p for p in blob_files(data_dir) if blob_file_problem(p) is not None] == []
-    acked = batches()
+    acked = [line.split() for line in lines]
     with BlobClient(second.target, timeout=60) as client:
         for ids in acked:
             assert len(ids) == 20

@@ -126,8 +126,8 @@ def test_quick_benchmark_measures_every_workload(tmp_path: Path) -> None:
 
 
 def test_quick_object_store_benchmark_prints_every_row() -> None:
-    """`--storage s3 --quick`: SeaweedFS, three servers and the echo started, every row and
-    every bound a finite ratio."""
+    """`--storage s3 --quick`: SeaweedFS, three servers, the echo and the forwarding server
+    started, every row and every bound a finite ratio, the servers' CPU per call printed."""
     run = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "bench.py"), "--storage", "s3", "--quick"],
         capture_output=True,
@@ -136,15 +136,30 @@ def test_quick_object_store_benchmark_prints_every_row() -> None:
         cwd=ROOT,
     )
     assert run.returncode == 0, run.stdout + run.stderr
-    rows = {line.split()[0]: line.split() for line in run.stdout.splitlines() if line.strip()}
+    rows = {
+        line.split()[0]: line.split()
+        for line in run.stdout.splitlines()
+        if line.endswith(("PASS", "MISS"))
+    }
     for name in ["put_small", "get_small", "put_large", "get_large", "get_small_cached"]:
         cells = rows[name]  # row, ours, reference, unit, ratio, target, verdict
         ours, reference, ratio = float(cells[1]), float(cells[2]), float(cells[4])
         assert _positive(ours) and _positive(reference) and _positive(ratio), cells
     bounds = [line.split() for line in run.stdout.splitlines() if line.startswith("bound:")]
-    assert [cells[1] for cells in bounds] == ["get_small", "get_large"], run.stdout
-    for cells in bounds:  # bound: ROW of a gRPC echo that stores nothing: RATE = RATIO x obstore
+    rows_bounded = [cells[1] for cells in bounds]
+    assert rows_bounded == ["get_small", "get_small", "get_large", "get_large"], run.stdout
+    assert sum("forwards to obstore" in " ".join(cells) for cells in bounds) == 2, run.stdout
+    for cells in bounds:  # bound: ROW of WHAT: RATE = RATIO x obstore
         assert _positive(float(cells[-5])) and _positive(float(cells[-3])), cells
+    cpu = {
+        " ".join(line.split()[:2]): float(line.split()[2])
+        for line in run.stdout.split("server CPU per call")[1].splitlines()[1:]
+        if line.strip()
+    }
+    assert set(cpu) == {
+        f"{row} {server}" for row in ("get_small", "get_large") for server in ("ours", "forward")
+    }, run.stdout
+    assert all(_positive(value) for value in cpu.values()), cpu
 
 
 def _balanced(per_trial: list[float]) -> float:

@@ -42,6 +42,7 @@ from tests.rpc_helpers import (
     temp_files,
     wait_until,
 )
+from tests.storm import ack_lines, kill_mid_storm
 
 ServerFactory = Callable[..., ServerProcess]
 
@@ -203,26 +204,13 @@ def test_kill_9_during_put_storm_loses_nothing_acknowledged(
         )
         for n in range(len(ack_paths))
     ]
-    for worker in workers:
-        worker.start()
-
-    def acknowledged() -> list[str]:
-        lines: list[str] = []
-        for path in ack_paths:
-            if path.exists():
-                lines += path.read_text().splitlines()
-        return lines
-
     # Kill once puts have been acknowledged and others are half written.
-    storming = wait_until(
-        lambda: len(acknowledged()) >= 40 and bool(temp_files(data_dir)), timeout=60
+    kill_mid_storm(
+        first,
+        workers,
+        lambda: len(ack_lines(ack_paths)) >= 40 and bool(temp_files(data_dir)),
+        timeout=60,
     )
-    first.kill()
-    for worker in workers:
-        worker.join(timeout=60)
-        if worker.is_alive():
-            worker.kill()
-    assert storming, "the storm never got going"
     assert all(worker.exitcode == 0 for worker in workers)
 
     debris = temp_files(data_dir)
@@ -234,7 +222,7 @@ def test_kill_9_during_put_storm_loses_nothing_acknowledged(
     problems = [blob_file_problem(path) for path in blob_files(data_dir)]
     assert [p for p in problems if p is not None] == []
     assert quarantined(data_dir) == []
-    acks = [line.split() for line in acknowledged()]
+    acks = [line.split() for line in ack_lines(ack_paths)]
     assert [line for line in acks if line[0] == "WRONG-ID"] == []
     with BlobClient(second.target, timeout=60) as client:
         for blob_id, blob_type in acks:

@@ -13,27 +13,25 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import multiprocessing
 import os
 import random
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from blobstore.client import BlobClient
-from blobstore.errors import BlobNotFound, BlobStoreError
+from blobstore.errors import BlobNotFound
 from blobstore.ids import blob_id_from_digest
 from blobstore.model import BlobType
-from blobstore.retry import RetryPolicy
 from blobstore.storage.filesystem import FileSystemBackend
 from blobstore.storage.filesystem.blob_file import encode_header
 from blobstore.storage.filesystem.journal import encode_record, read_segment
 from tests.processes import ServerProcess
 from tests.rpc_helpers import blob_file_problem, blob_files, blob_path, sha256_id, wait_until
+from tests.storm import Turn, storm_until_killed
 
 ServerFactory = Callable[..., ServerProcess]
 
@@ -229,35 +227,17 @@ async def test_checkpoints_keep_the_journal_short(tmp_path: Path) -> None:
 # -- kill -9 while small puts are being committed ------------------------------------------
 
 
-def _small_put_storm(target: str, seed: int, ack_path: str) -> None:
-    """Puts small blobs (8 threads) until the server dies; logs each acknowledged id."""
-    import threading
-
-    lock = threading.Lock()
-    deadline = time.monotonic() + 60
-
-    def worker(n: int) -> None:
-        rng = random.Random(seed * 100 + n)
-        with BlobClient(target, timeout=30, retry=RetryPolicy.off()) as client:
-            for i in range(100_000):
-                if time.monotonic() > deadline:
-                    return
-                doc = {"seed": seed, "worker": n, "i": i, "pad": rng.randbytes(200).hex()}
-                try:
-                    if i % 2:
-                        result = client.put_json(doc)
-                    else:
-                        result = client.put_bytes(json.dumps(doc).encode())
-                except BlobStoreError:
-                    return
-                with lock, open(ack_path, "a") as acks:
-                    acks.write(f"{result.info.blob_id}\n")
-
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+def _small_put_turn(client: BlobClient, turn: Turn) -> str:
+    """One small put (JSON or bytes, in turn); logs the acknowledged id."""
+    doc = {
+        "seed": turn.seed,
+        "worker": turn.worker,
+        "i": turn.i,
+        "pad": turn.rng.randbytes(200).hex(),
+    }
+    if turn.i % 2:
+        return client.put_json(doc).info.blob_id
+    return client.put_bytes(json.dumps(doc).encode()).info.blob_id
 
 
 @pytest.mark.parametrize("small", ["files", "packs"])
@@ -266,25 +246,7 @@ def test_kill_9_during_group_commits_loses_nothing_acknowledged(
 ) -> None:
     first = start_server("--small-blob-store", small)
     data_dir = first.data_dir
-    ack_paths = [tmp_path / f"acks-{n}.txt" for n in range(2)]
-    context = multiprocessing.get_context("spawn")
-    storms = [
-        context.Process(target=_small_put_storm, args=(first.target, n, str(ack_paths[n])))
-        for n in range(len(ack_paths))
-    ]
-    for storm in storms:
-        storm.start()
-
-    def acknowledged() -> list[str]:
-        return [line for p in ack_paths if p.exists() for line in p.read_text().splitlines()]
-
-    storming = wait_until(lambda: len(acknowledged()) >= 300, timeout=60)
-    first.kill()
-    for storm in storms:
-        storm.join(timeout=60)
-        if storm.is_alive():
-            storm.kill()
-    assert storming, "the storm never got going"
+    acks = storm_until_killed(first, _small_put_turn, tmp_path, writers=8, enough=300, timeout=60)
     left = segments(data_dir)
     if small == "packs":  # the records are the blobs' home: no journal, no files
         assert left == [] and blob_files(data_dir) == []
@@ -298,7 +260,6 @@ def test_kill_9_during_group_commits_loses_nothing_acknowledged(
     assert segments(data_dir) == []
     assert not list((data_dir / "quarantine").iterdir())
     assert [p for p in blob_files(data_dir) if blob_file_problem(p) is not None] == []
-    acks = acknowledged()
     with BlobClient(second.target, timeout=60) as client:
         missing = client.find_missing(acks)
         assert missing == []

@@ -177,9 +177,14 @@ def test_request_ids_come_back_in_trailing_metadata(
         assert error_info(error).reason == "BLOB_NOT_FOUND"  # the details are still there
 
 
-def test_no_request_ids_when_nothing_records_calls(server: ServerProcess) -> None:
-    """Text logs, no access log, no metrics: the observer is not installed (it would cost
-    every call), so no id is made and a caller's is not echoed."""
+@pytest.mark.parametrize("flags", [(), ("--metrics-address", "127.0.0.1:0")])
+def test_no_request_ids_when_nothing_records_calls(
+    start_server: Callable[..., ServerProcess], flags: tuple[str, ...]
+) -> None:
+    """Text logs, no access log: no id is made and a caller's is not echoed - without
+    metrics (the observer is not installed, it would cost every call) and with them
+    (they count calls, never by id)."""
+    server = start_server(*flags)
     with raw_stub(server.target) as stub:
         _, call = stub.Stat.with_call(
             pb.StatRequest(id=ABSENT), metadata=(("x-request-id", "caller-id-3"),), timeout=30

@@ -17,6 +17,7 @@ import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import rfc8785
@@ -26,10 +27,16 @@ from blobstore.client import BlobClient
 from blobstore.credentials import channel_credentials
 from blobstore.grpc.auth import token_hash
 from blobstore.retry import RetryPolicy
-from tests.bridge_processes import BridgeFactory
+from tests.bridge_processes import BridgeFactory, BridgeProcess
 from tests.bridge_seed import json_id
 from tests.processes import ServerProcess
-from tests.stepflow.runtime import HttpRuntime, SdkProcess, StdioRuntime, execute_params
+from tests.stepflow.runtime import (
+    HttpRuntime,
+    Runtime,
+    SdkProcess,
+    StdioRuntime,
+    execute_params,
+)
 from tests.stepflow.stepflow_helpers import DOC, Orchestrator, run_outputs, server_binary_runs
 from tests.stepflow_venv import StepflowVenv
 from tests.tls_certs import Pki, server_tls_args
@@ -67,6 +74,71 @@ def test_a_tokenless_stepflow_worker_uses_the_anonymous_policy(
     assert TOKEN not in server.log()
 
 
+class _SdkRuntimes:
+    """Stepflow SDK component servers, each behind an initialized stand-in runtime; on exit
+    every SDK is killed and every HTTP runtime closed."""
+
+    def __init__(self, logs: Path) -> None:
+        self._logs = logs
+        self._sdks: list[SdkProcess] = []
+        self._http: list[HttpRuntime] = []
+
+    def http(
+        self,
+        bridge: BridgeProcess,
+        log_name: str,
+        *,
+        authorization: str | None = None,
+        client_cert: tuple[Path, Path] | None = None,
+        bridge_ca: Path,
+    ) -> HttpRuntime:
+        """stepflow-py 0.9 (Streamable HTTP), its runtime posting to an https:// bridge."""
+        sdk = self._sdk("09", log_name)
+        runtime = HttpRuntime(
+            bridge, sdk, bridge_ca=bridge_ca, authorization=authorization, client_cert=client_cert
+        )
+        self._http.append(runtime)
+        return _initialized(runtime)
+
+    def stdio(self, bridge: BridgeProcess, log_name: str) -> StdioRuntime:
+        """stepflow-py 0.7 (stdio), wired to a stdio bridge."""
+        return _initialized(StdioRuntime(bridge, self._sdk("07", log_name)))
+
+    def _sdk(self, version: str, log_name: str) -> SdkProcess:
+        sdk = SdkProcess(version, self._logs / log_name)
+        self._sdks.append(sdk)  # before its runtime starts it: killed even if that fails
+        return sdk
+
+    def __enter__(self) -> _SdkRuntimes:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sdk in self._sdks:
+            sdk.kill()
+        for runtime in self._http:
+            runtime.close()
+
+
+_R = TypeVar("_R", bound=Runtime)
+
+
+def _initialized(runtime: _R) -> _R:
+    assert runtime.initialize()["result"] == {"server_protocol_version": 1}
+    return runtime
+
+
+def _writes_only_through(allowed: Runtime, refused: Runtime, value: object) -> None:
+    """A put_get through `allowed` stores and reads `value`; through `refused` the blobs/put
+    is answered PERMISSION_DENIED."""
+    assert allowed.execute("/put_get", {"value": value}) == {
+        "blob_id": json_id(value),
+        "value": value,
+    }
+    refused.call("components/execute", execute_params("/put_get", {"value": {"read": "only"}}))
+    error = refused.traffic.of("blobs/put")[-1].reply_json()["error"]
+    assert (error["code"], error["data"]["reason"]) == (-32011, "PERMISSION_DENIED")
+
+
 def test_the_sdks_reach_a_token_server_through_the_bridge(
     stepflow_sdks: None,
     start_server: Callable[..., ServerProcess],
@@ -85,38 +157,22 @@ def test_the_sdks_reach_a_token_server_through_the_bridge(
     upstream = ("--upstream-tls-ca", str(pki.ca))
     https = ("--tls-cert", str(pki.server.cert), "--tls-key", str(pki.server.key))
     value = {"through": "an https bridge", "n": [1, 2.5]}
-    sdks: list[SdkProcess] = []
-    runtimes: list[HttpRuntime] = []
-    try:
+    with _SdkRuntimes(tmp_path) as runtimes:
         bridge = start_bridge(server.target, *upstream, *https)
-        for token in (writer, reader):
-            sdks.append(SdkProcess("09", tmp_path / f"sdk-09-{token}.log"))
-            runtimes.append(
-                HttpRuntime(bridge, sdks[-1], bridge_ca=pki.ca, authorization=f"Bearer {token}")
+        allowed, refused = (
+            runtimes.http(
+                bridge, f"sdk-09-{token}.log", bridge_ca=pki.ca, authorization=f"Bearer {token}"
             )
-            assert runtimes[-1].initialize()["result"] == {"server_protocol_version": 1}
-        allowed, refused = runtimes
-        assert allowed.execute("/put_get", {"value": value}) == {
-            "blob_id": json_id(value),
-            "value": value,
-        }
-        refused.call("components/execute", execute_params("/put_get", {"value": {"read": "only"}}))
-        error = refused.traffic.of("blobs/put")[-1].reply_json()["error"]
-        assert (error["code"], error["data"]["reason"]) == (-32011, "PERMISSION_DENIED")
+            for token in (writer, reader)
+        )
+        _writes_only_through(allowed, refused, value)
 
         # stepflow-py 0.7 over stdio: the bridge's service token, from the environment.
         stdio = start_bridge(
             server.target, *upstream, stdio=True, env={**os.environ, "BLOBSTORE_TOKEN": writer}
         )
-        sdks.append(SdkProcess("07", tmp_path / "sdk-07.log"))
-        over_stdio = StdioRuntime(stdio, sdks[-1])
-        assert over_stdio.initialize()["result"] == {"server_protocol_version": 1}
+        over_stdio = runtimes.stdio(stdio, "sdk-07.log")
         assert over_stdio.execute("/put_get", {"value": [value]})["value"] == [value]
-    finally:
-        for sdk in sdks:
-            sdk.kill()
-        for runtime in runtimes:
-            runtime.close()
     for log in (server.log(), bridge.log(), stdio.log()):
         assert writer not in log and reader not in log
 
@@ -152,26 +208,15 @@ def test_the_09_sdk_reaches_the_bridge_with_a_client_certificate(
         *("--tls-client-ca", str(pki.ca), "--client-identities", str(identities)),
     )
     value = {"through": "mTLS", "n": [3, 4.5]}
-    sdks: list[SdkProcess] = []
-    runtimes: list[HttpRuntime] = []
-    try:
-        for pair in (pki.san_client, pki.client):
-            sdks.append(SdkProcess("09", tmp_path / f"sdk-09-{pair.cert.stem}.log"))
-            runtimes.append(
-                HttpRuntime(bridge, sdks[-1], bridge_ca=pki.ca, client_cert=(pair.cert, pair.key))
+    with _SdkRuntimes(tmp_path) as runtimes:
+        builder, reader = (
+            runtimes.http(
+                bridge,
+                f"sdk-09-{pair.cert.stem}.log",
+                bridge_ca=pki.ca,
+                client_cert=(pair.cert, pair.key),
             )
-            assert runtimes[-1].initialize()["result"] == {"server_protocol_version": 1}
-        builder, reader = runtimes
-        assert builder.execute("/put_get", {"value": value}) == {
-            "blob_id": json_id(value),
-            "value": value,
-        }
-        reader.call("components/execute", execute_params("/put_get", {"value": {"read": "only"}}))
-        error = reader.traffic.of("blobs/put")[-1].reply_json()["error"]
-        assert (error["code"], error["data"]["reason"]) == (-32011, "PERMISSION_DENIED")
-    finally:
-        for sdk in sdks:
-            sdk.kill()
-        for runtime in runtimes:
-            runtime.close()
+            for pair in (pki.san_client, pki.client)
+        )
+        _writes_only_through(builder, reader, value)
     assert service not in server.log() and service not in bridge.log()

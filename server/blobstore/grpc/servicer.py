@@ -141,7 +141,9 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
         server.add_registered_method_handlers(SERVICE_NAME, handlers)  # type: ignore[attr-defined]
 
     @_translate_errors
-    async def Put(self, request: pb.PutRequest, context: Any) -> pb.PutResponse:
+    async def Put(
+        self, request: pb.PutRequest | wire.JsonPutRequest, context: Any
+    ) -> pb.PutResponse:
         spec = await self._put_spec(request)
         if spec.canonical:
             result = await self._store.put_canonical_json(
@@ -151,11 +153,11 @@ class BlobServicer(pb_grpc.BlobServiceServicer):
             result = await self._store.put(spec.blob_type, spec.data, spec.expected_id, spec.meta)
         return _put_response(result)
 
-    async def _put_spec(self, request: pb.PutRequest) -> PutSpec:
+    async def _put_spec(self, request: pb.PutRequest | wire.JsonPutRequest) -> PutSpec:
         """A PutRequest decoded: its type, content, expected id and metadata."""
         expected = _optional_id(request.expected_id, "expected_id")
         meta = meta_from_pb(request)
-        if request.WhichOneof("content") == "json":
+        if isinstance(request, wire.JsonPutRequest) or request.WhichOneof("content") == "json":
             blob_type = _blob_type(request.blob_type, default=BlobType.JSON)
             if not blob_type.is_json:
                 raise errors.InvalidArgument(

@@ -14,6 +14,8 @@ must be mirrored here.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from google.protobuf.message import Message
 
 from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
@@ -108,11 +110,14 @@ _PUT_DATA_FIELD = 2
 _PUT_JSON_FIELD = 3
 LARGE_JSON_PUT_BYTES = 64 * 1024
 """A Put message over this size that carries `json` keeps the Value serialized."""
+PutField = Literal["content", "json", "data", "filename", "content_type"]
+"""The fields (and the oneof) of a PutRequest whose presence HasField can tell."""
 
 
 class JsonPutRequest:
     """A PutRequest whose `json` Value is still serialized (`json_bytes`); every other
-    field reads as on the parsed message `head`, which lacks the Value."""
+    field reads as on the parsed message `head`, which lacks the Value. What the guard and
+    the servicer read of a PutRequest is here, typed as on the message."""
 
     __slots__ = ("_size", "head", "json_bytes")
 
@@ -121,16 +126,31 @@ class JsonPutRequest:
         self.json_bytes = json_bytes
         self._size = size
 
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.head, name)
+    @property
+    def blob_type(self) -> pb.BlobType.ValueType:
+        return self.head.blob_type
 
-    def WhichOneof(self, group: str) -> str | None:
-        return "json" if group == "content" else self.head.WhichOneof(group)  # type: ignore[call-overload]
+    @property
+    def expected_id(self) -> str:
+        return self.head.expected_id
 
-    def HasField(self, name: str) -> bool:
+    @property
+    def filename(self) -> str:
+        return self.head.filename
+
+    @property
+    def content_type(self) -> str:
+        return self.head.content_type
+
+    def WhichOneof(self, group: Literal["content"]) -> Literal["json"]:
+        """The content is the `json` Value (the message's only other oneofs are the optional
+        fields' own, which nothing asks of a Put)."""
+        return "json"
+
+    def HasField(self, name: PutField) -> bool:
         if name in ("json", "content"):
             return True
-        return name != "data" and self.head.HasField(name)  # type: ignore[arg-type]
+        return name != "data" and self.head.HasField(name)
 
     def ByteSize(self) -> int:
         return self._size

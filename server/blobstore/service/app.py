@@ -214,10 +214,12 @@ def _reload(security: Security, tls: ReloadableTls | None) -> None:
 def _observer(config: ServerConfig, metrics: ServerMetrics | None) -> list[Any]:
     """The per-call observer (grpc/metrics.py), only when something uses what it does:
     metrics, the access log, or JSON logs (whose lines carry request ids). Otherwise it
-    is not installed - it costs every call a handler copy and a wrapper - and calls have
-    no request id: none is made, and a caller's x-request-id is not returned, as the
-    server records nothing per call to join it to (docs/observability.md)."""
-    if metrics is None and not config.access_log and config.log_format != "json":
+    is not installed - it costs every call a handler copy and a wrapper. Calls have
+    request ids only with the access log or JSON logs: otherwise none is made, and a
+    caller's x-request-id is not returned, as the server keeps no per-call record to
+    join it to (metrics count calls, never by id; docs/observability.md)."""
+    recorded = config.access_log or config.log_format == "json"
+    if metrics is None and not recorded:
         return []
     return [
         CallObserver(
@@ -225,6 +227,7 @@ def _observer(config: ServerConfig, metrics: ServerMetrics | None) -> list[Any]:
             config.access_log,
             level=logging.getLevelName(config.access_log_level.upper()),
             sample=config.access_log_sample,
+            request_ids=recorded,
         )
     ]
 

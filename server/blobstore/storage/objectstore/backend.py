@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Container, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import obstore
 from obstore.exceptions import AlreadyExistsError
@@ -44,6 +45,9 @@ from blobstore.storage.objectstore.location import Location
 from blobstore.storage.objectstore.read import ObjectStream
 from blobstore.storage.objectstore.writer import ObjectWriter
 
+if TYPE_CHECKING:
+    from obstore import GetResult
+
 log = logging.getLogger(__name__)
 
 FIND_MISSING_CONCURRENCY = 32
@@ -51,6 +55,17 @@ FIND_MISSING_CONCURRENCY = 32
 TEMP_MAX_AGE = timedelta(minutes=30)
 """A temporary older than this belongs to no live put (commit publishes it at once)."""
 SWEEP_INTERVAL = 600.0
+
+
+def _length(result: GetResult) -> int:
+    """The object's length, from the byte range a whole-object GET (or HEAD) returned.
+
+    Not `result.meta["size"]`: obstore builds all of ObjectMeta for that, last_modified
+    as a timezone-aware datetime, some thirty times the cost of the range on every Get
+    (docs/scale-out.md, "Benchmark").
+    """
+    start, end = result.range
+    return end - start
 
 
 class ObjectStoreBackend:
@@ -167,7 +182,7 @@ class ObjectStoreBackend:
     async def get(self, blob_id: BlobId, limit: ReadLimit = NO_LIMIT) -> Blob:
         with translated(blob_id):
             result = await obstore.get_async(self.store, keys.blob_key(blob_id))
-        info = metadata.decode(blob_id, result.attributes, result.meta["size"])
+        info = metadata.decode(blob_id, result.attributes, _length(result))
         if not limit.admit(info.size):  # before the content is read; what it raises ends here
             raise OverLimit(info)
         with translated(blob_id):
@@ -177,7 +192,7 @@ class ObjectStoreBackend:
     async def get_stream(self, blob_id: BlobId, chunk_size: int) -> ObjectStream:
         with translated(blob_id):
             result = await obstore.get_async(self.store, keys.blob_key(blob_id))
-            info = metadata.decode(blob_id, result.attributes, result.meta["size"])
+            info = metadata.decode(blob_id, result.attributes, _length(result))
             return ObjectStream(info, result.stream(min_chunk_size=chunk_size), chunk_size)
 
     async def stat(self, blob_id: BlobId) -> BlobInfo | None:
@@ -188,7 +203,7 @@ class ObjectStoreBackend:
                 )
             except NOT_FOUND:
                 return None
-            return metadata.decode(blob_id, result.attributes, result.meta["size"])
+            return metadata.decode(blob_id, result.attributes, _length(result))
 
     async def find_missing(self, blob_ids: Sequence[BlobId]) -> list[BlobId]:
         gate = asyncio.Semaphore(FIND_MISSING_CONCURRENCY)
