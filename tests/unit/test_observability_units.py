@@ -1,19 +1,28 @@
-"""The pieces of issue 16 that need no process: JSON log lines, request id rules, and the
+"""The pieces of issue 16 that need no process: JSON log lines, request id rules, the
 storage MetricsBackend over the in-memory backend (each counter moved by exactly the
-operations made, in a registry of the test's own)."""
+operations made, in a registry of the test's own), and the call observer in front of
+the guard."""
 
 from __future__ import annotations
 
 import json
 import logging
 import sys
+from collections.abc import AsyncIterator
+from typing import Any
 
+import grpc
 import pytest
 from prometheus_client import CollectorRegistry
 
 from blobstore import logs
+from blobstore.api.blobstore.v1 import blobstore_pb2 as pb
 from blobstore.errors import BlobNotFound, DataLoss
+from blobstore.grpc.guard import Guard
+from blobstore.grpc.interceptor_base import InterceptorChain
+from blobstore.grpc.metrics import CallObserver, RpcMetrics
 from blobstore.model import BlobType
+from blobstore.service.admission import Admission, AdmissionLimits
 from blobstore.storage.memory import MemoryBackend
 from blobstore.storage.metrics import MetricsBackend, StorageMetrics
 from blobstore.storage.verifying import VerifyingBackend
@@ -148,3 +157,87 @@ def test_access_log_sampling_keeps_every_failure() -> None:
     assert not quiet.wants(200) and not quiet.wants(404)
     assert quiet.wants(415) and quiet.wants(503)
     assert not AccessLog(on=False).wants(500)
+
+
+class _Details(grpc.HandlerCallDetails):
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self.invocation_metadata = ()
+
+
+class _Context:
+    """What the observer and the guard ask of a call's context."""
+
+    def __init__(self) -> None:
+        self.status: grpc.StatusCode | None = None
+
+    def code(self) -> grpc.StatusCode | None:
+        return self.status
+
+    async def abort(self, code: grpc.StatusCode, details: str = "", trailers: object = ()) -> None:
+        self.status = code
+        raise grpc.aio.AbortError(details)
+
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:1"
+
+    def set_trailing_metadata(self, metadata: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("request_ids", [False, True])
+async def test_the_observer_counts_admitted_and_refused_calls_of_a_method_in_any_order(
+    request_ids: bool,
+) -> None:
+    """The guard answers an admitted call with the method's handler (unary) and a refused
+    one with a handler of another kind (it reads no request): the observer must wrap
+    whichever behaviour each has, whichever came first."""
+    registry = CollectorRegistry()
+    admission = Admission(AdmissionLimits(max_calls=1))
+    chain = InterceptorChain(
+        [CallObserver(RpcMetrics(registry), request_ids=request_ids), Guard(admission)]
+    )
+    details = _Details("/blobstore.v1.BlobService/Stat")
+    request = pb.StatRequest(id=sha256_id(b"x")).SerializeToString()
+
+    async def stat(message: pb.StatRequest, context: object) -> pb.StatResponse:
+        return pb.StatResponse(id=message.id)
+
+    base = grpc.unary_unary_rpc_method_handler(
+        stat,
+        request_deserializer=pb.StatRequest.FromString,
+        response_serializer=pb.StatResponse.SerializeToString,
+    )
+
+    async def lookup(_: grpc.HandlerCallDetails) -> Any:
+        return base
+
+    async def admitted() -> None:
+        handler = await chain.intercept_service(lookup, details)
+        message = handler.request_deserializer(request)
+        handler.response_serializer(await handler.unary_unary(message, _Context()))
+
+    async def refused() -> None:
+        admission.calls += 1  # the one call the cap allows is in progress
+        try:
+            handler = await chain.intercept_service(lookup, details)
+
+            async def no_messages() -> AsyncIterator[bytes]:
+                return
+                yield b""
+
+            context = _Context()
+            with pytest.raises(grpc.aio.AbortError):
+                await handler.stream_unary(no_messages(), context)
+            assert context.status == grpc.StatusCode.RESOURCE_EXHAUSTED
+        finally:
+            admission.calls -= 1
+
+    def calls(code: str) -> float:
+        labels = {"service": "blobstore.v1.BlobService", "method": "Stat", "code": code}
+        return registry.get_sample_value("blobstore_rpc_calls_total", labels) or 0.0
+
+    for step in (refused, admitted, admitted, refused, admitted):
+        await step()
+    assert (calls("OK"), calls("RESOURCE_EXHAUSTED")) == (3, 2)
+    assert admission.calls == 0 and admission.bytes == 0

@@ -201,3 +201,19 @@ def test_tracing_is_off_unless_asked() -> None:
     )
     assert tracing.traces_url("http://c:4318/") == "http://c:4318/v1/traces"
     assert tracing.traces_url("http://c:4318/v1/traces") == "http://c:4318/v1/traces"
+
+
+async def test_each_call_joins_its_own_callers_trace(
+    target: str, exporter: InMemorySpanExporter
+) -> None:
+    """The traced handler is made once per method; the parent is each call's own."""
+    other = "0af7651916cd43dd8448eb211c80319c"
+    parents = [TRACEPARENT, None, f"00-{other}-b7ad6b7169203331-01", TRACEPARENT]
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.BlobServiceStub(channel)
+        for parent in parents:
+            metadata = (("traceparent", parent),) if parent else ()
+            await stub.Put(pb.PutRequest(data=b"traced"), metadata=metadata)
+    spans = sorted(exporter.get_finished_spans(), key=lambda span: span.start_time or 0)
+    joined = [None if span.parent is None else _hex(span.context.trace_id, 32) for span in spans]
+    assert joined == [TRACE_ID, None, other, TRACE_ID]

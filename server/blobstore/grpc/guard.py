@@ -30,15 +30,20 @@ busy server). It
   (GET_STREAM_BUFFERED_CHUNKS, measured), and that is charged to the budget too.
 
 Everything that does not change from call to call (the wrapped behaviour,
-the tolerant deserializer) is built once per method; a call only gets its
-ticket bound in (a functools.partial) - this runs for every call, so it is
-kept to plain code: no context managers or extra coroutine layers.
+the tolerant deserializer) is built once per method, as one handler that every
+call of the method gets: a call's ticket goes from the interceptor, which admits
+the call before its request is read, to the behaviour in a context variable
+(grpc.aio runs both in the call's task). So the guard copies no handler per call,
+and what interceptors outside it build from its handler (grpc/metrics.py) is
+built once too. This runs for every call, so it is kept to plain code: no
+context managers or extra coroutine layers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -69,6 +74,8 @@ GET_STREAM_BUFFERED_CHUNKS = 4
 _RESERVING = frozenset({"Get", "GetBlob", "BatchGet"})
 _Handler = Handler
 _Context = Context
+# The ticket of the call in this task: set by Guard.intercept, read by the behaviours.
+_TICKET: contextvars.ContextVar[Ticket] = contextvars.ContextVar("blobstore_guard_ticket")
 
 
 class Malformed:
@@ -138,42 +145,32 @@ class Guard(GatedInterceptor["_Method"]):
             ticket = self.admission.admit(method.initial)
         except errors.Overloaded as exc:
             return refusal(exc, drain)
-        return method.bind(ticket)
+        _TICKET.set(ticket)
+        return method.handler
 
 
 class _Method:
-    """One blob service method as the guard runs it; built once, bound to a ticket per call."""
+    """One blob service method as the guard runs it: its handler, built once."""
 
-    __slots__ = ("_behavior", "_fields", "_handler_type", "_slot", "initial", "inner")
+    __slots__ = ("handler", "initial", "inner")
 
     def __init__(self, guard: Guard, service: Any, name: str, inner: _Handler) -> None:
         self.inner = inner
-        self._handler_type = type(inner)
         type_name = service.methods_by_name[name].input_type.full_name
-        fields = list(inner)
-        fields[inner._fields.index("request_deserializer")] = _tolerant(
-            inner.request_deserializer, type_name
-        )
-        self._fields = fields
-        self._behavior: functools.partial[Any]
+        behavior: functools.partial[Any]
         if inner.request_streaming:
             self.initial, slot = STREAM_ALLOWANCE, "stream_unary"
-            self._behavior = functools.partial(_stream_unary, guard, inner.stream_unary)
+            behavior = functools.partial(_stream_unary, guard, inner.stream_unary)
         elif inner.response_streaming:  # our behaviour writes its replies (see _unary_stream)
             self.initial, slot = DEFAULT_CHUNK, "unary_stream"
-            self._behavior = functools.partial(_unary_stream, guard, inner.unary_stream)
+            behavior = functools.partial(_unary_stream, guard, inner.unary_stream)
         else:
             self.initial, slot = 0, "unary_unary"
-            self._behavior = functools.partial(
-                _unary_unary, guard, inner.unary_unary, name in _RESERVING
-            )
-        self._slot = inner._fields.index(slot)
-
-    def bind(self, ticket: Ticket) -> _Handler:
-        """This call's handler: the method's behaviour with the call's ticket bound in."""
-        fields = self._fields.copy()
-        fields[self._slot] = functools.partial(self._behavior, ticket)
-        return self._handler_type(*fields)
+            behavior = functools.partial(_unary_unary, guard, inner.unary_unary, name in _RESERVING)
+        self.handler = inner._replace(
+            request_deserializer=_tolerant(inner.request_deserializer, type_name),
+            **{slot: behavior},
+        )
 
 
 # The behaviours are module functions, bound with functools.partial: grpc asks
@@ -181,9 +178,10 @@ class _Method:
 
 
 async def _unary_unary(
-    guard: Guard, inner: Any, reserves: bool, ticket: Ticket, request: Any, context: _Context
+    guard: Guard, inner: Any, reserves: bool, request: Any, context: _Context
 ) -> Any:
     """`reserves`: the handler takes the ticket's grow() to reserve its reply (Get)."""
+    ticket = _TICKET.get()
     task = _enter(guard)
     try:
         if (refused := _refuse_request(ticket, request)) is not None:
@@ -199,9 +197,7 @@ async def _unary_unary(
         _leave(guard, task, ticket)
 
 
-async def _unary_stream(
-    guard: Guard, inner: Any, ticket: Ticket, request: Any, context: _Context
-) -> None:
+async def _unary_stream(guard: Guard, inner: Any, request: Any, context: _Context) -> None:
     """Writes the replies itself (grpc's reader-writer API) rather than yielding them.
 
     When a reader cancels, the write under way fails. Yielded replies are written by
@@ -209,6 +205,7 @@ async def _unary_stream(
     seen the cancellation (a race: about one unread GetStream in a hundred); written
     here, the failure ends the call as grpc ends a cancelled one, quietly.
     """
+    ticket = _TICKET.get()
     task = _enter(guard)
     try:
         if type(request) is Malformed:
@@ -242,8 +239,9 @@ class _ReaderGone(Exception):
 
 
 async def _stream_unary(
-    guard: Guard, inner: Any, ticket: Ticket, requests: AsyncIterator[Any], context: _Context
+    guard: Guard, inner: Any, requests: AsyncIterator[Any], context: _Context
 ) -> Any:
+    ticket = _TICKET.get()
     task = _enter(guard)
     try:
         metered = _metered(requests, ticket, guard.stream_idle)

@@ -10,8 +10,9 @@ untouched). They share:
 * `GatedInterceptor`: the intercept_service preamble - take the handler from the
   continuation, let other calls through, find the method's state (built once per
   method by `build`, rebuilt only if the handler under it changes) - then `intercept`;
-* `behavior_slot`, `metadata_value`: the handler field that holds a call's behaviour,
-  and one metadata value;
+* `behavior_slot`, `behavior_index`, `metadata_value`: the handler field that holds a
+  call's behaviour (its name, its position), and one metadata value;
+* `MadeOnce`: a stage's handler made once per method, not per call (see its docstring);
 * `InterceptorChain`: the interceptors given to grpc.aio as one (see its docstring).
 
 Everything here runs for every call, so it stays plain code: a dict lookup and an
@@ -54,6 +55,11 @@ def behavior_slot(handler: Handler) -> str:
         if getattr(handler, slot) is not None:
             return slot
     raise ValueError("a method handler without a behaviour")
+
+
+def behavior_index(handler: Handler) -> int:
+    """The position of the handler field that holds its behaviour."""
+    return int(handler._fields.index(behavior_slot(handler)))
 
 
 def metadata_value(metadata: Iterable[tuple[str, str | bytes]] | None, key: str) -> str | None:
@@ -106,6 +112,30 @@ class GatedInterceptor(grpc.aio.ServerInterceptor, Generic[M]):  # type: ignore[
                 return handler
             known = self._methods[path] = (handler, self.build(hit[0], hit[1], handler))
         return self.intercept(known[1], handler, details)
+
+
+class MadeOnce:
+    """The handler a stage made from the one it was last given for a method.
+
+    The guard gives every admitted call of a method the same handler (what differs per
+    call - its admission ticket, request id, trace parent - travels in context
+    variables, which grpc.aio's interceptors and behaviours share: they run in the
+    call's task), so a stage in front of it makes its own handler once, not per call.
+    A refusal is another handler, made per call: it is wrapped as it comes, and the
+    method's handler again at the next admitted call.
+    """
+
+    __slots__ = ("_given", "_made")
+
+    def __init__(self) -> None:
+        self._given: Handler = None
+        self._made: Handler = None
+
+    def get(self, handler: Handler, make: Callable[[Handler], Handler]) -> Handler:
+        if handler is not self._given:
+            self._made = make(handler)
+            self._given = handler
+        return self._made
 
 
 class Stage(Protocol):

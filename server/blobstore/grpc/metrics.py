@@ -5,8 +5,9 @@ call of blobstore.v1 and stepflow.v1 as the caller does, refusals included (an
 OVERLOADED refusal is a RESOURCE_EXHAUSTED call here). For each call it
 
 * where log lines can carry it (JSON logs, the access log), takes the request id from
-  the `x-request-id` metadata (or makes one), sets it in blobstore.logs.request_id for
-  the call's log lines and returns it in the trailing metadata (on errors
+  the `x-request-id` metadata (or makes one), sets it in blobstore.logs.request_id (a
+  context variable of the call's task) for the call's log lines and returns it in the
+  trailing metadata (on errors
   status.to_status adds it next to the error details, as abort() replaces the
   trailing metadata);
 * with metrics on, counts the call by service, method and status code, observes its
@@ -16,8 +17,9 @@ OVERLOADED refusal is a RESOURCE_EXHAUSTED call here). For each call it
 Cheap on the hot path: the families are metric_cells' (plain numbers, turned into
 Prometheus families at scrape time, no lock per record), label children are bound
 once per method (a code's child on its first use), the byte counters sit in the
-method's (de)serializers (built once per method), and a call costs one handler copy
-with its behaviour wrapped (scripts/bench/bench_observe.py measures it).
+method's (de)serializers, and the handler with its behaviour wrapped is made once per
+method (interceptor_base.MadeOnce): a call costs a dict lookup, an identity check and
+the wrapper's coroutine (scripts/bench/bench_observe.py measures it).
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ from blobstore.grpc.interceptor_base import (
     Context,
     GatedInterceptor,
     Handler,
-    behavior_slot,
+    MadeOnce,
+    behavior_index,
     metadata_value,
 )
 from blobstore.metric_cells import CellCounter, CellHistogram
@@ -51,6 +54,12 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 _Handler = Handler
 _Context = Context
+# Where grpc's method handler (a named tuple) keeps the request deserializer and the
+# reply serializer.
+_SAMPLE: Any = grpc.unary_unary_rpc_method_handler(print)
+_CODEC_INDEXES = tuple(
+    _SAMPLE._fields.index(name) for name in ("request_deserializer", "response_serializer")
+)
 
 
 class RpcMetrics:
@@ -89,7 +98,7 @@ class RpcMetrics:
 class CallObserver(GatedInterceptor["_Method"]):
     """Wraps each blob service call; see the module docstring. `metrics` None: ids only."""
 
-    keyed_on_handler = False  # the guard's handler differs per call (its ticket bound in)
+    keyed_on_handler = False  # its _Method keeps the handler it last made (MadeOnce)
 
     def __init__(
         self,
@@ -117,10 +126,12 @@ class CallObserver(GatedInterceptor["_Method"]):
     def intercept(
         self, method: _Method, handler: _Handler, details: grpc.HandlerCallDetails
     ) -> _Handler:
-        if not self.request_ids:
-            return method.wrap(handler, None)
-        given = metadata_value(details.invocation_metadata, logs.REQUEST_ID_KEY)
-        return method.wrap(handler, logs.accept_request_id(given))
+        if self.request_ids:
+            # For the call's log lines and its reply (_observed): the call's task runs
+            # its behaviour after this, with its context variables.
+            given = metadata_value(details.invocation_metadata, logs.REQUEST_ID_KEY)
+            logs.request_id.set(logs.accept_request_id(given))
+        return method.made.get(handler, method.wrap)
 
 
 class _Method:
@@ -129,7 +140,6 @@ class _Method:
     __slots__ = (
         "_codes",
         "_deserialize",
-        "_indexes",
         "_metrics",
         "_serialize",
         "_wrapped_deserialize",
@@ -140,6 +150,7 @@ class _Method:
         "duration",
         "label",
         "labels",
+        "made",
     )
 
     def __init__(self, observer: CallObserver, service: str, name: str) -> None:
@@ -157,25 +168,20 @@ class _Method:
         self._wrapped_deserialize: Any = None
         self._serialize: Any = None
         self._wrapped_serialize: Any = None
-        # The handler's fields this wraps: its behaviour's, request deserializer's and
-        # reply serializer's positions (the same for every call of the method).
-        self._indexes: tuple[int, int, int] | None = None
+        self.made = MadeOnce()
 
-    def wrap(self, handler: _Handler, rid: str | None) -> _Handler:
-        if self._indexes is None:
-            names = handler._fields
-            self._indexes = (
-                names.index(behavior_slot(handler)),
-                names.index("request_deserializer"),
-                names.index("response_serializer"),
-            )
-        behavior, deserializer, serializer = self._indexes
+    def wrap(self, handler: _Handler) -> _Handler:
+        """`handler` observed: its behaviour wrapped, its (de)serializers counting."""
+        # Found for each handler: a refusal (grpc/guard.py) holds its behaviour in
+        # another field than the method's own handler does.
+        behavior = behavior_index(handler)
+        deserializer, serializer = _CODEC_INDEXES
         # A copy of the handler's fields, changed by position: what _replace() does, at
         # a third of its cost (namedtuple._replace goes through keyword arguments).
         fields = list(handler)
         # The guard makes every blob service behaviour a coroutine function (GetStream
         # writes its replies itself), so one wrapper fits every kind.
-        fields[behavior] = functools.partial(_observed, self, fields[behavior], rid)
+        fields[behavior] = functools.partial(_observed, self, fields[behavior])
         if self._metrics is not None:
             fields[deserializer] = self._counting_deserializer(fields[deserializer])
             fields[serializer] = self._counting_serializer(fields[serializer])
@@ -238,15 +244,12 @@ class _Method:
             )
 
 
-async def _observed(
-    method: _Method, inner: Any, rid: str | None, request: Any, context: _Context
-) -> Any:
-    """Runs one call's behaviour (any kind but bidirectional) with its id (None: none),
-    then counts it."""
-    token = logs.request_id.set(rid) if rid is not None else None
+async def _observed(method: _Method, inner: Any, request: Any, context: _Context) -> Any:
+    """Runs one call's behaviour (any kind but bidirectional), returning its request id
+    (if it has one, CallObserver.intercept), then counts it."""
     started = time.perf_counter()
     code: grpc.StatusCode | None = None
-    if rid is not None:
+    if (rid := logs.request_id.get()) is not None:
         context.set_trailing_metadata(((logs.REQUEST_ID_KEY, rid),))
     try:
         return await inner(request, context)
@@ -257,8 +260,6 @@ async def _observed(
         raise
     finally:
         method.finish(context, started, code)
-        if token is not None:
-            logs.request_id.reset(token)
 
 
 def _sampled(sample: float, code: grpc.StatusCode) -> bool:

@@ -26,6 +26,7 @@ inside adds events to it (nothing in the server does).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import time
 import traceback
@@ -39,7 +40,13 @@ from opentelemetry.sdk.trace import Event, ReadableSpan, sampling
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
 from blobstore import tracing
-from blobstore.grpc.interceptor_base import Context, GatedInterceptor, Handler, behavior_slot
+from blobstore.grpc.interceptor_base import (
+    Context,
+    GatedInterceptor,
+    Handler,
+    MadeOnce,
+    behavior_index,
+)
 
 _Handler = Handler
 _Context = Context
@@ -56,6 +63,9 @@ _SERVER_FAULTS = frozenset(
     )
 )
 _TRACE_KEYS = ("traceparent", "tracestate")
+# The caller's trace context of the call in this task (None: the call starts a trace):
+# set by TracingInterceptor.intercept, read by _traced (see interceptor_base.MadeOnce).
+_PARENT: contextvars.ContextVar[Any] = contextvars.ContextVar("blobstore_trace_parent")
 _UNSET = Status(StatusCode.UNSET)
 
 
@@ -64,13 +74,26 @@ class _Method:
     attributes per status code (read-only once made: the SDK hands spans' attributes
     out as read-only views, so spans of one code can share them)."""
 
-    __slots__ = ("attributes", "behavior", "finished", "span_name")
+    __slots__ = ("_spans", "attributes", "finished", "made", "span_name")
 
-    def __init__(self, service: str, method: str) -> None:
+    def __init__(self, service: str, method: str, spans: _Spans) -> None:
+        self._spans = spans
+        self.made = MadeOnce()
         self.span_name = f"{service}/{method}"
         self.attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
         self.finished: dict[grpc.StatusCode, dict[str, Any]] = {}
-        self.behavior = -1  # the position of the behaviour in the handler, once known
+
+    def traced(self, handler: _Handler) -> _Handler:
+        """`handler` with its behaviour traced."""
+        # The guard makes every blob service behaviour a coroutine function taking
+        # (request or request iterator, context), so one wrapper fits every kind. The
+        # handler changed by position: _replace() at a third of its cost. The position
+        # is found for each handler: a refusal (grpc/guard.py) holds its behaviour in
+        # another field than the method's own handler does.
+        fields = list(handler)
+        behavior = behavior_index(handler)
+        fields[behavior] = functools.partial(_traced, self._spans, self, fields[behavior])
+        return type(handler)(*fields)
 
     def attributes_at_end(self, initial: Mapping[str, Any], code: grpc.StatusCode) -> Any:
         if initial is not self.attributes:  # a sampler's own: this span's alone
@@ -174,14 +197,14 @@ def _exception_event(exc: BaseException, timestamp: int) -> Event:
 class TracingInterceptor(GatedInterceptor[_Method]):
     """See the module docstring."""
 
-    keyed_on_handler = False  # the guard's handler differs per call (its ticket bound in)
+    keyed_on_handler = False  # its _Method keeps the handler it last made (MadeOnce)
 
     def __init__(self, tracer: Tracer) -> None:
         super().__init__()
         self._spans = _Spans(tracer)
 
     def build(self, service: Any, name: str, handler: _Handler) -> _Method:
-        return _Method(service.full_name, name)
+        return _Method(service.full_name, name, self._spans)
 
     def intercept(
         self, method: _Method, handler: _Handler, details: grpc.HandlerCallDetails
@@ -192,23 +215,15 @@ class TracingInterceptor(GatedInterceptor[_Method]):
                 if carrier is None:
                     carrier = {}
                 carrier[key] = value
-        parent = tracing.extract(carrier) if carrier else None
-        if method.behavior < 0:
-            method.behavior = handler._fields.index(behavior_slot(handler))
-        # The guard makes every blob service behaviour a coroutine function taking
-        # (request or request iterator, context), so one wrapper fits every kind. The
-        # handler changed by position: _replace() at a third of its cost.
-        fields = list(handler)
-        fields[method.behavior] = functools.partial(
-            _traced, self._spans, method, parent, fields[method.behavior]
-        )
-        return type(handler)(*fields)
+        _PARENT.set(tracing.extract(carrier) if carrier else None)
+        return method.made.get(handler, method.traced)
 
 
 async def _traced(
-    spans: _Spans, method: _Method, parent: Any, inner: Any, request: Any, context: _Context
+    spans: _Spans, method: _Method, inner: Any, request: Any, context: _Context
 ) -> Any:
     start_ns = time.time_ns()
+    parent = _PARENT.get(None)
     span_context, remote, attributes = spans.start(method, parent)
     token = otel_context.attach(
         trace.set_span_in_context(trace.NonRecordingSpan(span_context), parent)
