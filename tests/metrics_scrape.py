@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.ports import free_port  # for endpoints that cannot take port 0
 
-def free_port() -> int:
-    """A TCP port free on loopback now (for endpoints that cannot take port 0)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+__all__ = ["free_port", "scrape", "value"]
 
 
 def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

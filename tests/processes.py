@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import IO
 
+from tests import ports
+
 _LISTENING = re.compile(r"blobstore gRPC listening on (\S+):(\d+)")
 
 
@@ -94,10 +96,12 @@ class ServerProcess(ChildProcess):
         env: dict[str, str] | None = None,
         port: int = 0,
     ) -> None:
+        """`port` 0: one of this test worker's own (tests/ports.py), so that a restart
+        on it finds it free."""
         super().__init__(log_path, env)
         self.data_dir = data_dir
         self.extra_args = extra_args
-        self.port = port
+        self.port = port or ports.free_port()
         self.target = ""
 
     def start(self, timeout: float = 30.0) -> ServerProcess:

@@ -28,6 +28,8 @@ from typing import IO
 import obstore
 from obstore.store import S3Store
 
+from tests import ports
+
 ACCESS_KEY = "blobstore-test"
 SECRET_KEY = "blobstore-test-secret-0123456789"
 BUCKET = "blobs"
@@ -68,17 +70,9 @@ def free_port_pair(offset: int = 10_000) -> tuple[int, int]:
 
 
 def free_ports(count: int) -> list[int]:
-    """Ports the kernel hands out now, all held open together so they differ."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+    """Ports of this test worker's own (tests/ports.py): a store stopped and started
+    again on them (test_scale_out) finds them free."""
+    return ports.free_ports(count)
 
 
 @dataclass
