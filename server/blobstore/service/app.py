@@ -214,7 +214,7 @@ def _reload(security: Security, tls: ReloadableTls | None) -> None:
 def _observer(config: ServerConfig, metrics: ServerMetrics | None) -> list[Any]:
     """The per-call observer (grpc/metrics.py), only when something uses what it does:
     metrics, the access log, or JSON logs (whose lines carry request ids). Otherwise it
-    is not installed - it costs every call a handler copy and a wrapper. Calls have
+    is not installed - it costs every call a wrapper coroutine. Calls have
     request ids only with the access log or JSON logs: otherwise none is made, and a
     caller's x-request-id is not returned, as the server keeps no per-call record to
     join it to (metrics count calls, never by id; docs/observability.md)."""
