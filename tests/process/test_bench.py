@@ -185,3 +185,28 @@ def test_the_paired_ratio_cancels_what_running_second_costs() -> None:
         assert math.isclose(statistics.median(per_trial), true * q)
     assert balanced_ratio([0.9]) == 0.9
     assert balanced_ratio(per_trial) == _balanced(per_trial)
+
+
+def test_repeated_runs_give_each_row_its_median_over_runs() -> None:
+    """bench_repeat.py: every ratio row of every run, its median, and the verdict of the
+    median against the row's target (not of any single run)."""
+    sys.path.insert(0, str(ROOT / "scripts" / "bench"))
+    try:
+        from bench_repeat import rows_of, table
+    finally:
+        sys.path.remove(str(ROOT / "scripts" / "bench"))
+
+    def check(name: str, ratio: float, target: str = ">= 0.95") -> dict[str, Any]:
+        return {"name": name, "kind": "ratio", "ratio": ratio, "cpu_ratio": ratio, "target": target}
+
+    runs = [
+        [check("m / g", 0.96), check("c / g", 1.00, "info"), {"name": "p99", "kind": "spread"}],
+        [check("m / g", 0.90), check("c / g", 0.98, "info")],
+        [check("m / g", 0.94), check("c / g", 1.02, "info")],
+    ]
+    metered, control = rows_of(runs)
+    assert (metered.name, metered.ratios, metered.median) == ("m / g", [0.96, 0.90, 0.94], 0.94)
+    assert metered.verdict() == "MISS"  # two runs of three below: the median decides
+    assert control.verdict() == "info" and control.median == 1.00
+    assert rows_of([[check("m / g", 0.95)]])[0].verdict() == "PASS"
+    assert "0.96, 0.90, 0.94" in table([metered, control])
