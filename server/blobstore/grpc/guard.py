@@ -152,10 +152,9 @@ class Guard(GatedInterceptor["_Method"]):
 class _Method:
     """One blob service method as the guard runs it: its handler, built once."""
 
-    __slots__ = ("handler", "initial", "inner")
+    __slots__ = ("handler", "initial")
 
     def __init__(self, guard: Guard, service: Any, name: str, inner: _Handler) -> None:
-        self.inner = inner
         type_name = service.methods_by_name[name].input_type.full_name
         behavior: functools.partial[Any]
         if inner.request_streaming:

@@ -10,8 +10,8 @@ untouched). They share:
 * `GatedInterceptor`: the intercept_service preamble - take the handler from the
   continuation, let other calls through, find the method's state (built once per
   method by `build`, rebuilt only if the handler under it changes) - then `intercept`;
-* `behavior_slot`, `behavior_index`, `metadata_value`: the handler field that holds a
-  call's behaviour (its name, its position), and one metadata value;
+* `behavior_slot`, `metadata_value`: the handler field that holds a call's behaviour,
+  and one metadata value;
 * `MadeOnce`: a stage's handler made once per method, not per call (see its docstring);
 * `InterceptorChain`: the interceptors given to grpc.aio as one (see its docstring).
 
@@ -55,11 +55,6 @@ def behavior_slot(handler: Handler) -> str:
         if getattr(handler, slot) is not None:
             return slot
     raise ValueError("a method handler without a behaviour")
-
-
-def behavior_index(handler: Handler) -> int:
-    """The position of the handler field that holds its behaviour."""
-    return int(handler._fields.index(behavior_slot(handler)))
 
 
 def metadata_value(metadata: Iterable[tuple[str, str | bytes]] | None, key: str) -> str | None:

@@ -7,9 +7,8 @@ OVERLOADED refusal is a RESOURCE_EXHAUSTED call here). For each call it
 * where log lines can carry it (JSON logs, the access log), takes the request id from
   the `x-request-id` metadata (or makes one), sets it in blobstore.logs.request_id (a
   context variable of the call's task) for the call's log lines and returns it in the
-  trailing metadata (on errors
-  status.to_status adds it next to the error details, as abort() replaces the
-  trailing metadata);
+  trailing metadata (on errors status.to_status adds it next to the error details, as
+  abort() replaces the trailing metadata);
 * with metrics on, counts the call by service, method and status code, observes its
   duration, and counts the request and reply bytes as the (de)serializers see them;
 * with the access log on, logs one line: method, code, duration, peer.
@@ -40,7 +39,7 @@ from blobstore.grpc.interceptor_base import (
     GatedInterceptor,
     Handler,
     MadeOnce,
-    behavior_index,
+    behavior_slot,
     metadata_value,
 )
 from blobstore.metric_cells import CellCounter, CellHistogram
@@ -54,12 +53,6 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 _Handler = Handler
 _Context = Context
-# Where grpc's method handler (a named tuple) keeps the request deserializer and the
-# reply serializer.
-_SAMPLE: Any = grpc.unary_unary_rpc_method_handler(print)
-_CODEC_INDEXES = tuple(
-    _SAMPLE._fields.index(name) for name in ("request_deserializer", "response_serializer")
-)
 
 
 class RpcMetrics:
@@ -171,21 +164,20 @@ class _Method:
         self.made = MadeOnce()
 
     def wrap(self, handler: _Handler) -> _Handler:
-        """`handler` observed: its behaviour wrapped, its (de)serializers counting."""
-        # Found for each handler: a refusal (grpc/guard.py) holds its behaviour in
-        # another field than the method's own handler does.
-        behavior = behavior_index(handler)
-        deserializer, serializer = _CODEC_INDEXES
-        # A copy of the handler's fields, changed by position: what _replace() does, at
-        # a third of its cost (namedtuple._replace goes through keyword arguments).
-        fields = list(handler)
-        # The guard makes every blob service behaviour a coroutine function (GetStream
-        # writes its replies itself), so one wrapper fits every kind.
-        fields[behavior] = functools.partial(_observed, self, fields[behavior])
+        """`handler` observed: its behaviour wrapped, its (de)serializers counting. Made
+        once per method (MadeOnce), and per call only for refusals, so plain _replace."""
+        # The slot is found for each handler: a refusal (grpc/guard.py) holds its
+        # behaviour in another field than the method's own handler does. The guard makes
+        # every blob service behaviour a coroutine function (GetStream writes its replies
+        # itself), so one wrapper fits every kind.
+        slot = behavior_slot(handler)
+        changes: dict[str, Any] = {slot: functools.partial(_observed, self, getattr(handler, slot))}
         if self._metrics is not None:
-            fields[deserializer] = self._counting_deserializer(fields[deserializer])
-            fields[serializer] = self._counting_serializer(fields[serializer])
-        return type(handler)(*fields)
+            changes["request_deserializer"] = self._counting_deserializer(
+                handler.request_deserializer
+            )
+            changes["response_serializer"] = self._counting_serializer(handler.response_serializer)
+        return handler._replace(**changes)
 
     def _counting_deserializer(self, deserialize: Any) -> Any:
         if deserialize is None or deserialize is self._deserialize:
@@ -245,8 +237,8 @@ class _Method:
 
 
 async def _observed(method: _Method, inner: Any, request: Any, context: _Context) -> Any:
-    """Runs one call's behaviour (any kind but bidirectional), returning its request id
-    (if it has one, CallObserver.intercept), then counts it."""
+    """Runs one call's behaviour (any kind but bidirectional), then counts it; the call's
+    request id, if CallObserver.intercept gave it one, goes back in its trailers."""
     started = time.perf_counter()
     code: grpc.StatusCode | None = None
     if (rid := logs.request_id.get()) is not None:

@@ -45,7 +45,7 @@ from blobstore.grpc.interceptor_base import (
     GatedInterceptor,
     Handler,
     MadeOnce,
-    behavior_index,
+    behavior_slot,
 )
 
 _Handler = Handler
@@ -84,16 +84,14 @@ class _Method:
         self.finished: dict[grpc.StatusCode, dict[str, Any]] = {}
 
     def traced(self, handler: _Handler) -> _Handler:
-        """`handler` with its behaviour traced."""
+        """`handler` with its behaviour traced (made once per method, see MadeOnce)."""
         # The guard makes every blob service behaviour a coroutine function taking
         # (request or request iterator, context), so one wrapper fits every kind. The
-        # handler changed by position: _replace() at a third of its cost. The position
-        # is found for each handler: a refusal (grpc/guard.py) holds its behaviour in
-        # another field than the method's own handler does.
-        fields = list(handler)
-        behavior = behavior_index(handler)
-        fields[behavior] = functools.partial(_traced, self._spans, self, fields[behavior])
-        return type(handler)(*fields)
+        # slot is found for each handler: a refusal (grpc/guard.py) holds its behaviour
+        # in another field than the method's own handler does.
+        slot = behavior_slot(handler)
+        traced = functools.partial(_traced, self._spans, self, getattr(handler, slot))
+        return handler._replace(**{slot: traced})
 
     def attributes_at_end(self, initial: Mapping[str, Any], code: grpc.StatusCode) -> Any:
         if initial is not self.attributes:  # a sampler's own: this span's alone
